@@ -1,0 +1,1 @@
+"""Triton kernels, installed as ``minialign.kernels``: each file holds a kernel, its launcher and its reference."""

@@ -1,0 +1,155 @@
+"""The array seam: every array operation the engine performs goes through a ``Backend``.
+
+NumPy is the default. A torch backend (for the GPU path) implements the same small set of methods on
+``torch.Tensor``; the engine never touches an array except through these methods, so a tensor of either
+library can stand where the other does. ``backend_of(array)`` picks the backend from the array's type.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class NumpyBackend:
+    """The array operations of the engine, on NumPy arrays."""
+
+    name = "numpy"
+    float32 = np.float32
+    float64 = np.float64
+
+    # creation and conversion
+    def asarray(self, x, dtype=None):
+        return np.asarray(x, dtype=dtype)
+
+    def to_numpy(self, x):
+        return np.asarray(x)
+
+    def from_numpy(self, x, like=None):
+        return np.array(x, copy=True)
+
+    def zeros(self, shape, dtype, like=None):
+        return np.zeros(shape, dtype=dtype)
+
+    def zeros_like(self, x):
+        return np.zeros_like(x)
+
+    def ones_like(self, x):
+        return np.ones_like(x)
+
+    def full(self, shape, value, dtype, like=None):
+        return np.full(shape, value, dtype=dtype)
+
+    def arange(self, n, like=None):
+        return np.arange(n)
+
+    def is_floating(self, x):
+        return np.issubdtype(x.dtype, np.floating)
+
+    def is_integer(self, x):
+        return np.issubdtype(x.dtype, np.integer)
+
+    def astype(self, x, dtype):
+        return x.astype(dtype, copy=False)
+
+    # elementwise
+    exp = staticmethod(np.exp)
+    log = staticmethod(np.log)
+    tanh = staticmethod(np.tanh)
+    sqrt = staticmethod(np.sqrt)
+    abs = staticmethod(np.abs)
+    sign = staticmethod(np.sign)
+    maximum = staticmethod(np.maximum)
+    where = staticmethod(np.where)
+    isfinite = staticmethod(np.isfinite)
+    logaddexp = staticmethod(np.logaddexp)
+
+    # reductions: numpy spells them axis/keepdims
+    def sum(self, x, axis=None, keepdims=False):
+        return x.sum(axis=axis, keepdims=keepdims)
+
+    def max(self, x, axis=None, keepdims=False):
+        return x.max(axis=axis, keepdims=keepdims)
+
+    def any(self, x):
+        return bool(x.any())
+
+    # shapes
+    def reshape(self, x, shape):
+        return x.reshape(shape)
+
+    def transpose(self, x, axes):
+        return x.transpose(axes)
+
+    def swapaxes(self, x, a, b):
+        return np.swapaxes(x, a, b)
+
+    def broadcast_to(self, x, shape):
+        return np.broadcast_to(x, shape)
+
+    def concatenate(self, xs, axis):
+        return np.concatenate(xs, axis=axis)
+
+    def split_at(self, x, indices, axis):
+        return np.split(x, indices, axis=axis)
+
+    def matmul(self, a, b):
+        return np.matmul(a, b)
+
+    # indexing
+    def take_along_axis(self, x, index, axis):
+        return np.take_along_axis(x, index, axis=axis)
+
+    def index_add(self, shape, dtype, key, values, like=None):
+        """A zero array of ``shape`` with ``values`` added at ``key`` (repeated indices accumulate)."""
+        out = np.zeros(shape, dtype=dtype)
+        if _is_basic_index(key):  # slices and integers cannot repeat a position: plain assignment is exact
+            out[key] = values
+        else:
+            np.add.at(out, key, values)
+        return out
+
+    def embedding_grad(self, idx, grad, num_embeddings):
+        """Rows of ``grad`` summed into a [num_embeddings, D] table by the ids ``idx`` (the backward of a lookup)."""
+        d = grad.shape[-1]
+        flat = idx.reshape(-1)
+        g = grad.reshape(-1, d)
+        out = np.zeros((num_embeddings, d), dtype=grad.dtype)
+        # a sparse scatter-add as a dense product is far faster than np.add.at for small tables
+        if num_embeddings * flat.size <= 1 << 24:
+            onehot = np.zeros((flat.size, num_embeddings), dtype=grad.dtype)
+            onehot[np.arange(flat.size), flat] = 1
+            return onehot.T @ g
+        np.add.at(out, flat, g)
+        return out
+
+    # randomness: masks are drawn from a NumPy generator on every backend, so seeds mean the same thing
+    def bernoulli_mask(self, rng, shape, keep, dtype, like=None):
+        return (rng.random(shape) < keep).astype(dtype)
+
+    def causal_mask(self, tq, tk, like=None):
+        """Boolean [tq, tk]: True where query i (at absolute position tk - tq + i) may not see key j."""
+        return np.triu(np.ones((tq, tk), dtype=bool), k=tk - tq + 1)
+
+
+def _is_basic_index(key) -> bool:
+    parts = key if isinstance(key, tuple) else (key,)
+    return all(isinstance(k, (int, np.integer, slice)) or k is None or k is Ellipsis for k in parts)
+
+
+NUMPY = NumpyBackend()
+_BACKENDS = {np.ndarray: NUMPY}
+
+
+def register_backend(array_type, backend) -> None:
+    """Make ``backend`` handle arrays of ``array_type`` (the torch backend registers itself this way)."""
+    _BACKENDS[array_type] = backend
+
+
+def backend_of(x):
+    """The backend that owns array ``x``; NumPy scalars and Python numbers belong to NumPy."""
+    b = _BACKENDS.get(type(x))
+    if b is not None:
+        return b
+    for t, b in _BACKENDS.items():
+        if isinstance(x, t):
+            return b
+    return NUMPY

@@ -1,0 +1,126 @@
+"""Benchmarks, printed as ratios against a reference measured in the same run.
+
+``python -m minialign.bench engine``   a GPT training step on our engine vs the same model in torch eager (CPU)
+``python -m minialign.bench kernels``  the Triton kernels vs torch eager / torch.compile / SDPA (CUDA only)
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+
+from .gpt import GPT, GPTConfig
+from .optim import AdamW
+
+
+def torch_reference_gpt(model: GPT):
+    """The same GPT written with plain torch ops, holding copies of ``model``'s weights as leaf tensors.
+
+    Returns (params dict name → torch tensor, forward(idx) → logits). Used by the benchmark and as an
+    oracle in the tests.
+    """
+    import torch
+
+    cfg = model.config
+    params = {name: torch.tensor(arr, requires_grad=True) for name, arr in model.state_dict().items()}
+
+    def ln(x, prefix):
+        return torch.nn.functional.layer_norm(x, (cfg.n_embd,), params[prefix + ".weight"], params[prefix + ".bias"], 1e-5)
+
+    def lin(x, prefix):
+        return x @ params[prefix + ".weight"].T + params[prefix + ".bias"]
+
+    def forward(idx):
+        idx = torch.as_tensor(idx)
+        b, t = idx.shape
+        x = params["wte.weight"][idx] + params["wpe.weight"][torch.arange(t)]
+        for i in range(cfg.n_layer):
+            p = f"h.{i}."
+            h = ln(x, p + "ln_1")
+            qkv = lin(h, p + "attn.c_attn").reshape(b, t, 3, cfg.n_head, cfg.n_embd // cfg.n_head).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+            s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+            y = (torch.softmax(s, -1) @ v).permute(0, 2, 1, 3).reshape(b, t, cfg.n_embd)
+            x = x + lin(y, p + "attn.c_proj")
+            h = ln(x, p + "ln_2")
+            h = torch.nn.functional.gelu(lin(h, p + "mlp.c_fc"), approximate="tanh")
+            x = x + lin(h, p + "mlp.c_proj")
+        x = ln(x, "ln_f")
+        return x @ params["wte.weight"].T
+
+    return params, forward
+
+
+def _time(fn, repeats):
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def bench_engine(batch_size=64, repeats=20, config=None, threads=None):
+    """Median seconds per training step (forward, backward, AdamW) for ours and torch eager, same weights."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = config or GPTConfig()
+    model = GPT(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, cfg.block_size + 1, batch_size)
+    x = rng.integers(1, cfg.vocab_size, (batch_size, cfg.block_size))
+    x[np.arange(cfg.block_size)[None, :] >= (lengths[:, None] - 1)] = cfg.eos_id
+    opt = AdamW(model.parameters(), lr=1e-3)
+
+    def ours():
+        loss = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    params, forward = torch_reference_gpt(model)
+    topt = torch.optim.AdamW(list(params.values()), lr=1e-3)
+    inp, targets, counted = model._shift(x)
+    tin = torch.as_tensor(inp)
+    ttarget = torch.as_tensor(np.where(counted, targets, -100))
+
+    def theirs():
+        logits = forward(tin)
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), ttarget.reshape(-1), ignore_index=-100)
+        topt.zero_grad()
+        loss.backward()
+        topt.step()
+
+    t_ours = _time(ours, repeats)
+    t_torch = _time(theirs, repeats)
+    return cfg, batch_size, t_ours, t_torch
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minialign.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["engine", "kernels"])
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=20)
+    args, rest = parser.parse_known_args(argv)
+    if args.what == "kernels":
+        from .kernels.benchmark import main as kernels_main
+
+        return kernels_main(rest)
+    cfg, b, t_ours, t_torch = bench_engine(args.batch_size, args.repeats)
+    print(f"GPT training step (forward + backward + AdamW), CPU, batch {b} x {cfg.block_size} tokens, "
+          f"{cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, vocab {cfg.vocab_size}")
+    print(f"  minialign engine : {t_ours * 1e3:8.2f} ms/step")
+    print(f"  torch eager      : {t_torch * 1e3:8.2f} ms/step")
+    print(f"  ratio ours/torch : {t_ours / t_torch:8.3f}  (<= 1.0 means at least as fast as torch eager)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

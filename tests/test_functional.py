@@ -1,0 +1,180 @@
+"""Fused ops: hand-written backwards against finite differences (float64) and torch autograd."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minialign import Tensor, functional as F, gradcheck
+from strategies import float_arrays, small_shapes
+from test_tensor import check_against_torch, t64
+
+torch = pytest.importorskip("torch")
+tF = torch.nn.functional
+
+
+@pytest.mark.task1_3
+@given(x=float_arrays(small_shapes), data=st.data())
+def test_softmax_and_log_softmax_gradients(x, data):
+    axis = data.draw(st.integers(-x.ndim, x.ndim - 1))
+    assert gradcheck(lambda t: F.softmax(t, axis), t64(x))
+    assert gradcheck(lambda t: F.log_softmax(t, axis), t64(x))
+    check_against_torch(lambda t: F.softmax(t, axis), lambda t: torch.softmax(t, axis), x)
+    check_against_torch(lambda t: F.log_softmax(t, axis), lambda t: torch.log_softmax(t, axis), x)
+    check_against_torch(lambda t: F.logsumexp(t, axis), lambda t: torch.logsumexp(t, axis), x)
+
+
+@pytest.mark.task1_3
+@given(x=float_arrays(small_shapes, low=-50, high=50))
+def test_softmax_sums_to_one(x):
+    np.testing.assert_allclose(F.softmax(Tensor(x)).numpy().sum(-1), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.exp(F.log_softmax(Tensor(x)).numpy()).sum(-1), 1.0, rtol=1e-12)
+
+
+@pytest.mark.task1_3
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log_softmax_and_cross_entropy_are_finite_for_huge_logits(dtype):
+    z = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4], [1e4, 1e4, -1e4]], dtype=dtype)
+    logits = Tensor(z, requires_grad=True)
+    ls = F.log_softmax(logits).numpy()
+    assert np.isfinite(ls).all()
+    np.testing.assert_allclose(ls[0], [0.0, -2e4, -1e4], rtol=1e-6)
+    loss = F.cross_entropy(logits, np.array([1, 0, 2]))
+    loss.backward()
+    assert np.isfinite(loss.item()) and np.isfinite(logits.grad).all()
+    expected = tF.cross_entropy(torch.tensor(z, dtype=torch.float64), torch.tensor([1, 0, 2])).item()
+    np.testing.assert_allclose(loss.item(), expected, rtol=1e-6)
+
+
+@st.composite
+def logits_and_targets(draw):
+    shape = draw(hnp.array_shapes(min_dims=1, max_dims=2, max_side=4))
+    v = draw(st.integers(2, 6))
+    z = draw(float_arrays(shape + (v,), low=-5, high=5))
+    y = draw(hnp.arrays(np.int64, shape, elements=st.integers(-1, v - 1)))
+    y = np.where(y < 0, -100, y)  # some targets are ignored
+    return z, y
+
+
+@pytest.mark.task1_3
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@given(zy=logits_and_targets())
+def test_cross_entropy_with_ignore_index_matches_torch(reduction, zy):
+    z, y = zy
+    if reduction == "mean" and (y == -100).all():
+        y = y.copy()
+        y.reshape(-1)[0] = 0
+    ours = lambda t: F.cross_entropy(t, y, ignore_index=-100, reduction=reduction)  # noqa: E731
+    theirs = lambda t: tF.cross_entropy(  # noqa: E731
+        t.reshape(-1, z.shape[-1]), torch.tensor(y.reshape(-1)), ignore_index=-100, reduction=reduction
+    ).reshape(y.shape if reduction == "none" else ())
+    assert gradcheck(ours, t64(z))
+    check_against_torch(ours, theirs, z)
+
+
+def test_cross_entropy_rejects_bad_targets():
+    z = Tensor(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="integer array of token ids"):
+        F.cross_entropy(z, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"shape \(2,\) .* got \(3,\)"):
+        F.cross_entropy(z, np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 3\)"):
+        F.cross_entropy(z, np.array([0, 3]))
+    with pytest.raises(ValueError, match="reduction must be"):
+        F.cross_entropy(z, np.array([0, 1]), reduction="avg")
+
+
+@pytest.mark.task1_3
+@given(x=float_arrays(hnp.array_shapes(min_dims=1, max_dims=3, min_side=2, max_side=5)), data=st.data())
+def test_layer_norm_gradients(x, data):
+    x = x + np.linspace(0, 1, x.shape[-1])  # rows with some spread, so the variance is not ~0
+    d = x.shape[-1]
+    w = data.draw(float_arrays((d,)))
+    b = data.draw(float_arrays((d,)))
+    assert gradcheck(lambda t, w_, b_: F.layer_norm(t, w_, b_), t64(x), t64(w), t64(b))
+    check_against_torch(
+        lambda t, w_, b_: F.layer_norm(t, w_, b_), lambda t, w_, b_: tF.layer_norm(t, (d,), w_, b_, 1e-5), x, w, b
+    )
+    check_against_torch(lambda t: F.layer_norm(t), lambda t: tF.layer_norm(t, (d,), eps=1e-5), x)
+
+
+@pytest.mark.task1_3
+@given(x=float_arrays(small_shapes, low=-6, high=6))
+def test_gelu_gradient_matches_torch_tanh_gelu(x):
+    assert gradcheck(F.gelu, t64(x))
+    check_against_torch(F.gelu, lambda t: tF.gelu(t, approximate="tanh"), x)
+
+
+@pytest.mark.task1_3
+@given(x=float_arrays(hnp.array_shapes(min_dims=1, max_dims=3, max_side=4)), data=st.data())
+def test_linear_gradients(x, data):
+    n_out = data.draw(st.integers(1, 4))
+    w = data.draw(float_arrays((n_out, x.shape[-1])))
+    b = data.draw(float_arrays((n_out,)))
+    assert gradcheck(F.linear, t64(x), t64(w), t64(b))
+    check_against_torch(F.linear, tF.linear, x, w, b)
+
+
+def test_linear_rejects_mismatched_features():
+    with pytest.raises(ValueError, match="input has 3 features but the weight expects 4"):
+        F.linear(Tensor(np.ones((2, 3))), Tensor(np.ones((5, 4))))
+
+
+@pytest.mark.task1_3
+@given(data=st.data())
+def test_embedding_gradient_sums_repeated_ids(data):
+    table = data.draw(float_arrays((6, 3)))
+    idx = np.array(data.draw(hnp.arrays(np.int64, (2, 4), elements=st.integers(0, 5))))
+    assert gradcheck(lambda w: F.embedding(idx, w), t64(table))
+    check_against_torch(lambda w: F.embedding(idx, w), lambda w: tF.embedding(torch.tensor(idx), w), table)
+
+
+def test_embedding_rejects_out_of_range_and_float_ids():
+    w = Tensor(np.zeros((4, 2)))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+        F.embedding(np.array([[0, 4]]), w)
+    with pytest.raises(TypeError, match="integer array"):
+        F.embedding(np.array([[0.0, 1.0]]), w)
+
+
+@pytest.mark.task1_3
+def test_dropout_is_seeded_scaled_and_off_in_eval():
+    x = Tensor(np.ones((200, 50)), requires_grad=True)
+    a = F.dropout(x, 0.3, np.random.default_rng(5)).numpy()
+    b = F.dropout(x, 0.3, np.random.default_rng(5)).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert set(np.unique(a)) <= {0.0, 1 / 0.7}
+    assert abs((a == 0).mean() - 0.3) < 0.02  # 10,000 Bernoulli(0.3) draws: 5 standard deviations is 0.023
+    assert F.dropout(x, 0.3, np.random.default_rng(5), training=False) is x
+    with pytest.raises(ValueError, match=r"dropout probability must be in \[0, 1\)"):
+        F.dropout(x, 1.0, np.random.default_rng(0))
+
+
+@st.composite
+def attention_inputs(draw):
+    b, h = draw(st.integers(1, 2)), draw(st.integers(1, 2))
+    tk, d = draw(st.integers(1, 5)), draw(st.integers(1, 4))
+    tq = draw(st.integers(1, tk))
+    return (draw(float_arrays((b, h, tq, d))), draw(float_arrays((b, h, tk, d))), draw(float_arrays((b, h, tk, d))))
+
+
+@pytest.mark.task1_3
+@given(qkv=attention_inputs(), causal=st.booleans())
+def test_attention_gradients_match_finite_differences_and_torch(qkv, causal):
+    q, k, v = qkv
+    tq, tk = q.shape[-2], k.shape[-2]
+
+    def theirs(q_, k_, v_):
+        # queries are the last tq positions of tk: query i sees keys j <= tk - tq + i
+        mask = torch.ones(tq, tk, dtype=torch.bool).tril(tk - tq) if causal else None
+        return tF.scaled_dot_product_attention(q_, k_, v_, attn_mask=mask)
+
+    ours = lambda q_, k_, v_: F.scaled_dot_product_attention(q_, k_, v_, causal=causal)  # noqa: E731
+    assert gradcheck(ours, t64(q), t64(k), t64(v))
+    check_against_torch(ours, theirs, q, k, v)
+
+
+def test_attention_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="attention needs q"):
+        F.scaled_dot_product_attention(Tensor(np.ones((1, 2, 3))), Tensor(np.ones((1, 2, 4))), Tensor(np.ones((1, 2, 4))))
+    with pytest.raises(ValueError, match="more queries"):
+        F.scaled_dot_product_attention(Tensor(np.ones((1, 3, 2))), Tensor(np.ones((1, 2, 2))), Tensor(np.ones((1, 2, 2))))

@@ -1,0 +1,162 @@
+"""The GPT: exact normalisation over all EOS-terminated sequences, torch as an oracle, the KV cache, checkpoints."""
+import itertools
+
+import numpy as np
+import pytest
+
+from minialign import gradcheck
+from minialign.bench import torch_reference_gpt
+from minialign.gpt import GPT, GPTConfig
+
+torch = pytest.importorskip("torch")
+
+
+def all_sequences(vocab_size, horizon, eos=0):
+    """Every EOS-terminated sequence of length ≤ horizon over the non-EOS tokens, padded with EOS."""
+    tokens = [t for t in range(vocab_size) if t != eos]
+    rows = []
+    for n in range(horizon):
+        for body in itertools.product(tokens, repeat=n):
+            rows.append(list(body) + [eos] * (horizon - n))
+    return np.array(rows, dtype=np.int64)
+
+
+def tiny_gpt(seed=0, vocab_size=3, block_size=4, scale=1.0, dtype=np.float64, **kw):
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=8, **kw)
+    model = GPT(cfg, seed=seed).astype(dtype)
+    rng = np.random.default_rng(seed + 100)
+    for p in model.parameters():  # larger weights than the init, so the distribution is far from uniform
+        p.data = p.data + scale * rng.standard_normal(p.shape).astype(dtype)
+    return model
+
+
+@pytest.mark.task2_1
+@pytest.mark.parametrize("vocab_size,block_size,seed", [(2, 5, 0), (3, 4, 1), (4, 3, 2), (3, 1, 3)])
+def test_exact_sequence_distribution_sums_to_one(vocab_size, block_size, seed):
+    model = tiny_gpt(seed, vocab_size, block_size)
+    x = all_sequences(vocab_size, block_size)
+    logp = model.sequence_logprob(x).numpy()
+    assert len(x) == sum((vocab_size - 1) ** n for n in range(block_size))
+    np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=0, atol=1e-12)
+
+
+@pytest.mark.task2_1
+def test_sequence_logprob_is_the_sum_of_next_token_logprobs_up_to_eos():
+    model = tiny_gpt(4, vocab_size=4, block_size=5)
+    x = np.array([[1, 2, 0, 3, 3], [3, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
+    inp = np.concatenate([np.zeros((3, 1), dtype=np.int64), x[:, :-1]], axis=1)
+    z = model(inp).numpy()
+    logsm = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    by_hand = [logsm[0, 0, 1] + logsm[0, 1, 2] + logsm[0, 2, 0],
+               logsm[1, 0, 3] + logsm[1, 1, 0],
+               logsm[2, 0, 1] + logsm[2, 1, 1] + logsm[2, 2, 1] + logsm[2, 3, 1]]  # the EOS at t=4 is forced
+    np.testing.assert_allclose(model.sequence_logprob(x).numpy(), by_hand, rtol=1e-12)
+    # tokens after the first EOS are padding and change nothing
+    y = x.copy()
+    y[0, 3:] = [1, 2]
+    np.testing.assert_allclose(model.sequence_logprob(y).numpy(), model.sequence_logprob(x).numpy(), rtol=0)
+
+
+@pytest.mark.task2_1
+def test_logits_and_gradients_match_a_torch_model_with_the_same_weights():
+    model = tiny_gpt(5, vocab_size=5, block_size=6, scale=0.3)
+    params, forward = torch_reference_gpt(model)
+    for p in params.values():
+        p.data = p.data.double()
+    x = np.array([[1, 2, 3, 0, 0, 0], [4, 4, 4, 4, 4, 0]])
+    inp, targets, counted = model._shift(x)
+    np.testing.assert_allclose(model(inp).numpy(), forward(inp).detach().numpy(), rtol=1e-10, atol=1e-12)
+    loss = model.loss(x)
+    loss.backward()
+    tloss = torch.nn.functional.cross_entropy(forward(inp).reshape(-1, 5), torch.tensor(np.where(counted, targets, -100)).reshape(-1))
+    tloss.backward()
+    np.testing.assert_allclose(loss.item(), tloss.item(), rtol=1e-10)
+    for name, p in model.named_parameters():
+        np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-8, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.task2_1
+def test_sequence_logprob_gradient_matches_finite_differences():
+    model = tiny_gpt(6, vocab_size=3, block_size=3, scale=0.5)
+    x = all_sequences(3, 3)
+    w = model.h[0].attn.c_attn.weight
+    for p in model.parameters():
+        p.requires_grad = p is w
+    assert gradcheck(lambda _: model.sequence_logprob(x), w)
+
+
+@pytest.mark.task2_1
+@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, None), (1.3, 2)])
+def test_kv_cache_gives_identical_samples_and_logprobs(temperature, top_k):
+    model = tiny_gpt(7, vocab_size=5, block_size=7, scale=0.5)
+    a, lp_a = model.generate(64, rng=11, temperature=temperature, top_k=top_k, use_cache=True)
+    b, lp_b = model.generate(64, rng=11, temperature=temperature, top_k=top_k, use_cache=False)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(lp_a, lp_b, rtol=1e-12)
+    # the incremental log-probabilities are the model's own: they equal the full forward's
+    np.testing.assert_allclose(lp_a, model.sequence_logprob(a).numpy(), rtol=1e-10)
+
+
+@pytest.mark.task2_1
+def test_cached_incremental_logits_equal_the_full_forward():
+    model = tiny_gpt(8, vocab_size=5, block_size=6, scale=0.5)
+    x = np.array([[0, 3, 1, 4, 2, 2], [0, 1, 1, 2, 3, 4]])
+    full = model(x).numpy()
+    cache = model.new_cache()
+    steps = [model(x[:, t:t + 1], cache=cache, start=t).numpy()[:, 0] for t in range(6)]
+    np.testing.assert_allclose(np.stack(steps, axis=1), full, rtol=1e-10, atol=1e-12)
+
+
+def test_samples_follow_the_model_distribution():
+    model = tiny_gpt(9, vocab_size=3, block_size=3, scale=1.0)
+    x = all_sequences(3, 3)
+    p = np.exp(model.sequence_logprob(x).numpy())
+    samples, _ = model.generate(20000, rng=3)
+    index = {tuple(r): i for i, r in enumerate(x)}
+    counts = np.bincount([index[tuple(r)] for r in samples], minlength=len(x))
+    # each count is Binomial(n, p): within 5 standard deviations
+    n = len(samples)
+    assert np.all(np.abs(counts - n * p) <= 5 * np.sqrt(n * p * (1 - p)) + 1)
+
+
+def test_top_k_only_samples_the_k_most_likely_first_tokens():
+    model = tiny_gpt(10, vocab_size=6, block_size=3, scale=1.0)
+    logits = model(np.zeros((1, 1), dtype=np.int64)).numpy()[0, 0]
+    top2 = set(np.argsort(logits)[-2:])
+    samples, _ = model.generate(300, rng=0, top_k=2)
+    assert set(samples[:, 0]) <= top2
+
+
+def test_save_load_round_trips_bit_exactly(tmp_path):
+    model = tiny_gpt(11, vocab_size=5, block_size=6, dtype=np.float32)
+    path = model.save(tmp_path / "m.npz")
+    loaded = GPT.load(path)
+    assert loaded.config == model.config
+    for (n1, a), (n2, b) in zip(sorted(model.state_dict().items()), sorted(loaded.state_dict().items())):
+        assert n1 == n2 and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    x = np.array([[1, 2, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(model(x).numpy(), loaded(x).numpy())
+
+
+def test_bad_token_input_raises_clear_errors():
+    model = tiny_gpt(12, vocab_size=4, block_size=4)
+    with pytest.raises(TypeError, match="integer array of token ids; got dtype float64"):
+        model(np.zeros((1, 2)))
+    with pytest.raises(ValueError, match=r"token ids in \[0, 4\); got values in \[0, 7\]"):
+        model(np.array([[0, 7]]))
+    with pytest.raises(ValueError, match=r"shape \[batch, time\]; got shape \(3,\)"):
+        model(np.array([0, 1, 2]))
+    with pytest.raises(ValueError, match="exceeds block_size 4"):
+        model(np.zeros((1, 5), dtype=np.int64))
+    with pytest.raises(ValueError, match="row 1 of x has no end-of-sequence token"):
+        model.sequence_logprob(np.array([[1, 0, 0], [1, 2, 3]]))
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        model.generate(2, temperature=0.0)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match=r"n_embd \(10\) must be divisible by n_head \(4\)"):
+        GPTConfig(n_embd=10, n_head=4)
+    with pytest.raises(ValueError, match="eos_id must be a token id"):
+        GPTConfig(vocab_size=3, eos_id=3)

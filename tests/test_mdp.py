@@ -1,0 +1,216 @@
+"""Tabular MDPs: Bellman optimality (Eq. 4.6), Q-learning (Eq. 4.7), and seed 004's example repaired."""
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minialign.mdp import (
+    SEED004_STATED_Q,
+    TabularMDP,
+    bellman_optimality_backup,
+    evaluate_policy,
+    greedy_policy,
+    optimal_actions,
+    q_learning,
+    q_update,
+    seed004_mdp,
+    seed004_q_update,
+    seed004_worked_example,
+    value_iteration,
+)
+
+
+@st.composite
+def random_mdps(draw, max_states=5, max_actions=3):
+    S = draw(st.integers(1, max_states))
+    A = draw(st.integers(1, max_actions))
+    weights = draw(hnp.arrays(np.float64, (S, A, S), elements=st.floats(0.0, 1.0)))
+    weights = weights + 1e-3  # keep every row's total positive
+    R = draw(hnp.arrays(np.float64, (S, A, S), elements=st.floats(-1.0, 1.0)))
+    gamma = draw(st.floats(0.0, 0.95))
+    return TabularMDP(weights / weights.sum(axis=2, keepdims=True), R, gamma)
+
+
+def fixed_random_mdp(seed=7, S=4, A=2, gamma=0.8):
+    rng = np.random.default_rng(seed)
+    return TabularMDP(rng.dirichlet(np.ones(S), size=(S, A)), rng.normal(size=(S, A, S)), gamma)
+
+
+def bellman_residual(mdp, Q):
+    """max |Q − TQ| computed by explicit loops over (s, a, s'), independently of the vectorised backup."""
+    worst = 0.0
+    for s in range(mdp.n_states):
+        for a in range(mdp.n_actions):
+            rhs = sum(
+                mdp.P[s, a, t] * (mdp.R[s, a, t] + mdp.gamma * max(Q[t])) for t in range(mdp.n_states)
+            )
+            worst = max(worst, abs(Q[s, a] - rhs))
+    return worst
+
+
+# ------------------------------------------------------------------------------- value iteration
+
+
+@pytest.mark.parametrize("mdp", [seed004_mdp(), fixed_random_mdp()], ids=["seed004", "random"])
+def test_value_iteration_satisfies_bellman_optimality(mdp):
+    Q, V, pi = value_iteration(mdp, tol=1e-12)
+    assert bellman_residual(mdp, Q) < 1e-10
+    np.testing.assert_array_equal(V, Q.max(axis=1))
+    np.testing.assert_array_equal(pi, Q.argmax(axis=1))
+
+
+@given(random_mdps())
+def test_value_iteration_is_a_fixed_point_and_its_greedy_policy_attains_v_star(mdp):
+    Q, V, pi = value_iteration(mdp, tol=1e-12)
+    np.testing.assert_allclose(bellman_optimality_backup(mdp, Q), Q, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(evaluate_policy(mdp, pi), V, rtol=0, atol=1e-9)
+
+
+@given(random_mdps(), st.data())
+def test_no_deterministic_policy_beats_v_star(mdp, data):
+    _, V, _ = value_iteration(mdp, tol=1e-12)
+    policy = np.array(data.draw(st.lists(st.integers(0, mdp.n_actions - 1), min_size=mdp.n_states,
+                                         max_size=mdp.n_states)))
+    assert (evaluate_policy(mdp, policy) <= V + 1e-9).all()
+
+
+def test_policy_evaluation_on_a_two_state_chain_by_hand():
+    # State 0 pays 1 and moves to 1; state 1 pays 0 and stays. V(1) = 0, V(0) = 1.
+    # With a self-loop paying 1 in state 1 instead: V(1) = 1/(1-γ) = 2 for γ = 0.5, V(0) = 1 + 0.5·2 = 2.
+    P = np.array([[[0.0, 1.0]], [[0.0, 1.0]]])
+    np.testing.assert_allclose(evaluate_policy(TabularMDP(P, np.array([[1.0], [0.0]]), 0.5), [0, 0]), [1.0, 0.0])
+    np.testing.assert_allclose(evaluate_policy(TabularMDP(P, np.array([[1.0], [1.0]]), 0.5), [0, 0]), [2.0, 2.0])
+
+
+# ------------------------------------------------------------------------------------ the seed's MDP
+
+
+def test_repaired_seed_mdp_reads_the_stated_numbers_as_next_state_rows():
+    mdp = seed004_mdp()
+    for s in range(3):
+        np.testing.assert_array_equal(mdp.P[s, 0], [0.8, 0.1, 0.1])  # U
+        np.testing.assert_array_equal(mdp.P[s, 1], [0.1, 0.8, 0.1])  # D
+    np.testing.assert_array_equal(mdp.expected_reward(), np.full((3, 2), 0.1))  # reach state 3 w.p. 0.1
+    assert mdp.gamma == 0.9
+
+
+def test_seed_mdp_true_q_star_is_one_and_u_ties_d_everywhere():
+    # Nothing depends on s, so V* is one number v = 0.1·1 + 0.9·v, hence v = 1 and Q* = 0.1 + 0.9·1 = 1.
+    Q, V, _ = value_iteration(seed004_mdp(), tol=1e-13)
+    np.testing.assert_allclose(Q, np.ones((3, 2)), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(V, np.ones(3), rtol=0, atol=1e-11)
+    assert optimal_actions(Q).all()  # both actions optimal in every state
+    assert not (Q[:, 1] > Q[:, 0] + 1e-9).any()  # "Q(s,D) > Q(s,U)" holds in no state
+
+
+def test_seed_stated_values_are_not_the_optimum():
+    Q, _, _ = value_iteration(seed004_mdp())
+    assert np.abs(SEED004_STATED_Q - Q).max() > 0.9
+
+
+# --------------------------------------------------------------------------------------- Q-learning
+
+
+def test_q_learning_converges_to_q_star_on_the_repaired_seed_mdp():
+    mdp = seed004_mdp()
+    Q_star, _, _ = value_iteration(mdp)
+    t0 = time.perf_counter()
+    Q = q_learning(mdp, alpha=lambda n: n**-0.8, steps=500_000, epsilon=0.2, seed=0)
+    assert time.perf_counter() - t0 < 10.0
+    assert np.abs(Q - Q_star).max() < 0.03, Q
+
+
+def test_q_learning_recovers_the_optimal_policy_on_a_random_mdp():
+    mdp = fixed_random_mdp()
+    Q_star, _, pi_star = value_iteration(mdp)
+    Q = q_learning(mdp, alpha=lambda n: n**-0.8, steps=500_000, epsilon=0.3, seed=1, episode_length=50)
+    assert np.abs(Q - Q_star).max() < 0.03, (Q, Q_star)
+    np.testing.assert_array_equal(greedy_policy(Q), pi_star)
+
+
+def test_q_learning_is_reproducible_and_zero_steps_returns_the_start():
+    mdp = seed004_mdp()
+    a = q_learning(mdp, alpha=0.1, steps=2000, seed=3)
+    np.testing.assert_array_equal(a, q_learning(mdp, alpha=0.1, steps=2000, seed=3))
+    np.testing.assert_array_equal(q_learning(mdp, steps=0, Q0=np.full((3, 2), 2.0)), np.full((3, 2), 2.0))
+
+
+# -------------------------------------------------------------------------------- the seed's update
+
+
+def test_seed_update_misplaces_alpha_on_a_concrete_step():
+    Q = np.array([[0.5, 0.0], [0.2, -1.0]])  # update (s=0, a=0) with r = 1 landing in s' = 1
+    # Eq. (4.7): 0.5 + 0.1·(1 + 0.9·0.2 − 0.5) = 0.5 + 0.1·0.68 = 0.568.
+    assert q_update(Q, 0, 0, 1.0, 1, alpha=0.1, gamma=0.9) == pytest.approx(0.568, abs=1e-12)
+    # The seed's rule: 0.5 + 0.1·1 + 0.9·0.2 = 0.78.
+    assert seed004_q_update(Q, 0, 0, 1.0, 1, alpha=0.1, gamma=0.9) == pytest.approx(0.78, abs=1e-12)
+    assert seed004_q_update(Q, 0, 0, 1.0, 1, alpha=0.1, gamma=0.9) != pytest.approx(0.568, abs=1e-6)
+
+
+def test_seed_arithmetic_with_its_own_premise_gives_one_not_point_nine():
+    # The seed takes max Q(3,·) = 1 for the update of Q(2,D): 0 + 0.1·1 + 0.9·1 = 1.0, printed as 0.9.
+    Q = np.zeros((3, 2))
+    Q[2] = 1.0
+    assert seed004_q_update(Q, 1, 1, 1.0, 2, alpha=0.1, gamma=0.9) == pytest.approx(1.0, abs=1e-12)
+    assert SEED004_STATED_Q[1, 1] == 0.9
+
+
+def test_worked_example_replayed_from_zero_under_both_rules():
+    # Only (2,D)→3, (3,U)→2 and (3,D)→3 can move away from 0; the first three updates see only zeros.
+    correct = seed004_worked_example("correct")
+    q2d = 0.1 * (1 + 0.9 * 0)
+    q3u = 0.1 * (0 + 0.9 * q2d)
+    q3d = 0.1 * (1 + 0.9 * max(q3u, 0.0))
+    np.testing.assert_allclose(correct, [[0, 0], [0, q2d], [q3u, q3d]], rtol=0, atol=1e-15)
+    assert (q2d, q3u, q3d) == pytest.approx((0.1, 0.009, 0.10081))
+    seed = seed004_worked_example("seed")
+    s3u = 0 + 0.1 * 0 + 0.9 * 0.1
+    s3d = 0 + 0.1 * 1 + 0.9 * max(s3u, 0.0)
+    np.testing.assert_allclose(seed, [[0, 0], [0, 0.1], [s3u, s3d]], rtol=0, atol=1e-15)
+    assert (s3u, s3d) == pytest.approx((0.09, 0.181))
+    with pytest.raises(ValueError, match="'bogus'"):
+        seed004_worked_example("bogus")
+
+
+def test_seed_rule_iterated_diverges_while_eq_4_7_converges():
+    # Self-loop (3,D)→3 with reward 1: Eq. (4.7) tends to r/(1−γ) = 10, the seed's rule multiplies by 1.9.
+    Q_right, Q_seed = np.zeros((3, 2)), np.zeros((3, 2))
+    for _ in range(5000):  # each step shrinks the error by 1 − α(1 − γ) = 0.99
+        Q_right[2, 1] = q_update(Q_right, 2, 1, 1.0, 2, alpha=0.1, gamma=0.9)
+    for _ in range(20):
+        Q_seed[2, 1] = seed004_q_update(Q_seed, 2, 1, 1.0, 2, alpha=0.1, gamma=0.9)
+    assert Q_right[2, 1] == pytest.approx(10.0, abs=1e-9)
+    assert Q_seed[2, 1] > 1e4
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def test_the_seed_table_as_written_is_rejected():
+    # As written, P(s'|s,U) is 0.8 for every s' when s = 1: the row sums to 2.4, not 1.
+    P = np.empty((3, 2, 3))
+    P[:, 0, :] = np.array([0.8, 0.1, 0.1])[:, None]
+    P[:, 1, :] = np.array([0.1, 0.8, 0.1])[:, None]
+    with pytest.raises(ValueError, match=r"sum to 1.*\[0\.3, 2\.4\]"):
+        TabularMDP(P, np.zeros((3, 2)), 0.9)
+
+
+def test_bad_inputs_are_rejected():
+    P = np.full((2, 1, 2), 0.5)
+    with pytest.raises(ValueError, match="non-negative"):
+        TabularMDP(np.array([[[1.5, -0.5]], [[0.5, 0.5]]]), np.zeros((2, 1)), 0.9)
+    with pytest.raises(ValueError, match=r"shape \[S, A, S\]"):
+        TabularMDP(np.full((2, 1, 3), 1 / 3), np.zeros((2, 1)), 0.9)
+    with pytest.raises(ValueError, match=r"R must have shape"):
+        TabularMDP(P, np.zeros((3, 1)), 0.9)
+    with pytest.raises(ValueError, match="gamma"):
+        TabularMDP(P, np.zeros((2, 1)), 1.5)
+    with pytest.raises(ValueError, match="gamma < 1"):
+        value_iteration(TabularMDP(P, np.zeros((2, 1)), 1.0))
+    with pytest.raises(ValueError, match="Q must have shape"):
+        bellman_optimality_backup(TabularMDP(P, np.zeros((2, 1)), 0.5), np.zeros((3, 1)))
+    with pytest.raises(ValueError, match="epsilon"):
+        q_learning(TabularMDP(P, np.zeros((2, 1)), 0.5), epsilon=1.5)

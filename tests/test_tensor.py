@@ -1,0 +1,277 @@
+"""The engine's primitive ops: each gradient equals central finite differences (float64) and torch autograd."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from hypothesis.extra import numpy as hnp
+
+from minialign import GradcheckError, Tensor, concatenate, gradcheck, no_grad, stack
+from minialign.tensor import unbroadcast
+from strategies import array_and_axis, broadcastable_pair, float_arrays, small_shapes
+
+torch = pytest.importorskip("torch")
+
+
+def t64(a):
+    return Tensor(np.array(a, dtype=np.float64), requires_grad=True)
+
+
+def torch_grads(fn, *arrays):
+    """Gradients of ⟨fn(*inputs), c⟩ by torch autograd, with the same c that gradcheck-style checks use."""
+    xs = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    out = fn(*xs)
+    c = torch.tensor(np.random.default_rng(1).standard_normal(tuple(out.shape)))
+    (out * c).sum().backward()
+    return [x.grad.numpy() if x.grad is not None else np.zeros(x.shape) for x in xs], out.detach().numpy(), c.numpy()
+
+
+def ours_grads(fn, *arrays, c):
+    xs = [t64(a) for a in arrays]
+    out = fn(*xs)
+    out.backward(c)
+    return [x.grad if x.grad is not None else np.zeros(x.shape) for x in xs], out.numpy()
+
+
+def check_against_torch(ours, theirs, *arrays, atol=1e-10):
+    tg, tout, c = torch_grads(theirs, *arrays)
+    og, oout = ours_grads(ours, *arrays, c=c)
+    np.testing.assert_allclose(oout, tout, rtol=1e-10, atol=atol)
+    for a, b in zip(og, tg):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=atol)
+
+
+BINARY = {
+    "add": (lambda a, b: a + b, lambda a, b: a + b),
+    "sub": (lambda a, b: a - b, lambda a, b: a - b),
+    "mul": (lambda a, b: a * b, lambda a, b: a * b),
+    "div": (lambda a, b: a / b, lambda a, b: a / b),
+}
+
+
+@pytest.mark.task1_1
+@pytest.mark.parametrize("name", sorted(BINARY))
+@given(pair=broadcastable_pair())
+def test_binary_op_gradients_match_finite_differences_and_torch(name, pair):
+    a, b = pair
+    if name == "div":
+        b = np.where(np.abs(b) < 0.5, 0.5 + np.abs(b), b)
+    ours, theirs = BINARY[name]
+    assert gradcheck(ours, t64(a), t64(b))
+    check_against_torch(ours, theirs, a, b)
+
+
+@pytest.mark.task1_1
+@given(pair=broadcastable_pair())
+def test_pow_gradients_in_base_and_exponent(pair):
+    a, b = pair
+    a = np.abs(a) + 0.5  # a positive base so that a**b and log a are defined
+    assert gradcheck(lambda x, y: x**y, t64(a), t64(b))
+    check_against_torch(lambda x, y: x**y, lambda x, y: x**y, a, b)
+
+
+UNARY = {
+    "neg": (lambda x: -x, lambda x: -x, None),
+    "exp": (lambda x: x.exp(), torch.exp, None),
+    "log": (lambda x: x.log(), torch.log, "positive"),
+    "tanh": (lambda x: x.tanh(), torch.tanh, None),
+    "relu": (lambda x: x.relu(), torch.relu, "away_from_zero"),
+    "sigmoid": (lambda x: x.sigmoid(), torch.sigmoid, None),
+    "sqrt": (lambda x: x.sqrt(), torch.sqrt, "positive"),
+    "square": (lambda x: x**2, lambda x: x**2, None),
+}
+
+
+@pytest.mark.task1_1
+@pytest.mark.parametrize("name", sorted(UNARY))
+@given(x=float_arrays(small_shapes))
+def test_unary_op_gradients_match_finite_differences_and_torch(name, x):
+    ours, theirs, domain = UNARY[name]
+    if domain == "positive":
+        x = np.abs(x) + 0.1
+    elif domain == "away_from_zero":  # relu has no derivative at 0; finite differences straddle it
+        x = np.where(np.abs(x) < 1e-3, 0.5, x)
+    assert gradcheck(ours, t64(x))
+    check_against_torch(ours, theirs, x)
+
+
+@pytest.mark.task1_1
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=1, max_dims=3, max_side=4))
+def test_unbroadcast_sums_back_to_the_input_shape(shapes):
+    a_shape, _ = shapes.input_shapes
+    g = np.random.default_rng(0).standard_normal(shapes.result_shape)
+    out = unbroadcast(g, a_shape)
+    assert out.shape == tuple(a_shape)
+    # the total is preserved: unbroadcasting only sums
+    np.testing.assert_allclose(out.sum(), g.sum(), rtol=1e-12, atol=1e-12)
+    # and it is the adjoint of broadcasting: <broadcast(a), g> = <a, unbroadcast(g)>
+    a = np.random.default_rng(1).standard_normal(a_shape)
+    np.testing.assert_allclose((np.broadcast_to(a, g.shape) * g).sum(), (a * out).sum(), rtol=1e-10, atol=1e-10)
+
+
+@st.composite
+def matmul_operands(draw):
+    batch = draw(hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=2, max_side=3))
+    n, k, m = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    a_shape, b_shape = batch.input_shapes[0] + (n, k), batch.input_shapes[1] + (k, m)
+    if draw(st.booleans()):
+        a_shape = (k,)  # a vector on the left
+    elif draw(st.booleans()):
+        b_shape = (k,)  # a vector on the right
+    return draw(float_arrays(a_shape)), draw(float_arrays(b_shape))
+
+
+@pytest.mark.task1_1
+@given(ab=matmul_operands())
+def test_batched_matmul_gradients_match_finite_differences_and_torch(ab):
+    a, b = ab
+    assert gradcheck(lambda x, y: x @ y, t64(a), t64(b))
+    check_against_torch(lambda x, y: x @ y, lambda x, y: x @ y, a, b)
+
+
+def test_matmul_rejects_mismatched_inner_dimensions():
+    with pytest.raises(ValueError, match=r"inner dimensions differ: \(2, 3\) @ \(4, 5\)"):
+        Tensor(np.ones((2, 3))) @ Tensor(np.ones((4, 5)))
+
+
+@pytest.mark.task1_2
+@pytest.mark.parametrize("reduction", ["sum", "mean", "max"])
+@given(data=array_and_axis())
+def test_reduction_gradients_match_finite_differences_and_torch(reduction, data):
+    x, axis, keepdims = data
+    if reduction == "max":  # distinct values, well separated, so the max is unique and differentiable
+        x = x + np.arange(x.size).reshape(x.shape) * 0.01
+
+    def ours(t):
+        return getattr(t, reduction)(axis=axis, keepdims=keepdims)
+
+    def theirs(t):
+        dims = tuple(range(t.ndim)) if axis is None else axis
+        if reduction == "max":
+            dims = (dims,) if isinstance(dims, int) else dims
+            out = t
+            for d in sorted((d % t.ndim for d in dims), reverse=True):
+                out = out.max(dim=d, keepdim=True).values
+            return out if keepdims else out.reshape([s for i, s in enumerate(t.shape) if i not in {d % t.ndim for d in dims}])
+        return getattr(torch, reduction)(t, dim=dims, keepdim=keepdims)
+
+    assert gradcheck(ours, t64(x))
+    check_against_torch(ours, theirs, x)
+
+
+@pytest.mark.task1_2
+def test_max_shares_gradient_between_ties():
+    x = t64([1.0, 3.0, 3.0])
+    x.max().backward()
+    np.testing.assert_allclose(x.grad, [0.0, 0.5, 0.5])
+
+
+@pytest.mark.task1_2
+@given(x=float_arrays(hnp.array_shapes(min_dims=2, max_dims=4, max_side=3)), data=st.data())
+def test_reshape_and_permute_gradients_match_torch(x, data):
+    perm = data.draw(st.permutations(range(x.ndim)))
+
+    def ours(t):
+        return t.permute(perm).reshape(-1, x.shape[perm[-1]]) * 2.0
+
+    def theirs(t):
+        return t.permute(*perm).reshape(-1, x.shape[perm[-1]]) * 2.0
+
+    assert gradcheck(ours, t64(x))
+    check_against_torch(ours, theirs, x)
+    check_against_torch(lambda t: t.transpose(0, -1), lambda t: t.transpose(0, -1), x)
+
+
+@pytest.mark.task1_2
+@given(x=float_arrays((5, 4)), data=st.data())
+def test_indexing_with_repeated_indices_accumulates_gradients(x, data):
+    rows = np.array(data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=7)))
+    for key in [rows, (slice(1, 4), 2), (rows, slice(None, None, 2)), (Ellipsis, -1)]:
+        assert gradcheck(lambda t: t[key] * 3.0, t64(x))
+        check_against_torch(lambda t: t[key] * 3.0, lambda t: t[key if not isinstance(key, tuple) else key] * 3.0, x)
+
+
+@pytest.mark.task1_2
+@given(x=float_arrays((3, 5)), data=st.data())
+def test_gather_gradient_matches_torch(x, data):
+    axis = data.draw(st.sampled_from([0, 1, -1]))
+    n_out = data.draw(st.integers(1, 6))
+    shape = (n_out, 5) if axis == 0 else (3, n_out)
+    index = np.array(data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, x.shape[axis] - 1))))
+    assert gradcheck(lambda t: t.gather(axis, index), t64(x))
+    check_against_torch(lambda t: t.gather(axis, index), lambda t: torch.gather(t, axis, torch.tensor(index)), x)
+
+
+@pytest.mark.task1_2
+@given(a=float_arrays((2, 3)), b=float_arrays((2, 1)), c=float_arrays((2, 4)))
+def test_concatenate_and_stack_split_the_gradient_back(a, b, c):
+    assert gradcheck(lambda x, y, z: concatenate([x, y, z], axis=1), t64(a), t64(b), t64(c))
+    check_against_torch(lambda x, y, z: concatenate([x, y, z], axis=-1), lambda x, y, z: torch.cat([x, y, z], -1), a, b, c)
+    check_against_torch(lambda x, y: stack([x, y], axis=1), lambda x, y: torch.stack([x, y], 1), a, a * 2)
+
+
+def test_concatenate_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="shapes must agree elsewhere"):
+        concatenate([Tensor(np.ones((2, 3))), Tensor(np.ones((3, 3)))], axis=1)
+
+
+@pytest.mark.task1_1
+def test_a_value_used_twice_accumulates_both_gradients():
+    # d/dx (x·x + x) = 2x + 1: the graph walk must add the contributions of every use
+    x = t64([1.5, -2.0])
+    y = x * x + x
+    y.backward(np.ones(2))
+    np.testing.assert_allclose(x.grad, 2 * x.data + 1)
+
+
+def test_backward_on_a_deep_chain_does_not_recurse():
+    x = t64([0.5])
+    y = x
+    for _ in range(5000):
+        y = y * 1.0
+    y.sum().backward()
+    np.testing.assert_allclose(x.grad, [1.0])
+
+
+def test_no_grad_records_nothing_and_detach_cuts_the_graph():
+    x = t64([1.0, 2.0])
+    with no_grad():
+        y = x * 3.0
+    assert not y.requires_grad and y._parents == ()
+    z = (x * 2.0).detach()
+    assert not z.requires_grad
+    w = x * 2.0
+    assert w.requires_grad
+
+
+def test_non_scalar_backward_without_gradient_is_an_error():
+    y = t64([1.0, 2.0]) * 2.0
+    with pytest.raises(ValueError, match=r"needs a scalar .* got shape \(2,\)"):
+        y.backward()
+    with pytest.raises(ValueError, match=r"grad must have the tensor's shape \(2,\); got \(3,\)"):
+        y.backward(np.ones(3))
+
+
+def test_integer_tensors_cannot_require_grad():
+    with pytest.raises(TypeError, match="only floating-point tensors can require gradients"):
+        Tensor(np.arange(3), requires_grad=True)
+
+
+def test_scalars_take_the_tensor_dtype():
+    x = Tensor(np.ones(3, dtype=np.float32), requires_grad=True)
+    assert (x * 2.5 + 1).dtype == np.float32
+    assert (1.0 / x).dtype == np.float32
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    """gradcheck must fail when a backward is wrong: here a deliberately broken exp."""
+
+    def broken_exp(t):
+        out = np.exp(t.data)
+        return Tensor._result(out, (t,), lambda g: t._accumulate(g * out * 1.01), "bad_exp")
+
+    with pytest.raises(GradcheckError, match=r"input 0 .* at index .*analytic .* numerical"):
+        gradcheck(broken_exp, t64([0.3, -0.2, 1.0]))
+
+
+def test_gradcheck_requires_float64():
+    with pytest.raises(TypeError, match="float64"):
+        gradcheck(lambda t: t * 2, Tensor(np.ones(2, dtype=np.float32), requires_grad=True))
