@@ -84,34 +84,43 @@ def check_targets(targets, logits_shape, ignore_index=None, what="targets"):
 def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """Eq. (1.8): ℓ = −log softmax(z)_y, averaged over the targets that are not ``ignore_index``.
 
-    Backward: dz = (softmax(z) − onehot(y)) · dℓ, zero on ignored rows.
+    Backward: dz = (softmax(z) − onehot(y)) · dℓ, zero on ignored rows. A backend with a fused kernel for
+    token log-probabilities (the torch backend) computes the same without writing the softmax.
     """
     logits = _as_tensor(logits)
     bk = logits.bk
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
-    targets = check_targets(targets, logits.shape, ignore_index)
+    targets = bk.asarray(check_targets(targets, logits.shape, ignore_index))
     v = logits.shape[-1]
     z = bk.reshape(logits.data, (-1, v))
     y = bk.reshape(targets, (-1,))
     keep = y != ignore_index
-    y_safe = bk.where(keep, y, 0)
-    lse = _logsumexp(bk, z, -1)
-    picked = bk.take_along_axis(z, bk.reshape(y_safe, (-1, 1)), 1)
-    losses = bk.reshape((lse - picked), (-1,)) * keep
+    fused = getattr(bk, "token_logprobs", None)
+    fused = fused(z, y, ignore_index) if fused is not None else None
+    if fused is not None:
+        logp, logp_backward = fused
+    else:
+        y_safe = bk.where(keep, y, 0)
+        lse = _logsumexp(bk, z, -1)
+        logp = bk.reshape(bk.take_along_axis(z, bk.reshape(y_safe, (-1, 1)), 1) - lse, (-1,))
+
+        def logp_backward(w):  # d/dz of Σ_n w_n log π(y_n) = w_n (onehot(y_n) − π_n)
+            onehot = bk.index_add(z.shape, z.dtype, (bk.arange(z.shape[0], like=z), y_safe), 1.0, like=z)
+            return bk.reshape(w, (-1, 1)) * (onehot - bk.exp(z - lse))
+
+    losses = -logp * keep
     n = max(int(keep.sum()), 1)
     if reduction == "mean":
         out, scale = bk.sum(losses) / n, 1.0 / n
     elif reduction == "sum":
         out, scale = bk.sum(losses), 1.0
     else:
-        out, scale = bk.reshape(losses, targets.shape), None
+        out, scale = bk.reshape(losses, tuple(targets.shape)), None
 
     def backward(g):
-        p = bk.exp(z - lse)
-        rows = bk.reshape(g, (-1, 1)) if scale is None else g * scale
-        dz = p - bk.index_add(z.shape, z.dtype, (bk.arange(z.shape[0], like=z), y_safe), 1.0, like=z)
-        dz = dz * bk.reshape(keep, (-1, 1)) * rows
+        w = -(bk.reshape(g, (-1,)) if scale is None else g * scale) * keep
+        dz = logp_backward(bk.astype(w, z.dtype))
         logits._accumulate(bk.reshape(bk.astype(dz, logits.dtype), logits.shape))
 
     return Tensor._result(bk.astype(out, logits.dtype), (logits,), backward, "cross_entropy")
@@ -228,7 +237,7 @@ def embedding(idx, weight) -> Tensor:
     """Rows of ``weight`` looked up by integer ids; the backward sums gradients into the looked-up rows."""
     weight = _as_tensor(weight)
     bk = weight.bk
-    idx = check_targets(idx, tuple(idx.shape) + (weight.shape[0],), what="token ids")
+    idx = bk.asarray(check_targets(idx, tuple(idx.shape) + (weight.shape[0],), what="token ids"))
 
     def backward(g):
         weight._accumulate(bk.embedding_grad(idx, g, weight.shape[0]))
@@ -264,6 +273,18 @@ def scaled_dot_product_attention(q, k, v, causal: bool = True, scale=None) -> Te
     if tq > tk:
         raise ValueError(f"attention: more queries ({tq}) than keys ({tk})")
     s = (1.0 / math.sqrt(q.shape[-1])) if scale is None else scale
+    flash = getattr(bk, "flash_attention", None)
+    flash = flash(q.data, k.data, v.data, s) if flash is not None and causal and tq == tk else None
+    if flash is not None:  # a backend with a flash-attention kernel: O and a backward that recomputes P
+        out, flash_backward = flash
+
+        def backward(g):
+            dq, dk, dv = flash_backward(g)
+            q._accumulate(dq)
+            k._accumulate(dk)
+            v._accumulate(dv)
+
+        return Tensor._result(out, (q, k, v), backward, "flash_attention")
     scores = bk.matmul(q.data, bk.swapaxes(k.data, -1, -2)) * s
     if causal:
         scores = bk.where(bk.causal_mask(tq, tk, like=scores), -math.inf, scores)

@@ -1,0 +1,178 @@
+"""The torch backend: the same array seam on ``torch.Tensor``, for the GPU path (chapter 08).
+
+torch here is only a store of arrays and a library of elementwise kernels; gradients still come from our
+own graph walk (no torch.autograd). Attention and token log-probabilities dispatch to the Triton kernels of
+``minialign.kernels`` (on a CPU they run under ``TRITON_INTERPRET=1``).
+
+    bk = TorchBackend("cuda")
+    model = GPT(config).to(bk)
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .backend import NumpyBackend, _is_basic_index, register_backend
+
+_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
+           np.dtype(np.float16): torch.float16, np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
+           np.dtype(np.bool_): torch.bool}
+
+
+def _torch_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    return _DTYPES[np.dtype(dtype)]
+
+
+class TorchBackend(NumpyBackend):
+    """The engine's array operations on torch tensors of one device."""
+
+    name = "torch"
+    float32 = torch.float32
+    float64 = torch.float64
+
+    def __init__(self, device="cpu", use_kernels: bool = True):
+        self.device = torch.device(device)
+        self.use_kernels = use_kernels
+        register_backend(torch.Tensor, self)
+
+    # creation and conversion
+    def asarray(self, x, dtype=None):
+        if isinstance(x, torch.Tensor):
+            x = x.to(self.device)
+            return x if dtype is None else x.to(_torch_dtype(dtype))
+        return torch.as_tensor(np.asarray(x), device=self.device, dtype=_torch_dtype(dtype))
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy()
+
+    def from_numpy(self, x, like=None):
+        return torch.as_tensor(np.array(x, copy=True), device=self.device)
+
+    def zeros(self, shape, dtype, like=None):
+        return torch.zeros(shape, dtype=_torch_dtype(dtype), device=self.device)
+
+    def zeros_like(self, x):
+        return torch.zeros_like(x)
+
+    def ones_like(self, x):
+        return torch.ones_like(x)
+
+    def full(self, shape, value, dtype, like=None):
+        return torch.full(shape, value, dtype=_torch_dtype(dtype), device=self.device)
+
+    def arange(self, n, like=None):
+        return torch.arange(n, device=self.device)
+
+    def is_floating(self, x):
+        return x.is_floating_point()
+
+    def is_integer(self, x):
+        return not x.is_floating_point() and x.dtype != torch.bool
+
+    def astype(self, x, dtype):
+        return x.to(_torch_dtype(dtype))
+
+    # elementwise
+    exp = staticmethod(torch.exp)
+    log = staticmethod(torch.log)
+    tanh = staticmethod(torch.tanh)
+    sqrt = staticmethod(torch.sqrt)
+    abs = staticmethod(torch.abs)
+    sign = staticmethod(torch.sign)
+    maximum = staticmethod(torch.maximum)
+    isfinite = staticmethod(torch.isfinite)
+    logaddexp = staticmethod(torch.logaddexp)
+
+    def where(self, cond, a, b):
+        return torch.where(self.asarray(cond), a, b)
+
+    # reductions
+    def sum(self, x, axis=None, keepdims=False):
+        if axis is None:
+            return x.sum()
+        return x.sum(dim=axis, keepdim=keepdims)
+
+    def max(self, x, axis=None, keepdims=False):
+        if axis is None:
+            return x.amax()
+        return x.amax(dim=axis, keepdim=keepdims)
+
+    # shapes
+    def reshape(self, x, shape):
+        return x.reshape(shape)
+
+    def transpose(self, x, axes):
+        return x.permute(*axes)
+
+    def swapaxes(self, x, a, b):
+        return x.transpose(a, b)
+
+    def broadcast_to(self, x, shape):
+        return x.expand(*shape)
+
+    def concatenate(self, xs, axis):
+        return torch.cat(list(xs), dim=axis)
+
+    def split_at(self, x, indices, axis):
+        return torch.tensor_split(x, list(indices), dim=axis)
+
+    def matmul(self, a, b):
+        return a @ b
+
+    # indexing
+    def take_along_axis(self, x, index, axis):
+        return torch.take_along_dim(x, self.asarray(index), dim=axis)
+
+    def index_add(self, shape, dtype, key, values, like=None):
+        out = torch.zeros(shape, dtype=_torch_dtype(dtype), device=self.device)
+        if _is_basic_index(key):
+            out[key] = values
+            return out
+        parts = key if isinstance(key, tuple) else (key,)
+        index = tuple(self.asarray(k) for k in parts)
+        values = values if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=out.dtype, device=self.device)
+        return out.index_put_(index, values.expand(torch.broadcast_shapes(*(i.shape for i in index))), accumulate=True)
+
+    def embedding_grad(self, idx, grad, num_embeddings):
+        d = grad.shape[-1]
+        out = torch.zeros((num_embeddings, d), dtype=grad.dtype, device=self.device)
+        return out.index_add_(0, self.asarray(idx).reshape(-1), grad.reshape(-1, d))
+
+    def bernoulli_mask(self, rng, shape, keep, dtype, like=None):
+        return self.asarray((rng.random(shape) < keep), dtype=dtype)
+
+    def causal_mask(self, tq, tk, like=None):
+        return torch.ones((tq, tk), dtype=torch.bool, device=self.device).triu(tk - tq + 1)
+
+    # fused kernels (the engine asks for these by name and falls back to its own math when absent)
+    def flash_attention(self, q, k, v, scale):
+        """Causal attention by the Triton flash kernel: returns (O, backward(dO) -> (dQ, dK, dV))."""
+        if not self.use_kernels:
+            return None
+        from .kernels.attention import flash_attention_backward, flash_attention_forward
+
+        o, lse = flash_attention_forward(q, k, v, causal=True, scale=scale)
+
+        def backward(do):
+            return flash_attention_backward(q, k, v, o, lse, do.contiguous(), causal=True, scale=scale)
+
+        return o, backward
+
+    def token_logprobs(self, logits, targets, ignore_index):
+        """log π(y_n) per row by the fused Triton kernel (no [N, V] softmax written); returns
+        (logp [N], backward(w [N]) -> d logits) for the loss Σ w_n log π(y_n)."""
+        if not self.use_kernels:
+            return None
+        from .kernels.logprob_fdiv import logprob_fdiv_backward, logprob_fdiv_forward
+
+        targets = self.asarray(targets)
+        saved = logprob_fdiv_forward(logits, None, targets, ignore_index=ignore_index)
+
+        def backward(w):
+            zero = torch.zeros_like(w)
+            return logprob_fdiv_backward(logits, None, targets, saved, w.to(torch.float32), zero.to(torch.float32),
+                                         ignore_index=ignore_index)
+
+        return saved.logp.to(logits.dtype), backward
