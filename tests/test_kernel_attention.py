@@ -1,0 +1,223 @@
+"""Flash attention kernels (chapter 08, Eqs. 8.1-8.8) against plain fp32 attention and torch autograd.
+
+Without a GPU the kernels run under Triton's CPU interpreter (tests/conftest.py sets TRITON_INTERPRET=1);
+the same tests run unchanged on a CUDA device, with a few larger shapes added there.
+
+Tolerances, as ``max|kernel - reference| / max|reference|`` against the reference computed in fp32 from
+the same (rounded) inputs: fp32 1e-5, fp16 2e-3, bf16 2e-2. The low-precision budgets cover rounding the
+output to 8 or 11 mantissa bits and, on a GPU, 16-bit products inside the tensor-core matmuls.
+"""
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from minialign.kernels.attention import (  # noqa: E402
+    attention_reference,
+    flash_attention,
+    flash_attention_backward,
+    flash_attention_forward,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+DTYPES = list(TOL)
+
+# (B, H, T, D): T = 1, 7, 33 and 40 are not multiples of the 16-row blocks used under the interpreter.
+SHAPES = [(1, 1, 1, 16), (1, 2, 7, 32), (2, 1, 33, 16), (1, 1, 40, 64)]
+if DEVICE == "cuda":
+    SHAPES += [(2, 3, 1000, 64), (1, 2, 1031, 128)]
+
+
+def rel_err(actual, expected):
+    """Largest absolute error, relative to the largest reference entry (absolute when that is below 1e-3)."""
+    expected = expected.double()
+    scale = max(expected.abs().max().item(), 1e-3)
+    return (actual.double() - expected).abs().max().item() / scale
+
+
+def make_qkv(shape, dtype, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(shape, generator=gen).to(device=DEVICE, dtype=dtype) for _ in range(3)]
+
+
+def reference_grads(q, k, v, do, causal, scale=None):
+    leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+    o = attention_reference(*leaves, causal=causal, scale=scale)
+    o.backward(do.float())
+    return o.detach(), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_matches_reference_output_and_lse(dtype, shape, causal):
+    q, k, v = make_qkv(shape, dtype)
+    o, lse = flash_attention_forward(q, k, v, causal=causal)
+    o_ref, lse_ref = attention_reference(q, k, v, causal=causal, return_lse=True)
+    assert o.shape == q.shape and o.dtype == dtype
+    assert lse.shape == shape[:3] and lse.dtype == torch.float32
+    assert rel_err(o, o_ref) <= TOL[dtype]
+    assert (lse.double() - lse_ref.double()).abs().max().item() <= 1e-5 * max(1.0, lse_ref.abs().max().item())
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_backward_matches_autograd_of_reference(dtype, shape, causal):
+    q, k, v = make_qkv(shape, dtype, seed=1)
+    do = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(device=DEVICE, dtype=dtype)
+    o, lse = flash_attention_forward(q, k, v, causal=causal)
+    dq, dk, dv = flash_attention_backward(q, k, v, o, lse, do, causal=causal)
+    _, (gq, gk, gv) = reference_grads(q, k, v, do, causal)
+    for name, got, want in (("dq", dq, gq), ("dk", dk, gk), ("dv", dv, gv)):
+        assert got.dtype == dtype and got.shape == q.shape
+        assert rel_err(got, want) <= TOL[dtype], name
+
+
+def test_single_token_has_zero_query_and_key_gradients():
+    q, k, v = make_qkv((1, 1, 1, 16), torch.float32)
+    do = torch.randn_like(q)
+    o, lse = flash_attention_forward(q, k, v)
+    dq, dk, dv = flash_attention_backward(q, k, v, o, lse, do)
+    assert torch.equal(o, v)  # one allowed key: softmax weight exactly 1
+    assert dq.abs().max().item() <= 1e-6 and dk.abs().max().item() <= 1e-6
+    assert torch.allclose(dv, do)
+
+
+@pytest.mark.parametrize("block_m,block_n", [(16, 32), (32, 16)])
+@pytest.mark.parametrize("causal", [True, False])
+def test_unequal_query_and_key_blocks(block_m, block_n, causal):
+    """The causal loop bounds must hold when query and key blocks differ (the GPU uses 128 x 64)."""
+    shape = (1, 2, 45, 32)
+    q, k, v = make_qkv(shape, torch.float32, seed=3)
+    do = torch.randn_like(q)
+    o, lse = flash_attention_forward(q, k, v, causal=causal, block_m=block_m, block_n=block_n)
+    dq, dk, dv = flash_attention_backward(q, k, v, o, lse, do, causal=causal, block_m=block_m, block_n=block_n)
+    o_ref, (gq, gk, gv) = reference_grads(q, k, v, do, causal)
+    assert rel_err(o, o_ref) <= TOL[torch.float32]
+    for got, want in ((dq, gq), (dk, gk), (dv, gv)):
+        assert rel_err(got, want) <= TOL[torch.float32]
+
+
+def test_head_dim_128():
+    q, k, v = make_qkv((1, 1, 20, 128), torch.float32, seed=4)
+    do = torch.randn_like(q)
+    o, lse = flash_attention_forward(q, k, v)
+    dq, dk, dv = flash_attention_backward(q, k, v, o, lse, do)
+    o_ref, (gq, gk, gv) = reference_grads(q, k, v, do, True)
+    assert rel_err(o, o_ref) <= TOL[torch.float32]
+    for got, want in ((dq, gq), (dk, gk), (dv, gv)):
+        assert rel_err(got, want) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("head_dim", [24, 48])
+def test_head_dims_that_are_not_powers_of_two_are_padded_and_masked(head_dim):
+    q, k, v = make_qkv((1, 2, 19, head_dim), torch.float32, seed=5)
+    do = torch.randn_like(q)
+    o, lse = flash_attention_forward(q, k, v)
+    dq, dk, dv = flash_attention_backward(q, k, v, o, lse, do)
+    o_ref, (gq, gk, gv) = reference_grads(q, k, v, do, True)
+    assert rel_err(o, o_ref) <= TOL[torch.float32]
+    for got, want in ((dq, gq), (dk, gk), (dv, gv)):
+        assert rel_err(got, want) <= TOL[torch.float32]
+
+
+def test_custom_scale_and_large_scores():
+    """A large softmax scale makes the rows nearly one-hot; the online max keeps every exp finite."""
+    q, k, v = make_qkv((1, 1, 23, 16), torch.float32, seed=6)
+    scale = 50.0
+    do = torch.randn_like(q)
+    o, lse = flash_attention_forward(q, k, v, scale=scale)
+    dq, dk, dv = flash_attention_backward(q, k, v, o, lse, do, scale=scale)
+    o_ref, (gq, gk, gv) = reference_grads(q, k, v, do, True, scale=scale)
+    assert torch.isfinite(o).all() and torch.isfinite(lse).all()
+    assert rel_err(o, o_ref) <= TOL[torch.float32]
+    for got, want in ((dq, gq), (dk, gk), (dv, gv)):
+        assert rel_err(got, want) <= 1e-4  # scores of size ~1e3: condition number times fp32 epsilon
+
+
+def test_causal_rows_ignore_future_keys_and_values():
+    shape = (1, 1, 29, 16)
+    q, k, v = make_qkv(shape, torch.float32, seed=7)
+    o1, _ = flash_attention_forward(q, k, v)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 20:, :] += 3.0
+    v2[..., 20:, :] -= 5.0
+    o2, _ = flash_attention_forward(q, k2, v2)
+    assert torch.equal(o1[..., :20, :], o2[..., :20, :])
+    assert not torch.allclose(o1[..., 20:, :], o2[..., 20:, :])
+
+
+def test_non_contiguous_inputs_match_contiguous_ones():
+    gen = torch.Generator().manual_seed(8)
+    qkv = torch.randn(2, 17, 3, 2, 32, generator=gen).to(DEVICE)  # [B, T, 3, H, D]
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, T, D] views, not contiguous
+    assert not q.is_contiguous()
+    o, lse = flash_attention_forward(q, k, v)
+    o_c, lse_c = flash_attention_forward(q.contiguous(), k.contiguous(), v.contiguous())
+    assert torch.equal(o, o_c) and torch.equal(lse, lse_c)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_autograd_wrapper_matches_reference(dtype):
+    q, k, v = (t.requires_grad_() for t in make_qkv((2, 2, 21, 32), dtype, seed=9))
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(10)).to(device=DEVICE, dtype=dtype)
+    o = flash_attention(q, k, v)
+    o.backward(do)
+    o_ref, (gq, gk, gv) = reference_grads(q, k, v, do, True)
+    assert rel_err(o.detach(), o_ref) <= TOL[dtype]
+    for got, want in ((q.grad, gq), (k.grad, gk), (v.grad, gv)):
+        assert rel_err(got, want) <= TOL[dtype]
+
+
+def test_lse_is_natural_log_of_the_row_normaliser():
+    q, k, v = make_qkv((1, 1, 9, 16), torch.float32, seed=11)
+    _, lse = flash_attention_forward(q, k, v, causal=False)
+    s = (q.double() @ k.double().transpose(-1, -2)) / math.sqrt(16)
+    assert torch.allclose(lse.double(), torch.log(torch.exp(s).sum(-1)), rtol=0, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def test_rejects_tensors_that_are_not_4d():
+    q = torch.zeros(2, 5, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"q must be 4-D \[B, H, T, D\]; got shape \(2, 5, 16\)"):
+        flash_attention_forward(q, q, q)
+
+
+def test_rejects_mismatched_shapes():
+    q = torch.zeros(1, 1, 5, 16, device=DEVICE)
+    k = torch.zeros(1, 1, 6, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"k must have the shape of q \(1, 1, 5, 16\); got \(1, 1, 6, 16\)"):
+        flash_attention_forward(q, k, q)
+
+
+def test_rejects_unsupported_and_mixed_dtypes():
+    q = torch.zeros(1, 1, 5, 16, device=DEVICE)
+    with pytest.raises(TypeError, match=r"q must be float32, float16 or bfloat16; got torch.float64"):
+        flash_attention_forward(q.double(), q.double(), q.double())
+    with pytest.raises(TypeError, match=r"v must have the dtype of q \(torch.float32\); got torch.float16"):
+        flash_attention_forward(q, q, q.half())
+
+
+def test_rejects_head_dims_beyond_128():
+    q = torch.zeros(1, 1, 4, 256, device=DEVICE)
+    with pytest.raises(ValueError, match=r"head dim must be between 1 and 128.*got 256"):
+        flash_attention_forward(q, q, q)
+
+
+def test_rejects_cpu_tensors_without_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    q = torch.zeros(1, 1, 4, 16)
+    with pytest.raises(ValueError, match=r"need a CUDA device.*got tensors on cpu"):
+        flash_attention_forward(q, q, q)
+
+
+def test_backward_rejects_a_wrong_lse():
+    q = torch.zeros(1, 1, 4, 16, device=DEVICE)
+    with pytest.raises(ValueError, match=r"lse must be a float32 tensor of shape \(1, 1, 4\)"):
+        flash_attention_backward(q, q, q, q, torch.zeros(1, 1, 5, device=DEVICE), q)

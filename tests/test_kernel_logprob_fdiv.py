@@ -1,0 +1,406 @@
+"""Fused log-prob + token-level f-divergence kernels (chapter 08, Eqs. 8.9-8.14).
+
+Oracles: the plain PyTorch reference in float64 (``log_softmax`` and the table of MATH.md section 2),
+torch autograd through that reference for the gradients, ``torch.nn.functional.cross_entropy`` and
+``torch.distributions.Categorical`` for log-probabilities and entropies, and
+``minialign.divergences.divergence`` for the divergences.
+
+Tolerances, as ``max|kernel - reference| / max(max|reference|, 1)`` with the reference computed in float64
+from the same (rounded) logits: fp32 1e-5, fp16 2e-3, bf16 2e-2 (the row statistics are float32 for
+every input dtype; the 16-bit budgets matter for the gradient, which is stored in the logits' dtype).
+For logits of size |z| the float32 inputs themselves are only known to about 6e-8 |z|, so the tests with
+logits of 1e4 scale the absolute tolerance by the largest |z|.
+"""
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+from minialign.kernels.logprob_fdiv import (  # noqa: E402
+    F_NAMES,
+    LogprobFdivOutput,
+    logprob_fdiv,
+    logprob_fdiv_backward,
+    logprob_fdiv_forward,
+    logprob_fdiv_reference,
+)
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
+DTYPES = list(TOL)
+FIELDS = ("logp", "ref_logp", "entropy", "div", "lse", "ref_lse", "row_scalar")
+
+# (N, V, block_v): V = 37 is one masked block; V = 1000 with 128-wide blocks runs the vocabulary loop
+# eight times with a ragged tail; V = 50_257 (GPT-2) is a large vocabulary with the default blocks.
+SIZES = [(5, 37, None), (4, 1000, 128), (2, 50_257, None)]
+if DEVICE == "cuda":
+    SIZES += [(512, 50_257, None), (64, 128_256, None)]
+
+
+def rel_err(actual, expected):
+    expected = expected.double()
+    scale = max(expected.abs().max().item(), 1.0)
+    return (actual.double() - expected).abs().max().item() / scale
+
+
+def make_inputs(n, v, dtype=torch.float32, seed=0, spread=3.0, n_ignored=1):
+    gen = torch.Generator().manual_seed(seed)
+    z = (spread * torch.randn(n, v, generator=gen)).to(device=DEVICE, dtype=dtype)
+    r = (spread * torch.randn(n, v, generator=gen)).to(device=DEVICE, dtype=dtype)
+    y = torch.randint(0, v, (n,), generator=gen)
+    y[:n_ignored] = -100
+    return z, r, y.to(DEVICE)
+
+
+def reference_grad(z, r, y, f, w, u):
+    leaf = z.detach().double().requires_grad_()
+    ref = logprob_fdiv_reference(leaf, r, y, f=f)
+    loss = (w.double() * ref.logp).sum()
+    if r is not None:
+        loss = loss + (u.double() * ref.div).sum()
+    loss.backward()
+    return leaf.grad
+
+
+@pytest.mark.parametrize("n,v,block_v", SIZES)
+@pytest.mark.parametrize("f", F_NAMES)
+def test_forward_matches_reference(f, n, v, block_v):
+    z, r, y = make_inputs(n, v, seed=1)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=block_v)
+    ref = logprob_fdiv_reference(z, r, y, f=f)
+    for name in FIELDS:
+        got = getattr(out, name)
+        assert got.shape == (n,) and got.dtype == torch.float32, name
+        assert rel_err(got, getattr(ref, name)) <= TOL[torch.float32], name
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("f", F_NAMES)
+def test_forward_in_16_bit_matches_reference_on_the_same_rounded_logits(f, dtype):
+    z, r, y = make_inputs(6, 1000, dtype=dtype, seed=2)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=256)
+    ref = logprob_fdiv_reference(z, r, y, f=f)
+    for name in FIELDS:
+        assert rel_err(getattr(out, name), getattr(ref, name)) <= TOL[dtype], name
+
+
+@pytest.mark.parametrize("n,v,block_v", SIZES[:2])
+@pytest.mark.parametrize("f", F_NAMES)
+def test_backward_matches_autograd_of_reference(f, n, v, block_v):
+    z, r, y = make_inputs(n, v, seed=3)
+    gen = torch.Generator().manual_seed(4)
+    w, u = torch.randn(n, generator=gen).to(DEVICE), torch.randn(n, generator=gen).to(DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=block_v)
+    dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=block_v)
+    assert dz.shape == z.shape and dz.dtype == z.dtype
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("f", ["kl", "js"])
+def test_backward_in_16_bit(f, dtype):
+    z, r, y = make_inputs(4, 300, dtype=dtype, seed=5)
+    w, u = torch.ones(4, device=DEVICE), torch.full((4,), 0.5, device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f)
+    dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f)
+    assert dz.dtype == dtype
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[dtype]
+
+
+def test_large_vocabulary_backward():
+    z, r, y = make_inputs(2, 50_257, seed=6)
+    w, u = torch.tensor([1.0, -2.0], device=DEVICE), torch.tensor([0.3, 1.5], device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f="js")
+    dz = logprob_fdiv_backward(z, r, y, out, w, u, f="js")
+    assert rel_err(dz, reference_grad(z, r, y, "js", w, u)) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_gradient_at_the_t_to_zero_and_t_to_infinity_limits(f):
+    """Entries with pi/a = e^{-40} and e^{+40}: f'(t) is extreme there and the formula must still hold."""
+    n, v = 3, 40
+    z, r, y = make_inputs(n, v, seed=7, n_ignored=0)
+    z[:, :5] -= 40.0  # pi << a on these entries (t -> 0)
+    r[:, 5:10] -= 40.0  # a << pi on these entries (t -> infinity)
+    w, u = torch.zeros(n, device=DEVICE), torch.ones(n, device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=16)
+    ref = logprob_fdiv_reference(z, r, y, f=f)
+    assert rel_err(out.div, ref.div) <= TOL[torch.float32]
+    dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=16)
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_backward_matches_central_finite_differences(f):
+    """An oracle that does not use autograd: (L(z + h e_k) - L(z - h e_k)) / 2h in float64."""
+    n, v = 2, 23
+    z, r, y = make_inputs(n, v, seed=8, n_ignored=0)
+    w, u = torch.tensor([0.7, -1.1], device=DEVICE), torch.tensor([1.3, 0.4], device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=16)
+    dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=16).double().cpu()
+
+    def loss(zz):
+        ref = logprob_fdiv_reference(zz, r, y, f=f)
+        return ((w.double() * ref.logp).sum() + (u.double() * ref.div).sum()).item()
+
+    h = 1e-6
+    z64 = z.double()
+    fd = torch.zeros(n, v, dtype=torch.float64)
+    for i in range(n):
+        for k in range(v):
+            e = torch.zeros_like(z64)
+            e[i, k] = h
+            fd[i, k] = (loss(z64 + e) - loss(z64 - e)) / (2 * h)
+    assert rel_err(dz, fd) <= 1e-5
+
+
+def test_without_reference_only_logp_entropy_and_lse():
+    z, _, y = make_inputs(5, 37, seed=9)
+    out = logprob_fdiv_forward(z, None, y)
+    ref = logprob_fdiv_reference(z, None, y)
+    for name in ("logp", "entropy", "lse"):
+        assert rel_err(getattr(out, name), getattr(ref, name)) <= TOL[torch.float32]
+    for name in ("ref_logp", "div", "ref_lse", "row_scalar"):
+        assert torch.count_nonzero(getattr(out, name)) == 0
+    w = torch.linspace(-1, 1, 5, device=DEVICE)
+    dz = logprob_fdiv_backward(z, None, y, out, w, None)
+    assert rel_err(dz, reference_grad(z, None, y, "kl", w, None)) <= TOL[torch.float32]
+
+
+def test_logp_and_entropy_agree_with_cross_entropy_and_categorical():
+    z, r, y = make_inputs(7, 1000, seed=10)
+    out = logprob_fdiv_forward(z, r, y, block_v=128)
+    ce = torch.nn.functional.cross_entropy(z.double(), y, ignore_index=-100, reduction="none")
+    assert rel_err(out.logp, -ce) <= TOL[torch.float32]
+    ent = torch.distributions.Categorical(logits=z.double()).entropy()
+    assert rel_err(out.entropy, ent) <= TOL[torch.float32]
+
+
+def test_ignored_rows_have_zero_logp_and_no_gradient_from_the_w_term():
+    z, r, y = make_inputs(4, 37, seed=11, n_ignored=2)
+    out = logprob_fdiv_forward(z, r, y)
+    assert torch.count_nonzero(out.logp[:2]) == 0 and torch.count_nonzero(out.ref_logp[:2]) == 0
+    assert (out.logp[2:] < 0).all()
+    w, u = torch.ones(4, device=DEVICE), torch.zeros(4, device=DEVICE)
+    dz = logprob_fdiv_backward(z, r, y, out, w, u)
+    assert torch.count_nonzero(dz[:2]) == 0
+    assert torch.count_nonzero(dz[2:]) > 0
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_extreme_logits_stay_finite_and_match_reference(f):
+    """Rows of logits +-1e4 (one-hot-ish policies and references): no overflow, no NaN."""
+    n, v = 4, 70
+    z, r, y = make_inputs(n, v, seed=12, n_ignored=0)
+    z[0] = -1e4
+    z[0, 3] = 1e4  # one-hot policy
+    r[1] = 1e4 * torch.sign(torch.randn(v, generator=torch.Generator().manual_seed(13))).to(DEVICE)
+    z[2] = 1e4 * torch.rand(v, generator=torch.Generator().manual_seed(14)).to(DEVICE)
+    r[3] = -1e4
+    r[3, 0] = 1e4  # one-hot reference
+    y = torch.tensor([3, 5, 9, 0], device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=32)
+    ref = logprob_fdiv_reference(z, r, y, f=f)
+    zmax = 1e4
+    for name in FIELDS:
+        got = getattr(out, name)
+        assert torch.isfinite(got).all(), name
+        assert rel_err(got, getattr(ref, name)) <= TOL[torch.float32] * zmax, name
+    assert abs(out.logp[0].item()) <= 1e-6  # the one-hot row puts all its mass on its target
+    w, u = torch.ones(n, device=DEVICE), torch.ones(n, device=DEVICE)
+    dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=32)
+    assert torch.isfinite(dz).all()
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+
+
+def _disjoint_rows(v=20):
+    """Row 0: pi and a on disjoint halves of the vocabulary; row 1: identical distributions."""
+    z = torch.full((2, v), float("-inf"))
+    r = torch.full((2, v), float("-inf"))
+    z[0, : v // 2] = torch.linspace(-1, 1, v // 2)
+    r[0, v // 2 :] = torch.linspace(1, -1, v // 2)
+    z[1] = r[1] = torch.linspace(-2, 2, v)
+    return z.to(DEVICE), r.to(DEVICE), torch.tensor([0, 3], device=DEVICE)
+
+
+def test_zero_mass_conventions_on_disjoint_supports():
+    """MATH.md section 2: a = 0 < pi costs pi lim f(t)/t, pi = 0 < a costs a f(0), 0 f(0/0) = 0."""
+    z, r, y = _disjoint_rows()
+    expected = {"kl": math.inf, "reverse_kl": math.inf, "js": math.log(2.0), "tv": 1.0}
+    for f, value in expected.items():
+        out = logprob_fdiv_forward(z, r, y, f=f, block_v=16)
+        if math.isinf(value):
+            assert math.isinf(out.div[0].item()) and out.div[0].item() > 0, f
+        else:
+            assert out.div[0].item() == pytest.approx(value, rel=1e-6), f
+        assert abs(out.div[1].item()) <= 1e-6, f
+        assert torch.isfinite(out.entropy).all()
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_equal_distributions_have_zero_divergence_and_zero_gradient(f):
+    z, _, y = make_inputs(3, 100, seed=15)
+    out = logprob_fdiv_forward(z, z.clone(), y, f=f, block_v=32)
+    assert out.div.abs().max().item() <= 1e-6
+    dz = logprob_fdiv_backward(z, z.clone(), y, out, torch.zeros(3, device=DEVICE), torch.ones(3, device=DEVICE), f=f)
+    assert dz.abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_divergences_lie_in_their_ranges(f):
+    z, r, y = make_inputs(16, 37, seed=16, spread=6.0)
+    div = logprob_fdiv_forward(z, r, y, f=f).div
+    upper = {"js": math.log(2.0), "tv": 1.0}.get(f, math.inf)
+    assert (div >= -1e-6).all() and (div <= upper + 1e-6).all()
+
+
+# The infinite row forms inf - 0 * inf in the branch the kernel's where() discards; numpy warns about it.
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_backward_refuses_rows_whose_divergence_is_infinite():
+    z, r, y = _disjoint_rows()
+    out = logprob_fdiv_forward(z, r, y, f="kl")
+    with pytest.raises(ValueError, match=r"infinite in rows \[0\]"):
+        logprob_fdiv_backward(z, r, y, out, torch.ones(2, device=DEVICE), torch.ones(2, device=DEVICE), f="kl")
+    w, u = torch.ones(2, device=DEVICE), torch.tensor([0.0, 1.0], device=DEVICE)
+    dz = logprob_fdiv_backward(z, r, y, out, w, u)
+    assert torch.isfinite(dz).all()
+    w_only = logprob_fdiv_backward(z, r, y, out, w, torch.zeros(2, device=DEVICE))
+    assert torch.equal(dz[0], w_only[0])  # u = 0 leaves the row's log-prob gradient alone
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_autograd_wrapper_matches_reference_gradient(f):
+    z, r, y = make_inputs(4, 300, seed=17)
+    w = torch.tensor([0.0, 1.0, -0.5, 2.0], device=DEVICE)
+    u = torch.tensor([1.0, 0.25, 3.0, -1.0], device=DEVICE)
+    leaf = z.clone().requires_grad_()
+    loss = logprob_fdiv(leaf, r, y, f, w, u)
+    (3.0 * loss).backward()
+    ref = logprob_fdiv_reference(z, r, y, f=f)
+    assert loss.item() == pytest.approx(((w.double() * ref.logp).sum() + (u.double() * ref.div).sum()).item(), rel=1e-5)
+    assert rel_err(leaf.grad, 3.0 * reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_matches_the_divergences_module(f):
+    divergences = pytest.importorskip("minialign.divergences")
+    z, r, y = make_inputs(6, 37, seed=18)
+    out = logprob_fdiv_forward(z, r, y, f=f)
+    P = torch.softmax(z.double(), -1).cpu().numpy()
+    Q = torch.softmax(r.double(), -1).cpu().numpy()
+    expected = np.asarray(divergences.divergence(f, P, Q), dtype=np.float64)
+    assert expected.shape == (6,)
+    np.testing.assert_allclose(out.div.cpu().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------- validation
+
+
+def test_rejects_logits_that_are_not_2d():
+    with pytest.raises(ValueError, match=r"logits must be 2-D \[N, V\]; got shape \(2, 3, 4\)"):
+        logprob_fdiv_forward(torch.zeros(2, 3, 4, device=DEVICE), None, torch.zeros(2, dtype=torch.long, device=DEVICE))
+
+
+def test_rejects_mismatched_reference_and_targets():
+    z = torch.zeros(3, 10, device=DEVICE)
+    y = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match=r"ref_logits must have the shape of logits \(3, 10\); got \(3, 11\)"):
+        logprob_fdiv_forward(z, torch.zeros(3, 11, device=DEVICE), y)
+    with pytest.raises(ValueError, match=r"targets must have shape \(3,\).*got \(4,\)"):
+        logprob_fdiv_forward(z, z, torch.zeros(4, dtype=torch.long, device=DEVICE))
+    with pytest.raises(TypeError, match=r"targets must be int64; got torch.int32"):
+        logprob_fdiv_forward(z, z, y.int())
+    with pytest.raises(ValueError, match=r"targets must lie in \[0, 10\) or equal ignore_index=-100; got 10"):
+        logprob_fdiv_forward(z, z, torch.tensor([0, 10, -100], device=DEVICE))
+
+
+def test_rejects_unknown_divergences_and_dtypes():
+    z = torch.zeros(3, 10, device=DEVICE)
+    y = torch.zeros(3, dtype=torch.long, device=DEVICE)
+    with pytest.raises(ValueError, match=r"f must be one of \('kl', 'reverse_kl', 'js', 'tv'\); got 'chi2'"):
+        logprob_fdiv_forward(z, z, y, f="chi2")
+    with pytest.raises(TypeError, match=r"logits must be float32, float16 or bfloat16; got torch.float64"):
+        logprob_fdiv_forward(z.double(), None, y)
+
+
+def test_backward_rejects_wrong_weights():
+    z, r, y = make_inputs(3, 10, seed=19)
+    out = logprob_fdiv_forward(z, r, y)
+    with pytest.raises(ValueError, match=r"u must be a tensor of shape \(3,\); got \(2,\)"):
+        logprob_fdiv_backward(z, r, y, out, torch.ones(3, device=DEVICE), torch.ones(2, device=DEVICE))
+    with pytest.raises(TypeError, match=r"saved must be the LogprobFdivOutput"):
+        logprob_fdiv_backward(z, r, y, tuple(out), torch.ones(3, device=DEVICE), torch.ones(3, device=DEVICE))
+
+
+def test_rejects_cpu_tensors_without_the_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    z = torch.zeros(2, 5)
+    with pytest.raises(ValueError, match=r"need a CUDA device.*got tensors on cpu"):
+        logprob_fdiv_forward(z, z, torch.zeros(2, dtype=torch.long))
+
+
+def test_output_is_a_named_tuple_of_row_statistics():
+    z, r, y = make_inputs(2, 37, seed=20)
+    out = logprob_fdiv_forward(z, r, y)
+    assert isinstance(out, LogprobFdivOutput) and out._fields == FIELDS
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_matches_the_divergences_module_from_logs_at_extremes(f):
+    """Logits of +-1e4 and -inf entries against ``divergence_from_logs`` (its own log-space route)."""
+    divergences = pytest.importorskip("minialign.divergences")
+    if not hasattr(divergences, "divergence_from_logs"):
+        pytest.skip("minialign.divergences has no divergence_from_logs")
+    z, r, y = _disjoint_rows()
+    gen = torch.Generator().manual_seed(21)
+    z2 = (1e4 * torch.rand(2, 20, generator=gen)).to(DEVICE)
+    r2 = (1e4 * torch.rand(2, 20, generator=gen)).to(DEVICE)
+    z, r = torch.cat([z, z2]), torch.cat([r, r2])
+    y = torch.tensor([0, 3, 1, 2], device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=16)
+    lp = torch.log_softmax(z.double(), -1).cpu().numpy()
+    la = torch.log_softmax(r.double(), -1).cpu().numpy()
+    expected = np.asarray(divergences.divergence_from_logs(f, lp, la), dtype=np.float64)
+    got = out.div.cpu().numpy().astype(np.float64)
+    assert np.array_equal(np.isinf(got), np.isinf(expected))
+    finite = np.isfinite(expected)
+    np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-5, atol=1e-5)
+
+
+def test_a_softmax_over_one_logit_is_constant_so_nothing_trains():
+    """Seed 000 ends its model in ``Dense(1, activation='softmax')``: with V = 1 the probability is exactly 1
+    for every input, log pi = 0, and the gradient w (1 - pi) vanishes, so the printed training cannot happen."""
+    gen = torch.Generator().manual_seed(22)
+    z = (10 * torch.randn(5, 1, generator=gen)).to(DEVICE)
+    y = torch.zeros(5, dtype=torch.long, device=DEVICE)
+    out = logprob_fdiv_forward(z, None, y)
+    assert torch.count_nonzero(out.logp) == 0 and torch.count_nonzero(out.entropy) == 0
+    dz = logprob_fdiv_backward(z, None, y, out, torch.ones(5, device=DEVICE), None)
+    assert torch.count_nonzero(dz) == 0
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="checks the message printed where there is no CUDA device")
+def test_benchmark_without_cuda_prints_a_message_and_exits_zero(capsys):
+    from minialign.kernels.benchmark import main
+
+    assert main([]) == 0
+    assert "need a CUDA device" in capsys.readouterr().out
+
+
+def test_row_strided_views_are_read_in_place_and_transposes_are_copied():
+    gen = torch.Generator().manual_seed(23)
+    wide = (3 * torch.randn(5, 120, generator=gen)).to(DEVICE)
+    z, r = wide[:, :50], wide[:, 60:110]  # stride (120, 1): views into one buffer
+    y = torch.tensor([0, 5, 49, -100, 7], device=DEVICE)
+    w, u = torch.ones(5, device=DEVICE), torch.full((5,), 0.5, device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f="js", block_v=16)
+    out_c = logprob_fdiv_forward(z.contiguous(), r.contiguous(), y, f="js", block_v=16)
+    for name in FIELDS:
+        assert torch.equal(getattr(out, name), getattr(out_c, name)), name
+    dz = logprob_fdiv_backward(z, r, y, out, w, u, f="js", block_v=16)
+    assert torch.equal(dz, logprob_fdiv_backward(z.contiguous(), r.contiguous(), y, out_c, w, u, f="js", block_v=16))
+    zt = z.contiguous().T.contiguous().T  # same values, column-major
+    assert torch.equal(logprob_fdiv_forward(zt, r, y, f="js", block_v=16).div, out.div)
