@@ -162,15 +162,19 @@ class GPT(Module):
         inp = np.concatenate([np.full((b, 1), cfg.bos_id, dtype=x.dtype), x[:, :-1]], axis=1)
         return inp, x, counted
 
+    def token_logprobs(self, x) -> Tensor:
+        """log π(x_t | x_<t) for every position of rows ``x [B, L]``: a Tensor ``[B, L]`` that is zero at padding
+        and at the forced EOS (log 1), so that its row sums are Eq. (2.7)."""
+        inp, targets, counted = self._shift(x)
+        return -F.cross_entropy(self(inp), np.where(counted, targets, -100), ignore_index=-100, reduction="none")
+
     def sequence_logprob(self, x) -> Tensor:
         """Eq. (2.7): log π(x) = Σ_t log π(x_t | x_<t) over each row's tokens up to and including its first
         EOS (later columns are padding); the forced EOS at position block_size − 1 contributes log 1 = 0.
 
         Differentiable: returns a Tensor ``[B]``.
         """
-        inp, targets, counted = self._shift(x)
-        token_lp = -F.cross_entropy(self(inp), np.where(counted, targets, -100), ignore_index=-100, reduction="none")
-        return token_lp.sum(axis=1)
+        return self.token_logprobs(x).sum(axis=1)
 
     # ------------------------------------------------------------------ sampling
     def generate(self, num_samples: int, rng=None, temperature: float = 1.0, top_k=None, use_cache: bool = True):

@@ -125,7 +125,7 @@ class ExactLab:
 
 
 def fdiv_to_target(name: str, log_pi: Tensor, log_p) -> Tensor:
-    """Eq. (3.12): D_f(π‖p) = Σ_x p(x) f(π(x)/p(x)) as a differentiable function of log π (a Tensor).
+    """Eq. (3.1) with P = π, Q = p: D_f(π‖p) = Σ_x p(x) f(π(x)/p(x)) as a differentiable function of log π (a Tensor).
 
     The target p is fixed (log p an array, −inf for zero mass). Computed from l = log π − log p with the
     generator's log form; its derivative in log π(x) is p·f'(t)·t = π(x)·f'(t). Points with p(x) = 0 contribute π(x)·lim f(t)/t.
@@ -155,7 +155,8 @@ def fdiv_to_target(name: str, log_pi: Tensor, log_p) -> Tensor:
 def score_function_gradient(model, lab: ExactLab, weights) -> dict:
     """Σ_x w(x) ∇_θ log π_θ(x), exactly, by one backward pass through the enumeration (w held fixed).
 
-    With w = π·R this is the policy gradient E_π[R ∇ log π] (Eq. 4.3) with no sampling at all.
+    With w = π·R this is the policy gradient E_π[R ∇ log π] with no sampling at all; with R = f'(π/p) it is
+    the right side of the gradient identity, Eq. (3.21).
     Returns parameter name → gradient array.
     """
     model.zero_grad()

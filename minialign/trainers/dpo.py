@@ -1,0 +1,51 @@
+"""DPO (Rafailov et al. 2023): the KL-control optimum read backwards, trained on preference pairs (chapter 05).
+
+From π*(x) = a(x) e^{r(x)/β}/Z, the reward is r(x) = β log(π*(x)/a(x)) + β log Z; put into Bradley–Terry,
+Z cancels, and the preference likelihood becomes a loss on π directly — no reward model, no sampling.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .common import Batch, Method, logprobs
+from .. import functional as F
+from ..tensor import Tensor, concatenate
+
+
+def log_sigmoid(u: Tensor) -> Tensor:
+    """log σ(u) = −log(1 + e^{−u}) = −logsumexp(0, −u), stable for large |u|."""
+    zeros = Tensor(np.zeros(u.shape, dtype=u.dtype))
+    stacked = concatenate([zeros.reshape(-1, 1), (-u).reshape(-1, 1)], axis=1)
+    return -F.logsumexp(stacked, axis=1)
+
+
+class DPO(Method):
+    """Eq. (5.12): loss = −log σ(β log(π(y_w)/a(y_w)) − β log(π(y_l)/a(y_l))), averaged over pairs."""
+
+    name = "dpo"
+
+    def __init__(self, ref, chosen, rejected, beta: float = 0.1):
+        chosen, rejected = np.asarray(chosen), np.asarray(rejected)
+        if not beta > 0:
+            raise ValueError(f"beta must be positive; got {beta}")
+        if chosen.shape != rejected.shape or chosen.ndim != 2 or len(chosen) == 0:
+            raise ValueError(f"chosen and rejected must be token arrays of one shape [pairs, L]; got {chosen.shape} "
+                             f"and {rejected.shape}")
+        self.ref, self.beta = ref, float(beta)
+        self.chosen, self.rejected = chosen, rejected
+        self.ref_chosen, self.ref_rejected = logprobs(ref, chosen), logprobs(ref, rejected)
+
+    def draw(self, policy, n, rng) -> Batch:
+        idx = rng.choice(len(self.chosen), size=min(n, len(self.chosen)), replace=False)
+        tokens = np.concatenate([self.chosen[idx], self.rejected[idx]])
+        log_ref = np.concatenate([self.ref_chosen[idx], self.ref_rejected[idx]])
+        return Batch(tokens, np.full(len(tokens), 1.0 / len(idx)), np.zeros(len(tokens)), log_ref)
+
+    def loss(self, policy, batch: Batch):
+        n = len(batch) // 2
+        logp = policy.sequence_logprob(batch.tokens)
+        ratio = logp - Tensor(batch.log_ref.astype(logp.dtype))  # log π/a
+        margin = (ratio[:n] - ratio[n:]) * self.beta
+        loss = -log_sigmoid(margin).mean()
+        m = margin.numpy()
+        return loss, {"pair_accuracy": float((m > 0).mean()), "margin": float(m.mean())}
