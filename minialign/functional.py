@@ -15,6 +15,11 @@ def _as_tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
+def _no_empty_rows(bk, m, what):
+    if bk.any(m == -math.inf):
+        raise ValueError(f"{what} of a row whose entries are all -inf (no finite logit): the result would be NaN")
+
+
 def _logsumexp(bk, x, axis):
     m = bk.max(x, axis=axis, keepdims=True)
     m = bk.where(bk.isfinite(m), m, 0.0)
@@ -25,7 +30,9 @@ def softmax(x, axis: int = -1) -> Tensor:
     """Eq. (1.6): y = e^{x−max} / Σ e^{x−max}; backward dx = y ∘ (dy − Σ dy∘y)."""
     x = _as_tensor(x)
     bk = x.bk
-    e = bk.exp(x.data - bk.max(x.data, axis=axis, keepdims=True))
+    m = bk.max(x.data, axis=axis, keepdims=True)
+    _no_empty_rows(bk, m, "softmax")
+    e = bk.exp(x.data - m)
     y = e / bk.sum(e, axis=axis, keepdims=True)
 
     def backward(g):
@@ -38,6 +45,7 @@ def log_softmax(x, axis: int = -1) -> Tensor:
     """Eq. (1.7): y = x − logsumexp(x); backward dx = dy − softmax(x) Σ dy."""
     x = _as_tensor(x)
     bk = x.bk
+    _no_empty_rows(bk, bk.max(x.data, axis=axis, keepdims=True), "log_softmax")
     y = x.data - _logsumexp(bk, x.data, axis)
 
     def backward(g):

@@ -53,7 +53,7 @@ def gradcheck(fn, *inputs, eps: float = 1e-6, atol: float = 1e-6, rtol: float = 
             numeric.reshape(-1)[j] = (up - down) / (2 * eps)
         err = np.abs(analytic - numeric) - (atol + rtol * np.abs(numeric))
         if err.size and err.max() > 0:
-            worst = np.unravel_index(int(np.argmax(err)), x.shape)
+            worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(err)), x.shape))
             raise GradcheckError(
                 f"gradient of input {i} (shape {x.shape}) disagrees with finite differences at index {worst}: "
                 f"analytic {analytic[worst]:.10g}, numerical {numeric[worst]:.10g} "

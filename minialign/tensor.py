@@ -49,6 +49,7 @@ class Tensor:
     """An array with an optional gradient and the graph that produced it."""
 
     __array_priority__ = 1000  # so that ``ndarray * Tensor`` defers to Tensor.__rmul__
+    _freed = False  # set once backward() has released this node's graph
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
         if isinstance(data, Tensor):
@@ -93,6 +94,9 @@ class Tensor:
         topological order. A non-scalar tensor needs ``grad`` (the vector of the vector-Jacobian product)."""
         if not self.requires_grad:
             raise ValueError("backward() called on a tensor that does not require grad (no graph was recorded)")
+        if self._freed:
+            raise RuntimeError("backward() through a graph that an earlier backward() already freed; "
+                               "pass retain_graph=True to the first call to walk it twice")
         if grad is None:
             if self.size != 1:
                 raise ValueError(
@@ -114,6 +118,7 @@ class Tensor:
             if not retain_graph and node._parents:
                 node._backward = None
                 node._parents = ()
+                node._freed = True
 
     def _topological_order(self):
         order, seen, stack = [], set(), [(self, False)]

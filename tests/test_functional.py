@@ -178,3 +178,10 @@ def test_attention_rejects_bad_shapes():
         F.scaled_dot_product_attention(Tensor(np.ones((1, 2, 3))), Tensor(np.ones((1, 2, 4))), Tensor(np.ones((1, 2, 4))))
     with pytest.raises(ValueError, match="more queries"):
         F.scaled_dot_product_attention(Tensor(np.ones((1, 3, 2))), Tensor(np.ones((1, 2, 2))), Tensor(np.ones((1, 2, 2))))
+
+
+def test_softmax_of_a_row_with_no_finite_entry_is_an_error_not_nan():
+    x = Tensor(np.array([[0.0, 1.0], [-np.inf, -np.inf]]))
+    for op in (F.softmax, F.log_softmax):
+        with pytest.raises(ValueError, match="all -inf"):
+            op(x)

@@ -275,3 +275,16 @@ def test_gradcheck_catches_a_wrong_backward():
 def test_gradcheck_requires_float64():
     with pytest.raises(TypeError, match="float64"):
         gradcheck(lambda t: t * 2, Tensor(np.ones(2, dtype=np.float32), requires_grad=True))
+
+
+def test_a_second_backward_through_a_freed_graph_is_an_error():
+    a = t64([1.0, 2.0])
+    y = (a * a).sum()
+    y.backward()
+    with pytest.raises(RuntimeError, match="already freed"):
+        y.backward()
+    z = (a * a).sum()
+    a.grad = None
+    z.backward(retain_graph=True)
+    z.backward()
+    np.testing.assert_allclose(a.grad, 4 * a.data)  # two walks, each adding 2a

@@ -70,8 +70,9 @@ class ProposalMixin:
     def adapt(self, policy, batch, log_p, log_z, logp_pi, metrics):
         """Eq. (6.9): estimate KL(p‖π) and KL(p‖q) by importance sampling; q ← π if π is closer."""
         w = np.exp(log_p - log_z - batch.log_q) * batch.weights
-        kl_p_pi = float(np.sum(np.where(w > 0, w * (log_p - log_z - logp_pi), 0.0)))
-        kl_p_q = float(np.sum(np.where(w > 0, w * (log_p - log_z - batch.log_q), 0.0)))
+        log_p = np.where(w > 0, log_p, 0.0)  # points of zero target mass contribute 0·log 0 = 0
+        kl_p_pi = float(np.sum(w * (log_p - log_z - logp_pi)))
+        kl_p_q = float(np.sum(w * (log_p - log_z - batch.log_q)))
         metrics.update(kl_p_pi_est=kl_p_pi, kl_p_q_est=kl_p_q, log_z=log_z, replacements=self.replacements)
         if self.proposal == "adaptive" and not batch.exact and kl_p_pi < kl_p_q:
             self.q = frozen_copy(policy)
