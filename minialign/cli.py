@@ -47,6 +47,73 @@ def _print_samples(model, n, seed, temperature, top_k):
         print(f"  {name or '(empty)':<16s} log π = {lp:7.3f}")
 
 
+def _train_config(args):
+    from .trainers.common import TrainConfig
+
+    return TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every)
+
+
+def _summary(name, history, keys):
+    last = {k: history[k][-1] for k in keys if k in history}
+    print(f"{name}: " + "  ".join(f"{k} {v:.4g}" for k, v in last.items()))
+
+
+def _align(args):
+    from . import tasks
+    from .ebm import fit_names_ebm, parse_constraint
+    from .rewards import annotator_ceiling, evaluate_pairs, fit_reward_model, load_pairs, simulate_preferences, true_reward
+
+    base = tasks.load_base(args.base)
+    cfg = _train_config(args)
+    out = args.out or f"runs/{args.method}.npz"
+    print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
+    if args.method in ("rlhf", "dpo") or (args.method == "fdpg" and args.target == "reward"):
+        if args.beta <= 0:
+            raise ValueError(f"--beta must be positive; got {args.beta}")
+        pairs = load_pairs(args.pairs, base.config.block_size) if args.pairs else simulate_preferences(base, args.n_pairs, seed=args.seed)
+        reward = true_reward
+        if args.reward == "model" or args.method == "dpo":
+            train_pairs, val_pairs = pairs.split(max(len(pairs) // 4, 1))
+            if args.method != "dpo":
+                rm, _ = fit_reward_model(train_pairs, val_pairs, seed=args.seed, progress=not args.quiet)
+                _, acc = evaluate_pairs(rm, val_pairs)
+                ceiling = annotator_ceiling(val_pairs)
+                print(f"reward model: held-out pair accuracy {acc:.3f} (annotator ceiling: expected {ceiling.expected:.3f}, "
+                      f"realised {ceiling.realised:.3f})")
+                rm.normalise(base, seed=args.seed)
+                reward = rm.score
+    if args.method == "rlhf":
+        policy, hist = tasks.run_rlhf(reward, beta=args.beta, kl=args.kl, algo=args.algo, kl_target=args.kl_target,
+                                      cfg=cfg, base=base, out=out, progress=not args.quiet)
+        _summary("rlhf", hist, ["reward", "kl_k1", "kl_k3", "entropy_est", "distinct_2", "in_corpus"])
+    elif args.method == "dpo":
+        policy, hist = tasks.run_dpo(train_pairs, beta=args.beta, cfg=cfg, base=base, out=out, progress=not args.quiet)
+        _summary("dpo", hist, ["loss", "pair_accuracy", "margin"])
+    else:
+        if args.method == "gdc" or args.target == "constraints":
+            if not args.constraint:
+                raise ValueError("give at least one --constraint, e.g. --constraint female=0.5 or --constraint contains:z")
+            ebm, report = fit_names_ebm(base, [parse_constraint(c) for c in args.constraint], n_samples=args.ebm_samples,
+                                        seed=args.seed)
+            print(report)
+            target, reward = tasks.ebm_target(ebm), None
+        else:
+            ebm, target = None, tasks.tilted_target(reward, args.beta)
+        if args.method == "gdc":
+            policy, hist = tasks.run_gdc(ebm, proposal=args.proposal, baseline=args.baseline, cfg=cfg, base=base,
+                                         out=out, progress=not args.quiet)
+        else:
+            policy, hist = tasks.run_fdpg(args.f, target, ebm=ebm, reward=reward, proposal=args.proposal, cfg=cfg,
+                                          base=base, out=out, progress=not args.quiet)
+        keys = [k for k in hist if k.startswith("E[")] + ["satisfied", "reward_est", "kl_p_pi_est", "kl_pi_a_est",
+                                                             "self_bleu", "distinct_2", "in_corpus"]
+        _summary(args.method, hist, keys)
+    print(f"checkpoint: {out}")
+    print("aligned samples:", ", ".join(tasks.samples(policy, 12, args.seed)))
+    return 0
+
+
 def _tour(args):
     from .tour import run_tour
 
@@ -81,15 +148,46 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_sample)
 
+    p = sub.add_parser("align", help="align the base model: rlhf, dpo, gdc or fdpg")
+    p.add_argument("method", choices=["rlhf", "dpo", "gdc", "fdpg"])
+    p.add_argument("--base", default=None, help="base checkpoint (default: the committed one)")
+    p.add_argument("--out", default=None, help="checkpoint path (.npz; default runs/METHOD.npz); resumes if it exists")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=25)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("rewards (rlhf, dpo, fdpg --target reward)")
+    g.add_argument("--reward", choices=["true", "model"], default="model",
+                   help="the hidden true reward, or a reward model fitted to simulated preferences")
+    g.add_argument("--pairs", default=None, help="a preferences CSV (chosen,rejected); default: simulate them")
+    g.add_argument("--n-pairs", type=int, default=3000)
+    g.add_argument("--beta", type=float, default=0.1, help="KL coefficient (rlhf, dpo) or target temperature")
+    g.add_argument("--kl", choices=["k1_seq", "k1_token", "k2_loss", "k3_loss"], default="k1_seq")
+    g.add_argument("--algo", choices=["rloo", "ppo", "reinforce"], default="rloo")
+    g.add_argument("--kl-target", type=float, default=None, help="adaptive β (Ziegler et al.) towards this KL")
+    g = p.add_argument_group("constraints (gdc, fdpg --target constraints)")
+    g.add_argument("--constraint", action="append", default=[], help="e.g. female=0.5, contains:z (repeatable)")
+    g.add_argument("--ebm-samples", type=int, default=20000, help="samples of a for fitting λ")
+    g.add_argument("--proposal", choices=["adaptive", "fixed", "policy"], default=None)
+    g.add_argument("--baseline", action="store_true", help="GDC++ baseline")
+    g = p.add_argument_group("f-DPG")
+    g.add_argument("--f", default="js", help="kl, reverse_kl, js, tv, hellinger, chi2 or alpha:<value>")
+    g.add_argument("--target", choices=["reward", "constraints"], default="constraints")
+    p.set_defaults(fn=_align)
+
     p = sub.add_parser("tour", help="the whole course in one run: pretrain, then sample")
     p.add_argument("--out", default="runs/tour")
     p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
     p.set_defaults(fn=_tour)
 
     args = parser.parse_args(argv)
+    if args.command == "align" and args.proposal is None:
+        args.proposal = "adaptive" if args.method == "gdc" else "policy"
     try:
         return args.fn(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
         print(f"minialign {args.command}: error: {e}", file=sys.stderr)
         return 2
 

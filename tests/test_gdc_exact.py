@@ -4,8 +4,9 @@ import numpy as np
 
 from minialign.lab import ExactLab, fdiv_to_target
 from minialign.optim import AdamW
-from minialign.trainers.common import Method, TrainConfig, frozen_copy, train, weighted_surrogate
+from minialign.trainers.common import TrainConfig, frozen_copy, train
 from minialign.trainers.gdc import DPG
+from minialign.trainers.rlhf import Reinforce
 from test_gpt import tiny_gpt
 from test_trainers_exact import autograd_of, exact_grad, lab_fn
 
@@ -85,20 +86,6 @@ def test_adaptive_proposal_and_gdcpp_baseline_lower_the_gradient_variance():
     assert mse["q=pi, GDC++"] < 0.5 * mse["q=pi"], mse
 
 
-class ConstraintAsReward(Method):
-    """REINFORCE that maximises E_π[b(x)] with no KL term: the contrast GDC was designed against."""
-
-    name = "reinforce-constraint"
-
-    def __init__(self, ref, reward_fn):
-        self.ref, self.reward_fn = ref, reward_fn
-
-    def loss(self, policy, batch):
-        r = self.reward_fn(batch)
-        logp = policy.sequence_logprob(batch.tokens)
-        return weighted_surrogate(logp, batch.weights * (r - r.mean())), {"reward": float(r.mean())}
-
-
 def test_reward_maximisation_collapses_where_gdc_keeps_diversity():
     """The paper's central contrast, exact: train GDC towards a(·|b) and REINFORCE on b as a reward until
     each satisfies b on 95% of its mass; at that point REINFORCE is farther from a and has lower entropy."""
@@ -109,7 +96,7 @@ def test_reward_maximisation_collapses_where_gdc_keeps_diversity():
     gdc_policy = trainable(a)
     pi_gdc, s_gdc = _until(DPG(a, gdc_policy, target, proposal="adaptive"), gdc_policy, lab, b, 3e-2)
     rl_policy = trainable(a)
-    pi_rl, s_rl = _until(ConstraintAsReward(a, lambda batch: b[lab.index_of(batch.tokens)].astype(float)),
+    pi_rl, s_rl = _until(Reinforce(a, lambda batch: b[lab.index_of(batch.tokens)].astype(float)),
                          rl_policy, lab, b, 3e-2)
     p_a = lab.distribution(a)
     kl_gdc, kl_rl = lab.divergence("kl", pi_gdc, p_a), lab.divergence("kl", pi_rl, p_a)

@@ -201,13 +201,14 @@ class TrainConfig:
 
 
 def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_log_p=None, corpus=None,
-          progress: bool = True, log_fn=None):
+          progress: bool = True, log_fn=None, metrics_fn=None, stop_fn=None):
     """The shared loop: draw a batch, compute the method's loss, step AdamW, log metrics, checkpoint.
 
     ``lab`` (an ExactLab) adds exact metrics each step: KL(π‖a), entropy, and, with ``target_log_p`` (log p
     over the enumeration), KL(p‖π) and KL(π‖p). ``out`` is an ``.npz`` checkpoint path: written atomically
     every ``checkpoint_every`` steps and at the end, and resumed from if it exists. Returns the history
-    (a dict of metric name → list, one entry per step).
+    (a dict of metric name → list, one entry per step). ``metrics_fn(batch)`` adds task metrics;
+    ``stop_fn(step, metrics)`` returning True ends the run early.
     """
     from tqdm.auto import tqdm
 
@@ -241,6 +242,8 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
         metrics["loss"] = loss.item()
         if batch.names is not None:
             metrics.update(name_metrics(batch.names, corpus))
+        if metrics_fn is not None:
+            metrics.update(metrics_fn(batch))
         if lab is not None:
             metrics.update(exact_metrics(lab, policy, p_ref, target_log_p))
         method.after_step(policy, batch, metrics)
@@ -254,6 +257,9 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
             log_fn(step + 1, metrics)
         if (step + 1) % cfg.checkpoint_every == 0:
             checkpoint(step + 1)
+        if stop_fn is not None and stop_fn(step + 1, metrics):
+            checkpoint(step + 1)
+            return history
     checkpoint(cfg.steps)
     return history
 

@@ -39,6 +39,7 @@ class FDPG(ProposalMixin, Method):
     def coefficients(self, policy, batch: Batch):
         logp = policy.sequence_logprob(batch.tokens)
         logp_pi = logp.numpy().astype(np.float64)
+        batch.extra["logp_pi"] = logp_pi
         log_p, log_z = self.importance(policy, batch, None)
         reward = self.pseudo_reward(logp_pi, log_p, log_z)
         rho = np.exp(logp_pi - batch.log_q)  # π(x)/q(x): 1 on-policy

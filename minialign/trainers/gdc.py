@@ -107,6 +107,7 @@ class DPG(ProposalMixin, Method):
         logp = policy.sequence_logprob(batch.tokens)
         log_p, log_z = self.importance(policy, batch, None)
         logp_pi = logp.numpy().astype(np.float64)
+        batch.extra["logp_pi"] = logp_pi
         weight = np.exp(log_p - log_z - batch.log_q)  # p(x)/q(x)
         if self.baseline:
             weight = weight - np.exp(logp_pi - batch.log_q)  # − π(x)/q(x)

@@ -127,6 +127,22 @@ class RLHF(Method):
         self.beta = float(state.get("beta", self.beta))
 
 
+class Reinforce(Method):
+    """Eq. (4.3) alone: maximise E_π[r(x)] by REINFORCE with the leave-one-out baseline and no KL term —
+    the reward-maximisation contrast to GDC in chapter 06."""
+
+    name = "reinforce"
+
+    def __init__(self, ref, reward_fn, tokenizer=None):
+        self.ref, self.reward_fn, self.tokenizer = ref, reward_fn, tokenizer
+
+    def loss(self, policy, batch: Batch):
+        r = RLHF.rewards(self, batch)
+        adv = r if batch.exact else r - leave_one_out_baseline(r, batch.weights)
+        logp = policy.sequence_logprob(batch.tokens)
+        return weighted_surrogate(logp, batch.weights * adv), {"reward": float(r.mean())}
+
+
 def kl_control_optimum(log_ref, rewards, beta):
     """Eq. (5.6)–(5.7): π* = a·e^{r/β}/Z exactly on an enumeration; returns (log π*, β log Z = max J)."""
     log_ref, rewards = np.asarray(log_ref, np.float64), np.asarray(rewards, np.float64)

@@ -1,0 +1,489 @@
+"""Preferences and reward models (chapter 05): a hidden taste, a noisy annotator, and a learned reward.
+
+RLHF does not get a reward function; it gets comparisons. This module plays both sides of that story:
+
+* a hidden "true" reward r*(x) over names, Eq. (5.1), that a reader can state in one line;
+* an annotator who, shown two names, prefers a over b with the Bradley–Terry probability
+  σ(r*(a) − r*(b)), Eq. (5.2), so labels are informative but noisy;
+* the best accuracy any reward model can reach on such labels (the annotator ceiling);
+* a reward model r_θ — the GPT trunk with a scalar head — fitted by the Bradley–Terry loss
+  −log σ(r_θ(y_w) − r_θ(y_l)), Eq. (5.3), and normalised to mean 0, std 1 under the base model.
+
+Trainers take any ``reward_fn(names) -> np.ndarray``: :func:`true_reward` and :meth:`RewardModel.score`
+both accept a list of str and return float64 arrays of the same length.
+"""
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+from .data import CharTokenizer
+from .gpt import GPT, GPTConfig
+from .io import load, save
+from .nn import Linear, Module
+from .optim import AdamW, clip_grad_norm, cosine_lr
+from .tensor import Tensor, no_grad
+
+RewardFn = Callable[[Sequence[str]], np.ndarray]
+"""The interface trainers use: names in, one float64 reward per name out."""
+
+VOWELS = frozenset("aeiou")
+PREFERRED_LENGTH = 6
+
+
+# ------------------------------------------------------------------------------ the hidden reward
+
+
+def _check_names(names, what: str = "names") -> list[str]:
+    if isinstance(names, str):
+        raise TypeError(f"{what} must be a sequence of str, not a single str ({names!r}); wrap it in a list")
+    names = list(names)
+    for i, name in enumerate(names):
+        if not isinstance(name, str):
+            raise TypeError(f"{what}[{i}] must be a str; got {type(name).__name__} {name!r}")
+    return names
+
+
+def true_reward(names: Sequence[str]) -> np.ndarray:
+    """Eq. (5.1): the hidden taste the annotator judges by,
+
+        r*(x) = 2·[x ends in a vowel] + [x contains an 'l'] − ½·|len(x) − 6|,
+
+    vowels being a, e, i, o, u: "amelia" scores 3, "ella" 2, "mark" −1, "christopher" −2.5. On base-model
+    samples r* spans [−3, 3] with a standard deviation near 1.2, so Bradley–Terry labels, Eq. (5.2), are
+    informative yet often flipped: r* itself predicts about three labels in four.
+    Returns float64 ``[len(names)]``.
+    """
+    names = _check_names(names)
+    ends_in_vowel = np.array([len(x) > 0 and x[-1] in VOWELS for x in names], dtype=np.float64)
+    has_l = np.array(["l" in x for x in names], dtype=np.float64)
+    length = np.array([len(x) for x in names], dtype=np.float64)
+    return 2.0 * ends_in_vowel + has_l - 0.5 * np.abs(length - PREFERRED_LENGTH)
+
+
+def sigmoid(z) -> np.ndarray:
+    """σ(z) = 1/(1 + e^{−z}) in float64, written as ½(1 + tanh(z/2)) so it never overflows."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+# ------------------------------------------------------------------------------ the annotator
+
+
+def preference_probability(names_a: Sequence[str], names_b: Sequence[str], reward: RewardFn = true_reward):
+    """Eq. (5.2), Bradley–Terry: P(a ≻ b) = σ(r(a) − r(b)) for each pair, float64 ``[N]``."""
+    names_a, names_b = _check_names(names_a, "names_a"), _check_names(names_b, "names_b")
+    if len(names_a) != len(names_b):
+        raise ValueError(f"names_a and names_b must pair up one to one; got {len(names_a)} and {len(names_b)} names")
+    return sigmoid(_checked_rewards(reward, names_a) - _checked_rewards(reward, names_b))
+
+
+def annotate(names_a: Sequence[str], names_b: Sequence[str], rng, reward: RewardFn = true_reward) -> np.ndarray:
+    """A simulated annotator: label i is True when a_i is preferred to b_i, drawn with probability
+    σ(r*(a_i) − r*(b_i)) (Bradley–Terry, Eq. (5.2)). Returns a bool array ``[N]``."""
+    p = preference_probability(names_a, names_b, reward)
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    return rng.random(len(p)) < p
+
+
+def _checked_rewards(reward: RewardFn, names: list[str]) -> np.ndarray:
+    r = np.asarray(reward(names), dtype=np.float64)
+    if r.shape != (len(names),):
+        raise ValueError(f"a reward function must return one value per name: shape ({len(names)},); got {r.shape}")
+    _raise_on_nan(r, names)
+    return r
+
+
+def _raise_on_nan(values: np.ndarray, names: Sequence[str]):
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        i = int(bad[0])
+        raise FloatingPointError(f"reward of name {names[i]!r} (index {i}) is {values[i]}; "
+                                 f"{bad.size} of {len(values)} rewards are not finite")
+
+
+# ------------------------------------------------------------------------------ preference pairs
+
+
+@dataclass(frozen=True)
+class PreferencePairs:
+    """Comparisons y_w ≻ y_l: ``chosen[i]`` was preferred to ``rejected[i]``."""
+
+    chosen: tuple[str, ...]
+    rejected: tuple[str, ...]
+
+    def __post_init__(self):
+        chosen = tuple(_check_names(self.chosen, "chosen"))
+        rejected = tuple(_check_names(self.rejected, "rejected"))
+        if len(chosen) != len(rejected):
+            raise ValueError(f"chosen and rejected must have the same length; got {len(chosen)} and {len(rejected)}")
+        object.__setattr__(self, "chosen", chosen)
+        object.__setattr__(self, "rejected", rejected)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    def __getitem__(self, index) -> "PreferencePairs":
+        """A subset of the pairs, by slice or by an array of indices."""
+        if isinstance(index, slice):
+            return PreferencePairs(self.chosen[index], self.rejected[index])
+        idx = np.asarray(index).reshape(-1)
+        return PreferencePairs(tuple(self.chosen[i] for i in idx), tuple(self.rejected[i] for i in idx))
+
+    def split(self, n_val: int) -> tuple["PreferencePairs", "PreferencePairs"]:
+        """The first ``len − n_val`` pairs for training and the last ``n_val`` for validation."""
+        if not 0 < n_val < len(self):
+            raise ValueError(f"n_val must leave both parts non-empty: 0 < n_val < {len(self)}; got {n_val}")
+        return self[: len(self) - n_val], self[len(self) - n_val:]
+
+    def save(self, path) -> Path:
+        """Write a CSV with header ``chosen,rejected``, atomically (a temporary file, then a rename)."""
+        path = Path(path)
+        buf = _io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["chosen", "rejected"])
+        writer.writerows(zip(self.chosen, self.rejected))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", newline="") as fh:
+                fh.write(buf.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+
+def load_pairs(path, block_size: int = 12) -> PreferencePairs:
+    """Read pairs written by :meth:`PreferencePairs.save`.
+
+    Every name must be letters a–z only and fit the model with its EOS (at most ``block_size − 1``
+    letters); the error names the offending line.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no preference file at {path}")
+    with path.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        raise ValueError(f"{path} is empty; expected a header 'chosen,rejected' and one row per pair")
+    header = [h.strip() for h in rows[0]]
+    if header != ["chosen", "rejected"]:
+        missing = [c for c in ("chosen", "rejected") if c not in header]
+        extra = [c for c in header if c not in ("chosen", "rejected")]
+        raise ValueError(f"{path}: expected columns chosen,rejected; found {','.join(rows[0]) or '(nothing)'}"
+                         + (f" (missing {', '.join(missing)})" if missing else "")
+                         + (f" (unexpected {', '.join(extra)})" if extra else ""))
+    if len(rows) == 1:
+        raise ValueError(f"{path} has a header but no pairs")
+    chosen, rejected = [], []
+    letters = set("abcdefghijklmnopqrstuvwxyz")
+    for lineno, row in enumerate(rows[1:], start=2):
+        if len(row) != 2:
+            raise ValueError(f"{path}: line {lineno} has {len(row)} fields; expected 2 (chosen,rejected): {row}")
+        for column, name in zip(("chosen", "rejected"), row):
+            bad = sorted({c for c in name if c not in letters})
+            if bad:
+                raise ValueError(f"{path}: line {lineno}, column {column}: name {name!r} has characters "
+                                 f"{''.join(bad)!r} the tokenizer does not know; expected only a-z")
+            if len(name) + 1 > block_size:
+                raise ValueError(f"{path}: line {lineno}, column {column}: name {name!r} has {len(name)} letters; "
+                                 f"with its EOS it needs {len(name) + 1} positions but block_size is {block_size}")
+        chosen.append(row[0])
+        rejected.append(row[1])
+    return PreferencePairs(tuple(chosen), tuple(rejected))
+
+
+def sample_names(model: GPT, n: int, seed: int, temperature: float = 1.0, batch_size: int = 2048) -> list[str]:
+    """``n`` names sampled from ``model`` (decoded, EOS stripped), in batches, reproducible by ``seed``."""
+    if n < 1:
+        raise ValueError(f"n must be a positive number of samples; got {n}")
+    tok = CharTokenizer()
+    rng = np.random.default_rng(seed)
+    names: list[str] = []
+    while len(names) < n:
+        ids, _ = model.generate(min(batch_size, n - len(names)), rng=rng, temperature=temperature)
+        names.extend(tok.decode_batch(ids))
+    return names
+
+
+def simulate_preferences(base_model: GPT, n_pairs: int, seed: int = 0,
+                         reward: RewardFn = true_reward) -> PreferencePairs:
+    """Draw 2·n_pairs names from the base model (temperature 1), pair them up, and let the annotator of
+    Eq. (5.2) pick a winner in each pair."""
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be positive; got {n_pairs}")
+    names = sample_names(base_model, 2 * n_pairs, seed=seed)
+    a, b = names[:n_pairs], names[n_pairs:]
+    a_wins = annotate(a, b, np.random.default_rng([seed, 1]), reward)
+    chosen = tuple(x if w else y for x, y, w in zip(a, b, a_wins))
+    rejected = tuple(y if w else x for x, y, w in zip(a, b, a_wins))
+    return PreferencePairs(chosen, rejected)
+
+
+class Ceiling(NamedTuple):
+    """How well the true reward itself predicts the labels of some pairs.
+
+    expected  E[accuracy of r*] = mean σ(|Δ|): the Bayes rate, what any reward model can reach on average.
+    realised  the fraction of these pairs where r* ranks the chosen name higher (ties count ½).
+    """
+
+    expected: float
+    realised: float
+
+
+def annotator_ceiling(pairs: PreferencePairs, reward: RewardFn = true_reward) -> Ceiling:
+    """The best accuracy a reward model can hope for on ``pairs``, given the annotator's noise.
+
+    With Δ_i = r*(chosen_i) − r*(rejected_i), the Bayes-optimal guess for each pair is the name with the
+    higher r*, right with probability max(σ(Δ), 1 − σ(Δ)) = σ(|Δ|) under Eq. (5.2). ``expected`` averages
+    that; ``realised`` is r*'s accuracy on the labels actually drawn (its sampling spread is about
+    √(p(1−p)/N)). No model can beat ``expected`` except by luck.
+    """
+    if len(pairs) == 0:
+        raise ValueError("annotator_ceiling needs at least one pair")
+    delta = _checked_rewards(reward, list(pairs.chosen)) - _checked_rewards(reward, list(pairs.rejected))
+    expected = float(np.mean(sigmoid(np.abs(delta))))
+    realised = float(np.mean((delta > 0) + 0.5 * (delta == 0)))
+    return Ceiling(expected, realised)
+
+
+def pairwise_accuracy(reward: RewardFn, pairs: PreferencePairs) -> float:
+    """Fraction of pairs where ``reward`` ranks the chosen name above the rejected one (ties count ½)."""
+    delta = _checked_rewards(reward, list(pairs.chosen)) - _checked_rewards(reward, list(pairs.rejected))
+    return float(np.mean((delta > 0) + 0.5 * (delta == 0)))
+
+
+# ------------------------------------------------------------------------------ the loss
+
+
+def softplus(x: Tensor) -> Tensor:
+    """softplus(x) = log(1 + eˣ), computed as relu(x) + log(1 + e^{x − 2·relu(x)}) = max(x,0) + log(1 + e^{−|x|}).
+
+    The exponent is never positive, so nothing overflows; and the gradient is σ(x) everywhere, x = 0
+    included (relu'(0) = 0 leaves ½ from the second term).
+    """
+    r = x.relu()
+    return r + (1.0 + (x - 2.0 * r).exp()).log()
+
+
+def log_sigmoid(x: Tensor) -> Tensor:
+    """log σ(x) = −softplus(−x), finite for any finite x."""
+    return -softplus(-x)
+
+
+def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
+    """Eq. (5.3): reward-model loss, the mean over pairs of −log σ(r(y_w) − r(y_l)) (the negative
+    log-likelihood of the labels under Bradley–Terry, Eq. (5.2)). Gradient in the margin: −σ(r(y_l) − r(y_w))."""
+    r_chosen = r_chosen if isinstance(r_chosen, Tensor) else Tensor(r_chosen)
+    r_rejected = r_rejected if isinstance(r_rejected, Tensor) else Tensor(r_rejected)
+    if r_chosen.shape != r_rejected.shape or r_chosen.ndim != 1:
+        raise ValueError(f"r_chosen and r_rejected must both have shape [N]; "
+                         f"got {r_chosen.shape} and {r_rejected.shape}")
+    return -log_sigmoid(r_chosen - r_rejected).mean()
+
+
+# ------------------------------------------------------------------------------ the reward model
+
+
+def default_config() -> GPTConfig:
+    """A small trunk for the reward model: 2 layers, 4 heads, 32 dimensions over the names vocabulary."""
+    return GPTConfig(n_layer=2, n_head=4, n_embd=32)
+
+
+class RewardModel(Module):
+    """r_θ(x): the GPT trunk (token and position embeddings, blocks, final LayerNorm) read at the position
+    where the language model would emit EOS — it has then seen BOS and the whole name — and a linear head
+    mapping that hidden state to one number.
+
+    ``forward`` gives raw rewards as a differentiable Tensor; :meth:`score` gives normalised float64
+    rewards (mean 0, std 1 under the base model once :meth:`normalise` has run).
+    """
+
+    def __init__(self, config: GPTConfig | None = None, seed: int = 0):
+        config = default_config() if config is None else config
+        if config.dropout:
+            config = GPTConfig(**{**asdict(config), "dropout": 0.0})
+        self.config = config
+        self.seed = seed
+        self.trunk = GPT(config, seed=seed)
+        self.head = Linear(config.n_embd, 1, rng=np.random.default_rng([seed, 5]))
+        self.mean = 0.0
+        self.std = 1.0
+        self.tokenizer = CharTokenizer()
+
+    @classmethod
+    def from_base(cls, base: GPT, seed: int = 0) -> "RewardModel":
+        """A reward model whose trunk starts as a copy of ``base``'s weights (the head starts fresh)."""
+        model = cls(GPTConfig(**{**asdict(base.config), "dropout": 0.0}), seed=seed)
+        model.trunk.load_state_dict(base.state_dict())
+        return model
+
+    def forward(self, tokens) -> Tensor:
+        """Raw rewards ``[B]`` for EOS-terminated rows ``tokens [B, L]`` (as from ``encode_batch``)."""
+        x = self.trunk._check_ids(tokens, "tokens")
+        x = np.asarray(x)
+        cfg = self.config
+        b, length = x.shape
+        if length > cfg.block_size:
+            raise ValueError(f"rows of {length} tokens exceed block_size {cfg.block_size}")
+        is_eos = x == cfg.eos_id
+        if not bool(is_eos.any(axis=1).all()):
+            row = int(np.flatnonzero(~is_eos.any(axis=1))[0])
+            raise ValueError(f"row {row} of tokens has no end-of-sequence token (id {cfg.eos_id}); "
+                             "every row must end in EOS")
+        end = is_eos.argmax(axis=1)  # where the LM would emit EOS: it has read BOS and every letter
+        width = int(end.max()) + 1
+        inp = np.concatenate([np.full((b, 1), cfg.bos_id, dtype=x.dtype), x[:, : width - 1]], axis=1)
+        t = self.trunk
+        pos = np.arange(width)
+        h = t.wte(inp) + t.wpe(pos)
+        for block in t.h:
+            h = block(h)
+        h = t.ln_f(h)
+        last = h[np.arange(b), end]  # [B, C]
+        return self.head(last).reshape(b)
+
+    def raw(self, names: Sequence[str], batch_size: int = 1024) -> np.ndarray:
+        """Unnormalised rewards for ``names`` as float64, without recording a graph."""
+        names = _check_names(names)
+        out = np.empty(len(names), dtype=np.float64)
+        was = self.training
+        self.eval()
+        try:
+            with no_grad():
+                for i in range(0, len(names), batch_size):
+                    chunk = names[i: i + batch_size]
+                    ids = self.tokenizer.encode_batch(chunk, self.config.block_size)
+                    out[i: i + len(chunk)] = self(ids).numpy()
+        finally:
+            self.train(was)
+        _raise_on_nan(out, names)
+        return out
+
+    def score(self, names: Sequence[str]) -> np.ndarray:
+        """Normalised rewards (r_θ(x) − mean)/std as float64 ``[len(names)]``: a ``reward_fn`` for trainers.
+        Raises if any reward is NaN or infinite, naming the name."""
+        out = (self.raw(names) - self.mean) / self.std
+        _raise_on_nan(out, names)
+        return out
+
+    def normalise(self, base_model: GPT, n: int = 4096, seed: int = 0) -> tuple[float, float]:
+        """Set ``mean`` and ``std`` to those of the raw rewards of ``n`` base-model samples, so that scores
+        of base samples have mean 0 and std 1. Returns (mean, std)."""
+        if n < 2:
+            raise ValueError(f"normalise needs at least 2 samples to measure a spread; got n={n}")
+        r = self.raw(sample_names(base_model, n, seed=seed))
+        mean, std = float(r.mean()), float(r.std())
+        if not std > 0:
+            raise ValueError(f"the reward model gives every one of {n} base samples the same reward ({mean}); "
+                             "cannot normalise by a zero spread")
+        self.mean, self.std = mean, std
+        return mean, std
+
+    def save(self, path) -> Path:
+        """Config, weights and normalisers to an ``.npz`` checkpoint, atomically."""
+        return save(path, {"kind": "reward_model", "config": json.dumps(asdict(self.config)), "seed": self.seed,
+                           "weights": self.state_dict(), "mean": float(self.mean), "std": float(self.std)})
+
+    @classmethod
+    def load(cls, path) -> "RewardModel":
+        state = load(path)
+        if state.get("kind") != "reward_model" or "weights" not in state:
+            raise ValueError(f"{path} is not a reward-model checkpoint (expected kind 'reward_model' with weights; "
+                             f"found keys {sorted(state)})")
+        model = cls(GPTConfig(**json.loads(state["config"])), seed=int(state["seed"]))
+        model.load_state_dict(state["weights"])
+        model.mean, model.std = float(state["mean"]), float(state["std"])
+        return model
+
+
+# ------------------------------------------------------------------------------ fitting
+
+
+def _pair_rewards(model: RewardModel, pairs: PreferencePairs, tok: CharTokenizer):
+    both = tok.encode_batch(list(pairs.chosen) + list(pairs.rejected), model.config.block_size)
+    r = model(both)
+    n = len(pairs)
+    return r[:n], r[n:]
+
+
+def evaluate_pairs(model: RewardModel, pairs: PreferencePairs) -> tuple[float, float]:
+    """(mean Bradley–Terry loss, Eq. (5.3); accuracy with ties ½) of ``model`` on ``pairs``."""
+    r_w, r_l = model.raw(list(pairs.chosen)), model.raw(list(pairs.rejected))
+    delta = r_w - r_l
+    loss = float(np.mean(np.logaddexp(0.0, -delta)))
+    return loss, float(np.mean((delta > 0) + 0.5 * (delta == 0)))
+
+
+def fit_reward_model(pairs_train: PreferencePairs, pairs_val: PreferencePairs, config: GPTConfig | None = None,
+                     steps: int = 300, lr: float = 3e-3, seed: int = 0, progress: bool = True, batch_size: int = 64,
+                     init_from: GPT | None = None, eval_every: int = 50, weight_decay: float = 0.1):
+    """Fit r_θ by minimising the Bradley–Terry loss, Eq. (5.3), with AdamW on random batches of pairs.
+
+    ``config`` sets the trunk (default :func:`default_config`); ``init_from`` copies a pretrained GPT's
+    trunk instead (its config is then used). Returns (model, history) where history holds ``step``,
+    ``train_loss`` (per step), and ``eval_step``, ``val_loss``, ``val_accuracy`` every ``eval_every`` steps
+    and at the end, and ``seconds``. The model comes back unnormalised: call :meth:`RewardModel.normalise`.
+    """
+    from tqdm.auto import tqdm
+
+    if len(pairs_train) == 0 or len(pairs_val) == 0:
+        raise ValueError(f"need training and validation pairs; got {len(pairs_train)} and {len(pairs_val)}")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive; got steps={steps}, batch_size={batch_size}")
+    if init_from is not None:
+        if config is not None and asdict(config) != {**asdict(init_from.config), "dropout": config.dropout}:
+            raise ValueError(f"config {config} differs from init_from's config {init_from.config}; pass one of them")
+        model = RewardModel.from_base(init_from, seed=seed)
+    else:
+        model = RewardModel(config, seed=seed)
+    tok = model.tokenizer
+    for which, pairs in (("train", pairs_train), ("val", pairs_val)):
+        too_long = [x for x in pairs.chosen + pairs.rejected if len(x) + 1 > model.config.block_size]
+        if too_long:
+            raise ValueError(f"{which} pair name {too_long[0]!r} does not fit block_size {model.config.block_size} "
+                             "with its EOS")
+    opt = AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
+    rng = np.random.default_rng([seed, 2])
+    history = {"step": [], "train_loss": [], "eval_step": [], "val_loss": [], "val_accuracy": []}
+    warmup = max(1, steps // 20)
+    start = time.perf_counter()
+    bar = tqdm(range(steps), desc="reward model", disable=not progress)
+    running = None
+    for step in bar:
+        opt.lr = cosine_lr(step, steps, lr, warmup, lr / 10)
+        batch = pairs_train[rng.integers(0, len(pairs_train), batch_size)]
+        r_w, r_l = _pair_rewards(model, batch, tok)
+        loss = bradley_terry_loss(r_w, r_l)
+        opt.zero_grad()
+        loss.backward()
+        clip_grad_norm(model.parameters(), 1.0)
+        opt.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"Bradley–Terry loss became {value} at step {step}")
+        history["step"].append(step + 1)
+        history["train_loss"].append(value)
+        running = value if running is None else 0.9 * running + 0.1 * value
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            val_loss, val_acc = evaluate_pairs(model, pairs_val)
+            history["eval_step"].append(step + 1)
+            history["val_loss"].append(val_loss)
+            history["val_accuracy"].append(val_acc)
+            bar.set_postfix(loss=f"{running:.3f}", val_acc=f"{val_acc:.3f}")
+    history["seconds"] = time.perf_counter() - start
+    return model, history
