@@ -1,7 +1,7 @@
 """A small gender classifier for first names, and the "female" feature of the GDC names task (chapter 06).
 
 The census lists label every name of the corpus F or M (``NamesCorpus.is_female``). A model samples names
-that are not in the corpus as well, so the feature φ(x) = 1[x is a female name] of Eq. (6.2) needs a
+that are not in the corpus as well, so the feature φ(x) = 1[x is a female name] of Eq. (6.1) needs a
 decision for those too: :func:`female_feature` takes the census label where there is one and the
 classifier's decision (p > 0.5) elsewhere.
 
@@ -191,7 +191,7 @@ def default_classifier() -> GenderClassifier:
 def female_feature(names: Sequence[str], classifier: GenderClassifier | None = None,
                    corpus: NamesCorpus | None = None) -> np.ndarray:
     """φ_female(x) ∈ {0, 1} for each name, float64: the census label for names in the corpus, the
-    classifier's decision p(female | x) > 0.5 for names the corpus does not hold (Eq. (6.2)'s feature)."""
+    classifier's decision p(female | x) > 0.5 for names the corpus does not hold (a feature of Eq. (6.1))."""
     if isinstance(names, str):
         raise TypeError("female_feature expects a sequence of names, not a single str")
     names = list(names)

@@ -15,14 +15,24 @@ from minialign.ebm import (EBM, DEFAULT_POINTWISE, Feature, Pointwise, dual, fit
                            fit_names_ebm, log_scores, parse_constraint)
 from minialign.gpt import GPT, GPTConfig
 from minialign.lab import ExactLab
-from test_gpt import tiny_gpt
+from minialign.tensor import Tensor
 
 BASE_NPZ = Path(ebm.__file__).parent / "data" / "base.npz"
 
 
+def tiny_base(seed=0, vocab_size=4, block_size=5, scale=0.5):
+    """A tiny float64 GPT with weights pushed away from the init, so that a is far from uniform."""
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=8)
+    model = GPT(cfg, seed=seed).astype(np.float64)
+    rng = np.random.default_rng(seed + 100)
+    for p in model.parameters():
+        p.data = p.data + scale * rng.standard_normal(p.shape)
+    return model
+
+
 def lab_and_base(seed=0):
     """A tiny float64 GPT (vocab 4, horizon 5: 121 sequences) as a, its lab and log a."""
-    model = tiny_gpt(seed, vocab_size=4, block_size=5, scale=0.5)
+    model = tiny_base(seed)
     lab = ExactLab.for_model(model)
     return lab, lab.log_probs(model).numpy()
 
@@ -66,6 +76,8 @@ def test_fitted_lambda_matches_the_moments(seed, k, with_b):
     np.testing.assert_allclose(fit.lam, lam_true, rtol=0, atol=1e-7)
     lam, err = fit  # unpacks as (λ, moment error)
     assert lam is fit.lam and err == fit.moment_error
+    # log a may come straight from the lab as a Tensor
+    np.testing.assert_array_equal(fit_lambda_exact(Tensor(log_a), b, phi, mu_bar).lam, fit.lam)
 
 
 def test_dual_gradient_is_moment_gap_and_hessian_is_covariance():
@@ -333,9 +345,12 @@ def test_fit_names_ebm_reports_what_it_measured():
     np.testing.assert_allclose(fit.lam, model_ebm.lam, rtol=1e-12)
 
 
-def test_fit_names_ebm_rejects_a_constraint_no_sample_meets():
+def test_fit_names_ebm_rejects_what_its_sample_cannot_meet():
     with pytest.raises(ValueError, match="0 of 300 samples have b = 1"):
         fit_names_ebm(names_gpt(2), ["contains:qqqqq"], n_samples=300, seed=0)
+    # every accepted sample ends in e, so the feature "ends in e" is 1 on all of them: μ̄ = 0.5 is out of reach
+    with pytest.raises(ValueError, match=r"μ̄\[endswith:e\] = 0.5 lies outside \[1, 1\].*samples with b = 1"):
+        fit_names_ebm(names_gpt(2), ["endswith:e", "endswith:e=0.5"], n_samples=300, seed=0)
 
 
 @pytest.mark.skipif(not BASE_NPZ.exists(), reason="the pretrained base model minialign/data/base.npz is absent")

@@ -76,7 +76,7 @@ def exact_batch(lab, sampler, ref=None, tokenizer=None) -> Batch:
 
 
 def leave_one_out_baseline(values, weights) -> np.ndarray:
-    """RLOO (Ahmadian et al. 2024): b_i = mean of the other samples' values. No baseline on exact batches
+    """Eq. (4.4), RLOO (Ahmadian et al. 2024): b_i = mean of the other samples' values. No baseline on exact batches
     (its expectation is zero there, and the tests compare expectations)."""
     values = np.asarray(values, dtype=np.float64)
     n = len(values)

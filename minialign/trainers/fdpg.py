@@ -21,19 +21,28 @@ class FDPG(ProposalMixin, Method):
     name = "fdpg"
 
     def __init__(self, ref, policy_init, target_fn, f: str = "js", proposal: str = "policy",
-                 baseline: bool = True, log_z: float | None = None, tokenizer=None):
+                 baseline: bool = True, log_z: float | None = None, tokenizer=None, log_t_max: float | None = None):
         # a registry name (an unknown one raises, listing the known ones) or an FDivergence of one's own
         self.fd = f if isinstance(f, divergences.FDivergence) else divergences.get(f)
         self.f = self.fd.name
         self.ref, self.target_fn, self.baseline, self.tokenizer = ref, target_fn, baseline, tokenizer
         self.name = f"fdpg-{self.f}"
+        self.log_t_max = log_t_max
         self._init_proposal(policy_init, proposal, log_z)
 
     def pseudo_reward(self, logp_pi, log_p, log_z) -> np.ndarray:
         """R(x) = −f'(t), t = Z π(x)/P(x), from log t (no overflow); points with P(x) = 0 get the limit
-        −lim_{t→∞} f'(t)."""
+        −lim_{t→∞} f'(t), which is −∞ for f = kl: then ``log_t_max`` (if set) caps log t."""
         log_t = np.where(np.isfinite(log_p), logp_pi - log_p + log_z, np.inf)
+        if self.log_t_max is not None:
+            log_t = np.minimum(log_t, self.log_t_max)
         r = -np.asarray(self.fd.f_prime_log(log_t), dtype=np.float64)
+        if np.isinf(r).any():
+            raise ValueError(
+                f"f = {self.f} has f'(t) → ∞ as t → ∞, and {int(np.isinf(r).sum())} samples fall where the target "
+                "has no mass (log P = −inf): their pseudo-reward is infinite. Use a target with full support, an f "
+                "with bounded f' (js, tv, reverse_kl, hellinger), or cap log t with log_t_max."
+            )
         return r
 
     def coefficients(self, policy, batch: Batch):
