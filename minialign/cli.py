@@ -117,7 +117,7 @@ def _align(args):
 def _tour(args):
     from .tour import run_tour
 
-    return run_tour(out=args.out, quick=args.quick)
+    return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain)
 
 
 def main(argv=None):
@@ -177,9 +177,10 @@ def main(argv=None):
     g.add_argument("--target", choices=["reward", "constraints"], default="constraints")
     p.set_defaults(fn=_align)
 
-    p = sub.add_parser("tour", help="the whole course in one run: pretrain, then sample")
+    p = sub.add_parser("tour", help="the whole course in one run: base model, reward model, RLHF, DPO, GDC, f-DPG")
     p.add_argument("--out", default="runs/tour")
-    p.add_argument("--quick", action="store_true", help="a few steps only (for tests)")
+    p.add_argument("--pretrain", action="store_true", help="pretrain the base model instead of loading the committed one")
+    p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
     p.set_defaults(fn=_tour)
 
     args = parser.parse_args(argv)

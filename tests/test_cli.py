@@ -32,11 +32,16 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
     assert "must be divisible" in capsys.readouterr().err
 
 
-def test_tour_quick_writes_its_report(tmp_path, capsys):
+def test_tour_quick_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert main(["tour", "--out", str(tmp_path), "--quick"]) == 0
     report = (tmp_path / "report.md").read_text()
-    assert "validation loss" in report and (tmp_path / "pretrain_loss.png").stat().st_size > 1000
-    assert "stage pretrain" in capsys.readouterr().out
+    for section in ("## Base model", "## Preferences and the reward model", "## RLHF", "## DPO", "## GDC",
+                    "## f-DPG with Jensen–Shannon", "## Timings"):
+        assert section in report, section
+    for png in ("pretrain_loss.png", "reward_kl.png", "constraint.png", "kl_p_pi.png", "dpo.png"):
+        assert (tmp_path / png).stat().st_size > 1000, png
+    printed = capsys.readouterr().out
+    assert "stage base model" in printed and "stage f-DPG (JS), same target" in printed
 
 
 @pytest.mark.skipif(not BASE.exists(), reason="no committed base checkpoint")

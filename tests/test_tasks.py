@@ -1,0 +1,78 @@
+"""The names tasks and `minialign align`, end to end on small settings."""
+import numpy as np
+import pytest
+
+from minialign import tasks
+from minialign.cli import main
+from minialign.ebm import feature, fit_names_ebm, parse_constraint
+from minialign.rewards import true_reward
+from minialign.trainers.common import TrainConfig, distinct_n, self_bleu
+
+CFG = TrainConfig(steps=4, batch_size=16, lr=3e-4, seed=0, checkpoint_every=2)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tasks.load_base()
+
+
+def test_rlhf_on_names_logs_the_metrics_and_checkpoints(base, tmp_path):
+    policy, hist = tasks.run_rlhf(true_reward, beta=0.1, cfg=CFG, base=base, out=tmp_path / "r.npz", progress=False)
+    for key in ("reward", "kl_k1", "kl_k2", "kl_k3", "entropy_est", "distinct_2", "in_corpus", "self_bleu", "loss"):
+        assert len(hist[key]) == CFG.steps and np.isfinite(hist[key]).all(), key
+    assert (tmp_path / "r.npz").exists()
+    # resuming from the finished checkpoint runs no further step and keeps the history
+    _, again = tasks.run_rlhf(true_reward, beta=0.1, cfg=CFG, base=base, out=tmp_path / "r.npz", progress=False)
+    assert again["loss"] == hist["loss"]
+
+
+def test_gdc_on_names_reports_the_constraint(base):
+    ebm, report = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=1000, seed=0)
+    assert abs(report.moments["female"] - 0.5) < 1e-8
+    _, hist = tasks.run_gdc(ebm, cfg=CFG, base=base, progress=False)
+    for key in ("E[female]", "kl_p_pi_est", "kl_pi_a_est", "log_z", "self_bleu", "distinct_2"):
+        assert np.isfinite(hist[key]).all(), key
+
+
+def test_reinforce_on_a_feature_stops_when_it_crosses_the_level(base):
+    female = feature("female")
+    cfg = TrainConfig(steps=50, batch_size=32, lr=1e-3, seed=0)
+    _, hist = tasks.run_reinforce_on_feature(female, sign=-1.0, until=0.75, cfg=cfg, base=base, progress=False)
+    assert hist["reward_est"][-1] <= 0.75 and len(hist["loss"]) < 50
+
+
+def test_diversity_metrics():
+    assert distinct_n(["abab", "abab"], 2) == pytest.approx(2 / 6)
+    assert distinct_n(["abc", "def"], 2) == 1.0
+    assert self_bleu(["anna", "anna", "anna"]) == pytest.approx(1.0)
+    assert self_bleu(["abc", "xyz", "klm"]) < 0.2
+
+
+@pytest.mark.parametrize("argv", [
+    ["align", "rlhf", "--reward", "true", "--kl", "k3_loss"],
+    ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--baseline"],
+    ["align", "fdpg", "--f", "tv", "--constraint", "contains:a", "--ebm-samples", "800"],
+    ["align", "dpo", "--n-pairs", "64"],
+])
+def test_align_command_line_runs_every_method(argv, tmp_path, capsys):
+    out = tmp_path / "run.npz"
+    assert main(argv + ["--steps", "2", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "aligned samples:" in text and out.exists()
+
+
+def test_align_reports_bad_input_clearly(tmp_path, capsys):
+    assert main(["align", "rlhf", "--beta", "0", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "--beta must be positive" in capsys.readouterr().err
+    assert main(["align", "gdc", "--constraint", "nosuch=0.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "nosuch" in capsys.readouterr().err
+    assert main(["align", "gdc", "--constraint", "female=1.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "[0, 1]" in capsys.readouterr().err
+    assert main(["align", "fdpg", "--f", "bogus", "--constraint", "female=0.5", "--ebm-samples", "500", "--steps", "1",
+                 "--out", str(tmp_path / "x.npz")]) == 2
+    assert "bogus" in capsys.readouterr().err
+    bad = tmp_path / "pairs.csv"
+    bad.write_text("winner,loser\nanna,bob\n")
+    assert main(["align", "dpo", "--pairs", str(bad), "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "chosen" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()  # no half-written checkpoint after a refused run
