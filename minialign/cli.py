@@ -103,6 +103,7 @@ def _align(args):
         if args.method == "gdc":
             policy, hist = tasks.run_gdc(ebm, proposal=args.proposal, baseline=args.baseline, cfg=cfg, base=base,
                                          out=out, progress=not args.quiet)
+            _report_constraints(ebm, policy, hist, args, cfg, base)
         else:
             policy, hist = tasks.run_fdpg(args.f, target, ebm=ebm, reward=reward, proposal=args.proposal, cfg=cfg,
                                           base=base, out=out, progress=not args.quiet)
@@ -112,6 +113,31 @@ def _align(args):
     print(f"checkpoint: {out}")
     print("aligned samples:", ", ".join(tasks.samples(policy, 12, args.seed)))
     return 0
+
+
+def _report_constraints(ebm, policy, hist, args, cfg, base):
+    """Each feature's moment on fresh samples with its binomial tolerance; with --compare-reinforce, the
+    KL(π‖a) of REINFORCE on the first feature, stopped when it reaches the same moment."""
+    import numpy as np
+
+    from . import tasks
+
+    names = tasks.samples(policy, args.eval_samples, args.seed + 1)
+    for f, mu in zip(ebm.features, ebm.mu_bar if ebm.mu_bar is not None else [None] * ebm.k):
+        value = float(np.mean(f(names)))
+        tol = 2 * np.sqrt(0.25 / len(names))
+        verdict = "" if mu is None else f" (target {mu:.3f} ± {tol:.3f}, two binomial standard errors: " \
+            f"{'met' if abs(value - mu) <= tol else 'not met'})"
+        print(f"E_π[{f.name}] on {len(names)} fresh samples: {value:.3f}{verdict}")
+    for c in ebm.pointwise:
+        print(f"pointwise {c.name}: satisfied by {float(np.mean(c(names))):.3f} of fresh samples")
+    if args.compare_reinforce and ebm.k:
+        f, mu = ebm.features[0], float(ebm.mu_bar[0])
+        start = float(np.mean(f(tasks.samples(base, args.eval_samples, args.seed + 1))))
+        sign = 1.0 if mu > start else -1.0
+        _, rein = tasks.run_reinforce_on_feature(f, sign=sign, until=mu, cfg=cfg, base=base, progress=not args.quiet)
+        print(f"KL(π‖a) at E[{f.name}] ≈ {mu}: GDC {hist['kl_pi_a_est'][-1]:.3f} | REINFORCE on the feature as a "
+              f"reward {rein['kl_pi_a_est'][-1]:.3f} (after {len(rein['loss'])} steps, E = {rein['reward_est'][-1]:.3f})")
 
 
 def _tour(args):
@@ -172,6 +198,9 @@ def main(argv=None):
     g.add_argument("--ebm-samples", type=int, default=20000, help="samples of a for fitting λ")
     g.add_argument("--proposal", choices=["adaptive", "fixed", "policy"], default=None)
     g.add_argument("--baseline", action="store_true", help="GDC++ baseline")
+    g.add_argument("--eval-samples", type=int, default=1000, help="fresh samples for the final moments")
+    g.add_argument("--compare-reinforce", action="store_true",
+                   help="also run REINFORCE with the first feature as reward, to the same moment, and print both KLs")
     g = p.add_argument_group("f-DPG")
     g.add_argument("--f", default="js", help="kl, reverse_kl, js, tv, hellinger, chi2 or alpha:<value>")
     g.add_argument("--target", choices=["reward", "constraints"], default="constraints")

@@ -33,6 +33,14 @@ def trainable_copy(model: GPT) -> GPT:
     return policy.train()
 
 
+def check_same_vocabulary(reward_model, policy) -> None:
+    """A reward model reads the policy's samples through its own embedding table: the vocabularies must match."""
+    v_r, v_p = reward_model.config.vocab_size, policy.config.vocab_size
+    if v_r != v_p:
+        raise ValueError(f"the reward model has a vocabulary of {v_r} tokens but the policy has {v_p}; "
+                         "they must read the same tokens")
+
+
 def names_reward(reward) -> callable:
     """A batch → rewards function from a names → rewards function (``true_reward`` or ``RewardModel.score``)."""
     def fn(batch):
@@ -88,6 +96,9 @@ def run_rlhf(reward, beta=0.1, kl="k1_seq", algo="rloo", kl_target=None, cfg: Tr
     from .trainers.rlhf import RLHF
 
     base = base or load_base()
+    owner = getattr(reward, "__self__", None)
+    if owner is not None and hasattr(owner, "config"):
+        check_same_vocabulary(owner, base)
     policy = trainable_copy(base)
     method = RLHF(base, names_reward(reward), beta=beta, kl=kl, algo=algo, kl_target=kl_target,
                   tokenizer=CharTokenizer())

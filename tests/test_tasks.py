@@ -50,7 +50,8 @@ def test_diversity_metrics():
 
 @pytest.mark.parametrize("argv", [
     ["align", "rlhf", "--reward", "true", "--kl", "k3_loss"],
-    ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--baseline"],
+    ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--baseline", "--compare-reinforce",
+     "--eval-samples", "100"],
     ["align", "fdpg", "--f", "tv", "--constraint", "contains:a", "--ebm-samples", "800"],
     ["align", "dpo", "--n-pairs", "64"],
 ])
@@ -59,6 +60,15 @@ def test_align_command_line_runs_every_method(argv, tmp_path, capsys):
     assert main(argv + ["--steps", "2", "--batch-size", "8", "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
     assert "aligned samples:" in text and out.exists()
+
+
+def test_a_reward_model_with_another_vocabulary_is_refused(base):
+    from minialign.gpt import GPTConfig
+    from minialign.rewards import RewardModel
+
+    rm = RewardModel(GPTConfig(vocab_size=30, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match="vocabulary of 30 tokens but the policy has 27"):
+        tasks.run_rlhf(rm.score, cfg=CFG, base=base, progress=False)
 
 
 def test_align_reports_bad_input_clearly(tmp_path, capsys):
