@@ -81,31 +81,40 @@ def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print):
         log(f"resumed from {out} at step {start}")
 
     bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, initial=start, total=cfg.steps)
-    running = None
-    for step in bar:
-        opt.lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr)
-        x = train_ids[rng.integers(0, len(train_ids), cfg.batch_size)]
-        loss = model.loss(x)
-        opt.zero_grad()
-        loss.backward()
-        clip_grad_norm(model.parameters(), cfg.grad_clip)
-        opt.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at step {step}")
-        running = value if running is None else 0.95 * running + 0.05 * value
-        bar.set_postfix(loss=f"{running:.3f}")
-        last = step + 1 == cfg.steps
-        if (step + 1) % cfg.eval_every == 0 or last:
-            val = evaluate(model, val_ids)
-            history["step"].append(step + 1)
-            history["train_loss"].append(running)
-            history["val_loss"].append(val)
-            bar.write(f"step {step + 1:5d}  train {running:.4f}  val {val:.4f}") if progress else None
-            if out is not None:
-                model.save(out, optim=opt.state_dict(), step=step + 1, history=json.dumps(history),
-                           pretrain=json.dumps({k: v for k, v in asdict(cfg).items() if k != "model"}))
-                rng = np.random.default_rng([cfg.seed, step + 1])
+    running, done = None, start
+
+    def checkpoint(step):
+        if out is not None:
+            model.save(out, optim=opt.state_dict(), step=step, history=json.dumps(history),
+                       pretrain=json.dumps({k: v for k, v in asdict(cfg).items() if k != "model"}))
+
+    try:
+        for step in bar:
+            opt.lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr)
+            x = train_ids[rng.integers(0, len(train_ids), cfg.batch_size)]
+            loss = model.loss(x)
+            opt.zero_grad()
+            loss.backward()
+            clip_grad_norm(model.parameters(), cfg.grad_clip)
+            opt.step()
+            done = step + 1
+            value = loss.item()
+            if not math.isfinite(value):
+                raise FloatingPointError(f"training loss became {value} at step {step}")
+            running = value if running is None else 0.95 * running + 0.05 * value
+            bar.set_postfix(loss=f"{running:.3f}")
+            if done % cfg.eval_every == 0 or done == cfg.steps:
+                val = evaluate(model, val_ids)
+                history["step"].append(done)
+                history["train_loss"].append(running)
+                history["val_loss"].append(val)
+                if progress:
+                    bar.write(f"step {done:5d}  train {running:.4f}  val {val:.4f}")
+                checkpoint(done)
+                rng = np.random.default_rng([cfg.seed, done])
+    except KeyboardInterrupt:
+        checkpoint(done)  # the finished steps are kept; `minialign pretrain` resumes from here
+        raise
     return model, history
 
 

@@ -230,3 +230,26 @@ def test_bad_inputs_raise_clear_errors():
         FDPG(a, policy, lambda b: np.full(len(b), np.nan)).loss(policy, batch)
     with pytest.raises(FloatingPointError, match="underflowed"):
         FDPG(a, policy, lambda b: np.full(len(b), -np.inf)).loss(policy, batch)
+
+
+def test_an_interrupted_run_keeps_its_checkpoint_and_resumes(tmp_path):
+    a, policy, lab, r, beta = setup(12, scale=0.3)
+    method = RLHF(a, lab_fn(lab, r), beta=beta)
+    out = tmp_path / "run.npz"
+
+    def interrupt(batch):
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return {}
+
+    calls = []
+    with pytest.raises(KeyboardInterrupt):
+        train(method, policy, TrainConfig(steps=10, batch_size=8, checkpoint_every=100), out=out, progress=False,
+              metrics_fn=interrupt)
+    from minialign import load
+
+    state = load(out)
+    assert state["step"] == 3  # three finished steps were written although no regular checkpoint was due
+    hist = train(method, policy, TrainConfig(steps=10, batch_size=8, checkpoint_every=100), out=out, progress=False)
+    assert len(hist["loss"]) == 10 and load(out)["step"] == 10

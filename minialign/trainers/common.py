@@ -231,37 +231,49 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
 
     bar = tqdm(range(start, cfg.steps), desc=method.name, disable=not progress, initial=start, total=cfg.steps)
     t0 = time.perf_counter()
-    for step in bar:
-        rng = np.random.default_rng([cfg.seed, step])
-        batch = method.draw(policy, cfg.batch_size, rng)
-        loss, metrics = method.loss(policy, batch)
-        opt.zero_grad()
-        loss.backward()
-        metrics["grad_norm"] = clip_grad_norm(policy.parameters(), cfg.grad_clip)
-        opt.step()
-        metrics["loss"] = loss.item()
-        if batch.names is not None:
-            metrics.update(name_metrics(batch.names, corpus))
-        if metrics_fn is not None:
-            metrics.update(metrics_fn(batch))
-        if lab is not None:
-            metrics.update(exact_metrics(lab, policy, p_ref, target_log_p))
-        method.after_step(policy, batch, metrics)
-        metrics["seconds"] = time.perf_counter() - t0
-        for k, v in metrics.items():
-            history.setdefault(k, []).append(float(v))
-        if progress:
-            shown = {k: f"{metrics[k]:.3g}" for k in ("reward", "kl_k3", "exact_kl_pi_a", "exact_kl_p_pi") if k in metrics}
-            bar.set_postfix(shown)
-        if log_fn is not None and (step + 1) % cfg.log_every == 0:
-            log_fn(step + 1, metrics)
-        if (step + 1) % cfg.checkpoint_every == 0:
-            checkpoint(step + 1)
-        if stop_fn is not None and stop_fn(step + 1, metrics):
-            checkpoint(step + 1)
-            return history
+    done = start
+    try:
+        for step in bar:
+            metrics = _one_step(method, policy, opt, cfg, step, corpus, metrics_fn, lab, p_ref, target_log_p)
+            metrics["seconds"] = time.perf_counter() - t0
+            for k, v in metrics.items():
+                history.setdefault(k, []).append(float(v))
+            done = step + 1
+            if progress:
+                shown = {k: f"{metrics[k]:.3g}" for k in ("reward", "kl_k3", "exact_kl_pi_a", "exact_kl_p_pi") if k in metrics}
+                bar.set_postfix(shown)
+            if log_fn is not None and done % cfg.log_every == 0:
+                log_fn(done, metrics)
+            if done % cfg.checkpoint_every == 0:
+                checkpoint(done)
+            if stop_fn is not None and stop_fn(done, metrics):
+                checkpoint(done)
+                return history
+    except KeyboardInterrupt:
+        checkpoint(done)  # keep every finished step; the run resumes from here
+        raise
     checkpoint(cfg.steps)
     return history
+
+
+def _one_step(method, policy, opt, cfg, step, corpus, metrics_fn, lab, p_ref, target_log_p) -> dict:
+    """Draw a batch, take one optimizer step on the method's loss, and return the step's metrics."""
+    rng = np.random.default_rng([cfg.seed, step])
+    batch = method.draw(policy, cfg.batch_size, rng)
+    loss, metrics = method.loss(policy, batch)
+    opt.zero_grad()
+    loss.backward()
+    metrics["grad_norm"] = clip_grad_norm(policy.parameters(), cfg.grad_clip)
+    opt.step()
+    metrics["loss"] = loss.item()
+    if batch.names is not None:
+        metrics.update(name_metrics(batch.names, corpus))
+    if metrics_fn is not None:
+        metrics.update(metrics_fn(batch))
+    if lab is not None:
+        metrics.update(exact_metrics(lab, policy, p_ref, target_log_p))
+    method.after_step(policy, batch, metrics)
+    return metrics
 
 
 def exact_metrics(lab, policy, p_ref=None, target_log_p=None) -> dict:
