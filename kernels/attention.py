@@ -11,18 +11,17 @@ arguments and pick block sizes, a ``torch.autograd.Function`` wrapper, and the p
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from .launch import check_device, interpreting
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 MAX_HEAD_DIM = 128
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -238,28 +237,19 @@ def _check_qkv(names, tensors):
             raise TypeError(f"{name} must have the dtype of {first_name} ({first.dtype}); got {t.dtype}")
         if t.device != first.device:
             raise ValueError(f"{name} must be on {first_name}'s device ({first.device}); got {t.device}")
-    _check_device(first)
+    check_device(first)
     d = first.shape[-1]
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"head dim must be between 1 and {MAX_HEAD_DIM} (padded to a power of two >= 16); got {d}")
 
 
-def _check_device(t: torch.Tensor) -> None:
-    if t.device.type == "cuda":
-        return
-    if t.device.type == "cpu" and _interpreting():
-        return
-    raise ValueError(
-        f"the Triton kernels need a CUDA device (CPU tensors only with TRITON_INTERPRET=1 set before "
-        f"importing triton); got tensors on {t.device}"
-    )
 
 
 def _blocks(d: int, dtype: torch.dtype, block_m, block_n):
     """Block sizes: 16 x 16 under the interpreter (fast tests with several blocks); on a GPU, tiles that
     keep the fp32 accumulators and the 16-bit (or fp32) operand tiles within registers and shared memory."""
     if block_m is None or block_n is None:
-        if _interpreting():
+        if interpreting():
             bm, bn = 16, 16
         elif dtype == torch.float32:
             bm, bn = (64, 32) if d <= 64 else (32, 32)
@@ -276,7 +266,7 @@ def _blocks(d: int, dtype: torch.dtype, block_m, block_n):
 
 
 def _fp32_dot(dtype: torch.dtype) -> bool:
-    return dtype == torch.float32 or _interpreting()
+    return dtype == torch.float32 or interpreting()
 
 
 def flash_attention_forward(q, k, v, causal=True, scale=None, *, block_m=None, block_n=None):

@@ -15,12 +15,13 @@ must, the gradient of ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` with 
 from __future__ import annotations
 
 import math
-import os
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
+
+from .launch import check_device, interpreting
 
 F_NAMES = ("kl", "reverse_kl", "js", "tv")
 _F_CODE = {name: i for i, name in enumerate(F_NAMES)}
@@ -40,8 +41,6 @@ class LogprobFdivOutput(NamedTuple):
     row_scalar: torch.Tensor
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # ----------------------------------------------------------------------------------------------- kernels
@@ -192,15 +191,6 @@ def _logprob_fdiv_bwd_kernel(
 # --------------------------------------------------------------------------------------------- launchers
 
 
-def _check_device(t: torch.Tensor) -> None:
-    if t.device.type == "cuda":
-        return
-    if t.device.type == "cpu" and _interpreting():
-        return
-    raise ValueError(
-        f"the Triton kernels need a CUDA device (CPU tensors only with TRITON_INTERPRET=1 set before "
-        f"importing triton); got tensors on {t.device}"
-    )
 
 
 def _check_inputs(logits, ref_logits, targets, f, ignore_index):
@@ -210,7 +200,7 @@ def _check_inputs(logits, ref_logits, targets, f, ignore_index):
         raise ValueError(f"logits must be 2-D [N, V]; got shape {tuple(logits.shape)}")
     if logits.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"logits must be float32, float16 or bfloat16; got {logits.dtype}")
-    _check_device(logits)
+    check_device(logits)
     n, v = logits.shape
     if v == 0:
         raise ValueError("logits must have a non-empty vocabulary axis; got V = 0")
@@ -254,7 +244,7 @@ def _unit_column_stride(x: torch.Tensor) -> torch.Tensor:
 
 def _block_v(v: int, block_v):
     if block_v is None:
-        block_v = max(16, min(triton.next_power_of_2(v), 8192 if _interpreting() else 4096))
+        block_v = max(16, min(triton.next_power_of_2(v), 8192 if interpreting() else 4096))
     if block_v < 16 or block_v & (block_v - 1):
         raise ValueError(f"block_v must be a power of two >= 16; got {block_v}")
     return block_v

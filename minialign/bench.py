@@ -64,12 +64,14 @@ def _time(fn, repeats):
     return float(np.median(times))
 
 
-def bench_engine(batch_size=64, repeats=20, config=None, threads=None):
-    """Median seconds per training step (forward, backward, AdamW) for ours and torch eager, same weights."""
+def bench_engine(batch_size=64, repeats=20, config=None, threads=1):
+    """Median seconds per training step (forward, backward, AdamW) for ours and torch eager, same weights,
+    both limited to the same number of threads (NumPy's BLAS and torch's intra-op pool)."""
     import torch
+    from threadpoolctl import threadpool_limits
 
-    if threads:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    threadpool_limits(limits=threads, user_api="blas")
     cfg = config or GPTConfig()
     model = GPT(cfg, seed=0)
     rng = np.random.default_rng(0)
@@ -108,14 +110,16 @@ def main(argv=None):
     parser.add_argument("what", choices=["engine", "kernels"])
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1, help="threads for both NumPy's BLAS and torch")
     args, rest = parser.parse_known_args(argv)
     if args.what == "kernels":
         from .kernels.benchmark import main as kernels_main
 
         return kernels_main(rest)
-    cfg, b, t_ours, t_torch = bench_engine(args.batch_size, args.repeats)
-    print(f"GPT training step (forward + backward + AdamW), CPU, batch {b} x {cfg.block_size} tokens, "
-          f"{cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, vocab {cfg.vocab_size}")
+    cfg, b, t_ours, t_torch = bench_engine(args.batch_size, args.repeats, threads=args.threads)
+    print(f"GPT training step (forward + backward + AdamW), CPU, {args.threads} thread(s), batch {b} x "
+          f"{cfg.block_size} tokens, {cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, "
+          f"vocab {cfg.vocab_size}")
     print(f"  minialign engine : {t_ours * 1e3:8.2f} ms/step")
     print(f"  torch eager      : {t_torch * 1e3:8.2f} ms/step")
     print(f"  ratio ours/torch : {t_ours / t_torch:8.3f}  (<= 1.0 means at least as fast as torch eager)")

@@ -148,6 +148,9 @@ def _tour(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="minialign", description="Aligning language models, from scratch.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads (default 1: the model's matrices are small, and extra threads on a busy "
+                             "machine slow every product down)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="train the GPT on the census names")
@@ -213,6 +216,9 @@ def main(argv=None):
     p.set_defaults(fn=_tour)
 
     args = parser.parse_args(argv)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=args.threads, user_api="blas")
     if args.command == "align" and args.proposal is None:
         args.proposal = "adaptive" if args.method == "gdc" else "policy"
     try:

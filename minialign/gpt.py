@@ -145,18 +145,24 @@ class GPT(Module):
         inp, targets, counted = self._shift(x)
         return F.cross_entropy(self(inp), np.where(counted, targets, -100), ignore_index=-100)
 
-    def _shift(self, x):
-        """Inputs (BOS then x without its last column), targets x, and the mask of counted positions."""
-        x = self._check_ids(x, "x")
+    def check_rows(self, x, what="x"):
+        """EOS-terminated rows ``[B, L]`` (L ≤ block_size): returns the ids as an array and each row's first EOS."""
+        x = np.asarray(self._check_ids(x, what))
         cfg = self.config
-        b, length = x.shape
-        if length > cfg.block_size:
-            raise ValueError(f"rows of {length} tokens exceed block_size {cfg.block_size}")
+        if x.shape[1] > cfg.block_size:
+            raise ValueError(f"rows of {x.shape[1]} tokens exceed block_size {cfg.block_size}")
         is_eos = x == cfg.eos_id
         if not bool(is_eos.any(axis=1).all()):
-            row = int(np.flatnonzero(~np.asarray(is_eos.any(axis=1)))[0])
-            raise ValueError(f"row {row} of x has no end-of-sequence token (id {cfg.eos_id}); every row must end in EOS")
-        first_eos = np.asarray(is_eos).argmax(axis=1)
+            row = int(np.flatnonzero(~is_eos.any(axis=1))[0])
+            raise ValueError(f"row {row} of {what} has no end-of-sequence token (id {cfg.eos_id}); "
+                             "every row must end in EOS")
+        return x, is_eos.argmax(axis=1)
+
+    def _shift(self, x):
+        """Inputs (BOS then x without its last column), targets x, and the mask of counted positions."""
+        x, first_eos = self.check_rows(x)
+        cfg = self.config
+        b, length = x.shape
         t = np.arange(length)
         counted = (t[None, :] <= first_eos[:, None]) & (t[None, :] < cfg.block_size - 1)
         inp = np.concatenate([np.full((b, 1), cfg.bos_id, dtype=x.dtype), x[:, :-1]], axis=1)

@@ -45,11 +45,18 @@ def save(path, state: dict) -> Path:
     if path.suffix != ".npz":
         raise ValueError(f"checkpoints are .npz files; got {path.name!r}")
     flat = _flatten(state)
+    return atomic_write(path, lambda fh: np.savez(fh, **flat))
+
+
+def atomic_write(path, write, binary: bool = True) -> Path:
+    """Call ``write(fh)`` on a temporary file beside ``path``, then rename it over ``path``: the file
+    appears whole or not at all, and an interrupted write leaves any earlier file intact."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **flat)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         umask = os.umask(0)

@@ -18,8 +18,6 @@ import csv
 import io as _io
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ import numpy as np
 
 from .data import CharTokenizer
 from .gpt import GPT, GPTConfig
-from .io import load, save
+from .io import atomic_write, load, save
 from .nn import Linear, Module
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tensor import Tensor, no_grad
@@ -152,19 +150,7 @@ class PreferencePairs:
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["chosen", "rejected"])
         writer.writerows(zip(self.chosen, self.rejected))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", newline="") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=False)
 
 
 def load_pairs(path, block_size: int = 12) -> PreferencePairs:
@@ -334,18 +320,10 @@ class RewardModel(Module):
 
     def forward(self, tokens) -> Tensor:
         """Raw rewards ``[B]`` for EOS-terminated rows ``tokens [B, L]`` (as from ``encode_batch``)."""
-        x = self.trunk._check_ids(tokens, "tokens")
-        x = np.asarray(x)
+        x, end = self.trunk.check_rows(tokens, "tokens")
         cfg = self.config
-        b, length = x.shape
-        if length > cfg.block_size:
-            raise ValueError(f"rows of {length} tokens exceed block_size {cfg.block_size}")
-        is_eos = x == cfg.eos_id
-        if not bool(is_eos.any(axis=1).all()):
-            row = int(np.flatnonzero(~is_eos.any(axis=1))[0])
-            raise ValueError(f"row {row} of tokens has no end-of-sequence token (id {cfg.eos_id}); "
-                             "every row must end in EOS")
-        end = is_eos.argmax(axis=1)  # where the LM would emit EOS: it has read BOS and every letter
+        b = x.shape[0]
+        # end: where the LM would emit EOS, having read BOS and every letter
         width = int(end.max()) + 1
         inp = np.concatenate([np.full((b, 1), cfg.bos_id, dtype=x.dtype), x[:, : width - 1]], axis=1)
         t = self.trunk
