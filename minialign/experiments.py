@@ -122,21 +122,25 @@ def summarise(records, batch_size):
 
             def stat(key):
                 v = np.array([r["history"][key][-1] for r in rs])
+                if not np.isfinite(v).all():
+                    return float("inf"), 0.0
                 return float(v.mean()), float(v.std())
 
             reached = [r["samples_to_threshold"] for r in rs]
             mass = {name: float(np.mean([r["mode_mass"][name][-1] for r in rs])) for name in rs[0]["mode_mass"]}
             rows.append({"target": target, "f": f, "kl_p_pi": stat("exact_kl_p_pi"), "kl_pi_p": stat("exact_kl_pi_p"),
                          "tv": stat("exact_tv_pi_p"), "entropy": stat("exact_entropy"),
-                         "target_entropy": rs[0]["target_entropy"], "mode_mass": mass,
-                         "target_mode_mass": rs[0]["target_mode_mass"],
+                         "target_entropy": float(np.mean([r["target_entropy"] for r in rs])), "mode_mass": mass,
+                         "target_mode_mass": {name: float(np.mean([r["target_mode_mass"][name] for r in rs]))
+                                              for name in rs[0]["target_mode_mass"]},
                          "samples_to_threshold": [x for x in reached],
                          "reached": sum(x is not None for x in reached), "runs": len(rs)})
     return rows
 
 
 def markdown_table(rows, steps, batch_size):
-    lines = [f"Final exact metrics after {steps} steps of {batch_size} samples (mean ± std over seeds); "
+    lines = [f"Final exact metrics after {steps} steps of {batch_size} samples (mean ± std over seeds; each seed has "
+             "its own base model and so its own target: H(p) and the target's mode masses are averaged the same way); "
              f"'samples to {THRESHOLD}' is the number of samples until KL(p‖π) ≤ {THRESHOLD} nats first held "
              "(median over the seeds that got there; — if none did).", "",
              "| target | f | KL(p‖π) | KL(π‖p) | TV(π, p) | H(π) (H(p)) | mass on modes (target) | samples to 0.05 |",
@@ -146,10 +150,19 @@ def markdown_table(rows, steps, batch_size):
         to = f"{int(np.median(reached))} ({r['reached']}/{r['runs']})" if reached else f"— (0/{r['runs']})"
         mass = ", ".join(f"{k}: {v:.2f} ({r['target_mode_mass'][k]:.2f})" for k, v in r["mode_mass"].items())
         lines.append(
-            f"| {r['target']} | {STUDY_FS[r['f']]} | {r['kl_p_pi'][0]:.3f} ± {r['kl_p_pi'][1]:.3f} | "
-            f"{r['kl_pi_p'][0]:.3f} ± {r['kl_pi_p'][1]:.3f} | {r['tv'][0]:.3f} | "
+            f"| {r['target']} | {STUDY_FS[r['f']]} | {_pm(r['kl_p_pi'])} | {_pm(r['kl_pi_p'])} | {r['tv'][0]:.3f} | "
             f"{r['entropy'][0]:.3f} ({r['target_entropy']:.3f}) | {mass} | {to} |")
     return "\n".join(lines)
+
+
+def _pm(stat):
+    mean, std = stat
+    return "∞" if not np.isfinite(mean) else f"{mean:.3f} ± {std:.3f}"
+
+
+def _num(row, key):
+    v = row.get(key)
+    return "—" if v is None or not np.isfinite(v) else f"{v:.3f}"
 
 
 def plot_lab_study(records, path):
@@ -173,7 +186,8 @@ def plot_lab_study(records, path):
         axes[0, j].axhline(THRESHOLD, color="gray", ls=":")
         axes[0, j].set_yscale("log")
         axes[0, j].set_title(target)
-        axes[1, j].axhline(rs[0]["target_entropy"], color="black", ls="--", lw=0.8, label="H(p)")
+        axes[1, j].axhline(np.mean([r["target_entropy"] for r in rs]), color="black", ls="--", lw=0.8,
+                           label="H(p) (mean over seeds)")
         axes[1, j].set_xlabel("step")
     axes[0, 0].set_ylabel("exact KL(p‖π) (nats)")
     axes[1, 0].set_ylabel("exact entropy of π (nats)")
@@ -200,7 +214,8 @@ def plot_modes(records, path):
         for name, ls in zip(names, ("-", "--")):
             ax.plot(np.mean([r["mode_mass"][name] for r in rs], axis=0), color=colors[f], ls=ls,
                     label=f"{STUDY_FS[f]}: {name}")
-    ax.axhline(rs[0]["target_mode_mass"][names[0]], color="gray", ls=":", label="target mass per mode")
+    ax.axhline(np.mean([r["target_mode_mass"][names[0]] for r in rs]), color="gray", ls=":",
+               label="target mass per mode (mean over seeds)")
     ax.set_xlabel("step")
     ax.set_ylabel("mass of π on the mode")
     ax.legend(fontsize=7, ncol=2)
@@ -235,10 +250,9 @@ def names_table(rows):
     lines = ["| target | f | KL(p‖π) est. | KL(π‖a) est. | E[female] | reward | distinct-2 | Self-BLEU | in corpus |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['target']} | {STUDY_FS[r['f']]} | {r.get('kl_p_pi_est', float('nan')):.3f} | "
-                     f"{r.get('kl_pi_a_est', float('nan')):.3f} | {r.get('E[female]', float('nan')):.3f} | "
-                     f"{r.get('reward_est', float('nan')):.3f} | {r.get('distinct_2', float('nan')):.3f} | "
-                     f"{r.get('self_bleu', float('nan')):.3f} | {r.get('in_corpus', float('nan')):.3f} |")
+        cells = [_num(r, k) for k in ("kl_p_pi_est", "kl_pi_a_est", "E[female]", "reward_est", "distinct_2",
+                                      "self_bleu", "in_corpus")]
+        lines.append(f"| {r['target']} | {STUDY_FS[r['f']]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

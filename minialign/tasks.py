@@ -30,7 +30,7 @@ def trainable_copy(model: GPT) -> GPT:
     policy = frozen_copy(model)
     for p in policy.parameters():
         p.requires_grad = True
-    return policy.train()
+    return policy.eval()  # trainable, but with dropout off: the trainers need the model's own log π
 
 
 def check_same_vocabulary(reward_model, policy) -> None:

@@ -145,8 +145,11 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False) -> in
             rlhf_rows.append((beta, hist["reward"][-1], float(np.mean(true_reward(names))), hist["kl_k3"][-1],
                               hist["distinct_2"][-1], hist["in_corpus"][-1]))
     lines += ["## RLHF", "", "RLOO with the sequence-level k1 penalty in the reward, against the reward model. "
-              "As β falls, the reward model's reward rises and the true reward r* follows less and less — reward "
-              "hacking — while KL(π‖a) grows and diversity drops.", "",
+              "As β falls the policy moves further from the base model (KL(π‖a) grows) and its samples grow alike "
+              "(distinct-2 and the share of real names fall). Whether the true reward r* keeps up with the reward "
+              "model's measures how far the reward model can be trusted: where r* stalls while the model's reward "
+              "climbs, the policy is exploiting the reward model (reward hacking; chapter 05 shows it with a "
+              "weaker reward model).", "",
               "| β | reward model (last batch) | true reward r* (200 samples) | KL(π‖a) k3 | distinct-2 | in corpus |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {b} | {r:.3f} | {t:.3f} | {k:.3f} | {d:.3f} | {c:.3f} |" for b, r, t, k, d, c in rlhf_rows]

@@ -108,7 +108,7 @@ def test_divergence_to_target_matches_the_exact_divergence(name):
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_gradient_identity_holds_for_every_f(name):
-    """Eq. (3.13): ∇_θ D_f(π_θ‖p) (autograd through the enumeration) = E_{π_θ}[f'(π_θ/p) ∇_θ log π_θ]."""
+    """Eq. (3.21): ∇_θ D_f(π_θ‖p) (autograd through the enumeration) = E_{π_θ}[f'(π_θ/p) ∇_θ log π_θ]."""
     model = tiny_gpt(10, vocab_size=3, block_size=4, scale=1.0)
     lab = ExactLab.for_model(model)
     log_p, _ = lab.normalise(np.random.default_rng(10).normal(size=len(lab)) * 2)

@@ -86,3 +86,35 @@ def test_align_reports_bad_input_clearly(tmp_path, capsys):
     assert main(["align", "dpo", "--pairs", str(bad), "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "chosen" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()  # no half-written checkpoint after a refused run
+
+
+def test_self_bleu_equals_the_textbook_computation():
+    """The one-pass clipping (two largest counts per n-gram) must equal clipping by the maximum over the
+    other names, computed naively."""
+    import math
+    from collections import Counter
+
+    def naive(names, n=3):
+        scores = []
+        for i, hyp in enumerate(names):
+            logs = []
+            for k in range(1, n + 1):
+                h = Counter(hyp[j:j + k] for j in range(len(hyp) - k + 1))
+                ref = Counter()
+                for o, other in enumerate(names):
+                    if o != i:
+                        ref |= Counter(other[j:j + k] for j in range(len(other) - k + 1))
+                clipped = sum(min(c, ref[g]) for g, c in h.items())
+                total, smooth = max(len(hyp) - k + 1, 0), (0 if k == 1 else 1)
+                logs.append(math.log((clipped + smooth) / (total + smooth)) if clipped + smooth else -math.inf)
+            lens = [len(o) for o, _ in zip(names, range(len(names))) if True]
+            lens.remove(len(hyp))
+            closest = min(lens, key=lambda r: (abs(r - len(hyp)), r))
+            bp = 1.0 if len(hyp) >= closest else math.exp(1 - closest / len(hyp))
+            scores.append(bp * math.exp(sum(logs) / n) if all(math.isfinite(x) for x in logs) else 0.0)
+        return float(np.mean(scores))
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        names = ["".join(rng.choice(list("abcde"), size=rng.integers(1, 7))) for _ in range(rng.integers(2, 12))]
+        assert self_bleu(names) == pytest.approx(naive(names), abs=1e-12), names

@@ -116,8 +116,9 @@ def distinct_n(names, n: int = 2) -> float:
 def self_bleu(names, n: int = 3, max_refs: int = 200) -> float:
     """Self-BLEU over character n-grams (Zhu et al. 2018): the mean BLEU of each name against the others.
 
-    BLEU-n with uniform weights over 1..n-grams, clipped counts, a brevity penalty, and +1 smoothing of the
-    higher orders (Lin & Och 2004); higher means less diverse.
+    BLEU-n with uniform weights over 1..n-grams, counts clipped by the largest count among the *other* names,
+    a brevity penalty, and +1 smoothing of the higher orders (Lin & Och 2004); higher means less diverse.
+    The clip uses each n-gram's two largest counts, so the whole batch costs one pass over its n-grams.
     """
     from collections import Counter
 
@@ -125,23 +126,31 @@ def self_bleu(names, n: int = 3, max_refs: int = 200) -> float:
     if len(names) < 2:
         return 0.0
     grams = [[Counter(s[i:i + k] for i in range(len(s) - k + 1)) for k in range(1, n + 1)] for s in names]
+    top = []  # per order: gram -> (largest count, its name, second largest count)
+    for k in range(n):
+        best: dict = {}
+        for j, g in enumerate(grams):
+            for gram, c in g[k].items():
+                m1, who, m2 = best.get(gram, (0, -1, 0))
+                best[gram] = (c, j, m1) if c > m1 else (m1, who, max(m2, c))
+        top.append(best)
+    lengths = sorted(len(s) for s in names)
     scores = []
     for i, hyp in enumerate(names):
-        max_ref = [Counter() for _ in range(n)]
-        for j in range(len(names)):
-            if j != i:
-                for k in range(n):
-                    max_ref[k] |= grams[j][k]
         logs = []
         for k in range(n):
-            total = max(len(hyp) - k, 0)
-            clipped = sum(min(c, max_ref[k][g]) for g, c in grams[i][k].items())
-            smooth = 0 if k == 0 else 1
+            clipped = 0
+            for gram, c in grams[i][k].items():
+                m1, who, m2 = top[k][gram]
+                clipped += min(c, m2 if who == i else m1)
+            total, smooth = max(len(hyp) - k, 0), (0 if k == 0 else 1)
             if total + smooth == 0 or clipped + smooth == 0:
                 logs.append(-math.inf)
-            else:
-                logs.append(math.log((clipped + smooth) / (total + smooth)))
-        closest = min((abs(len(names[j]) - len(hyp)), len(names[j])) for j in range(len(names)) if j != i)[1]
+                break
+            logs.append(math.log((clipped + smooth) / (total + smooth)))
+        others = list(lengths)
+        others.remove(len(hyp))
+        closest = min(others, key=lambda r: (abs(r - len(hyp)), r))
         bp = 1.0 if len(hyp) >= closest else math.exp(1 - closest / max(len(hyp), 1))
         scores.append(bp * math.exp(sum(logs) / n) if all(np.isfinite(logs)) else 0.0)
     return float(np.mean(scores))
@@ -212,6 +221,8 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
     """
     from tqdm.auto import tqdm
 
+    # dropout off: every estimator here needs the model's own log π(x), not a randomly thinned one
+    policy.eval()
     opt = AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     history: dict = {}
     start = 0

@@ -50,11 +50,14 @@ class FDPG(ProposalMixin, Method):
         logp_pi = logp.numpy().astype(np.float64)
         batch.extra["logp_pi"] = logp_pi
         log_p, log_z = self.importance(policy, batch, None)
+        if not np.isfinite(log_z):  # no mass seen yet: this batch carries no signal
+            return logp, np.zeros(len(batch)), (log_p, log_z, logp_pi, np.zeros(len(batch)))
         reward = self.pseudo_reward(logp_pi, log_p, log_z)
         rho = np.exp(logp_pi - batch.log_q)  # π(x)/q(x): 1 on-policy
-        if self.baseline and not batch.exact:
-            finite = np.isfinite(reward)
-            b = np.sum((rho * reward)[finite]) / max(np.sum(rho[finite]), 1e-300)
+        if self.baseline and not batch.exact and len(reward) > 1:
+            # leave-one-out: b_i is the ρ-weighted mean of the other samples' pseudo-rewards, so that b_i does
+            # not depend on x_i and the expected gradient is unchanged (on- and off-policy)
+            b = _others_sum(rho * reward) / np.maximum(_others_sum(rho), 1e-300)
             reward = reward - b
         return logp, batch.weights * rho * reward, (log_p, log_z, logp_pi, reward)
 
@@ -63,3 +66,11 @@ class FDPG(ProposalMixin, Method):
         metrics = {"pseudo_reward": float(np.mean(reward[np.isfinite(reward)])) if np.isfinite(reward).any() else 0.0}
         self.adapt(policy, batch, log_p, log_z, logp_pi, metrics)
         return weighted_surrogate(logp, coef), metrics
+
+
+def _others_sum(v) -> np.ndarray:
+    """Σ_{j≠i} v_j for every i, from prefix and suffix sums (no cancellation when one v_i dominates)."""
+    v = np.asarray(v, dtype=np.float64)
+    before = np.concatenate([[0.0], np.cumsum(v)[:-1]])
+    after = np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0.0]])
+    return before + after

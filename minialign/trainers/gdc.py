@@ -18,20 +18,25 @@ from .common import Batch, Method, frozen_copy, log_mean_exp, sample_batch, weig
 
 class RunningLogZ:
     """A running importance-sampling estimate of log Z = log E_q[P/q], averaged over all batches so far
-    (in log space), or a fixed exact value."""
+    (in log space), or a fixed exact value.
 
-    def __init__(self, exact: float | None = None):
-        self.exact, self.log_sum, self.count = exact, -np.inf, 0
+    A batch in which no sample has mass under the target (every P(x) = 0: likely for a rare pointwise
+    constraint) is a valid estimate of 0 and is averaged in. If after ``patience`` batches the estimate is
+    still 0, the target has no mass where the proposal samples, and that is an error.
+    """
+
+    def __init__(self, exact: float | None = None, patience: int = 10):
+        self.exact, self.log_sum, self.count, self.patience = exact, -np.inf, 0, patience
 
     def update(self, log_p_over_q) -> float:
         if self.exact is not None:
             return self.exact
-        batch = log_mean_exp(log_p_over_q)
-        if not np.isfinite(batch):
-            raise FloatingPointError("every importance weight P/q in the batch is 0: the estimate of Z underflowed; "
-                                     "the target has no mass where the proposal samples")
-        self.log_sum = np.logaddexp(self.log_sum, batch)
+        self.log_sum = np.logaddexp(self.log_sum, log_mean_exp(log_p_over_q))
         self.count += 1
+        if not np.isfinite(self.log_sum) and self.count >= self.patience:
+            raise FloatingPointError(
+                f"every importance weight P/q has been 0 for {self.count} batches: the estimate of Z underflowed; "
+                "the target has no mass where the proposal samples")
         return float(self.log_sum - np.log(self.count))
 
     @property
@@ -69,6 +74,9 @@ class ProposalMixin:
 
     def adapt(self, policy, batch, log_p, log_z, logp_pi, metrics):
         """Eq. (6.9): estimate KL(p‖π) and KL(p‖q) by importance sampling; q ← π if π is closer."""
+        if not np.isfinite(log_z):
+            metrics.update(log_z=log_z, replacements=self.replacements)
+            return
         w = np.exp(log_p - log_z - batch.log_q) * batch.weights
         log_p = np.where(w > 0, log_p, 0.0)  # points of zero target mass contribute 0·log 0 = 0
         kl_p_pi = float(np.sum(w * (log_p - log_z - logp_pi)))
@@ -108,6 +116,8 @@ class DPG(ProposalMixin, Method):
         log_p, log_z = self.importance(policy, batch, None)
         logp_pi = logp.numpy().astype(np.float64)
         batch.extra["logp_pi"] = logp_pi
+        if not np.isfinite(log_z):  # no mass seen yet: this batch carries no signal
+            return logp, np.zeros(len(batch)), (log_p, log_z, logp_pi)
         weight = np.exp(log_p - log_z - batch.log_q)  # p(x)/q(x)
         if self.baseline:
             weight = weight - np.exp(logp_pi - batch.log_q)  # − π(x)/q(x)

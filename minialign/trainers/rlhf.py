@@ -60,8 +60,7 @@ class RLHF(Method):
     def loss(self, policy, batch: Batch):
         r = self.rewards(batch)
         w = batch.weights
-        metrics = {"reward": float(np.sum(w * r)) if batch.exact else float(r.mean()), "beta": self.beta,
-                   "entropy_est": float(-batch.log_q.mean())}
+        metrics = {"reward": float(np.sum(w * r)), "beta": self.beta, "entropy_est": float(-np.sum(w * batch.log_q))}
         if not batch.exact:
             metrics.update(kl_estimates(batch.log_q, batch.log_ref))
         if self.kl in ("k1_seq", "k2_loss", "k3_loss"):
@@ -115,8 +114,11 @@ class RLHF(Method):
         return weighted_surrogate(logp, batch.weights * adv * ratio * active), metrics
 
     def after_step(self, policy, batch, metrics):
-        """Ziegler et al. (2019): β ← β(1 + K·clip(KL/KL_target − 1, −0.2, 0.2)) after each batch."""
-        if self.kl_target is not None and "kl_k1" in metrics:
+        """Ziegler et al. (2019): β ← β(1 + K·clip(KL/KL_target − 1, −0.2, 0.2)) once per batch (under PPO,
+        after the batch's last epoch)."""
+        if self.algo == "ppo" and self._ppo_left > 0:
+            return
+        if self.kl_target is not None and "kl_k3" in metrics:
             error = np.clip(metrics["kl_k3"] / self.kl_target - 1.0, -0.2, 0.2)
             self.beta *= 1.0 + self.horizon_k * error
 
@@ -140,7 +142,7 @@ class Reinforce(Method):
         r = RLHF.rewards(self, batch)
         adv = r if batch.exact else r - leave_one_out_baseline(r, batch.weights)
         logp = policy.sequence_logprob(batch.tokens)
-        return weighted_surrogate(logp, batch.weights * adv), {"reward": float(r.mean())}
+        return weighted_surrogate(logp, batch.weights * adv), {"reward": float(np.sum(batch.weights * r))}
 
 
 def kl_control_optimum(log_ref, rewards, beta):

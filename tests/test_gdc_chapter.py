@@ -1,0 +1,290 @@
+"""Chapter 06 (GDC): the statements the chapter makes beyond tests/test_ebm.py and tests/test_gdc_exact.py.
+
+- The I-projection is an exponential family: at the fitted λ the Lagrangian's stationarity condition holds
+  (log p − log a − λ·φ is one constant, −log Z, on the support of a·b), and strong duality holds:
+  KL(p‖a) = λ·μ̄ − log Z = −min_λ L(λ) (Eq. 6.3–6.4).
+- Sampling an EBM by rejection costs 1/acceptance proposals per sample (Eq. 6.6), and its samples are exactly p.
+- DPG's expected gradient is −∇KL(p‖π) for any proposal q, with and without GDC++'s baseline (Eq. 6.7–6.8).
+- The importance-sampling estimates of Z and KL(p‖π) (Eq. 6.10) converge to the exact values.
+- The tolerance the chapter accepts for "E_π[φ] = 0.5" (two binomial standard errors) has the coverage it claims.
+- Seeds 000/001/003: what they call GDC, read from the seed files themselves.
+
+Everything runs on the exact lab (a tiny float64 GPT whose every sequence is enumerated), so "exact" means a
+sum over the enumeration, not a large sample.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minialign.ebm import dual, fit_lambda_exact, fit_lambda_snis, log_scores
+from minialign.lab import ExactLab, fdiv_to_target
+from minialign.trainers.common import exact_batch, sample_batch
+from minialign.trainers.gdc import DPG
+from test_gpt import tiny_gpt
+from test_trainers_exact import autograd_of, exact_grad, lab_fn
+
+SEEDS = Path(__file__).resolve().parent.parent.parent / "shared" / "seeds"
+
+
+def lab_instance(seed=0):
+    """a = a tiny float64 GPT (vocab 4 with EOS, horizon 5: 121 sequences); b = 'starts with token 1 or 2';
+    φ = (number of 3s, length) — two features with a reachable target μ̄ (the moments of a random tilt)."""
+    a = tiny_gpt(seed, vocab_size=4, block_size=5, scale=0.5)
+    lab = ExactLab.for_model(a)
+    log_a = lab.log_probs(a).numpy()
+    b = np.isin(lab.sequences[:, 0], (1, 2))
+    phi = np.stack([(lab.sequences == 3).sum(axis=1), lab.lengths], axis=1).astype(float)
+    lam_true = np.array([0.7, -0.4])
+    log_p, _ = lab.normalise(log_scores(log_a, b, phi, lam_true))
+    return a, lab, log_a, b, phi, np.exp(log_p) @ phi
+
+
+def kl(p, q):
+    on = p > 0
+    return float(np.sum(p[on] * (np.log(p[on]) - np.log(q[on]))))
+
+
+# ------------------------------------------------------------------------------ the exponential family
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_i_projection_satisfies_the_lagrangian_stationarity_condition(seed):
+    """∂/∂q(x) [KL(q‖a) − λ·(E_q φ − μ̄) − ν(Σq − 1)] = log(q/a) + 1 − λ·φ − ν = 0 on supp(a·b): at the
+    fitted λ, log p(x) − log a(x) − λ·φ(x) is the same number, −log Z, for every supported x. A distribution
+    that meets the same constraints but is not the tilt (a mixture of two other tilts) fails the condition."""
+    a, lab, log_a, b, phi, mu_bar = lab_instance(seed)
+    fit = fit_lambda_exact(log_a, b, phi, mu_bar)
+    log_p, log_z = lab.normalise(log_scores(log_a, b, phi, fit.lam))
+    residual = log_p[b] - log_a[b] - phi[b] @ fit.lam
+    np.testing.assert_allclose(residual, -log_z, rtol=0, atol=1e-10)
+    assert np.all(np.isneginf(log_p[~b]))  # b(x) = 0: no mass, the constraint is pointwise
+    # a feasible non-tilt: mix two tilts (λ ± δ along the first feature) so the first moment is met, then
+    # check that the residual is no longer constant
+    d = np.array([0.8, 0.0])
+    hi = np.exp(lab.normalise(log_scores(log_a, b, phi, fit.lam + d))[0])
+    lo = np.exp(lab.normalise(log_scores(log_a, b, phi, fit.lam - d))[0])
+    alpha = (mu_bar[0] - lo @ phi[:, 0]) / (hi @ phi[:, 0] - lo @ phi[:, 0])
+    q = alpha * hi + (1 - alpha) * lo
+    r_q = np.log(q[b]) - log_a[b] - phi[b] @ fit.lam
+    assert np.ptp(r_q) > 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_strong_duality_kl_of_the_projection_is_minus_the_dual_minimum(seed):
+    """KL(p‖a) = E_p[log(P/(Za))] = λ·μ̄ − log Z = −L(λ*): the dual's minimum value is the KL cost of the
+    constraints. (The chapter reads KL(p‖a) on names off the SNIS fit this way.)"""
+    a, lab, log_a, b, phi, mu_bar = lab_instance(seed)
+    fit = fit_lambda_exact(log_a, b, phi, mu_bar)
+    p = np.exp(lab.normalise(log_scores(log_a, b, phi, fit.lam))[0])
+    value, grad, _ = dual(log_a, b, phi, mu_bar, fit.lam)
+    np.testing.assert_allclose(kl(p, np.exp(log_a)), -value, rtol=1e-10)
+    np.testing.assert_allclose(kl(p, np.exp(log_a)), fit.lam @ mu_bar - fit.log_z, rtol=1e-10)
+    # weak duality: every other λ gives a lower bound −L(λ) < KL(p‖a)
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        other = fit.lam + rng.normal(size=2)
+        assert -dual(log_a, b, phi, mu_bar, other)[0] < kl(p, np.exp(log_a))
+
+
+def test_pointwise_only_kl_cost_is_minus_log_acceptance_rate():
+    """With b only, p = a(·|b) and KL(p‖a) = −log Z = −log P_a(b): a rare constraint is an expensive one."""
+    a, lab, log_a, b, _, _ = lab_instance(0)
+    z = np.exp(log_a)[b].sum()
+    p = np.where(b, np.exp(log_a), 0.0) / z
+    np.testing.assert_allclose(kl(p, np.exp(log_a)), -np.log(z), rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------ rejection sampling
+
+
+def rejection_sample(rng, p_a, log_accept, n_accept):
+    """Draw x ∼ a, keep it with probability e^{log_accept(x)} ≤ 1, until n_accept are kept.
+    Returns (indices kept, proposals used)."""
+    kept, used, chunk = [], 0, 4096
+    accept = np.exp(log_accept)
+    while len(kept) < n_accept:
+        x = rng.choice(len(p_a), size=chunk, p=p_a)
+        hits = np.flatnonzero(rng.random(chunk) < accept[x])
+        need = n_accept - len(kept)
+        if len(hits) >= need:  # done inside this chunk: count proposals up to the last one kept
+            kept.extend(x[hits[:need]])
+            used += int(hits[need - 1]) + 1
+        else:
+            kept.extend(x[hits])
+            used += chunk
+    return np.array(kept), used
+
+
+@pytest.mark.parametrize("which", ["pointwise", "tilted"])
+def test_rejection_sampling_costs_one_over_the_acceptance_rate(which):
+    """Rejection sampling from a with acceptance probability P(x)/(M a(x)), M = max_x P(x)/a(x), returns exact
+    samples of p and needs M/Z proposals per accepted sample on average (the acceptance rate is Z/M; for a
+    pointwise constraint M = 1 and the rate is Z = P_a(b)). Simulated cost within 4 standard errors of the
+    geometric mean 1/rate (SE from the geometric variance (1 − rate)/rate² over the accepted samples), and the
+    kept samples match p by a chi-square test at level 10⁻³."""
+    a, lab, log_a, b, phi, mu_bar = lab_instance(1)
+    p_a = np.exp(log_a)
+    p_a = p_a / p_a.sum()
+    if which == "pointwise":
+        log_ratio = np.where(b, 0.0, -np.inf)  # P/a = b
+    else:
+        lam = fit_lambda_exact(log_a, b, phi, mu_bar).lam
+        log_ratio = np.where(b, phi @ lam, -np.inf)  # P/a = b e^{λ·φ}
+    log_m = log_ratio[np.isfinite(log_ratio)].max()
+    log_accept = log_ratio - log_m
+    log_p, log_z = lab.normalise(log_a + log_ratio)
+    rate = float(np.exp(log_z - log_m))  # Σ_x a(x) P(x)/(M a(x)) = Z/M
+    n = 20_000
+    kept, used = rejection_sample(np.random.default_rng(0), p_a, log_accept, n)
+    cost, se = used / n, np.sqrt((1 - rate) / rate**2 / n)
+    assert abs(cost - 1 / rate) < 4 * se, (cost, 1 / rate, se)
+    if which == "pointwise":
+        np.testing.assert_allclose(rate, p_a[b].sum(), rtol=1e-12)
+    stats = pytest.importorskip("scipy.stats")
+    p = np.exp(log_p)
+    counts = np.bincount(kept, minlength=len(lab))
+    support = p > 0
+    assert counts[~support].sum() == 0
+    big = support & (p * n >= 5)  # pool cells with expected count < 5
+    obs = np.append(counts[big], counts[support & ~big].sum())
+    exp = np.append(p[big] * n, p[support & ~big].sum() * n)
+    keep = exp > 0
+    assert stats.chisquare(obs[keep], exp[keep]).pvalue > 1e-3
+
+
+def test_rejection_sampling_cost_grows_as_the_constraint_gets_rarer():
+    """The same pointwise rule on rarer constraints: cost = 1/P_a(b) exactly (the geometric mean), so a
+    constraint met by 5% of a's samples costs 20 proposals per sample."""
+    a, lab, log_a, _, _, _ = lab_instance(2)
+    p_a = np.exp(log_a)
+    order = np.argsort(p_a)  # b = the k least likely sequences: rarer and rarer as k shrinks (17%, 10%, 5%)
+    rates = []
+    for k in (110, 100, 90):
+        b = np.zeros(len(lab), dtype=bool)
+        b[order[:k]] = True
+        rate = p_a[b].sum()
+        _, used = rejection_sample(np.random.default_rng(k), p_a / p_a.sum(), np.where(b, 0.0, -np.inf), 3000)
+        se = np.sqrt((1 - rate) / rate**2 / 3000)
+        assert abs(used / 3000 - 1 / rate) < 4 * se
+        rates.append(rate)
+    assert rates[0] > rates[1] > rates[2]
+
+
+# ------------------------------------------------------------------------------ DPG and GDC++
+
+
+@pytest.mark.parametrize("baseline", [False, True])
+def test_dpg_expected_gradient_is_minus_grad_forward_kl_from_any_proposal(baseline):
+    """Eq. (6.7)–(6.8) exactly: on the exact batch of a proposal q (here q = a, while π ≠ a), the DPG loss's
+    gradient is Σ_x q(x)·[P(x)/(Z q(x))]·(−∇ log π(x)) = ∇KL(p‖π), and GDC++'s baseline −π/q changes nothing in
+    expectation. Compared with autograd through the whole enumeration of KL(p‖π), to 10⁻⁸ relative."""
+    a, lab, log_a, b, phi, mu_bar = lab_instance(0)
+    policy = tiny_gpt(0, vocab_size=4, block_size=5, scale=0.5)
+    rng = np.random.default_rng(3)
+    for p in policy.parameters():
+        p.data = p.data + 0.3 * rng.standard_normal(p.shape)
+        p.requires_grad = True
+    lam = fit_lambda_exact(log_a, b, phi, mu_bar).lam
+    scores = log_scores(log_a, b, phi, lam)
+    log_p, log_z = lab.normalise(scores)
+    method = DPG(a, a, lab_fn(lab, scores), proposal="fixed", baseline=baseline, log_z=log_z)
+    g = exact_grad(method, policy, exact_batch(lab, a, ref=a))
+    truth = autograd_of(policy, lambda: fdiv_to_target("reverse_kl", lab.log_probs(policy), log_p))
+    assert np.abs(g - truth).max() <= 1e-8 * np.abs(truth).max()
+    # the gradient is not trivially small: π is far from p
+    assert np.linalg.norm(truth) > 1e-2
+
+
+def test_importance_sampling_estimates_of_z_and_forward_kl_converge():
+    """Eq. (6.10): Ẑ = mean_q[P/q] and KL̂(p‖π) = mean_q[(P/(Ẑq))(log P − log Ẑ − log π)] from samples of q
+    (as ProposalMixin.adapt computes them) converge to the exact log Z and KL(p‖π): error within 5 standard
+    errors (delta method, estimated from the sample) at n = 20 000, and shrinking from n = 500."""
+    a, lab, log_a, b, phi, mu_bar = lab_instance(2)
+    policy = tiny_gpt(5, vocab_size=4, block_size=5, scale=0.5)
+    lam = fit_lambda_exact(log_a, b, phi, mu_bar).lam
+    scores = log_scores(log_a, b, phi, lam)
+    log_p, log_z = lab.normalise(scores)
+    p, pi = np.exp(log_p), lab.distribution(policy)
+    exact_kl = kl(p, pi)
+    log_pi_all = np.log(pi)
+    errors = []
+    for n in (500, 20_000):
+        batch = sample_batch(a, n, np.random.default_rng(n), ref=a)  # q = a
+        idx = lab.index_of(batch.tokens)
+        r = np.exp(scores[idx] - batch.log_q)  # P/q
+        z_hat = r.mean()
+        w = r / (n * z_hat)
+        terms = np.where(r > 0, scores[idx] - np.log(z_hat) - log_pi_all[idx], 0.0)
+        kl_hat = float(np.sum(w * terms))
+        # the trainer's own estimate on the same batch
+        method = DPG(a, a, lab_fn(lab, scores), proposal="fixed")
+        metrics = {}
+        method.adapt(policy, batch, scores[idx], np.log(z_hat), log_pi_all[idx], metrics)
+        np.testing.assert_allclose(metrics["kl_p_pi_est"], kl_hat, rtol=1e-10)
+        se_z = r.std() / np.sqrt(n) / z_hat  # relative SE of Ẑ ≈ SE of log Ẑ
+        se_kl = np.sqrt(np.mean((r / z_hat * (terms - kl_hat)) ** 2) / n)
+        assert abs(np.log(z_hat) - log_z) < 5 * se_z
+        assert abs(kl_hat - exact_kl) < 5 * se_kl + 5 * se_z
+        errors.append(abs(kl_hat - exact_kl) + abs(np.log(z_hat) - log_z))
+    assert errors[1] < errors[0]
+
+
+# ------------------------------------------------------------------------------ the tolerance for "0.5"
+
+
+def two_se_tolerance(n, mu=0.5):
+    """The chapter's acceptance band for a measured fraction at evaluation size n: 2·√(μ(1−μ)/n)."""
+    return 2 * np.sqrt(mu * (1 - mu) / n)
+
+
+def test_two_standard_error_band_covers_a_true_half_about_95_percent_of_the_time():
+    """A model whose true female fraction is exactly 0.5, evaluated on n = 2000 samples, lands inside
+    0.5 ± 2 SE (= ±0.0224) with probability ≈ 95.4%; one at 0.55 is rejected almost always. Checked on
+    100 000 simulated evaluations (the coverage estimate has SE 0.0007)."""
+    n = 2000
+    tol = two_se_tolerance(n)
+    np.testing.assert_allclose(tol, 0.02236, atol=1e-5)
+    rng = np.random.default_rng(0)
+    inside = np.abs(rng.binomial(n, 0.5, size=100_000) / n - 0.5) <= tol
+    assert 0.948 < inside.mean() < 0.960
+    off = np.abs(rng.binomial(n, 0.55, size=100_000) / n - 0.5) <= tol
+    assert off.mean() < 0.01
+
+
+# ------------------------------------------------------------------------------ the seeds on "GDC"
+
+
+def seed_text(prefix):
+    files = sorted(SEEDS.glob(f"{prefix}_*.txt"))
+    if not files:
+        pytest.skip(f"seed {prefix} is not available at {SEEDS}")
+    return files[0].read_text(encoding="utf-8")
+
+
+def test_seed000_and_seed001_expand_gdc_wrongly():
+    """Seed 000 expands GDC as 'Gradient Descent on Discrepancy', seed 001 as 'Gradient Descent for Code
+    Models' (梯度解码模型, 'gradient decoding model'); neither contains 'Distributional Control'."""
+    s0, s1 = seed_text("000"), seed_text("001")
+    assert "GDC（Gradient Descent on Discrepancy）" in s0 or "Gradient Descent on Discrepancy" in s0
+    assert "Gradient Descent for Code Models, GDC" in s1
+    assert "梯度解码模型" in s1
+    for s in (s0, s1):
+        assert "distributional control" not in s.lower()
+
+
+def test_seed003_names_distributional_control_only_in_its_title_intro_and_keywords():
+    """Seed 003's title promises 'aligning LMs by distributional control generation' (通过分布控制生成进行语言模型
+    对齐). The phrase 分布控制 occurs on three lines only — title, first paragraph, keywords — and none of the
+    notions GDC needs (energy-based model, KL or any divergence, moment matching, importance sampling) occurs
+    anywhere — constraints appear once, in a generic bullet on Lagrange multipliers;
+    the only other 分布 text is 分布式训练, *distributed* training, a different thing."""
+    text = seed_text("003")
+    lines = [i for i, line in enumerate(text.splitlines()) if "分布控制" in line]
+    assert len(lines) == 3 and max(lines) < 10
+    for word in ("能量", "KL", "散度", "矩匹配", "重要性采样", "Khalifa", "EBM", "energy", "constraint"):
+        assert word not in text, word
+    # its one mention of constraints is the generic Lagrange-multiplier bullet of §2.3, never applied
+    assert [line for line in text.splitlines() if "约束" in line] == [
+        line for line in text.splitlines() if "拉格朗日乘数法" in line]
+    assert "分布式训练" in text
