@@ -67,7 +67,7 @@ def tilted_target(reward, beta: float) -> callable:
 
 def constraint_metrics(ebm=None, reward=None):
     """Per-step metrics on names: E_π[φ] per feature, the pointwise satisfaction rate, the reward, Self-BLEU,
-    and KL(π‖a), all self-normalised with weights π/q when the batch came from a proposal q."""
+    KL(π‖a) and the entropy of π, all self-normalised with weights π/q when the batch came from a proposal q."""
     def fn(batch):
         logp_pi = batch.extra.get("logp_pi")
         w = np.ones(len(batch)) if logp_pi is None else np.exp(logp_pi - batch.log_q)
@@ -75,6 +75,7 @@ def constraint_metrics(ebm=None, reward=None):
         out = {"self_bleu": self_bleu(batch.names)}
         log_pi = batch.log_q if logp_pi is None else logp_pi
         out["kl_pi_a_est"] = float(np.sum(w * (log_pi - batch.log_ref)))
+        out["entropy_est"] = float(-np.sum(w * log_pi))
         if ebm is not None:
             for f, values in zip(ebm.features, ebm.phi(batch.names).T if ebm.k else []):
                 out[f"E[{f.name}]"] = float(np.sum(w * values))

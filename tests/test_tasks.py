@@ -30,7 +30,7 @@ def test_gdc_on_names_reports_the_constraint(base):
     ebm, report = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=1000, seed=0)
     assert abs(report.moments["female"] - 0.5) < 1e-8
     _, hist = tasks.run_gdc(ebm, cfg=CFG, base=base, progress=False)
-    for key in ("E[female]", "kl_p_pi_est", "kl_pi_a_est", "log_z", "self_bleu", "distinct_2"):
+    for key in ("E[female]", "kl_p_pi_est", "kl_pi_a_est", "entropy_est", "log_z", "self_bleu", "distinct_2", "in_corpus"):
         assert np.isfinite(hist[key]).all(), key
 
 
