@@ -70,8 +70,11 @@ def bench_engine(batch_size=64, repeats=20, config=None, threads=1):
     import torch
     from threadpoolctl import threadpool_limits
 
+    from .backend import tune_allocator
+
     torch.set_num_threads(threads)
     threadpool_limits(limits=threads, user_api="blas")
+    tune_allocator()  # process-wide: it applies to the torch reference measured in the same run too
     cfg = config or GPTConfig()
     model = GPT(cfg, seed=0)
     rng = np.random.default_rng(0)

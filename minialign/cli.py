@@ -218,7 +218,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from threadpoolctl import threadpool_limits
 
+    from .backend import tune_allocator
+
     threadpool_limits(limits=args.threads, user_api="blas")
+    tune_allocator()
     if args.command == "align" and args.proposal is None:
         args.proposal = "adaptive" if args.method == "gdc" else "policy"
     try:

@@ -82,6 +82,9 @@ class TorchBackend(NumpyBackend):
     abs = staticmethod(torch.abs)
     sign = staticmethod(torch.sign)
     maximum = staticmethod(torch.maximum)
+
+    def minimum(self, x, c):
+        return torch.clamp(x, max=c) if isinstance(c, (int, float)) else torch.minimum(x, c)
     isfinite = staticmethod(torch.isfinite)
     logaddexp = staticmethod(torch.logaddexp)
 

@@ -18,6 +18,10 @@ except ImportError:  # torch is an optional extra; tests that need it skip thems
 
 from hypothesis import HealthCheck, settings
 
+from minialign.backend import tune_allocator
+
+tune_allocator()
+
 settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
