@@ -21,6 +21,7 @@ from minialign.lab import ExactLab, fdiv_to_target, score_function_gradient
 from minialign.trainers.common import Batch, exact_batch
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
+from test_divergences import _central_difference
 from test_gpt import tiny_gpt
 from test_trainers_exact import autograd_of, close, exact_grad, lab_fn, rlhf_target, setup
 
@@ -216,15 +217,6 @@ def _jacobian(z):
     return np.diag(s) - np.outer(s, s)
 
 
-def _central(fn, x, h=1e-6):
-    g = np.zeros_like(x)
-    for k in range(len(x)):
-        e = np.zeros_like(x)
-        e[k] = h
-        g[k] = (fn(x + e) - fn(x - e)) / (2 * h)
-    return g
-
-
 @pytest.mark.parametrize("f", ["kl", "reverse_kl", "js", "hellinger"])
 def test_the_gradient_identity_needs_a_fixed_target(f):
     """Seed 000 (§3.1, §4.1) minimises D(π₁(θ)‖π₂(θ)) with both distributions depending on θ. Then
@@ -245,7 +237,7 @@ def test_the_gradient_identity_needs_a_fixed_target(f):
         p1 = _softmax(theta)
         p2 = _softmax(A @ theta) if moving else p_fixed
         identity = (p1 * fd.f_prime(p1 / p2)) @ (np.eye(6) - p1[None, :])  # Σ_x π₁ f' ∇_θ log π₁(x)
-        numeric = _central(lambda th: div(th, moving), theta)
+        numeric = _central_difference(lambda th: div(th, moving), theta)
         if moving:
             assert np.abs(identity - numeric).max() > 1e-2
             d1, d2 = D.partial_derivatives(f, p1, p2)  # Eq. (3.5): both partials, chained
