@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minialign.ebm import dual, fit_lambda_exact, fit_lambda_snis, log_scores
+from minialign.ebm import dual, fit_lambda_exact, log_scores
 from minialign.lab import ExactLab, fdiv_to_target
 from minialign.trainers.common import exact_batch, sample_batch
 from minialign.trainers.gdc import DPG

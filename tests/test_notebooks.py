@@ -1,6 +1,5 @@
 """Every notebook is stored without outputs and runs top to bottom (with small settings: MINIALIGN_QUICK=1)."""
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load, save
+from ..io import load
 from ..optim import AdamW, clip_grad_norm
 from ..tensor import Tensor, no_grad
 
