@@ -69,12 +69,13 @@ class RLHF(Method):
             else:
                 returns = r
             adv = returns - self._baseline(returns, batch)
-            logp = policy.sequence_logprob(batch.tokens)
+            logp_tok = policy.token_logprobs(batch.tokens)  # one forward for both terms
+            logp = logp_tok.sum(axis=1)
             if self.algo == "ppo":
                 return self._ppo_loss(logp, adv, batch, metrics)
             loss = weighted_surrogate(logp, w * adv)
             if self.kl != "k1_seq":
-                loss = loss + self.beta * self._kl_loss(policy, batch)
+                loss = loss + self.beta * self._kl_loss(logp_tok, batch)
             return loss, metrics
         # k1 per token with rewards-to-go: token t is credited with r − β Σ_{t' ≥ t} (log π_t' − log a_t')
         logp_tok = policy.token_logprobs(batch.tokens)
@@ -94,9 +95,8 @@ class RLHF(Method):
                 batch.extra["ref_tok"] = np.asarray(self.ref.token_logprobs(batch.tokens).numpy(), np.float64)
         return batch.extra["ref_tok"]
 
-    def _kl_loss(self, policy, batch):
+    def _kl_loss(self, logp_tok, batch):
         """Eq. (5.9): Σ_i w_i Σ_t k(log π_t, log a_t), differentiated through log π_t (prefixes not)."""
-        logp_tok = policy.token_logprobs(batch.tokens)
         ref_tok = Tensor(self._ref_tokens(batch).astype(logp_tok.dtype))
         d = ref_tok - logp_tok  # log ρ_t = log a_t − log π_t
         per_token = 0.5 * d * d if self.kl == "k2_loss" else d.exp() - 1.0 - d  # 0 at padding, where d = 0
