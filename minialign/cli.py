@@ -28,8 +28,9 @@ def _pretrain(args):
 
 def _sample(args):
     from .gpt import GPT
+    from .tasks import BASE_CHECKPOINT
 
-    path = Path(args.checkpoint)
+    path = Path(args.checkpoint) if args.checkpoint else BASE_CHECKPOINT
     if not path.exists():
         print(f"no checkpoint at {path}; train one with `minialign pretrain --out {path}`", file=sys.stderr)
         return 2
@@ -175,7 +176,7 @@ def main(argv=None):
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("sample", help="sample names from a checkpoint")
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT)
+    p.add_argument("--checkpoint", default=None, help="a GPT checkpoint (default: the committed base model)")
     p.add_argument("-n", type=int, default=20)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
