@@ -360,19 +360,8 @@ def from_generator(name: str, f: Fn, f_prime: Fn, f_at_zero: float, slope_at_inf
     The log forms are the plain compositions f(e^l), so they carry no overflow protection.
     """
     f_full = _at_zero(f, f_at_zero)
-    f_log = _log_at_zero(lambda l: f_full(_exp(l)), f_at_zero)
-    return FDivergence(
-        name=name,
-        f=f_full,
-        f_prime=_quiet(f_prime),
-        f_conjugate=_conjugate_callable(f_full, slope_at_infinity),
-        f_at_zero=float(f_at_zero),
-        slope_at_infinity=float(slope_at_infinity),
-        f_log=f_log,
-        f_prime_log=_quiet(lambda l: f_prime(_exp(l))),
-        scaled_log=_default_scaled(f_log),
-        conjugate_name=None,
-    )
+    return _make(name, f, f_prime, f_at_zero, slope_at_infinity,
+                 f_log=lambda l: f_full(_exp(l)), f_prime_log=lambda l: f_prime(_exp(l)))
 
 
 def get(name: str) -> FDivergence:

@@ -89,6 +89,17 @@ def load(path) -> dict:
     return out
 
 
+def resume(path, model, optimizer):
+    """If a checkpoint exists at ``path``, load its weights and optimizer state into ``model`` and
+    ``optimizer`` and return the whole state (step, history, …); otherwise return None."""
+    if path is None or not Path(path).exists():
+        return None
+    state = load(path)
+    model.load_state_dict(state["weights"])
+    optimizer.load_state_dict(state["optim"])
+    return state
+
+
 def dumps_config(config) -> str:
     """A dataclass config as a JSON string, for storing beside the weights."""
     from dataclasses import asdict

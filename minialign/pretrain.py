@@ -10,7 +10,7 @@ import numpy as np
 
 from .data import CharTokenizer, bigram_nll, load_names, split
 from .gpt import GPT, GPTConfig
-from .io import load
+from .io import resume
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tensor import no_grad
 
@@ -70,10 +70,8 @@ def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print):
     history = {"step": [], "train_loss": [], "val_loss": []}
     start = 0
     out = Path(out) if out else None
-    if out is not None and out.exists():
-        state = load(out)
-        model.load_state_dict(state["weights"])
-        opt.load_state_dict(state["optim"])
+    state = resume(out, model, opt)
+    if state is not None:
         start = int(state["step"])
         history = json.loads(state["history"])
         rng = np.random.default_rng([cfg.seed, start])

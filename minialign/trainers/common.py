@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io import load
+from ..io import resume
 from ..optim import AdamW, clip_grad_norm
 from ..tensor import Tensor, no_grad
 
@@ -227,10 +227,8 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
     history: dict = {}
     start = 0
     out = Path(out) if out else None
-    if out is not None and out.exists():
-        state = load(out)
-        policy.load_state_dict(state["weights"])
-        opt.load_state_dict(state["optim"])
+    state = resume(out, policy, opt)
+    if state is not None:
         method.load_state(state.get("method", {}))
         history = json.loads(state["history"])
         start = int(state["step"])
