@@ -102,8 +102,8 @@ def _align(args):
         else:
             ebm, target = None, tasks.tilted_target(reward, args.beta)
         if args.method == "gdc":
-            policy, hist = tasks.run_gdc(ebm, proposal=args.proposal, baseline=args.baseline, cfg=cfg, base=base,
-                                         out=out, progress=not args.quiet)
+            policy, hist = tasks.run_gdc(ebm, proposal=args.proposal, baseline=args.baseline, calibrate=args.calibrate,
+                                         cfg=cfg, base=base, out=out, progress=not args.quiet)
             _report_constraints(ebm, policy, hist, args, cfg, base)
         else:
             policy, hist = tasks.run_fdpg(args.f, target, ebm=ebm, reward=reward, proposal=args.proposal, cfg=cfg,
@@ -117,33 +117,39 @@ def _align(args):
 
 
 def _report_constraints(ebm, policy, hist, args, cfg, base):
-    """Each feature's moment on fresh samples with its binomial tolerance; with --compare-reinforce, the
-    KL(π‖a) of REINFORCE on the first feature, stopped when it reaches the same moment."""
+    """Each feature's moment on fresh samples with its binomial tolerance, and KL(π‖a) on the same samples;
+    with --compare-reinforce, the same for REINFORCE on the first feature, stopped when it reaches GDC's moment."""
     import numpy as np
 
     from . import tasks
 
-    names = tasks.samples(policy, args.eval_samples, args.seed + 1)
-    for f, mu in zip(ebm.features, ebm.mu_bar if ebm.mu_bar is not None else [None] * ebm.k):
+    names, kl, se = tasks.fresh_samples(policy, base, args.eval_samples, args.seed + 1)
+    tol = 2 * np.sqrt(0.25 / len(names))  # two binomial standard errors at the worst case, E[φ] = 1/2
+    missed = False
+    for i, (f, mu) in enumerate(zip(ebm.features, ebm.mu_bar if ebm.mu_bar is not None else [None] * ebm.k)):
         value = float(np.mean(f(names)))
-        tol = 2 * np.sqrt(0.25 / len(names))
+        met = mu is None or abs(value - mu) <= tol
+        missed |= not met
         verdict = "" if mu is None else f" (target {mu:.3f} ± {tol:.3f}, two binomial standard errors: " \
-            f"{'met' if abs(value - mu) <= tol else 'not met'})"
-        print(f"E_π[{f.name}] on {len(names)} fresh samples: {value:.3f}{verdict}")
+            f"{'met' if met else 'not met'})"
+        lam = f"; final λ {hist[f'lambda_{i}'][-1]:.3f}" if f"lambda_{i}" in hist else ""
+        print(f"E_π[{f.name}] on {len(names)} fresh samples: {value:.3f}{verdict}{lam}")
     for c in ebm.pointwise:
         print(f"pointwise {c.name}: satisfied by {float(np.mean(c(names))):.3f} of fresh samples")
+    print(f"KL(π‖a) on the same samples: {kl:.3f} ± {se:.3f}")
+    if missed and args.calibrate is None:
+        print("the policy stops where it is closest to p, which here misses μ̄; --calibrate 0.1 moves λ until the "
+              "policy itself meets it (chapter 06)")
     if args.compare_reinforce and ebm.k:
         f = ebm.features[0]
         reached = float(np.mean(f(names)))  # compare at the satisfaction GDC reached
-        start = float(np.mean(f(tasks.samples(base, args.eval_samples, args.seed + 1))))
-        sign = 1.0 if reached > start else -1.0
-        rein_policy, rein = tasks.run_reinforce_on_feature(f, sign=sign, until=reached, cfg=cfg, base=base,
-                                                           progress=not args.quiet)
-        rein_value = float(np.mean(f(tasks.samples(rein_policy, args.eval_samples, args.seed + 1))))
-        print(f"at E[{f.name}] ≈ {reached:.3f}: KL(π‖a) GDC {hist['kl_pi_a_est'][-1]:.3f} | REINFORCE with the "
-              f"feature as reward {rein['kl_pi_a_est'][-1]:.3f} (stopped after {len(rein['loss'])} steps; "
-              f"E[{f.name}] {rein_value:.3f} on fresh samples); distinct-2 {hist['distinct_2'][-1]:.3f} vs "
-              f"{rein['distinct_2'][-1]:.3f}")
+        _, rein, (_, rein_value, rein_kl, rein_se) = tasks.compare_reinforce(
+            f, reached, base, n_eval=args.eval_samples, seed=args.seed, batch_size=cfg.batch_size,
+            progress=not args.quiet)
+        print(f"REINFORCE with {f.name} as the reward (lr 1e-4), stopped after {len(rein['loss'])} steps when "
+              f"{args.eval_samples} fresh samples reached E[{f.name}] = {reached:.3f}: {rein_value:.3f} on new samples")
+        print(f"KL(π‖a): GDC {kl:.3f} ± {se:.3f} | REINFORCE {rein_kl:.3f} ± {rein_se:.3f}; distinct-2 "
+              f"{hist['distinct_2'][-1]:.3f} | {rein['distinct_2'][-1]:.3f}")
 
 
 def _tour(args):
@@ -207,6 +213,9 @@ def main(argv=None):
     g.add_argument("--ebm-samples", type=int, default=20000, help="samples of a for fitting λ")
     g.add_argument("--proposal", choices=["adaptive", "fixed", "policy"], default=None)
     g.add_argument("--baseline", action="store_true", help="GDC++ baseline")
+    g.add_argument("--calibrate", type=float, default=None, metavar="RATE",
+                   help="move λ by dual ascent on the policy's own moments at this rate (e.g. 0.1), so that π, not "
+                        "only the target p, meets the distributional constraints (chapter 06)")
     g.add_argument("--eval-samples", type=int, default=1000, help="fresh samples for the final moments")
     g.add_argument("--compare-reinforce", action="store_true",
                    help="also run REINFORCE with the first feature as reward, to the same moment, and print both KLs")

@@ -57,6 +57,20 @@ def ebm_target(ebm) -> callable:
     return fn
 
 
+def calibrated_target(ebm, rate: float = 0.1):
+    """The EBM's tilt with λ following the policy's own moments (Eq. 6.12), starting from the EBM's λ."""
+    from .trainers.gdc import MomentCalibration
+
+    if not ebm.k or ebm.mu_bar is None:
+        raise ValueError("moment calibration needs distributional constraints with target moments μ̄ "
+                         "(e.g. female=0.5); this EBM has none")
+
+    def log_base(batch):  # log a(x) + log b(x)
+        return np.where(ebm.b(batch.names), batch.log_ref, -np.inf)
+
+    return MomentCalibration(log_base, lambda batch: ebm.phi(batch.names), ebm.lam, ebm.mu_bar, rate=rate)
+
+
 def tilted_target(reward, beta: float) -> callable:
     """The RLHF target as an EBM: log P(x) = log a(x) + r(x)/β, so that p = π* (Eq. 5.6)."""
     def fn(batch):
@@ -120,13 +134,16 @@ def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None
     return policy, history
 
 
-def run_gdc(ebm, proposal="adaptive", baseline=False, cfg: TrainConfig | None = None, base=None, out=None,
-            progress=True):
+def run_gdc(ebm, proposal="adaptive", baseline=False, calibrate: float | None = None, cfg: TrainConfig | None = None,
+            base=None, out=None, progress=True):
+    """GDC towards the EBM; with ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.12) and the
+    history records it as ``lambda_i``."""
     from .trainers.gdc import DPG
 
     base = base or load_base()
     policy = trainable_copy(base)
-    method = DPG(base, policy, ebm_target(ebm), proposal=proposal, baseline=baseline, tokenizer=CharTokenizer())
+    target = ebm_target(ebm) if calibrate is None else calibrated_target(ebm, calibrate)
+    method = DPG(base, policy, target, proposal=proposal, baseline=baseline, tokenizer=CharTokenizer())
     history = _train(method, policy, cfg or TrainConfig(), out, constraint_metrics(ebm=ebm), progress)
     return policy, history
 
@@ -143,9 +160,10 @@ def run_fdpg(f, target_fn, ebm=None, reward=None, proposal="policy", cfg: TrainC
 
 
 def run_reinforce_on_feature(feature, sign=1.0, until=None, cfg: TrainConfig | None = None, base=None,
-                             progress=True):
+                             progress=True, check_samples: int | None = None):
     """REINFORCE (RLOO baseline, no KL term) with the feature itself as the reward, sign·φ(x): the
-    reward-maximisation contrast of GDC. Stops early once E[φ] crosses ``until`` (if given)."""
+    reward-maximisation contrast of GDC. Stops early once E[φ] crosses ``until`` (if given): on the training
+    batch, or, with ``check_samples``, on that many fresh samples, drawn once the batch is within 0.1 of it."""
     from .trainers.rlhf import Reinforce
 
     base = base or load_base()
@@ -156,10 +174,38 @@ def run_reinforce_on_feature(feature, sign=1.0, until=None, cfg: TrainConfig | N
     metrics = constraint_metrics(reward=lambda names: feature(names))
 
     def stop(step, m):
-        return until is not None and (m["reward_est"] - until) * sign >= 0
+        if until is None or (m["reward_est"] - until) * sign < (-0.1 if check_samples else 0.0):
+            return False
+        if not check_samples:
+            return True
+        names = samples(policy, check_samples, seed=[cfg.seed, step])
+        return (float(np.mean(feature(names))) - until) * sign >= 0
 
     history = train(method, policy, cfg, corpus=load_names(), metrics_fn=metrics, progress=progress, stop_fn=stop)
     return policy, history
+
+
+def compare_reinforce(feature, level, base, n_eval=1000, seed=0, batch_size=128, progress=True):
+    """The contrast at equal satisfaction (chapter 06): REINFORCE on ``feature`` as the reward, with small
+    steps (lr 1e-4) so that it stops close to ``level``, checked on ``n_eval`` fresh samples. Returns the policy,
+    its history, and fresh samples with the fraction and KL(π‖a) on them: ``(policy, hist, (names, frac, kl, se))``."""
+    start = float(np.mean(feature(samples(base, n_eval, seed))))
+    sign = 1.0 if level > start else -1.0
+    cfg = TrainConfig(steps=500, batch_size=batch_size, lr=1e-4, seed=seed, checkpoint_every=10**9)
+    policy, hist = run_reinforce_on_feature(feature, sign=sign, until=level, cfg=cfg, base=base, progress=progress,
+                                            check_samples=n_eval)
+    names, kl, se = fresh_samples(policy, base, n_eval, seed + 1)
+    return policy, hist, (names, float(np.mean(feature(names))), kl, se)
+
+
+def fresh_samples(policy, base, n=1000, seed=0):
+    """n fresh samples of π with the Monte-Carlo estimate of KL(π‖a) = E_π[log π − log a] and its standard
+    error: ``(names, kl, se)``."""
+    from .trainers.common import logprobs
+
+    ids, log_pi = policy.generate(n, rng=seed)
+    diff = np.asarray(log_pi, np.float64) - logprobs(base, ids)
+    return CharTokenizer().decode_batch(ids), float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))
 
 
 def samples(model, n=20, seed=0) -> list[str]:

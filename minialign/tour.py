@@ -29,7 +29,7 @@ class Stages:
         return _Stage()
 
 
-def _plots(out, base_hist, bigram, rlhf_runs, gdc_hist, fdpg_hist, rein_hist, dpo_hist):
+def _plots(out, base_hist, bigram, rlhf_runs, gdc_runs, fdpg_hist, rein_hist, dpo_hist):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +54,7 @@ def _plots(out, base_hist, bigram, rlhf_runs, gdc_hist, fdpg_hist, rein_hist, dp
     paths["frontier"] = "reward_kl.png"
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    for name, hist in (("GDC (DPG)", gdc_hist), ("f-DPG (JS)", fdpg_hist), ("REINFORCE on φ", rein_hist)):
+    for name, hist in [*gdc_runs.items(), ("f-DPG (JS)", fdpg_hist), ("REINFORCE on φ", rein_hist)]:
         axes[0].plot(hist["E[female]"] if "E[female]" in hist else hist["reward_est"], label=name)
         axes[1].plot(hist["kl_pi_a_est"], label=name)
         axes[2].plot(hist["distinct_2"], label=name)
@@ -68,7 +68,7 @@ def _plots(out, base_hist, bigram, rlhf_runs, gdc_hist, fdpg_hist, rein_hist, dp
     paths["constraint"] = "constraint.png"
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name, hist in (("GDC (DPG)", gdc_hist), ("f-DPG (JS)", fdpg_hist)):
+    for name, hist in (("GDC (DPG)", gdc_runs["GDC (DPG)"]), ("f-DPG (JS)", fdpg_hist)):
         ax.plot(hist["kl_p_pi_est"], label=name)
     ax.set_xlabel("step"), ax.set_ylabel("KL(p‖π) (importance-sampling estimate)"), ax.legend()
     fig.tight_layout(), fig.savefig(out / "kl_p_pi.png", dpi=100), plt.close(fig)
@@ -170,41 +170,49 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False) -> in
     with stage("GDC: 50% female"):
         ebm, report = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=2000 if quick else 10000)
         print(report)
-        gdc_policy, gdc_hist = tasks.run_gdc(ebm, baseline=True, cfg=gdc_cfg, base=base, progress=not quick)
-        gdc_names = tasks.samples(gdc_policy, 1000 if not quick else 200, 1)
+        n_eval = 1000 if not quick else 200
         female = feature("female")
-        gdc_frac = float(np.mean(female(gdc_names)))
+        gdc_policy, gdc_hist = tasks.run_gdc(ebm, baseline=True, cfg=gdc_cfg, base=base, progress=not quick)
+        cal_policy, cal_hist = tasks.run_gdc(ebm, baseline=True, calibrate=0.1, cfg=gdc_cfg, base=base,
+                                             progress=not quick)
+        rows = {}
+        for name, policy in (("GDC, λ of the I-projection", gdc_policy), ("GDC, λ on π's moment", cal_policy)):
+            names, kl, se = tasks.fresh_samples(policy, base, n_eval, 1)
+            rows[name] = (names, float(np.mean(female(names))), kl, se)
+        cal_frac = rows["GDC, λ on π's moment"][1]
         # the contrast at the same satisfaction: REINFORCE on the feature, stopped at GDC's fraction
-        rein_policy, rein_hist = tasks.run_reinforce_on_feature(female, sign=-1.0, until=gdc_frac, cfg=gdc_cfg,
-                                                                base=base, progress=not quick)
-        rein_names = tasks.samples(rein_policy, len(gdc_names), 1)
-        rein_frac = float(np.mean(female(rein_names)))
-    n_eval = len(gdc_names)
+        _, rein_hist, rows["REINFORCE, φ as the reward"] = tasks.compare_reinforce(
+            female, cal_frac, base, n_eval=n_eval, seed=0, batch_size=gdc_cfg.batch_size, progress=not quick)
     tol = 2 * np.sqrt(0.25 / n_eval)
+    hists = {"GDC, λ of the I-projection": gdc_hist, "GDC, λ on π's moment": cal_hist,
+             "REINFORCE, φ as the reward": rein_hist}
     lines += ["## GDC: half the names female", "", "```", str(report), "```", "",
-              f"After {len(gdc_hist['loss'])} DPG steps (GDC++ baseline, KL-adaptive proposal) the female fraction of "
-              f"{n_eval} fresh samples is "
-              f"**{gdc_frac:.3f}** (target 0.5; two binomial standard errors at this sample size: ±{tol:.3f}).",
-              f"REINFORCE with the feature itself as the reward, stopped when a batch's female fraction reached "
-              f"GDC's ({len(rein_hist['loss'])} steps; {rein_frac:.3f} on fresh samples):", "",
-              "| | female fraction | KL(π‖a) estimate | distinct-2 | Self-BLEU |", "|---|---|---|---|---|",
-              f"| GDC | {gdc_frac:.3f} | {gdc_hist['kl_pi_a_est'][-1]:.3f} | {gdc_hist['distinct_2'][-1]:.3f} | "
-              f"{gdc_hist['self_bleu'][-1]:.3f} |",
-              f"| REINFORCE | {rein_frac:.3f} | {rein_hist['kl_pi_a_est'][-1]:.3f} | {rein_hist['distinct_2'][-1]:.3f} | "
-              f"{rein_hist['self_bleu'][-1]:.3f} |", "",
-              "Samples (GDC): " + ", ".join(gdc_names[:12]), "", "Samples (REINFORCE): " + ", ".join(rein_names[:12]), ""]
+              f"{len(gdc_hist['loss'])} DPG steps (GDC++ baseline, KL-adaptive proposal) towards the I-projection p "
+              f"bring the female fraction of {n_eval} fresh samples to {rows['GDC, λ of the I-projection'][1]:.3f}: "
+              "this model cannot represent p, and DPG stops at the closest policy it can reach (chapter 06). "
+              f"With λ moved by dual ascent on the policy's own moment (rate 0.1; final λ "
+              f"{cal_hist['lambda_0'][-1]:.3f} against the I-projection's {ebm.lam[0]:.3f}) it is "
+              f"**{cal_frac:.3f}** (target 0.5; two binomial standard errors at this sample size: ±{tol:.3f}).",
+              f"REINFORCE with the feature itself as the reward (lr 1e-4) is stopped when the female fraction of "
+              f"{n_eval} fresh samples reaches that ({len(rein_hist['loss'])} steps). KL(π‖a) is estimated on the same fresh samples "
+              "(± one standard error); distinct-2 and Self-BLEU are from the last training batch.", "",
+              "| | female fraction | KL(π‖a) | distinct-2 | Self-BLEU |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {frac:.3f} | {kl:.3f} ± {se:.3f} | {hists[name]['distinct_2'][-1]:.3f} | "
+              f"{hists[name]['self_bleu'][-1]:.3f} |" for name, (_, frac, kl, se) in rows.items()]
+    lines += [""] + [f"Samples ({name}): " + ", ".join(row[0][:12]) for name, row in rows.items()] + [""]
 
     with stage("f-DPG (JS), same target"):
         fdpg_policy, fdpg_hist = tasks.run_fdpg("js", tasks.ebm_target(ebm), ebm=ebm, cfg=gdc_cfg, base=base,
                                                 progress=not quick)
         fdpg_frac = float(np.mean(female(tasks.samples(fdpg_policy, n_eval, 1))))
+    gdc_runs = {"GDC (DPG)": gdc_hist, "GDC, λ on π": cal_hist}
     lines += ["## f-DPG with Jensen–Shannon", "", f"The same target, minimising JS(π‖p) instead of KL(p‖π): female "
               f"fraction {fdpg_frac:.3f}, KL(p‖π) estimate {fdpg_hist['kl_p_pi_est'][-1]:.3f} (GDC: "
               f"{gdc_hist['kl_p_pi_est'][-1]:.3f}), KL(π‖a) {fdpg_hist['kl_pi_a_est'][-1]:.3f}.", "",
               "![constraint](constraint.png)", "", "![KL(p‖π)](kl_p_pi.png)", ""]
 
     with stage("report"):
-        paths = _plots(out, base_hist, bigram, rlhf_runs, gdc_hist, fdpg_hist, rein_hist, dpo_hist)
+        paths = _plots(out, base_hist, bigram, rlhf_runs, gdc_runs, fdpg_hist, rein_hist, dpo_hist)
         if "pretrain" in paths:
             lines.insert(3, f"![pretraining]({paths['pretrain']})\n")
         lines += ["## Timings", ""] + [f"- {k}: {v:.1f} s" for k, v in stage.seconds.items()]

@@ -34,6 +34,16 @@ def test_gdc_on_names_reports_the_constraint(base):
         assert np.isfinite(hist[key]).all(), key
 
 
+def test_calibrated_gdc_moves_lambda_towards_the_policy_moment(base):
+    ebm, _ = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=1000, seed=0)
+    _, hist = tasks.run_gdc(ebm, calibrate=0.5, cfg=CFG, base=base, progress=False)
+    # the policy starts near a's 80% female, above μ̄ = 0.5: every step makes λ more negative
+    assert np.all(np.diff([ebm.lam[0]] + hist["lambda_0"]) < 0), hist["lambda_0"]
+    assert np.all(np.array(hist["moment_0"]) > 0.5)
+    with pytest.raises(ValueError, match="distributional constraints"):
+        tasks.calibrated_target(fit_names_ebm(base, [parse_constraint("contains:a")], n_samples=500)[0])
+
+
 def test_reinforce_on_a_feature_stops_when_it_crosses_the_level(base):
     female = feature("female")
     cfg = TrainConfig(steps=50, batch_size=32, lr=1e-3, seed=0)
@@ -52,6 +62,7 @@ def test_diversity_metrics():
     ["align", "rlhf", "--reward", "true", "--kl", "k3_loss"],
     ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--baseline", "--compare-reinforce",
      "--eval-samples", "100"],
+    ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--calibrate", "0.1", "--eval-samples", "100"],
     ["align", "fdpg", "--f", "tv", "--constraint", "contains:a", "--ebm-samples", "800"],
     ["align", "dpo", "--n-pairs", "64"],
 ])

@@ -8,6 +8,10 @@ Khalifa, Elsahar & Dymetman (ICLR 2021), Algorithm 1: the target is an EBM P(x) 
 with samples from a proposal q that is replaced by π_θ whenever π_θ has come closer to p (the KL-adaptive
 update). GDC++ (Korbak et al. 2022) subtracts the baseline π_θ(x)/q(x), whose expectation against ∇ log π
 under q is zero. Z and KL(p‖π) are estimated by importance sampling from the same samples.
+
+When the policy family cannot represent p, π_θ stops where it is closest to p in KL(p‖π) and its moments can
+miss μ̄. :class:`MomentCalibration` then moves λ by dual ascent on the policy's own moments (Eq. 6.12), so
+that the trained π_θ, not p, meets the constraint.
 """
 from __future__ import annotations
 
@@ -44,8 +48,114 @@ class RunningLogZ:
         return self.exact if self.exact is not None else float(self.log_sum - np.log(max(self.count, 1)))
 
 
+class MomentCalibration:
+    """Eq. (6.12): λ fitted to the policy's own moments. The target is
+
+        log P_λ(x) = log P_0(x) + λ·φ(x)        (P_0 = a·b: the base model and the pointwise constraints)
+
+    and after every step
+
+        m ← (1 − ρ) m + ρ Ê_π[φ],    λ ← λ + η (μ̄ − m),
+
+    with Ê_π[φ] the batch's self-normalised estimate (weights π/q). If π_θ can represent every P_λ, DPG keeps
+    π_θ ≈ p_λ, m ≈ E_{p_λ}[φ], and the fixed point is the I-projection's λ (Eq. 6.4): nothing changes. If it
+    cannot, λ keeps moving until π_θ itself meets μ̄; the target is then a p_λ beyond the I-projection, and
+    π_θ is the member of the family that DPG reaches from it.
+
+    Changing λ changes Z. Every sample seen so far is kept (its log P_0/q and φ), so log Z(λ) is re-estimated
+    by importance sampling from all of them at the current λ (each is unbiased under its own proposal).
+
+    log_base(batch) → log P_0 per row; phi(batch) → φ, ``[B, k]``.
+    """
+
+    def __init__(self, log_base, phi, lam, mu_bar, rate: float = 0.1, decay: float = 0.9, patience: int = 10):
+        self.log_base, self.phi = log_base, phi
+        self.lam = np.array(lam, dtype=np.float64).reshape(-1)
+        self.mu_bar = np.array(mu_bar, dtype=np.float64).reshape(-1)
+        if self.lam.shape != self.mu_bar.shape:
+            raise ValueError(f"λ has {self.lam.size} entries but μ̄ has {self.mu_bar.size}")
+        if not np.isfinite(self.lam).all() or not np.isfinite(self.mu_bar).all():
+            raise ValueError(f"λ and μ̄ must be finite; got λ = {self.lam}, μ̄ = {self.mu_bar}")
+        if not rate > 0 or not 0 <= decay < 1:
+            raise ValueError(f"the rate must be > 0 and the decay in [0, 1); got {rate}, {decay}")
+        self.rate, self.decay, self.patience = rate, decay, patience
+        self.moment = None
+        self._seen = np.zeros(0)        # log P_0(x)/q(x) + log w (the batch weight) of every sample so far
+        self._seen_phi = np.zeros((0, self.lam.size))
+        self._batches = 0
+
+    def _features(self, batch) -> np.ndarray:
+        if "phi" not in batch.extra:
+            phi = np.asarray(self.phi(batch), dtype=np.float64).reshape(len(batch), -1)
+            if phi.shape[1] != self.lam.size:
+                raise ValueError(f"φ has {phi.shape[1]} features per row; λ has {self.lam.size}")
+            if not np.isfinite(phi).all():
+                raise ValueError("the features φ(x) contain NaN or inf")
+            batch.extra["phi"] = phi
+        return batch.extra["phi"]
+
+    def __call__(self, batch) -> np.ndarray:
+        """log P_λ(x) for the batch at the current λ."""
+        return np.asarray(self.log_base(batch), dtype=np.float64) + self._features(batch) @ self.lam
+
+    def log_z(self, batch) -> float:
+        """Add the batch to the samples seen, and return log Z(λ) = log mean over batches of Σ_i w_i P_λ(x_i)/q(x_i).
+        An exact batch (weights q(x) over the whole enumeration) gives Z exactly and is not kept."""
+        with np.errstate(divide="ignore"):
+            seen = np.asarray(self.log_base(batch), dtype=np.float64) - batch.log_q + np.log(batch.weights)
+        if batch.exact:
+            terms = seen + self._features(batch) @ self.lam
+            top = np.max(terms)
+            return float(top + np.log(np.sum(np.exp(terms - top)))) if np.isfinite(top) else -np.inf
+        self._seen = np.concatenate([self._seen, seen])
+        self._seen_phi = np.concatenate([self._seen_phi, self._features(batch)])
+        self._batches += 1
+        return self.value
+
+    @property
+    def value(self) -> float:
+        if self._batches == 0:
+            return -np.inf
+        terms = self._seen + self._seen_phi @ self.lam
+        top = np.max(terms)
+        if not np.isfinite(top):
+            if self._batches >= self.patience:
+                raise FloatingPointError(
+                    f"every importance weight P/q has been 0 for {self._batches} batches: the target has no mass "
+                    "where the proposal samples")
+            return -np.inf
+        return float(top + np.log(np.sum(np.exp(terms - top))) - np.log(self._batches))
+
+    def update(self, batch, logp_pi) -> None:
+        """One dual-ascent step on the policy's moments (Eq. 6.12)."""
+        w = batch.weights * np.exp(logp_pi - batch.log_q)
+        estimate = (w / w.sum()) @ self._features(batch)
+        self.moment = estimate if self.moment is None else self.decay * self.moment + (1 - self.decay) * estimate
+        self.lam = self.lam + self.rate * (self.mu_bar - self.moment)
+
+    def metrics(self) -> dict:
+        out = {f"lambda_{i}": float(l) for i, l in enumerate(self.lam)}
+        if self.moment is not None:
+            out.update({f"moment_{i}": float(m) for i, m in enumerate(self.moment)})
+        return out
+
+    def state(self) -> dict:
+        return {"lam": self.lam, "moment": self.lam * np.nan if self.moment is None else self.moment,
+                "seen": self._seen, "seen_phi": self._seen_phi, "batches": self._batches}
+
+    def load_state(self, state) -> None:
+        self.lam = np.asarray(state["lam"], dtype=np.float64).reshape(-1)
+        moment = np.asarray(state["moment"], dtype=np.float64).reshape(-1)
+        self.moment = None if np.isnan(moment).all() else moment
+        self._seen = np.asarray(state["seen"], dtype=np.float64).reshape(-1)
+        self._seen_phi = np.asarray(state["seen_phi"], dtype=np.float64).reshape(len(self._seen), self.lam.size)
+        self._batches = int(state["batches"])
+
+
 class ProposalMixin:
     """Sampling from a proposal q (a frozen copy of π), replaced by π when the estimated KL(p‖π) < KL(p‖q)."""
+
+    calibration: MomentCalibration | None = None
 
     def _init_proposal(self, policy_init, proposal: str, log_z: float | None):
         if proposal not in ("adaptive", "fixed", "policy"):
@@ -69,7 +179,12 @@ class ProposalMixin:
     def importance(self, policy, batch, logp_pi):
         """log P, log Z and the weights P/(Zq) of the batch (exact batches use the exact Z)."""
         log_p = self.log_target(batch)
-        log_z = self.log_z.exact if batch.exact else self.log_z.update(log_p - batch.log_q)
+        if self.calibration is not None:
+            log_z = self.calibration.log_z(batch)
+        elif batch.exact:
+            log_z = self.log_z.exact
+        else:
+            log_z = self.log_z.update(log_p - batch.log_q)
         return log_p, log_z
 
     def adapt(self, policy, batch, log_p, log_z, logp_pi, metrics):
@@ -86,10 +201,17 @@ class ProposalMixin:
             self.q = frozen_copy(policy)
             self.replacements += 1
 
+    def after_step(self, policy, batch, metrics):
+        if self.calibration is not None and "logp_pi" in batch.extra:
+            self.calibration.update(batch, batch.extra["logp_pi"])
+            metrics.update(self.calibration.metrics())
+
     def state(self):
         out = {"log_z_sum": self.log_z.log_sum, "log_z_count": self.log_z.count, "replacements": self.replacements}
         if self.q is not None:
             out["proposal"] = self.q.state_dict()
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.state()
         return out
 
     def load_state(self, state):
@@ -98,17 +220,26 @@ class ProposalMixin:
         self.replacements = int(state.get("replacements", 0))
         if self.q is not None and "proposal" in state:
             self.q.load_state_dict(state["proposal"])
+        if self.calibration is not None and "calibration" in state:
+            self.calibration.load_state(state["calibration"])
 
 
 class DPG(ProposalMixin, Method):
     """Eq. (6.7)–(6.8): DPG with coefficients P(x)/(Z q(x)) (or, with ``baseline``, GDC++'s
-    (P(x)/Z − π(x))/q(x)) on samples of q."""
+    (P(x)/Z − π(x))/q(x)) on samples of q.
+
+    ``target_fn(batch)`` gives log P(x); a :class:`MomentCalibration` may stand in for it, and then λ follows
+    the policy's moments (Eq. 6.12)."""
 
     name = "gdc"
 
     def __init__(self, ref, policy_init, target_fn, proposal: str = "adaptive", baseline: bool = False,
                  log_z: float | None = None, tokenizer=None):
         self.ref, self.target_fn, self.baseline, self.tokenizer = ref, target_fn, baseline, tokenizer
+        if isinstance(target_fn, MomentCalibration):
+            if log_z is not None:
+                raise ValueError("an exact log Z cannot be given with a moment calibration: Z changes with λ")
+            self.calibration = target_fn
         self._init_proposal(policy_init, proposal, log_z)
 
     def coefficients(self, policy, batch: Batch):
