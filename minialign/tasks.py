@@ -58,7 +58,7 @@ def ebm_target(ebm) -> callable:
 
 
 def calibrated_target(ebm, rate: float = 0.1):
-    """The EBM's tilt with λ following the policy's own moments (Eq. 6.12), starting from the EBM's λ."""
+    """The EBM's tilt with λ following the policy's own moments (Eq. 6.11), starting from the EBM's λ."""
     from .trainers.gdc import MomentCalibration
 
     if not ebm.k or ebm.mu_bar is None:
@@ -136,7 +136,7 @@ def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None
 
 def run_gdc(ebm, proposal="adaptive", baseline=False, calibrate: float | None = None, cfg: TrainConfig | None = None,
             base=None, out=None, progress=True):
-    """GDC towards the EBM; with ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.12) and the
+    """GDC towards the EBM; with ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.11) and the
     history records it as ``lambda_i``."""
     from .trainers.gdc import DPG
 

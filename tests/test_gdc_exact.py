@@ -151,7 +151,7 @@ def _calibration_run(a, lab, trainable_names, mu_bar, calibrate, steps=400, rate
 
 
 def test_calibration_returns_to_the_i_projection_when_the_family_contains_p():
-    """Eq. (6.12)'s fixed point: when π_θ can represent every p_λ, the calibrated λ ends at the I-projection's
+    """Eq. (6.11)'s fixed point: when π_θ can represent every p_λ, the calibrated λ ends at the I-projection's
     λ* (Eq. 6.4) and π_θ at p_{λ*}. Measured: λ 1.3095 against λ* 1.3093, E_π[φ] = 0.5000."""
     a, lab = base(0)
     moment, lam, lam_star = _calibration_run(a, lab, None, 0.5, calibrate=True, rate=0.5)

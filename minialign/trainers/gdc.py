@@ -10,7 +10,7 @@ update). GDC++ (Korbak et al. 2022) subtracts the baseline π_θ(x)/q(x), whose 
 under q is zero. Z and KL(p‖π) are estimated by importance sampling from the same samples.
 
 When the policy family cannot represent p, π_θ stops where it is closest to p in KL(p‖π) and its moments can
-miss μ̄. :class:`MomentCalibration` then moves λ by dual ascent on the policy's own moments (Eq. 6.12), so
+miss μ̄. :class:`MomentCalibration` then moves λ by dual ascent on the policy's own moments (Eq. 6.11), so
 that the trained π_θ, not p, meets the constraint.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class RunningLogZ:
 
 
 class MomentCalibration:
-    """Eq. (6.12): λ fitted to the policy's own moments. The target is
+    """Eq. (6.11): λ fitted to the policy's own moments. The target is
 
         log P_λ(x) = log P_0(x) + λ·φ(x)        (P_0 = a·b: the base model and the pointwise constraints)
 
@@ -127,7 +127,7 @@ class MomentCalibration:
         return float(top + np.log(np.sum(np.exp(terms - top))) - np.log(self._batches))
 
     def update(self, batch, logp_pi) -> None:
-        """One dual-ascent step on the policy's moments (Eq. 6.12)."""
+        """One dual-ascent step on the policy's moments (Eq. 6.11)."""
         w = batch.weights * np.exp(logp_pi - batch.log_q)
         estimate = (w / w.sum()) @ self._features(batch)
         self.moment = estimate if self.moment is None else self.decay * self.moment + (1 - self.decay) * estimate
@@ -229,7 +229,7 @@ class DPG(ProposalMixin, Method):
     (P(x)/Z − π(x))/q(x)) on samples of q.
 
     ``target_fn(batch)`` gives log P(x); a :class:`MomentCalibration` may stand in for it, and then λ follows
-    the policy's moments (Eq. 6.12)."""
+    the policy's moments (Eq. 6.11)."""
 
     name = "gdc"
 
