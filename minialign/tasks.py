@@ -185,13 +185,17 @@ def run_reinforce_on_feature(feature, sign=1.0, until=None, cfg: TrainConfig | N
     return policy, history
 
 
+COMPARE_STEPS = 500
+
+
 def compare_reinforce(feature, level, base, n_eval=1000, seed=0, batch_size=128, progress=True):
     """The contrast at equal satisfaction (chapter 06): REINFORCE on ``feature`` as the reward, with small
     steps (lr 1e-4) so that it stops close to ``level``, checked on ``n_eval`` fresh samples. Returns the policy,
-    its history, and fresh samples with the fraction and KL(π‖a) on them: ``(policy, hist, (names, frac, kl, se))``."""
+    its history, and fresh samples with the fraction and KL(π‖a) on them: ``(policy, hist, (names, frac, kl, se))``.
+    ``len(hist["loss"]) == COMPARE_STEPS`` means the level was not reached."""
     start = float(np.mean(feature(samples(base, n_eval, seed))))
     sign = 1.0 if level > start else -1.0
-    cfg = TrainConfig(steps=500, batch_size=batch_size, lr=1e-4, seed=seed, checkpoint_every=10**9)
+    cfg = TrainConfig(steps=COMPARE_STEPS, batch_size=batch_size, lr=1e-4, seed=seed, checkpoint_every=10**9)
     policy, hist = run_reinforce_on_feature(feature, sign=sign, until=level, cfg=cfg, base=base, progress=progress,
                                             check_samples=n_eval)
     names, kl, se = fresh_samples(policy, base, n_eval, seed + 1)

@@ -194,7 +194,7 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False) -> in
               f"{cal_hist['lambda_0'][-1]:.3f} against the I-projection's {ebm.lam[0]:.3f}) it is "
               f"**{cal_frac:.3f}** (target 0.5; two binomial standard errors at this sample size: ±{tol:.3f}).",
               f"REINFORCE with the feature itself as the reward (lr 1e-4) is stopped when the female fraction of "
-              f"{n_eval} fresh samples reaches that ({len(rein_hist['loss'])} steps). KL(π‖a) is estimated on the same fresh samples "
+              f"{n_eval} fresh samples reaches that ({len(rein_hist['loss'])} steps). KL(π‖a) is estimated on each model's fresh samples "
               "(± one standard error); distinct-2 and Self-BLEU are from the last training batch.", "",
               "| | female fraction | KL(π‖a) | distinct-2 | Self-BLEU |", "|---|---|---|---|---|"]
     lines += [f"| {name} | {frac:.3f} | {kl:.3f} ± {se:.3f} | {hists[name]['distinct_2'][-1]:.3f} | "

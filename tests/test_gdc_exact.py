@@ -7,6 +7,7 @@ from minialign.ebm import fit_lambda_exact
 from minialign.lab import ExactLab, fdiv_to_target
 from minialign.optim import AdamW
 from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sample_batch, train
+from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG, MomentCalibration
 from minialign.trainers.rlhf import Reinforce
 from test_gpt import tiny_gpt
@@ -122,7 +123,7 @@ def _until(method, policy, lab, b, lr, level=0.95, max_steps=600):
 
 
 # ------------------------------------------------------------------------------ λ fitted to the policy
-def _calibration_run(a, lab, trainable_names, mu_bar, calibrate, steps=400, rate=0.2, lr=3e-2):
+def _calibration_run(a, lab, trainable_names, mu_bar, calibrate, steps=400, rate=0.2, lr=3e-2, lam0=None):
     """DPG on exact batches (each step follows the exact expected gradient) towards φ = 'length 2' at μ̄,
     training only the parameters whose names contain ``trainable_names`` (all of them if None)."""
     log_a = np.log(lab.distribution(a))
@@ -133,7 +134,7 @@ def _calibration_run(a, lab, trainable_names, mu_bar, calibrate, steps=400, rate
         p.requires_grad = trainable_names is None or trainable_names in name
     if calibrate:
         target = MomentCalibration(lab_fn(lab, log_a), lambda batch: phi[lab.index_of(batch.tokens)][:, None],
-                                   lam_star, [mu_bar], rate=rate)
+                                   lam_star if lam0 is None else [lam0], [mu_bar], rate=rate)
         method = DPG(a, policy, target, proposal="policy")
     else:
         log_scores = log_a + lam_star[0] * phi
@@ -152,9 +153,10 @@ def _calibration_run(a, lab, trainable_names, mu_bar, calibrate, steps=400, rate
 
 def test_calibration_returns_to_the_i_projection_when_the_family_contains_p():
     """Eq. (6.11)'s fixed point: when π_θ can represent every p_λ, the calibrated λ ends at the I-projection's
-    λ* (Eq. 6.4) and π_θ at p_{λ*}. Measured: λ 1.3095 against λ* 1.3093, E_π[φ] = 0.5000."""
+    λ* (Eq. 6.4) and π_θ at p_{λ*}. Started at λ = 0 (the target is a itself, which π = a already matches), λ
+    climbs with the policy's moment. Measured: λ 1.3095 against λ* 1.3093, E_π[φ] = 0.5000."""
     a, lab = base(0)
-    moment, lam, lam_star = _calibration_run(a, lab, None, 0.5, calibrate=True, rate=0.5)
+    moment, lam, lam_star = _calibration_run(a, lab, None, 0.5, calibrate=True, rate=0.5, lam0=0.0)
     assert abs(moment - 0.5) < 1e-3, moment
     assert abs(lam - lam_star) < 1e-2, (lam, lam_star)
 
@@ -218,7 +220,7 @@ def test_calibration_rejects_bad_input():
     log_base = lab_fn(lab, log_a)
     with pytest.raises(ValueError, match="λ has 2 entries but μ̄ has 1"):
         MomentCalibration(log_base, None, [0.0, 1.0], [0.5])
-    with pytest.raises(ValueError, match="rate"):
+    with pytest.raises(ValueError, match="rate η must be > 0"):
         MomentCalibration(log_base, None, [0.0], [0.5], rate=0.0)
     with pytest.raises(ValueError, match="finite"):
         MomentCalibration(log_base, None, [np.nan], [0.5])
@@ -230,3 +232,32 @@ def test_calibration_rejects_bad_input():
         cal(sample_batch(a, 4, np.random.default_rng(0), ref=a))
     with pytest.raises(ValueError, match="exact log Z"):
         DPG(a, trainable(a), cal, log_z=0.0)
+    with pytest.raises(TypeError, match="GDC"):
+        FDPG(a, trainable(a), cal)
+
+
+def test_a_calibrated_run_resumes_where_it_stopped(tmp_path):
+    """Monte-Carlo batches with the KL-adaptive proposal (q ≠ π): 6 steps in one go, and 3 steps then a resume
+    from the checkpoint to 6, end with the same λ, moving average and log Z. A checkpoint with calibration
+    cannot be resumed without it."""
+    a, lab = base(4)
+
+    def run(steps, out):
+        cal, _, _ = _length_calibration(lab, a, lam=0.0, rate=0.5)
+        policy = trainable(a)
+        method = DPG(a, policy, cal, proposal="adaptive")
+        train(method, policy, TrainConfig(steps=steps, batch_size=32, lr=3e-2, seed=0, checkpoint_every=1),
+              out=out, progress=False)
+        return cal
+
+    whole = run(6, tmp_path / "whole.npz")
+    run(3, tmp_path / "part.npz")
+    resumed = run(6, tmp_path / "part.npz")
+    assert whole.lam[0] != 0.0
+    np.testing.assert_array_equal(resumed.lam, whole.lam)
+    np.testing.assert_array_equal(resumed.moment, whole.moment)
+    assert resumed.value == whole.value
+    policy = trainable(a)
+    plain = DPG(a, policy, lab_fn(lab, np.log(lab.distribution(a))), proposal="adaptive")
+    with pytest.raises(ValueError, match="with λ calibration"):
+        train(plain, policy, TrainConfig(steps=7, batch_size=32, seed=0), out=tmp_path / "part.npz", progress=False)

@@ -44,6 +44,12 @@ def test_calibrated_gdc_moves_lambda_towards_the_policy_moment(base):
         tasks.calibrated_target(fit_names_ebm(base, [parse_constraint("contains:a")], n_samples=500)[0])
 
 
+def test_calibrate_is_refused_outside_gdc(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["align", "fdpg", "--constraint", "female=0.5", "--calibrate", "0.1", "--out", str(tmp_path / "x.npz")])
+    assert e.value.code == 2
+
+
 def test_reinforce_on_a_feature_stops_when_it_crosses_the_level(base):
     female = feature("female")
     cfg = TrainConfig(steps=50, batch_size=32, lr=1e-3, seed=0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import Batch, Method, weighted_surrogate
-from .gdc import ProposalMixin
+from .gdc import MomentCalibration, ProposalMixin
 from .. import divergences
 
 
@@ -25,6 +25,8 @@ class FDPG(ProposalMixin, Method):
         # a registry name (an unknown one raises, listing the known ones) or an FDivergence of one's own
         self.fd = f if isinstance(f, divergences.FDivergence) else divergences.get(f)
         self.f = self.fd.name
+        if isinstance(target_fn, MomentCalibration):
+            raise TypeError("λ calibration is implemented for GDC (DPG) only; give f-DPG a fixed target")
         self.ref, self.target_fn, self.baseline, self.tokenizer = ref, target_fn, baseline, tokenizer
         self.name = f"fdpg-{self.f}"
         self.log_t_max = log_t_max

@@ -63,7 +63,8 @@ class MomentCalibration:
     π_θ is the member of the family that DPG reaches from it.
 
     Changing λ changes Z. Every sample seen so far is kept (its log P_0/q and φ), so log Z(λ) is re-estimated
-    by importance sampling from all of them at the current λ (each is unbiased under its own proposal).
+    by importance sampling from all of them at the current λ (each is unbiased under its own proposal). They
+    take (k + 1) floats per sample in memory and in every checkpoint: about 0.5 MB for 250 steps of 128 here.
 
     log_base(batch) → log P_0 per row; phi(batch) → φ, ``[B, k]``.
     """
@@ -76,8 +77,10 @@ class MomentCalibration:
             raise ValueError(f"λ has {self.lam.size} entries but μ̄ has {self.mu_bar.size}")
         if not np.isfinite(self.lam).all() or not np.isfinite(self.mu_bar).all():
             raise ValueError(f"λ and μ̄ must be finite; got λ = {self.lam}, μ̄ = {self.mu_bar}")
-        if not rate > 0 or not 0 <= decay < 1:
-            raise ValueError(f"the rate must be > 0 and the decay in [0, 1); got {rate}, {decay}")
+        if not rate > 0:
+            raise ValueError(f"the calibration rate η must be > 0; got {rate}")
+        if not 0 <= decay < 1:
+            raise ValueError(f"the moving-average decay must be in [0, 1); got {decay}")
         self.rate, self.decay, self.patience = rate, decay, patience
         self.moment = None
         self._seen = np.zeros(0)        # log P_0(x)/q(x) + log w (the batch weight) of every sample so far
@@ -129,6 +132,9 @@ class MomentCalibration:
     def update(self, batch, logp_pi) -> None:
         """One dual-ascent step on the policy's moments (Eq. 6.11)."""
         w = batch.weights * np.exp(logp_pi - batch.log_q)
+        if not w.sum() > 0:
+            raise FloatingPointError("every weight π/q of the batch underflowed: the policy has moved too far from "
+                                     "the proposal to estimate its moments")
         estimate = (w / w.sum()) @ self._features(batch)
         self.moment = estimate if self.moment is None else self.decay * self.moment + (1 - self.decay) * estimate
         self.lam = self.lam + self.rate * (self.mu_bar - self.moment)
@@ -220,7 +226,10 @@ class ProposalMixin:
         self.replacements = int(state.get("replacements", 0))
         if self.q is not None and "proposal" in state:
             self.q.load_state_dict(state["proposal"])
-        if self.calibration is not None and "calibration" in state:
+        if ("calibration" in state) != (self.calibration is not None):
+            raise ValueError("the checkpoint was written by a run " + ("with" if "calibration" in state else "without")
+                             + " λ calibration; resume it the same way, or start a new run elsewhere")
+        if self.calibration is not None:
             self.calibration.load_state(state["calibration"])
 
 
