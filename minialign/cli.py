@@ -140,6 +140,9 @@ def _report_constraints(ebm, policy, hist, args, cfg, base):
     if missed and args.calibrate is None:
         print("the policy stops where it is closest to p, which here misses μ̄; --calibrate 0.1 moves λ until the "
               "policy itself meets it (chapter 06)")
+    elif missed:
+        print("λ has to travel before the policy can follow it; train longer (chapter 06 §7 uses --baseline "
+              "--steps 250 --batch-size 128 --lr 5e-4)")
     if args.compare_reinforce and ebm.k:
         f = ebm.features[0]
         reached = float(np.mean(f(names)))  # compare at the satisfaction GDC reached
