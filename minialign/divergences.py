@@ -398,18 +398,25 @@ def _tolerance(dtype) -> float:
     return 1e-4 if np.dtype(dtype).itemsize <= 4 else 1e-6
 
 
-def _check_probabilities(x, label: str) -> Array:
+def _real_array(x, label: str, what: str, axis_note: str = "") -> tuple[Array, np.dtype]:
+    """``x`` as float64 (and its original dtype), after the checks every input shares: real numbers, at least one
+    axis, no NaN."""
     arr = np.asarray(x)
     if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{label} must be an array of real probabilities; got dtype {arr.dtype}")
+        raise ValueError(f"{label} must be an array of real {what}; got dtype {arr.dtype}")
     if arr.ndim == 0:
-        raise ValueError(f"{label} must have at least one axis (the support on the last axis); got a scalar")
+        raise ValueError(f"{label} must have at least one axis{axis_note}; got a scalar")
+    out = arr.astype(np.float64)
+    if np.isnan(out).any():
+        raise ValueError(f"{label} must not contain NaN; got {int(np.isnan(out).sum())} NaN entries")
+    return out, arr.dtype
+
+
+def _check_probabilities(x, label: str) -> Array:
+    arr, dtype = _real_array(x, label, "probabilities", " (the support on the last axis)")
     if arr.shape[-1] == 0:
         raise ValueError(f"{label} must have a non-empty last axis (the support); got shape {arr.shape}")
-    tol = _tolerance(arr.dtype) if arr.dtype.kind == "f" else 1e-6
-    arr = arr.astype(np.float64)
-    if np.isnan(arr).any():
-        raise ValueError(f"{label} must not contain NaN; got {int(np.isnan(arr).sum())} NaN entries")
+    tol = _tolerance(dtype) if dtype.kind == "f" else 1e-6
     if np.isinf(arr).any():
         raise ValueError(f"{label} must be finite; got {int(np.isinf(arr).sum())} infinite entries")
     if (arr < 0).any():
@@ -437,14 +444,7 @@ def _check_shapes(a: Array, b: Array, la: str, lb: str) -> None:
 
 
 def _check_logs(x, label: str) -> Array:
-    arr = np.asarray(x)
-    if arr.dtype.kind not in "fiub":
-        raise ValueError(f"{label} must be an array of real log-probabilities; got dtype {arr.dtype}")
-    if arr.ndim == 0:
-        raise ValueError(f"{label} must have at least one axis; got a scalar")
-    arr = arr.astype(np.float64)
-    if np.isnan(arr).any():
-        raise ValueError(f"{label} must not contain NaN; got {int(np.isnan(arr).sum())} NaN entries")
+    arr, _ = _real_array(x, label, "log-probabilities")
     if (arr == np.inf).any():
         raise ValueError(f"{label} must be < +inf (−inf marks zero mass); got {int((arr == np.inf).sum())} +inf entries")
     return arr

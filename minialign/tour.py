@@ -29,7 +29,7 @@ class Stages:
         return _Stage()
 
 
-def _plots(out, base_hist, bigram, rlhf_runs, gdc_runs, fdpg_hist, rein_hist, dpo_hist):
+def _plots(out, base_hist, bigram, rlhf_runs, gdc_hist, cal_hist, fdpg_hist, rein_hist, dpo_hist):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,7 +54,8 @@ def _plots(out, base_hist, bigram, rlhf_runs, gdc_runs, fdpg_hist, rein_hist, dp
     paths["frontier"] = "reward_kl.png"
 
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    for name, hist in [*gdc_runs.items(), ("f-DPG (JS)", fdpg_hist), ("REINFORCE on φ", rein_hist)]:
+    for name, hist in (("GDC (DPG)", gdc_hist), ("GDC, λ on π", cal_hist), ("f-DPG (JS)", fdpg_hist),
+                       ("REINFORCE on φ", rein_hist)):
         axes[0].plot(hist["E[female]"] if "E[female]" in hist else hist["reward_est"], label=name)
         axes[1].plot(hist["kl_pi_a_est"], label=name)
         axes[2].plot(hist["distinct_2"], label=name)
@@ -68,7 +69,7 @@ def _plots(out, base_hist, bigram, rlhf_runs, gdc_runs, fdpg_hist, rein_hist, dp
     paths["constraint"] = "constraint.png"
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name, hist in (("GDC (DPG)", gdc_runs["GDC (DPG)"]), ("f-DPG (JS)", fdpg_hist)):
+    for name, hist in (("GDC (DPG)", gdc_hist), ("f-DPG (JS)", fdpg_hist)):
         ax.plot(hist["kl_p_pi_est"], label=name)
     ax.set_xlabel("step"), ax.set_ylabel("KL(p‖π) (importance-sampling estimate)"), ax.legend()
     fig.tight_layout(), fig.savefig(out / "kl_p_pi.png", dpi=100), plt.close(fig)
@@ -205,14 +206,13 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False) -> in
         fdpg_policy, fdpg_hist = tasks.run_fdpg("js", tasks.ebm_target(ebm), ebm=ebm, cfg=gdc_cfg, base=base,
                                                 progress=not quick)
         fdpg_frac = float(np.mean(female(tasks.samples(fdpg_policy, n_eval, 1))))
-    gdc_runs = {"GDC (DPG)": gdc_hist, "GDC, λ on π": cal_hist}
     lines += ["## f-DPG with Jensen–Shannon", "", f"The same target, minimising JS(π‖p) instead of KL(p‖π): female "
               f"fraction {fdpg_frac:.3f}, KL(p‖π) estimate {fdpg_hist['kl_p_pi_est'][-1]:.3f} (GDC: "
               f"{gdc_hist['kl_p_pi_est'][-1]:.3f}), KL(π‖a) {fdpg_hist['kl_pi_a_est'][-1]:.3f}.", "",
               "![constraint](constraint.png)", "", "![KL(p‖π)](kl_p_pi.png)", ""]
 
     with stage("report"):
-        paths = _plots(out, base_hist, bigram, rlhf_runs, gdc_runs, fdpg_hist, rein_hist, dpo_hist)
+        paths = _plots(out, base_hist, bigram, rlhf_runs, gdc_hist, cal_hist, fdpg_hist, rein_hist, dpo_hist)
         if "pretrain" in paths:
             lines.insert(3, f"![pretraining]({paths['pretrain']})\n")
         lines += ["## Timings", ""] + [f"- {k}: {v:.1f} s" for k, v in stage.seconds.items()]

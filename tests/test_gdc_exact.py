@@ -187,7 +187,7 @@ def test_calibration_re_estimates_log_z_at_the_current_lambda_from_every_sample_
     cal, log_a, phi = _length_calibration(lab, a)
     batches = [sample_batch(a, 256, np.random.default_rng(i), ref=a) for i in range(20)]
     for batch in batches:
-        cal.log_z(batch)
+        cal.log_z(batch, cal(batch))
     tokens = np.concatenate([b.tokens for b in batches])
     log_q = np.concatenate([b.log_q for b in batches])
     for lam in (0.0, 1.5, -2.0):
@@ -205,7 +205,7 @@ def test_calibration_state_survives_a_checkpoint(tmp_path):
     cal, _, _ = _length_calibration(lab, a, lam=0.7)
     for i in range(3):
         batch = sample_batch(a, 64, np.random.default_rng(i), ref=a)
-        cal.log_z(batch)
+        cal.log_z(batch, cal(batch))
         cal.update(batch, batch.log_q)
     io.save(tmp_path / "c.npz", {"cal": cal.state()})
     twin, _, _ = _length_calibration(lab, a)

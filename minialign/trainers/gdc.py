@@ -101,15 +101,14 @@ class MomentCalibration:
         """log P_λ(x) for the batch at the current λ."""
         return np.asarray(self.log_base(batch), dtype=np.float64) + self._features(batch) @ self.lam
 
-    def log_z(self, batch) -> float:
-        """Add the batch to the samples seen, and return log Z(λ) = log mean over batches of Σ_i w_i P_λ(x_i)/q(x_i).
-        An exact batch (weights q(x) over the whole enumeration) gives Z exactly and is not kept."""
-        with np.errstate(divide="ignore"):
-            seen = np.asarray(self.log_base(batch), dtype=np.float64) - batch.log_q + np.log(batch.weights)
+    def log_z(self, batch, log_p) -> float:
+        """Add the batch (with log P_λ(x) = ``log_p`` at the current λ) to the samples seen, and return
+        log Z(λ) = log mean over batches of Σ_i w_i P_λ(x_i)/q(x_i). An exact batch (weights q(x) over the whole
+        enumeration) gives Z exactly and is not kept."""
         if batch.exact:
-            terms = seen + self._features(batch) @ self.lam
-            top = np.max(terms)
-            return float(top + np.log(np.sum(np.exp(terms - top)))) if np.isfinite(top) else -np.inf
+            return log_mean_exp(log_p - batch.log_q, batch.weights)
+        with np.errstate(divide="ignore"):  # log P_0(x)/q(x) + log w
+            seen = log_p - self._features(batch) @ self.lam - batch.log_q + np.log(batch.weights)
         self._seen = np.concatenate([self._seen, seen])
         self._seen_phi = np.concatenate([self._seen_phi, self._features(batch)])
         self._batches += 1
@@ -120,14 +119,12 @@ class MomentCalibration:
         if self._batches == 0:
             return -np.inf
         terms = self._seen + self._seen_phi @ self.lam
-        top = np.max(terms)
-        if not np.isfinite(top):
-            if self._batches >= self.patience:
-                raise FloatingPointError(
-                    f"every importance weight P/q has been 0 for {self._batches} batches: the target has no mass "
-                    "where the proposal samples")
-            return -np.inf
-        return float(top + np.log(np.sum(np.exp(terms - top))) - np.log(self._batches))
+        log_sum = log_mean_exp(terms, np.ones(len(terms)))
+        if not np.isfinite(log_sum) and self._batches >= self.patience:
+            raise FloatingPointError(
+                f"every importance weight P/q has been 0 for {self._batches} batches: the target has no mass "
+                "where the proposal samples")
+        return log_sum - np.log(self._batches)
 
     def update(self, batch, logp_pi) -> None:
         """One dual-ascent step on the policy's moments (Eq. 6.11)."""
@@ -186,7 +183,7 @@ class ProposalMixin:
         """log P, log Z and the weights P/(Zq) of the batch (exact batches use the exact Z)."""
         log_p = self.log_target(batch)
         if self.calibration is not None:
-            log_z = self.calibration.log_z(batch)
+            log_z = self.calibration.log_z(batch, log_p)
         elif batch.exact:
             log_z = self.log_z.exact
         else:
