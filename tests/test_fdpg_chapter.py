@@ -286,7 +286,7 @@ def test_kl_adaptive_proposal_estimates_are_exact_on_exact_batches_and_replace_q
     decide q ← π are exact on an exact batch drawn from q; and f-DPG with f = js, sampling from the adaptive
     proposal, takes the lab's reward target from KL(p‖a) = 2.74 nats to below 0.05 in 80 steps of 32
     (measured: 0.008; the threshold is the study's), replacing q along the way."""
-    from minialign import experiments as E
+    from minialign.experiments import fdpg_study as E
     from minialign.trainers.common import TrainConfig, frozen_copy, train
 
     a = E.lab_base(0)

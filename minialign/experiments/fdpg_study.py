@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .gpt import GPT, GPTConfig
-from .lab import ExactLab
-from .trainers.common import TrainConfig, frozen_copy, train
-from .trainers.fdpg import FDPG
+from ..gpt import GPT, GPTConfig
+from ..lab import ExactLab
+from ..trainers.common import TrainConfig, frozen_copy, train
+from ..trainers.fdpg import FDPG
 
 STUDY_FS = {"kl": "KL(π‖p) (reverse KL)", "reverse_kl": "KL(p‖π) (forward KL)", "js": "JS", "tv": "TV"}
 THRESHOLD = 0.05  # nats of KL(p‖π)
@@ -227,9 +227,9 @@ def plot_modes(records, path):
 def run_names_study(fs=("kl", "reverse_kl", "js", "tv"), steps=60, batch_size=64, lr=3e-4, seed=0, progress=True):
     """The same comparison by Monte Carlo on names: the GDC target "50% female" and the RLHF target
     p ∝ a·e^{r*/β} (β = 1, the true reward of chapter 05). Returns rows of final estimated metrics."""
-    from . import tasks
-    from .ebm import fit_names_ebm, parse_constraint
-    from .rewards import true_reward
+    from .. import tasks
+    from ..ebm import fit_names_ebm, parse_constraint
+    from ..rewards import true_reward
 
     base = tasks.load_base()
     ebm, _ = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=5000, seed=seed)

@@ -1,0 +1,3 @@
+from .fdpg_study import main
+
+raise SystemExit(main())
