@@ -1,8 +1,19 @@
-"""The array seam: every array operation the engine performs goes through a ``Backend``.
+"""The array seam: every array operation the engine performs goes through a backend.
 
-NumPy is the default. A torch backend (for the GPU path) implements the same small set of methods on
-``torch.Tensor``; the engine never touches an array except through these methods, so a tensor of either
-library can stand where the other does. ``backend_of(array)`` picks the backend from the array's type.
+:class:`NumpyBackend` is the default and, method by method, the declaration of the seam: a backend for
+another array library (``torch_backend.TorchBackend``, for the GPU path) subclasses it and overrides every
+method for its own arrays. The engine (``tensor.py``, ``functional.py``) never imports an array library
+other than NumPy and never asks which backend it has; ``backend_of(array)`` picks the backend from the
+array's type.
+
+The contract has three parts:
+
+* array operations (creation, elementwise, reductions, shapes, indexing, randomness), each with NumPy's
+  meaning;
+* ``index_grids`` and ``embedding_grad``, the two scatter/gather helpers whose fast form differs by library;
+* fused hooks — ``flash_attention`` and ``token_logprobs`` — which return None here ("not available"). A
+  backend with a fused kernel returns the result and a backward closure instead; the engine calls the hook
+  and computes the same quantity with the operations above when it gets None (chapter 08).
 """
 from __future__ import annotations
 
@@ -56,6 +67,7 @@ class NumpyBackend:
     # elementwise
     exp = staticmethod(np.exp)
     log = staticmethod(np.log)
+    log1p = staticmethod(np.log1p)
     tanh = staticmethod(np.tanh)
     sqrt = staticmethod(np.sqrt)
     abs = staticmethod(np.abs)
@@ -125,6 +137,10 @@ class NumpyBackend:
         np.add.at(out, flat, g)
         return out
 
+    def index_grids(self, shape, like=None):
+        """Open index grids for an array of ``shape`` (``np.indices(shape, sparse=True)``), for scatters."""
+        return list(np.indices(shape, sparse=True))
+
     # randomness: masks are drawn from a NumPy generator on every backend, so seeds mean the same thing
     def bernoulli_mask(self, rng, shape, keep, dtype, like=None):
         return (rng.random(shape) < keep).astype(dtype)
@@ -132,6 +148,16 @@ class NumpyBackend:
     def causal_mask(self, tq, tk, like=None):
         """Boolean [tq, tk]: True where query i (at absolute position tk - tq + i) may not see key j."""
         return np.triu(np.ones((tq, tk), dtype=bool), k=tk - tq + 1)
+
+    # fused hooks: not available on NumPy (the engine then computes the same with the operations above)
+    def flash_attention(self, q, k, v, scale):
+        """Causal attention O = softmax(QKᵀ·s + M)V by a fused kernel, as (O, backward(dO) → (dQ, dK, dV)); None here."""
+        return None
+
+    def token_logprobs(self, logits, targets, ignore_index):
+        """log π(y_n) per row of ``logits [N, V]`` by a fused kernel that writes no [N, V] softmax, as
+        (logp [N], backward(w [N]) → d logits of Σ w_n log π(y_n)); None here."""
+        return None
 
 
 def _is_basic_index(key) -> bool:

@@ -10,6 +10,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from .logspace import logsumexp, softplus
+
 LOG2 = float(np.log(2.0))
 NAMES = ("kl", "reverse_kl", "js", "tv", "chi2", "hellinger", "alpha:<value>")
 
@@ -80,10 +82,6 @@ def _conjugate_callable(f: Fn, slope: float) -> Fn:
 def _exp(x):
     with np.errstate(over="ignore"):
         return np.exp(x)
-
-
-def _softplus(x):
-    return np.logaddexp(0.0, x)
 
 
 def _default_scaled(f_log: Fn) -> ScaledFn:
@@ -199,7 +197,7 @@ def _js():
     def scaled(log_w, log_t):
         lw, lt = _as(log_w), _as(log_t)
         with np.errstate(over="ignore", invalid="ignore"):
-            return 0.5 * (_exp(lw + lt) * (LOG2 - _softplus(-lt)) + _exp(lw) * (LOG2 - _softplus(lt)))
+            return 0.5 * (_exp(lw + lt) * (LOG2 - softplus(-lt)) + _exp(lw) * (LOG2 - softplus(lt)))
 
     return _make(
         "js",
@@ -208,7 +206,7 @@ def _js():
         0.5 * LOG2,
         0.5 * LOG2,
         lambda l: scaled(0.0, l),
-        lambda l: 0.5 * (LOG2 - _softplus(-_as(l))),
+        lambda l: 0.5 * (LOG2 - softplus(-_as(l))),
         scaled,
         "js",
     )
@@ -489,17 +487,9 @@ def divergence(name, P, Q):
     return _scalar_or_array(terms.sum(axis=-1))
 
 
-def _logsumexp(x: Array, axis: int = -1) -> Array:
-    m = np.max(x, axis=axis, keepdims=True)
-    m_safe = np.where(np.isfinite(m), m, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(x - m_safe), axis=axis, keepdims=True)) + m_safe
-    return out
-
-
 def _normaliser(log_x: Array, log_z, label: str) -> Array:
     if log_z is None:
-        log_z = _logsumexp(log_x)
+        log_z = logsumexp(log_x, keepdims=True)
         if np.any(log_z == -np.inf):
             raise ValueError(f"{label} has no mass: every entry is −inf along the last axis")
         return log_z
@@ -666,9 +656,9 @@ def mc_divergence_self_normalised(name, log_p_unnormalised, log_q, from_: str = 
     n = lp.shape[-1]
     with np.errstate(invalid="ignore"):
         if from_ == "q":
-            log_z = _logsumexp(lp - lq) - np.log(n)
+            log_z = logsumexp(lp - lq, keepdims=True) - np.log(n)
             values = fd.f_log(lp - log_z - lq)
         else:
-            log_z = -(_logsumexp(lq - lp) - np.log(n))
+            log_z = -(logsumexp(lq - lp, keepdims=True) - np.log(n))
             values = fd.conjugate().f_log(lq - lp + log_z)
     return _scalar_or_array(values.mean(axis=-1)), _scalar_or_array(log_z[..., 0])

@@ -43,6 +43,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .logspace import logsumexp
+
 __all__ = [
     "Feature", "Pointwise", "EBM", "LambdaFit", "FitReport", "KNOWN_CONSTRAINTS", "DEFAULT_POINTWISE",
     "DEFAULT_DISTRIBUTIONAL", "predicate", "feature", "pointwise", "parse_constraint", "log_scores", "dual",
@@ -353,15 +355,10 @@ def _mu_array(mu, k: int, what: str) -> np.ndarray:
     return mu
 
 
-def _lse(x: np.ndarray) -> float:
-    m = x.max()
-    return float(m + np.log(np.exp(x - m).sum()))
-
-
 def _state(log_base, phi, lam, mu_bar):
     """Dual value, gradient and Hessian at λ (Eq. (6.4)), and p_λ on the support."""
     logits = log_base + phi @ lam
-    log_z = _lse(logits)
+    log_z = float(logsumexp(logits))
     p = np.exp(logits - log_z)
     moments = p @ phi
     centred = phi - moments
@@ -422,7 +419,7 @@ def _newton(log_base, phi, mu_bar, where: str, tol: float, max_iter: int, lam0=N
     """
     n, k = phi.shape
     if k == 0:
-        log_z = _lse(log_base)
+        log_z = float(logsumexp(log_base))
         p = np.exp(log_base - log_z)
         return LambdaFit(np.zeros(0), 0.0, np.zeros(0), log_z, 0, n, float(1.0 / np.sum(p * p)))
     labels = [str(i) for i in range(k)] if labels is None else [str(x) for x in labels]

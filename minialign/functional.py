@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .tensor import Tensor, _normalise_axes, unbroadcast
+from .tensor import Tensor, normalise_axes, unbroadcast
 
 
 def _as_tensor(x) -> Tensor:
@@ -58,7 +58,7 @@ def logsumexp(x, axis=-1, keepdims=False) -> Tensor:
     """log Σ e^x along ``axis``; its gradient is softmax(x)."""
     x = _as_tensor(x)
     bk = x.bk
-    axes = _normalise_axes(axis, x.ndim)
+    axes = normalise_axes(axis, x.ndim)
     lse = _logsumexp(bk, x.data, axes)
 
     def backward(g):
@@ -68,6 +68,22 @@ def logsumexp(x, axis=-1, keepdims=False) -> Tensor:
 
     out = lse if keepdims else bk.reshape(lse, tuple(s for i, s in enumerate(x.shape) if i not in axes))
     return Tensor._result(out, (x,), backward, "logsumexp")
+
+
+def log_sigmoid(x) -> Tensor:
+    """Eq. (5.3)'s building block: log σ(x) = min(x, 0) − log(1 + e^{−|x|}), finite for every finite x.
+
+    Backward: dx = σ(−x)·dy, formed from the same e^{−|x|} (never an overflowing exponential).
+    """
+    x = _as_tensor(x)
+    bk = x.bk
+    e = bk.exp(-bk.abs(x.data))  # e^{−|x|} in (0, 1]
+    y = bk.minimum(x.data, 0.0) - bk.log1p(e)
+
+    def backward(g):
+        x._accumulate(g * bk.where(x.data >= 0, e, 1.0) / (1.0 + e))  # σ(−x)
+
+    return Tensor._result(y, (x,), backward, "log_sigmoid")
 
 
 def check_targets(targets, logits_shape, ignore_index=None, what="targets"):
@@ -104,8 +120,7 @@ def cross_entropy(logits, targets, ignore_index: int = -100, reduction: str = "m
     z = bk.reshape(logits.data, (-1, v))
     y = bk.reshape(targets, (-1,))
     keep = y != ignore_index
-    fused = getattr(bk, "token_logprobs", None)
-    fused = fused(z, y, ignore_index) if fused is not None else None
+    fused = bk.token_logprobs(z, y, ignore_index)
     if fused is not None:
         logp, logp_backward = fused
     else:
@@ -266,7 +281,7 @@ def scaled_dot_product_attention(q, k, v, causal: bool = True, scale=None) -> Te
     """Eq. (2.4): O = softmax(Q Kᵀ·s + M) V with the causal mask M, over the last two axes.
 
     Queries are the last Tq of Tk positions (Tq < Tk when keys and values come from a cache), so query i
-    sees keys j ≤ Tk − Tq + i. Backward (MATH §8): dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − Σ_j dP∘P),
+    sees keys j ≤ Tk − Tq + i. Backward (Eq. 8.5–8.8): dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − Σ_j dP∘P),
     dQ = dS K·s, dK = dSᵀ Q·s.
     """
     q, k, v = _as_tensor(q), _as_tensor(k), _as_tensor(v)
@@ -278,8 +293,7 @@ def scaled_dot_product_attention(q, k, v, causal: bool = True, scale=None) -> Te
     if tq > tk:
         raise ValueError(f"attention: more queries ({tq}) than keys ({tk})")
     s = (1.0 / math.sqrt(q.shape[-1])) if scale is None else scale
-    flash = getattr(bk, "flash_attention", None)
-    flash = flash(q.data, k.data, v.data, s) if flash is not None and causal and tq == tk else None
+    flash = bk.flash_attention(q.data, k.data, v.data, s) if causal and tq == tk else None
     if flash is not None:  # a backend with a flash-attention kernel: O and a backward that recomputes P
         out, flash_backward = flash
 

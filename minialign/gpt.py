@@ -17,6 +17,7 @@ import numpy as np
 
 from . import functional as F
 from .io import load, save
+from .logspace import logsumexp
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, init_std
 from .tensor import Tensor, concatenate, no_grad
 
@@ -217,7 +218,7 @@ class GPT(Module):
                     else:
                         logits = self(inp).numpy()[:, -1]
                     logits = logits.astype(np.float64)
-                    logp = logits - _logsumexp_rows(logits)
+                    logp = logits - logsumexp(logits, keepdims=True)
                     tok = _sample_rows(logits / temperature, u, top_k)
                     tok = np.where(done, cfg.eos_id, tok)
                     logprob += np.where(done, 0.0, logp[np.arange(n), tok])
@@ -245,17 +246,12 @@ class GPT(Module):
         return model.load_state_dict(state["weights"])
 
 
-def _logsumexp_rows(z):
-    m = z.max(axis=-1, keepdims=True)
-    return m + np.log(np.exp(z - m).sum(axis=-1, keepdims=True))
-
-
 def _sample_rows(logits, u, top_k=None):
     """Inverse-CDF sampling of one token per row from softmax(logits), optionally keeping only the top k."""
     if top_k is not None:
         kth = np.sort(logits, axis=-1)[:, -top_k][:, None]
         logits = np.where(logits < kth, -np.inf, logits)
-    p = np.exp(logits - _logsumexp_rows(logits))
+    p = np.exp(logits - logsumexp(logits, keepdims=True))
     cdf = np.cumsum(p, axis=-1)
     tok = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=-1)
     return np.minimum(tok, logits.shape[-1] - 1)

@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 
 from . import divergences
+from .logspace import log_normalise
 from .tensor import Tensor, concatenate
 
 
@@ -81,9 +82,8 @@ class ExactLab:
             raise ValueError("log-scores contain NaN or +inf")
         if np.isneginf(log_scores).all():
             raise ValueError("every log-score is -inf: the target has no mass")
-        m = log_scores[np.isfinite(log_scores)].max()
-        log_z = m + np.log(np.exp(log_scores - m).sum())
-        return log_scores - log_z, float(log_z)
+        log_p, log_z = log_normalise(log_scores)
+        return log_p, float(log_z)
 
     # ------------------------------------------------------------------ exact quantities
     @staticmethod

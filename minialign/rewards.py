@@ -25,9 +25,11 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
+from . import functional as F
 from .data import CharTokenizer
 from .gpt import GPT, GPTConfig
 from .io import atomic_write, load, save
+from .logspace import sigmoid, softplus
 from .nn import Linear, Module
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tensor import Tensor, no_grad
@@ -67,11 +69,6 @@ def true_reward(names: Sequence[str]) -> np.ndarray:
     has_l = np.array(["l" in x for x in names], dtype=np.float64)
     length = np.array([len(x) for x in names], dtype=np.float64)
     return 2.0 * ends_in_vowel + has_l - 0.5 * np.abs(length - PREFERRED_LENGTH)
-
-
-def sigmoid(z) -> np.ndarray:
-    """σ(z) = 1/(1 + e^{−z}) in float64, written as ½(1 + tanh(z/2)) so it never overflows."""
-    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
 
 
 # ------------------------------------------------------------------------------ the annotator
@@ -256,21 +253,6 @@ def pairwise_accuracy(reward: RewardFn, pairs: PreferencePairs) -> float:
 # ------------------------------------------------------------------------------ the loss
 
 
-def softplus(x: Tensor) -> Tensor:
-    """softplus(x) = log(1 + eˣ), computed as relu(x) + log(1 + e^{x − 2·relu(x)}) = max(x,0) + log(1 + e^{−|x|}).
-
-    The exponent is never positive, so nothing overflows; and the gradient is σ(x) everywhere, x = 0
-    included (relu'(0) = 0 leaves ½ from the second term).
-    """
-    r = x.relu()
-    return r + (1.0 + (x - 2.0 * r).exp()).log()
-
-
-def log_sigmoid(x: Tensor) -> Tensor:
-    """log σ(x) = −softplus(−x), finite for any finite x."""
-    return -softplus(-x)
-
-
 def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
     """Eq. (5.3): reward-model loss, the mean over pairs of −log σ(r(y_w) − r(y_l)) (the negative
     log-likelihood of the labels under Bradley–Terry, Eq. (5.2)). Gradient in the margin: −σ(r(y_l) − r(y_w))."""
@@ -279,7 +261,7 @@ def bradley_terry_loss(r_chosen: Tensor, r_rejected: Tensor) -> Tensor:
     if r_chosen.shape != r_rejected.shape or r_chosen.ndim != 1:
         raise ValueError(f"r_chosen and r_rejected must both have shape [N]; "
                          f"got {r_chosen.shape} and {r_rejected.shape}")
-    return -log_sigmoid(r_chosen - r_rejected).mean()
+    return -F.log_sigmoid(r_chosen - r_rejected).mean()
 
 
 # ------------------------------------------------------------------------------ the reward model
@@ -403,7 +385,7 @@ def evaluate_pairs(model: RewardModel, pairs: PreferencePairs) -> tuple[float, f
     """(mean Bradley–Terry loss, Eq. (5.3); accuracy with ties ½) of ``model`` on ``pairs``."""
     r_w, r_l = model.raw(list(pairs.chosen)), model.raw(list(pairs.rejected))
     delta = r_w - r_l
-    loss = float(np.mean(np.logaddexp(0.0, -delta)))
+    loss = float(np.mean(softplus(-delta)))
     return loss, float(np.mean((delta > 0) + 0.5 * (delta == 0)))
 
 

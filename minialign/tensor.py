@@ -323,7 +323,7 @@ class Tensor:
     def sum(self, axis=None, keepdims=False):
         """Eq. (1.5): the gradient of a sum is the output gradient broadcast back over the summed axes."""
         bk = self.bk
-        axes = _normalise_axes(axis, self.ndim)
+        axes = normalise_axes(axis, self.ndim)
 
         def backward(g):
             if not keepdims:
@@ -333,7 +333,7 @@ class Tensor:
         return Tensor._result(bk.sum(self.data, axis=axes, keepdims=keepdims), (self,), backward, "sum")
 
     def mean(self, axis=None, keepdims=False):
-        axes = _normalise_axes(axis, self.ndim)
+        axes = normalise_axes(axis, self.ndim)
         n = 1
         for a in axes:
             n *= self.shape[a]
@@ -342,7 +342,7 @@ class Tensor:
     def max(self, axis=None, keepdims=False):
         """The gradient flows to the maximal entries; ties share it equally."""
         bk = self.bk
-        axes = _normalise_axes(axis, self.ndim)
+        axes = normalise_axes(axis, self.ndim)
         m = bk.max(self.data, axis=axes, keepdims=True)
 
         def backward(g):
@@ -408,23 +408,14 @@ class Tensor:
         axis = axis % self.ndim
 
         def backward(g):
-            grids = list(np.indices(index.shape, sparse=True)) if bk is NUMPY else _torch_grids(index)
+            grids = bk.index_grids(index.shape, like=index)
             grids[axis] = index
             self._accumulate(bk.index_add(self.shape, g.dtype, tuple(grids), g, like=self.data))
 
         return Tensor._result(bk.take_along_axis(self.data, index, axis), (self,), backward, "gather")
 
 
-def _torch_grids(index):
-    import torch
-
-    return [
-        torch.arange(n, device=index.device).reshape([-1 if i == d else 1 for i in range(index.ndim)])
-        for d, n in enumerate(index.shape)
-    ]
-
-
-def _normalise_axes(axis, ndim):
+def normalise_axes(axis, ndim):
     if axis is None:
         return tuple(range(ndim))
     if isinstance(axis, int):

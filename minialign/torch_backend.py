@@ -77,6 +77,7 @@ class TorchBackend(NumpyBackend):
     # elementwise
     exp = staticmethod(torch.exp)
     log = staticmethod(torch.log)
+    log1p = staticmethod(torch.log1p)
     tanh = staticmethod(torch.tanh)
     sqrt = staticmethod(torch.sqrt)
     abs = staticmethod(torch.abs)
@@ -143,13 +144,17 @@ class TorchBackend(NumpyBackend):
         out = torch.zeros((num_embeddings, d), dtype=grad.dtype, device=self.device)
         return out.index_add_(0, self.asarray(idx).reshape(-1), grad.reshape(-1, d))
 
+    def index_grids(self, shape, like=None):
+        return [torch.arange(n, device=self.device).reshape([-1 if i == d else 1 for i in range(len(shape))])
+                for d, n in enumerate(shape)]
+
     def bernoulli_mask(self, rng, shape, keep, dtype, like=None):
         return self.asarray((rng.random(shape) < keep), dtype=dtype)
 
     def causal_mask(self, tq, tk, like=None):
         return torch.ones((tq, tk), dtype=torch.bool, device=self.device).triu(tk - tq + 1)
 
-    # fused kernels (the engine asks for these by name and falls back to its own math when absent)
+    # fused hooks (declared in backend.NumpyBackend): the Triton kernels, unless use_kernels is False
     def flash_attention(self, q, k, v, scale):
         """Causal attention by the Triton flash kernel: returns (O, backward(dO) -> (dQ, dK, dV))."""
         if not self.use_kernels:

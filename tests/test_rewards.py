@@ -23,12 +23,12 @@ from minialign.rewards import (
     bradley_terry_loss,
     fit_reward_model,
     load_pairs,
-    log_sigmoid,
     pairwise_accuracy,
     sample_names,
     simulate_preferences,
     true_reward,
 )
+from minialign.functional import log_sigmoid
 from minialign.tensor import Tensor
 
 NAMES = load_names().names

@@ -18,7 +18,8 @@ from minialign import functional as F
 from minialign.lab import ExactLab
 from minialign.tensor import Tensor
 from minialign.trainers.common import Batch
-from minialign.trainers.dpo import DPO, log_sigmoid
+from minialign.trainers.dpo import DPO
+from minialign.functional import log_sigmoid
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
 from test_gpt import tiny_gpt
 from test_trainers_exact import kl_penalty_gradients, relative_error, setup

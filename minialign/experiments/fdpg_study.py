@@ -19,6 +19,7 @@ import numpy as np
 
 from ..gpt import GPT, GPTConfig
 from ..lab import ExactLab
+from ..logspace import logsumexp
 from ..trainers.common import TrainConfig, frozen_copy, train
 from ..trainers.fdpg import FDPG
 
@@ -54,8 +55,7 @@ def lab_targets(lab: ExactLab, log_a: np.ndarray) -> dict:
     starts2 = seqs[:, 0] == 2
     two = log_a + 4.0 * (ones | twos)
     # equalise the two modes' mass, whatever a thinks of them
-    m1 = np.log(np.exp(two[ones]).sum())
-    m2 = np.log(np.exp(two[twos]).sum())
+    m1, m2 = logsumexp(two[ones]), logsumexp(two[twos])
     two = two - np.where(ones, m1 - 0.5 * (m1 + m2), 0.0) - np.where(twos, m2 - 0.5 * (m1 + m2), 0.0)
     return {
         "reward": (log_a + reward, {"mostly 1s": count1 > count2, "mostly 2s": count2 > count1}),

@@ -9,14 +9,7 @@ import numpy as np
 
 from .common import Batch, Method, logprobs
 from .. import functional as F
-from ..tensor import Tensor, concatenate
-
-
-def log_sigmoid(u: Tensor) -> Tensor:
-    """log σ(u) = −log(1 + e^{−u}) = −logsumexp(0, −u), stable for large |u|."""
-    zeros = Tensor(np.zeros(u.shape, dtype=u.dtype))
-    stacked = concatenate([zeros.reshape(-1, 1), (-u).reshape(-1, 1)], axis=1)
-    return -F.logsumexp(stacked, axis=1)
+from ..tensor import Tensor
 
 
 class DPO(Method):
@@ -46,6 +39,6 @@ class DPO(Method):
         logp = policy.sequence_logprob(batch.tokens)
         ratio = logp - Tensor(batch.log_ref.astype(logp.dtype))  # log π/a
         margin = (ratio[:n] - ratio[n:]) * self.beta
-        loss = -log_sigmoid(margin).mean()
+        loss = -F.log_sigmoid(margin).mean()
         m = margin.numpy()
         return loss, {"pair_accuracy": float((m > 0).mean()), "margin": float(m.mean())}

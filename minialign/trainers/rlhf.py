@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .common import Batch, Method, kl_estimates, leave_one_out_baseline, weighted_surrogate
+from ..logspace import log_normalise
 from ..tensor import Tensor
 
 KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss")
@@ -148,10 +149,8 @@ class Reinforce(Method):
 def kl_control_optimum(log_ref, rewards, beta):
     """Eq. (5.6)–(5.7): π* = a·e^{r/β}/Z exactly on an enumeration; returns (log π*, β log Z = max J)."""
     log_ref, rewards = np.asarray(log_ref, np.float64), np.asarray(rewards, np.float64)
-    s = log_ref + rewards / beta
-    m = s[np.isfinite(s)].max()
-    log_z = m + np.log(np.exp(s - m).sum())
-    return s - log_z, beta * log_z
+    log_pi_star, log_z = log_normalise(log_ref + rewards / beta)
+    return log_pi_star, beta * float(log_z)
 
 
 def kl_control_objective(p, p_ref, rewards, beta) -> float:
