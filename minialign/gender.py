@@ -30,6 +30,7 @@ import numpy as np
 from . import functional as F
 from .data import DATA_DIR, NamesCorpus, load_names, split
 from .io import load, save
+from .loop import fit
 from .nn import Module, Parameter
 from .optim import AdamW
 from .tensor import Tensor, no_grad
@@ -112,9 +113,9 @@ class GenderClassifier(Module):
     @classmethod
     def fit(cls, corpus: NamesCorpus | None = None, *, hidden: int = 16, steps: int = 400, batch_size: int = 256,
             lr: float = 1e-2, weight_decay: float = 0.05, val_fraction: float = 0.1, split_seed: int = 0,
-            seed: int = 0) -> "GenderClassifier":
+            seed: int = 0, progress: bool = False) -> "GenderClassifier":
         """Train on the census labels of the train split (``data.split``) by minimising the cross-entropy
-        −log p(label | name) with AdamW; ``.metrics`` then holds train and held-out accuracy, the held-out
+        −log p(label | name) with AdamW, through the one loop of ``minialign.loop``; ``.metrics`` then holds train and held-out accuracy, the held-out
         balanced accuracy (mean of the per-class recalls), the majority-class baseline and the seconds taken.
         """
         corpus = load_names() if corpus is None else corpus
@@ -127,12 +128,16 @@ class GenderClassifier(Module):
         labels = np.array([corpus.is_female(n) for n in train_names], dtype=np.int64)
         opt = AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
         rng = np.random.default_rng(seed)
-        for _ in range(int(steps)):
+
+        def step(i):
             rows = rng.integers(0, len(labels), int(batch_size))
             loss = F.cross_entropy(model(ids[rows], mask[rows]), labels[rows])
             opt.zero_grad()
             loss.backward()
             opt.step()
+            return {"loss": loss.item()}
+
+        fit(step, int(steps), model=model, optimizer=opt, progress=progress, desc="gender classifier")
         val_labels = np.array([corpus.is_female(n) for n in val_names], dtype=bool)
         val_pred = model.prob_female(val_names) > 0.5
         model.metrics = {
@@ -164,9 +169,10 @@ class GenderClassifier(Module):
         return float(np.mean((self.prob_female(names) > 0.5) == is_female))
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path) -> Path:
+    def save(self, path, weights=None, **extra) -> Path:
+        weights = self.state_dict() if weights is None else weights
         return save(path, {"kind": "gender-classifier", "hidden": self.hidden, "seed": self.seed,
-                           "metrics": json.dumps(self.metrics), "weights": self.state_dict()})
+                           "metrics": json.dumps(self.metrics), "weights": weights, **extra})
 
     @classmethod
     def load(cls, path) -> "GenderClassifier":

@@ -232,10 +232,11 @@ class GPT(Module):
         return out, logprob
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, path, **extra):
-        """Write config and weights (and any extra arrays or dicts) to an ``.npz`` checkpoint, atomically."""
-        return save(path, {"config": json.dumps(asdict(self.config)), "seed": self.seed,
-                           "weights": self.state_dict(), **extra})
+    def save(self, path, weights=None, **extra):
+        """Write config and weights (the model's own, or ``weights`` captured earlier) and any extra arrays or
+        dicts to an ``.npz`` checkpoint, atomically."""
+        weights = self.state_dict() if weights is None else weights
+        return save(path, {"config": json.dumps(asdict(self.config)), "seed": self.seed, "weights": weights, **extra})
 
     @classmethod
     def load(cls, path) -> "GPT":

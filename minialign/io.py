@@ -1,9 +1,11 @@
 """Checkpoints as ``.npz``: written atomically (a temporary file, then a rename), read without unpickling."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,8 @@ def atomic_write(path, write, binary: bool = True) -> Path:
     appears whole or not at all, and an interrupted write leaves any earlier file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a write that was killed
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
@@ -70,13 +74,40 @@ def atomic_write(path, write, binary: bool = True) -> Path:
     return path
 
 
+class NotACheckpoint(ValueError):
+    """The file exists but is not a checkpoint that :func:`save` wrote."""
+
+
 def load(path) -> dict:
-    """Read a checkpoint written by :func:`save` back into a nested dict (never unpickling anything)."""
+    """Read a checkpoint written by :func:`save` back into a nested dict (never unpickling anything).
+
+    A missing path is a FileNotFoundError; a directory, an empty, truncated or corrupted file, or a file of
+    another kind is a :class:`NotACheckpoint` that names the path and what was found.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise NotACheckpoint(f"{path} is a directory, not a minialign checkpoint (an .npz file)")
+    try:
+        return _read(path)
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+        if path.stat().st_size == 0:
+            why = "the file is empty"
+        elif not zipfile.is_zipfile(path):
+            why = "it is not an .npz archive"
+        elif "pickle" in str(e):
+            why = "it holds Python objects, which minialign never loads"
+        else:
+            why = f"it is damaged or truncated: {type(e).__name__}"
+        raise NotACheckpoint(f"{path} is not a minialign checkpoint ({why})") from None
+
+
+def _read(path) -> dict:
     out: dict = {}
     with np.load(path, allow_pickle=False) as data:
+        if not hasattr(data, "files"):
+            raise ValueError("a single array, not an archive")
         for name in data.files:
             value = data[name]
             if value.ndim == 0:
@@ -89,19 +120,10 @@ def load(path) -> dict:
     return out
 
 
-def resume(path, model, optimizer):
-    """If a checkpoint exists at ``path``, load its weights and optimizer state into ``model`` and
-    ``optimizer`` and return the whole state (step, history, …); otherwise return None."""
-    if path is None or not Path(path).exists():
-        return None
-    state = load(path)
-    model.load_state_dict(state["weights"])
-    optimizer.load_state_dict(state["optim"])
-    return state
-
-
-def dumps_config(config) -> str:
-    """A dataclass config as a JSON string, for storing beside the weights."""
-    from dataclasses import asdict
-
-    return json.dumps(asdict(config), sort_keys=True)
+def fingerprint(model) -> str:
+    """A short hash of a model's weights (names, shapes, dtypes and bytes): the identity of a base model."""
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(f"{name}{value.shape}{value.dtype}".encode())
+        h.update(np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()[:16]

@@ -46,10 +46,14 @@ class Module:
     def parameters(self):
         return [p for _, p in self.named_parameters()]
 
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(prefix + name + ".")
+
     def modules(self):
-        yield self
-        for _, child in self.named_children():
-            yield from child.modules()
+        for _, m in self.named_modules():
+            yield m
 
     def train(self, mode: bool = True):
         for m in self.modules():

@@ -1,16 +1,14 @@
-"""Pretraining the GPT on names by maximum likelihood (chapter 02), with validation, checkpoints and resume."""
+"""Pretraining the GPT on names by maximum likelihood (chapter 02), through the one loop (``minialign.loop``)."""
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .data import CharTokenizer, bigram_nll, load_names, split
 from .gpt import GPT, GPTConfig
-from .io import resume
+from .loop import fit
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tensor import no_grad
 
@@ -27,6 +25,20 @@ class PretrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 250
     seed: int = 0
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"{name} must be a positive whole number; got {v!r}")
+        for name in ("lr", "min_lr", "grad_clip"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0; got {v!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number ≥ 0; got {self.weight_decay!r}")
+        if int(self.warmup) != self.warmup or self.warmup < 0:
+            raise ValueError(f"warmup must be a whole number ≥ 0; got {self.warmup!r}")
 
 
 def names_dataset(block_size: int, val_fraction: float = 0.1, seed: int = 0):
@@ -53,66 +65,67 @@ def evaluate(model: GPT, ids, batch_size: int = 512) -> float:
     return total / count
 
 
-def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print):
+def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print, fresh: bool = False):
     """Train a GPT on the names corpus; returns (model, history). Resumes from ``out`` if a checkpoint exists.
 
-    Every ``eval_every`` steps the validation loss is measured and the checkpoint (weights, optimizer state,
-    step, history) is written atomically, so an interrupted run loses at most that many steps.
+    Every ``eval_every`` steps the validation loss is measured and the checkpoint is written; an interrupted run
+    saves the state after its last finished step (``minialign.loop``). Batches are drawn from a generator seeded
+    with ``seed`` and reseeded with (seed, step) after every evaluation.
     """
-    from tqdm.auto import tqdm
-
     tok, train_ids, val_ids = names_dataset(cfg.model.block_size, seed=cfg.seed)
     if cfg.model.vocab_size != tok.vocab_size:
         raise ValueError(f"model vocab_size {cfg.model.vocab_size} does not match the tokenizer's {tok.vocab_size}")
     model = GPT(cfg.model, seed=cfg.seed)
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    rng = np.random.default_rng(cfg.seed)
-    history = {"step": [], "train_loss": [], "val_loss": []}
-    start = 0
-    out = Path(out) if out else None
-    state = resume(out, model, opt)
-    if state is not None:
-        start = int(state["step"])
-        history = json.loads(state["history"])
-        rng = np.random.default_rng([cfg.seed, start])
-        log(f"resumed from {out} at step {start}")
+    rngs = {"batches": np.random.default_rng(cfg.seed)}
+    running = {"loss": None}
 
-    bar = tqdm(range(start, cfg.steps), desc="pretrain", disable=not progress, initial=start, total=cfg.steps)
-    running, done = None, start
+    def step(i):
+        opt.lr = cosine_lr(i, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr)
+        x = train_ids[rngs["batches"].integers(0, len(train_ids), cfg.batch_size)]
+        loss = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        clip_grad_norm(model.parameters(), cfg.grad_clip)
+        opt.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at step {i}; lower --lr")
+        running["loss"] = value if running["loss"] is None else 0.95 * running["loss"] + 0.05 * value
+        done = i + 1
+        if done % cfg.eval_every and done != cfg.steps:
+            return {}
+        rngs["batches"] = np.random.default_rng([cfg.seed, done])
+        return {"step": done, "train_loss": running["loss"], "val_loss": evaluate(model, val_ids)}
 
-    def checkpoint(step):
-        if out is not None:
-            model.save(out, optim=opt.state_dict(), step=step, history=json.dumps(history),
-                       pretrain=json.dumps({k: v for k, v in asdict(cfg).items() if k != "model"}))
+    def on_step(done, metrics):
+        if progress and metrics:
+            from tqdm.auto import tqdm
 
-    try:
-        for step in bar:
-            opt.lr = cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr)
-            x = train_ids[rng.integers(0, len(train_ids), cfg.batch_size)]
-            loss = model.loss(x)
-            opt.zero_grad()
-            loss.backward()
-            clip_grad_norm(model.parameters(), cfg.grad_clip)
-            opt.step()
-            done = step + 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"training loss became {value} at step {step}")
-            running = value if running is None else 0.95 * running + 0.05 * value
-            bar.set_postfix(loss=f"{running:.3f}")
-            if done % cfg.eval_every == 0 or done == cfg.steps:
-                val = evaluate(model, val_ids)
-                history["step"].append(done)
-                history["train_loss"].append(running)
-                history["val_loss"].append(val)
-                if progress:
-                    bar.write(f"step {done:5d}  train {running:.4f}  val {val:.4f}")
-                checkpoint(done)
-                rng = np.random.default_rng([cfg.seed, done])
-    except KeyboardInterrupt:
-        checkpoint(done)  # the finished steps are kept; `minialign pretrain` resumes from here
-        raise
+            tqdm.write(f"step {done:5d}  train {metrics['train_loss']:.4f}  val {metrics['val_loss']:.4f}")
+
+    identity = {"kind": "pretrain", **{k: v for k, v in asdict(cfg).items()}}
+    history = fit(step, cfg.steps, model=model, optimizer=opt, out=out, identity=identity, rngs=rngs,
+                  state=_Running(running), checkpoint_every=cfg.eval_every, fresh=fresh, progress=progress,
+                  desc="pretrain", show=lambda m: {"loss": f"{running['loss']:.3f}"}, on_step=on_step, say=log)
+    for key in ("step", "train_loss", "val_loss"):
+        history.setdefault(key, [])
+    if history["step"]:
+        history["step"] = [int(s) for s in history["step"]]
     return model, history
+
+
+class _Running:
+    """The smoothed training loss shown on the bar: part of the run's state, so that a resumed run shows the same."""
+
+    def __init__(self, holder):
+        self.holder = holder
+
+    def state(self):
+        return {} if self.holder["loss"] is None else {"loss": self.holder["loss"]}
+
+    def load_state(self, state):
+        self.holder["loss"] = float(state["loss"]) if "loss" in state else None
 
 
 def bigram_baseline(block_size: int = 12, seed: int = 0) -> float:

@@ -30,6 +30,7 @@ from .data import CharTokenizer
 from .gpt import GPT, GPTConfig
 from .io import atomic_write, load, save
 from .logspace import sigmoid, softplus
+from .loop import fit
 from .nn import Linear, Module
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tensor import Tensor, no_grad
@@ -354,10 +355,11 @@ class RewardModel(Module):
         self.mean, self.std = mean, std
         return mean, std
 
-    def save(self, path) -> Path:
-        """Config, weights and normalisers to an ``.npz`` checkpoint, atomically."""
+    def save(self, path, weights=None, **extra) -> Path:
+        """Config, weights and normalisers (and any extra state) to an ``.npz`` checkpoint, atomically."""
+        weights = self.state_dict() if weights is None else weights
         return save(path, {"kind": "reward_model", "config": json.dumps(asdict(self.config)), "seed": self.seed,
-                           "weights": self.state_dict(), "mean": float(self.mean), "std": float(self.std)})
+                           "weights": weights, "mean": float(self.mean), "std": float(self.std), **extra})
 
     @classmethod
     def load(cls, path) -> "RewardModel":
@@ -392,15 +394,14 @@ def evaluate_pairs(model: RewardModel, pairs: PreferencePairs) -> tuple[float, f
 def fit_reward_model(pairs_train: PreferencePairs, pairs_val: PreferencePairs, config: GPTConfig | None = None,
                      steps: int = 300, lr: float = 3e-3, seed: int = 0, progress: bool = True, batch_size: int = 64,
                      init_from: GPT | None = None, eval_every: int = 50, weight_decay: float = 0.1):
-    """Fit r_θ by minimising the Bradley–Terry loss, Eq. (5.3), with AdamW on random batches of pairs.
+    """Fit r_θ by minimising the Bradley–Terry loss, Eq. (5.3), with AdamW on random batches of pairs (through the
+    one loop of ``minialign.loop``).
 
     ``config`` sets the trunk (default :func:`default_config`); ``init_from`` copies a pretrained GPT's
     trunk instead (its config is then used). Returns (model, history) where history holds ``step``,
     ``train_loss`` (per step), and ``eval_step``, ``val_loss``, ``val_accuracy`` every ``eval_every`` steps
     and at the end, and ``seconds``. The model comes back unnormalised: call :meth:`RewardModel.normalise`.
     """
-    from tqdm.auto import tqdm
-
     if len(pairs_train) == 0 or len(pairs_val) == 0:
         raise ValueError(f"need training and validation pairs; got {len(pairs_train)} and {len(pairs_val)}")
     if steps < 1 or batch_size < 1:
@@ -419,13 +420,11 @@ def fit_reward_model(pairs_train: PreferencePairs, pairs_val: PreferencePairs, c
                              "with its EOS")
     opt = AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
     rng = np.random.default_rng([seed, 2])
-    history = {"step": [], "train_loss": [], "eval_step": [], "val_loss": [], "val_accuracy": []}
     warmup = max(1, steps // 20)
     start = time.perf_counter()
-    bar = tqdm(range(steps), desc="reward model", disable=not progress)
-    running = None
-    for step in bar:
-        opt.lr = cosine_lr(step, steps, lr, warmup, lr / 10)
+
+    def step(i):
+        opt.lr = cosine_lr(i, steps, lr, warmup, lr / 10)
         batch = pairs_train[rng.integers(0, len(pairs_train), batch_size)]
         r_w, r_l = _pair_rewards(model, batch, tok)
         loss = bradley_terry_loss(r_w, r_l)
@@ -435,15 +434,19 @@ def fit_reward_model(pairs_train: PreferencePairs, pairs_val: PreferencePairs, c
         opt.step()
         value = loss.item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"Bradley–Terry loss became {value} at step {step}")
-        history["step"].append(step + 1)
-        history["train_loss"].append(value)
-        running = value if running is None else 0.9 * running + 0.1 * value
-        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            raise FloatingPointError(f"Bradley–Terry loss became {value} at step {i}")
+        metrics = {"step": i + 1, "train_loss": value}
+        if (i + 1) % eval_every == 0 or i + 1 == steps:
             val_loss, val_acc = evaluate_pairs(model, pairs_val)
-            history["eval_step"].append(step + 1)
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_acc)
-            bar.set_postfix(loss=f"{running:.3f}", val_acc=f"{val_acc:.3f}")
+            metrics.update(eval_step=i + 1, val_loss=val_loss, val_accuracy=val_acc)
+        return metrics
+
+    def show(m):
+        return {"loss": f"{m['train_loss']:.3f}", **({"val_acc": f"{m['val_accuracy']:.3f}"} if "val_accuracy" in m else {})}
+
+    history = {"step": [], "train_loss": [], "eval_step": [], "val_loss": [], "val_accuracy": []}
+    fit(step, steps, model=model, optimizer=opt, history=history, progress=progress, desc="reward model", show=show)
+    for key in ("step", "eval_step"):
+        history[key] = [int(s) for s in history[key]]
     history["seconds"] = time.perf_counter() - start
     return model, history

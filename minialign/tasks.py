@@ -1,16 +1,22 @@
 """The names tasks: the base model, rewards and EBM targets on names, wired to the trainers.
 
 Each ``run_*`` function builds one method on the committed base model, trains it on the shared path of
-``trainers/common.py``, and returns the trained policy with its history. The command line and the tour call
-these; the math lives in the trainers, ``rewards.py`` and ``ebm.py``.
+``trainers/common.py``, and returns the trained policy with its history. The ingredients the methods need —
+preference pairs, a reward model, an EBM fitted to constraints — are made here too, once, so that the
+command line, the tour and the notebooks make them the same way. The math lives in the trainers,
+``rewards.py`` and ``ebm.py``; the registry of methods that the faces use is ``registry.py``.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from .data import DATA_DIR, CharTokenizer, load_names
 from .gpt import GPT
-from .trainers.common import TrainConfig, frozen_copy, self_bleu, train
+from .io import fingerprint
+from .metrics import self_bleu
+from .trainers.common import TrainConfig, logprobs, train, trainable_copy
 
 BASE_CHECKPOINT = DATA_DIR / "base.npz"
 
@@ -26,19 +32,48 @@ def load_base(path=None) -> GPT:
     return model.eval()
 
 
-def trainable_copy(model: GPT) -> GPT:
-    policy = frozen_copy(model)
-    for p in policy.parameters():
-        p.requires_grad = True
-    return policy.eval()  # trainable, but with dropout off: the trainers need the model's own log π
-
-
 def check_same_vocabulary(reward_model, policy) -> None:
     """A reward model reads the policy's samples through its own embedding table: the vocabularies must match."""
     v_r, v_p = reward_model.config.vocab_size, policy.config.vocab_size
     if v_r != v_p:
         raise ValueError(f"the reward model has a vocabulary of {v_r} tokens but the policy has {v_p}; "
                          "they must read the same tokens")
+
+
+# ------------------------------------------------------------------------------------------- ingredients
+def split_pairs(pairs):
+    """The training pairs and the held-out last quarter (at least one pair), the split every face uses."""
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 preference pairs to hold some out; got {len(pairs)}")
+    return pairs.split(max(len(pairs) // 4, 1))
+
+
+class RewardFit(NamedTuple):
+    """A reward model fitted to preference pairs, with how well it ranks the held-out pairs."""
+
+    model: object
+    accuracy: float
+    ceiling: object  # rewards.Ceiling: what r* itself reaches on the same pairs
+    n_train: int
+    n_val: int
+
+    def __str__(self) -> str:
+        return (f"reward model: held-out pair accuracy {self.accuracy:.3f} on {self.n_val} pairs (annotator ceiling: "
+                f"expected {self.ceiling.expected:.3f}, realised {self.ceiling.realised:.3f}); trained on "
+                f"{self.n_train} pairs")
+
+
+def fit_names_reward_model(base, pairs, seed=0, steps=300, normalise_samples=4096, progress=True) -> RewardFit:
+    """Eq. (5.3) on names: fit a reward model to the training part of ``pairs``, measure it on the held-out part,
+    and normalise it to mean 0 and standard deviation 1 under the base model."""
+    from .rewards import annotator_ceiling, evaluate_pairs, fit_reward_model
+
+    train_pairs, val_pairs = split_pairs(pairs)
+    rm, _ = fit_reward_model(train_pairs, val_pairs, steps=steps, seed=seed, progress=progress)
+    _, acc = evaluate_pairs(rm, val_pairs)
+    ceiling = annotator_ceiling(val_pairs)
+    rm.normalise(base, n=normalise_samples, seed=seed)
+    return RewardFit(rm, acc, ceiling, len(train_pairs), len(val_pairs))
 
 
 def names_reward(reward) -> callable:
@@ -59,7 +94,7 @@ def ebm_target(ebm) -> callable:
 
 def calibrated_target(ebm, rate: float = 0.1):
     """The EBM's tilt with λ following the policy's own moments (Eq. 6.11), starting from the EBM's λ."""
-    from .trainers.gdc import MomentCalibration
+    from .trainers.proposal import MomentCalibration
 
     if not ebm.k or ebm.mu_bar is None:
         raise ValueError("moment calibration needs distributional constraints with target moments μ̄ "
@@ -102,12 +137,16 @@ def constraint_metrics(ebm=None, reward=None):
     return fn
 
 
-def _train(method, policy, cfg, out, metrics_fn, progress):
-    return train(method, policy, cfg, out=out, corpus=load_names(), metrics_fn=metrics_fn, progress=progress)
+# ------------------------------------------------------------------------------------------- runs
+def _train(method, policy, cfg, base, out, metrics_fn, progress, fresh, identity):
+    run = {"base": fingerprint(base), **(identity or {})}
+    return train(method, policy, cfg or TrainConfig(), out=out, corpus=load_names(), metrics_fn=metrics_fn,
+                 progress=progress, identity=run, fresh=fresh)
 
 
 def run_rlhf(reward, beta=0.1, kl="k1_seq", algo="rloo", kl_target=None, cfg: TrainConfig | None = None,
-             base=None, out=None, progress=True):
+             base=None, out=None, progress=True, fresh=False, identity=None):
+    """RLHF (chapter 05) against ``reward`` (names → rewards) on the base model."""
     from .trainers.rlhf import RLHF
 
     base = base or load_base()
@@ -117,11 +156,13 @@ def run_rlhf(reward, beta=0.1, kl="k1_seq", algo="rloo", kl_target=None, cfg: Tr
     policy = trainable_copy(base)
     method = RLHF(base, names_reward(reward), beta=beta, kl=kl, algo=algo, kl_target=kl_target,
                   tokenizer=CharTokenizer())
-    history = _train(method, policy, cfg or TrainConfig(), out, constraint_metrics(reward=reward), progress)
+    history = _train(method, policy, cfg, base, out, constraint_metrics(reward=reward), progress, fresh, identity)
     return policy, history
 
 
-def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None, progress=True):
+def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False,
+            identity=None):
+    """DPO (chapter 05) on preference pairs of names."""
     from .trainers.dpo import DPO
 
     base = base or load_base()
@@ -130,12 +171,13 @@ def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None
     method = DPO(base, tok.encode_batch(list(pairs.chosen), length), tok.encode_batch(list(pairs.rejected), length),
                  beta=beta)
     policy = trainable_copy(base)
-    history = train(method, policy, cfg or TrainConfig(), out=out, progress=progress)
+    run = {"base": fingerprint(base), **(identity or {})}
+    history = train(method, policy, cfg or TrainConfig(), out=out, progress=progress, identity=run, fresh=fresh)
     return policy, history
 
 
 def run_gdc(ebm, proposal="adaptive", baseline=False, calibrate: float | None = None, cfg: TrainConfig | None = None,
-            base=None, out=None, progress=True):
+            base=None, out=None, progress=True, fresh=False, identity=None):
     """GDC towards the EBM; with ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.11) and the
     history records it as ``lambda_i``."""
     from .trainers.gdc import DPG
@@ -144,18 +186,20 @@ def run_gdc(ebm, proposal="adaptive", baseline=False, calibrate: float | None = 
     policy = trainable_copy(base)
     target = ebm_target(ebm) if calibrate is None else calibrated_target(ebm, calibrate)
     method = DPG(base, policy, target, proposal=proposal, baseline=baseline, tokenizer=CharTokenizer())
-    history = _train(method, policy, cfg or TrainConfig(), out, constraint_metrics(ebm=ebm), progress)
+    history = _train(method, policy, cfg, base, out, constraint_metrics(ebm=ebm), progress, fresh, identity)
     return policy, history
 
 
 def run_fdpg(f, target_fn, ebm=None, reward=None, proposal="policy", cfg: TrainConfig | None = None, base=None,
-             out=None, progress=True):
+             out=None, progress=True, fresh=False, identity=None):
+    """f-DPG (chapter 07) towards ``target_fn`` (batch → log P)."""
     from .trainers.fdpg import FDPG
 
     base = base or load_base()
     policy = trainable_copy(base)
     method = FDPG(base, policy, target_fn, f=f, proposal=proposal, tokenizer=CharTokenizer())
-    history = _train(method, policy, cfg or TrainConfig(), out, constraint_metrics(ebm=ebm, reward=reward), progress)
+    history = _train(method, policy, cfg, base, out, constraint_metrics(ebm=ebm, reward=reward), progress, fresh,
+                     identity)
     return policy, history
 
 
@@ -205,8 +249,6 @@ def compare_reinforce(feature, level, base, n_eval=1000, seed=0, batch_size=128,
 def fresh_samples(policy, base, n=1000, seed=0):
     """n fresh samples of π with the Monte-Carlo estimate of KL(π‖a) = E_π[log π − log a] and its standard
     error: ``(names, kl, se)``."""
-    from .trainers.common import logprobs
-
     ids, log_pi = policy.generate(n, rng=seed)
     diff = np.asarray(log_pi, np.float64) - logprobs(base, ids)
     return CharTokenizer().decode_batch(ids), float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))

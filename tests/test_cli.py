@@ -19,15 +19,19 @@ def test_pretrain_prints_both_losses_writes_a_checkpoint_and_resumes(tmp_path, c
     text = capsys.readouterr().out
     assert "validation loss  GPT" in text and "bigram (counts)" in text
     assert out.exists()
-    assert main(args[:2] + ["8"] + args[3:]) == 0
-    assert "resumed from" in capsys.readouterr().out
+    assert main(args) == 0  # the same command again: the run is complete
+    assert "already complete (6 of 6 steps)" in capsys.readouterr().out
+    assert main(args[:2] + ["8"] + args[3:]) == 2  # the cosine schedule depends on --steps: another run
+    assert "steps: 6 in the checkpoint, 8 now" in capsys.readouterr().err
     assert main(["sample", "--checkpoint", str(out), "-n", "4", "--top-k", "5"]) == 0
     assert len([l for l in capsys.readouterr().out.splitlines() if "log π" in l]) == 4
 
 
 def test_cli_reports_errors_without_a_traceback(tmp_path, capsys):
-    assert main(["sample", "--checkpoint", str(tmp_path / "none.npz")]) == 2
-    assert "no checkpoint at" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        main(["sample", "--checkpoint", str(tmp_path / "none.npz")])
+    assert stop.value.code == 2
+    assert "argument --checkpoint: no file at" in capsys.readouterr().err
     assert main(["pretrain", "--n-embd", "10", "--n-head", "4", "--out", str(tmp_path / "x.npz")]) == 2
     assert "must be divisible" in capsys.readouterr().err
 

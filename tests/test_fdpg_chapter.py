@@ -151,10 +151,11 @@ def test_gdcpp_is_fdpg_reverse_kl_with_the_constant_baseline_one():
     batch = sample_batch(q, 128, np.random.default_rng(0), ref=a)
     assert len(np.unique(lab.index_of(batch.tokens))) >= 5  # a batch with several distinct sequences
     fd = FDPG(a, policy, target, f="reverse_kl", proposal="fixed", baseline=False, log_z=log_z)
-    _, c_f, (_, _, logp_pi, R) = fd.coefficients(policy, batch)
+    s, c_f, R = fd.coefficients(policy, batch)
+    logp_pi = s.logp_pi
     rho = np.exp(logp_pi - batch.log_q)
-    _, c_dpg, _ = DPG(a, policy, target, proposal="fixed", baseline=False, log_z=log_z).coefficients(policy, batch)
-    _, c_pp, _ = DPG(a, policy, target, proposal="fixed", baseline=True, log_z=log_z).coefficients(policy, batch)
+    _, c_dpg = DPG(a, policy, target, proposal="fixed", baseline=False, log_z=log_z).coefficients(policy, batch)
+    _, c_pp = DPG(a, policy, target, proposal="fixed", baseline=True, log_z=log_z).coefficients(policy, batch)
     np.testing.assert_allclose(c_f, c_dpg, rtol=1e-10)  # DPG: P/(Zq)
     np.testing.assert_allclose(batch.weights * rho * (R - 1.0), c_pp, rtol=1e-9, atol=1e-14)  # GDC++
     assert np.abs(c_pp - c_dpg).max() > 0.1 * np.abs(c_dpg).max()  # the baseline is no rounding-level change
@@ -302,8 +303,8 @@ def test_kl_adaptive_proposal_estimates_are_exact_on_exact_batches_and_replace_q
     method = FDPG(a, policy, target, f="js", proposal="adaptive", log_z=log_z)
     batch = exact_batch(lab, method.q, ref=a)  # q = a frozen copy of the initial π
     metrics = {}
-    _, _, (lp, lz, logp_pi, _) = method.coefficients(policy, batch)
-    method.adapt(policy, batch, lp, lz, logp_pi, metrics)
+    scored, _, _ = method.coefficients(policy, batch)
+    method.adapt(policy, batch, scored, metrics)
     p, pi, q = np.exp(log_p), lab.distribution(policy), lab.distribution(method.q)
     np.testing.assert_allclose(metrics["kl_p_pi_est"], lab.divergence("kl", p, pi), rtol=1e-9)
     np.testing.assert_allclose(metrics["kl_p_q_est"], lab.divergence("kl", p, q), rtol=1e-9)

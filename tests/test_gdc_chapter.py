@@ -21,6 +21,7 @@ from minialign.ebm import dual, fit_lambda_exact, log_scores
 from minialign.lab import ExactLab, fdiv_to_target
 from minialign.trainers.common import exact_batch, sample_batch
 from minialign.trainers.gdc import DPG
+from minialign.trainers.proposal import Scored
 from test_gpt import tiny_gpt
 from test_trainers_exact import autograd_of, exact_grad, lab_fn
 
@@ -198,7 +199,7 @@ def test_dpg_expected_gradient_is_minus_grad_forward_kl_from_any_proposal(baseli
 
 def test_importance_sampling_estimates_of_z_and_forward_kl_converge():
     """Eq. (6.10): Ẑ = mean_q[P/q] and KL̂(p‖π) = mean_q[(P/(Ẑq))(log P − log Ẑ − log π)] from samples of q
-    (as ProposalMixin.adapt computes them) converge to the exact log Z and KL(p‖π): error within 5 standard
+    (as ProposalMethod.adapt computes them) converge to the exact log Z and KL(p‖π): error within 5 standard
     errors (delta method, estimated from the sample) at n = 20 000, and shrinking from n = 500."""
     a, lab, log_a, b, phi, mu_bar = lab_instance(2)
     policy = tiny_gpt(5, vocab_size=4, block_size=5, scale=0.5)
@@ -220,7 +221,7 @@ def test_importance_sampling_estimates_of_z_and_forward_kl_converge():
         # the trainer's own estimate on the same batch
         method = DPG(a, a, lab_fn(lab, scores), proposal="fixed")
         metrics = {}
-        method.adapt(policy, batch, scores[idx], np.log(z_hat), log_pi_all[idx], metrics)
+        method.adapt(policy, batch, Scored(None, log_pi_all[idx], scores[idx], np.log(z_hat)), metrics)
         np.testing.assert_allclose(metrics["kl_p_pi_est"], kl_hat, rtol=1e-10)
         se_z = r.std() / np.sqrt(n) / z_hat  # relative SE of Ẑ ≈ SE of log Ẑ
         se_kl = np.sqrt(np.mean((r / z_hat * (terms - kl_hat)) ** 2) / n)

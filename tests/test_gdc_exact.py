@@ -8,7 +8,8 @@ from minialign.lab import ExactLab, fdiv_to_target
 from minialign.optim import AdamW
 from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sample_batch, train
 from minialign.trainers.fdpg import FDPG
-from minialign.trainers.gdc import DPG, MomentCalibration
+from minialign.trainers.gdc import DPG
+from minialign.trainers.proposal import MomentCalibration
 from minialign.trainers.rlhf import Reinforce
 from test_gpt import tiny_gpt
 from test_trainers_exact import autograd_of, exact_grad, lab_fn
@@ -220,7 +221,7 @@ def test_calibration_rejects_bad_input():
     log_base = lab_fn(lab, log_a)
     with pytest.raises(ValueError, match="λ has 2 entries but μ̄ has 1"):
         MomentCalibration(log_base, None, [0.0, 1.0], [0.5])
-    with pytest.raises(ValueError, match="rate η must be > 0"):
+    with pytest.raises(ValueError, match="rate η must be a finite number > 0"):
         MomentCalibration(log_base, None, [0.0], [0.5], rate=0.0)
     with pytest.raises(ValueError, match="finite"):
         MomentCalibration(log_base, None, [np.nan], [0.5])
@@ -259,5 +260,5 @@ def test_a_calibrated_run_resumes_where_it_stopped(tmp_path):
     assert resumed.value == whole.value
     policy = trainable(a)
     plain = DPG(a, policy, lab_fn(lab, np.log(lab.distribution(a))), proposal="adaptive")
-    with pytest.raises(ValueError, match="with λ calibration"):
+    with pytest.raises(ValueError, match="written by a different run .calibration: .*in the checkpoint, None now"):
         train(plain, policy, TrainConfig(steps=7, batch_size=32, seed=0), out=tmp_path / "part.npz", progress=False)

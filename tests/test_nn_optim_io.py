@@ -151,7 +151,7 @@ def test_checkpoints_never_hold_pickles(tmp_path):
     with pytest.raises(TypeError, match="expected an array, a number, a string"):
         save(tmp_path / "c.npz", {"x": object()})
     np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object))  # a pickled entry written by someone else
-    with pytest.raises(ValueError, match="allow_pickle"):
+    with pytest.raises(ValueError, match="is not a minialign checkpoint .it holds Python objects"):
         load(tmp_path / "evil.npz")
     with pytest.raises(ValueError, match=r"checkpoints are .npz files"):
         save(tmp_path / "c.pkl", {"x": np.ones(1)})

@@ -6,7 +6,8 @@ from minialign import tasks
 from minialign.cli import main
 from minialign.ebm import feature, fit_names_ebm, parse_constraint
 from minialign.rewards import true_reward
-from minialign.trainers.common import TrainConfig, distinct_n, self_bleu
+from minialign.metrics import distinct_n, self_bleu
+from minialign.trainers.common import TrainConfig
 
 CFG = TrainConfig(steps=4, batch_size=16, lr=3e-4, seed=0, checkpoint_every=2)
 
@@ -88,19 +89,27 @@ def test_a_reward_model_with_another_vocabulary_is_refused(base):
         tasks.run_rlhf(rm.score, cfg=CFG, base=base, progress=False)
 
 
+def exit_code(args) -> int:
+    """The command line's exit status, whether it returned it or argparse stopped with it."""
+    try:
+        return main(args)
+    except SystemExit as e:
+        return e.code
+
+
 def test_align_reports_bad_input_clearly(tmp_path, capsys):
-    assert main(["align", "rlhf", "--beta", "0", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
-    assert "--beta must be positive" in capsys.readouterr().err
-    assert main(["align", "gdc", "--constraint", "nosuch=0.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert exit_code(["align", "rlhf", "--beta", "0", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert "argument --beta: expected a number > 0; got '0'" in capsys.readouterr().err
+    assert exit_code(["align", "gdc", "--constraint", "nosuch=0.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "nosuch" in capsys.readouterr().err
-    assert main(["align", "gdc", "--constraint", "female=1.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert exit_code(["align", "gdc", "--constraint", "female=1.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "[0, 1]" in capsys.readouterr().err
-    assert main(["align", "fdpg", "--f", "bogus", "--constraint", "female=0.5", "--ebm-samples", "500", "--steps", "1",
-                 "--out", str(tmp_path / "x.npz")]) == 2
+    assert exit_code(["align", "fdpg", "--f", "bogus", "--constraint", "female=0.5", "--ebm-samples", "500",
+                      "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "bogus" in capsys.readouterr().err
     bad = tmp_path / "pairs.csv"
     bad.write_text("winner,loser\nanna,bob\n")
-    assert main(["align", "dpo", "--pairs", str(bad), "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert exit_code(["align", "dpo", "--pairs", str(bad), "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "chosen" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()  # no half-written checkpoint after a refused run
 

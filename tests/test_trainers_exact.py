@@ -12,6 +12,7 @@ from minialign.lab import ExactLab, fdiv_to_target
 from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sample_batch, train
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
+from minialign.trainers.policy_gradient import checked_rewards
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
 from test_gpt import tiny_gpt
 
@@ -206,18 +207,18 @@ def test_monte_carlo_coefficients_agree_sample_by_sample():
     fk = FDPG(a, policy, target, f="kl", baseline=False)
     rl = RLHF(a, lab_fn(lab, r), beta=beta, kl="k1_seq", algo="reinforce")
     _, c_f, _ = fk.coefficients(policy, batch)
-    r_batch = rl.rewards(batch)
+    r_batch = checked_rewards(rl.reward_fn, batch)
     c_r = batch.weights * (r_batch - beta * (batch.log_q - batch.log_ref))
     shift = c_f - c_r / beta
     assert np.ptp(shift / batch.weights) < 1e-8  # one constant per sample: log Z + 1 (estimated)
     _, c_fr, _ = FDPG(a, policy, target, f="reverse_kl", baseline=False).coefficients(policy, batch)
-    _, c_d, _ = DPG(a, policy, target, proposal="policy").coefficients(policy, batch)
+    _, c_d = DPG(a, policy, target, proposal="policy").coefficients(policy, batch)
     np.testing.assert_allclose(c_fr, c_d, rtol=1e-10)
 
 
 def test_bad_inputs_raise_clear_errors():
     a, policy, lab, r, beta = setup(11)
-    with pytest.raises(ValueError, match="beta must be positive"):
+    with pytest.raises(ValueError, match="beta must be a finite number > 0"):
         RLHF(a, lab_fn(lab, r), beta=0.0)
     with pytest.raises(ValueError, match="unknown KL mode"):
         RLHF(a, lab_fn(lab, r), kl="k4")

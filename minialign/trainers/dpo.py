@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import Batch, Method, logprobs
 from .. import functional as F
+from .common import Batch, Method, logprobs
 from ..tensor import Tensor
 
 
@@ -19,8 +19,8 @@ class DPO(Method):
 
     def __init__(self, ref, chosen, rejected, beta: float = 0.1):
         chosen, rejected = np.asarray(chosen), np.asarray(rejected)
-        if not beta > 0:
-            raise ValueError(f"beta must be positive; got {beta}")
+        if not (beta > 0 and np.isfinite(beta)):
+            raise ValueError(f"beta must be a finite number > 0; got {beta}")
         if chosen.shape != rejected.shape or chosen.ndim != 2 or len(chosen) == 0:
             raise ValueError(f"chosen and rejected must be token arrays of one shape [pairs, L]; got {chosen.shape} "
                              f"and {rejected.shape}")
@@ -42,3 +42,6 @@ class DPO(Method):
         loss = -F.log_sigmoid(margin).mean()
         m = margin.numpy()
         return loss, {"pair_accuracy": float((m > 0).mean()), "margin": float(m.mean())}
+
+    def settings(self) -> dict:
+        return {"beta": self.beta, "pairs": len(self.chosen)}

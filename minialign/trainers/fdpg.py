@@ -4,18 +4,20 @@
 
 so f-DPG is REINFORCE with the pseudo-reward R_θ(x) = −f'(Z π_θ(x)/P(x)), computed in log space from
 log π, log P and log Z. Off-policy from a proposal q, each term is weighted by π(x)/q(x). With f = kl
-(D = KL(π‖p)) and P = a e^{r/β} it is KL-control RLHF; with f = reverse_kl (D = KL(p‖π)) it is DPG.
+(D_f(π‖p) = KL(π‖p)) and P = a e^{r/β} it is KL-control RLHF; with f = reverse_kl (D_f(π‖p) = KL(p‖π)) it
+is DPG. The proposal, Z and the KL-adaptive update are the shared ones of ``proposal.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import Batch, Method, weighted_surrogate
-from .gdc import MomentCalibration, ProposalMixin
 from .. import divergences
+from .common import Batch
+from .policy_gradient import leave_one_out_weighted_baseline, weighted_surrogate
+from .proposal import MomentCalibration, ProposalMethod
 
 
-class FDPG(ProposalMixin, Method):
+class FDPG(ProposalMethod):
     """Eq. (7.3)–(7.4): coefficients (π/q)·(R − b) with R = −f'(t), log t = log π − log P + log Z."""
 
     name = "fdpg"
@@ -27,10 +29,9 @@ class FDPG(ProposalMixin, Method):
         self.f = self.fd.name
         if isinstance(target_fn, MomentCalibration):
             raise TypeError("λ calibration is implemented for GDC (DPG) only; give f-DPG a fixed target")
-        self.ref, self.target_fn, self.baseline, self.tokenizer = ref, target_fn, baseline, tokenizer
+        super().__init__(ref, policy_init, target_fn, proposal, log_z, tokenizer)
+        self.baseline, self.log_t_max = baseline, log_t_max
         self.name = f"fdpg-{self.f}"
-        self.log_t_max = log_t_max
-        self._init_proposal(policy_init, proposal, log_z)
 
     def pseudo_reward(self, logp_pi, log_p, log_z) -> np.ndarray:
         """R(x) = −f'(t), t = Z π(x)/P(x), from log t (no overflow); points with P(x) = 0 get the limit
@@ -48,31 +49,21 @@ class FDPG(ProposalMixin, Method):
         return r
 
     def coefficients(self, policy, batch: Batch):
-        logp = policy.sequence_logprob(batch.tokens)
-        logp_pi = logp.numpy().astype(np.float64)
-        batch.extra["logp_pi"] = logp_pi
-        log_p, log_z = self.importance(policy, batch, None)
-        if not np.isfinite(log_z):  # no mass seen yet: this batch carries no signal
-            return logp, np.zeros(len(batch)), (log_p, log_z, logp_pi, np.zeros(len(batch)))
-        reward = self.pseudo_reward(logp_pi, log_p, log_z)
-        rho = np.exp(logp_pi - batch.log_q)  # π(x)/q(x): 1 on-policy
+        """The batch scored against the target, each sample's coefficient w·(π/q)·(R − b), and R − b."""
+        s = self.score(policy, batch)
+        if not np.isfinite(s.log_z):  # no mass seen yet: this batch carries no signal
+            return s, np.zeros(len(batch)), np.zeros(len(batch))
+        reward = self.pseudo_reward(s.logp_pi, s.log_p, s.log_z)
+        rho = np.exp(s.logp_pi - batch.log_q)  # π(x)/q(x): 1 on-policy
         if self.baseline and not batch.exact and len(reward) > 1:
-            # leave-one-out: b_i is the ρ-weighted mean of the other samples' pseudo-rewards, so that b_i does
-            # not depend on x_i and the expected gradient is unchanged (on- and off-policy)
-            b = _others_sum(rho * reward) / np.maximum(_others_sum(rho), 1e-300)
-            reward = reward - b
-        return logp, batch.weights * rho * reward, (log_p, log_z, logp_pi, reward)
+            reward = reward - leave_one_out_weighted_baseline(reward, rho)
+        return s, batch.weights * rho * reward, reward
 
     def loss(self, policy, batch: Batch):
-        logp, coef, (log_p, log_z, logp_pi, reward) = self.coefficients(policy, batch)
+        s, coef, reward = self.coefficients(policy, batch)
         metrics = {"pseudo_reward": float(np.mean(reward[np.isfinite(reward)])) if np.isfinite(reward).any() else 0.0}
-        self.adapt(policy, batch, log_p, log_z, logp_pi, metrics)
-        return weighted_surrogate(logp, coef), metrics
+        self.adapt(policy, batch, s, metrics)
+        return weighted_surrogate(s.logp, coef), metrics
 
-
-def _others_sum(v) -> np.ndarray:
-    """Σ_{j≠i} v_j for every i, from prefix and suffix sums (no cancellation when one v_i dominates)."""
-    v = np.asarray(v, dtype=np.float64)
-    before = np.concatenate([[0.0], np.cumsum(v)[:-1]])
-    after = np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0.0]])
-    return before + after
+    def settings(self) -> dict:
+        return {**super().settings(), "f": self.f, "baseline": self.baseline, "log_t_max": self.log_t_max}

@@ -2,17 +2,20 @@
 
 Policy gradient with a leave-one-out baseline (RLOO) or PPO-clip epochs over each batch; the KL term in the
 reward (k1, per sequence or per token) or in the loss (k2 or k3 per token); β fixed or adapted by the
-controller of Ziegler et al. (2019). The loop, sampling and logging are the shared ones of ``common.py``.
+controller of Ziegler et al. (2019). The pieces are the shared ones of ``policy_gradient.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .common import Batch, Method, kl_estimates, leave_one_out_baseline, weighted_surrogate
 from ..logspace import log_normalise
-from ..tensor import Tensor
+from ..metrics import kl_estimates
+from .common import Batch, Method
+from .policy_gradient import (checked_rewards, kl_loss, kl_to_go, leave_one_out_baseline, ppo_clip_coefficients,
+                              ref_token_logprobs, weighted_surrogate, whiten)
 
 KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss")
+ALGOS = ("rloo", "reinforce", "ppo")
 
 
 class RLHF(Method):
@@ -23,21 +26,23 @@ class RLHF(Method):
     def __init__(self, ref, reward_fn, beta: float = 0.1, kl: str = "k1_seq", algo: str = "rloo",
                  ppo_epochs: int = 4, clip: float = 0.2, kl_target: float | None = None, horizon_k: float = 0.1,
                  tokenizer=None):
-        if not beta > 0:
-            raise ValueError(f"beta must be positive; got {beta}")
+        if not (beta > 0 and np.isfinite(beta)):
+            raise ValueError(f"beta must be a finite number > 0; got {beta}")
         if kl not in KL_MODES:
             raise ValueError(f"unknown KL mode {kl!r}; choose one of {KL_MODES}")
-        if algo not in ("rloo", "reinforce", "ppo"):
-            raise ValueError(f"unknown algorithm {algo!r}; choose 'rloo', 'reinforce' or 'ppo'")
+        if algo not in ALGOS:
+            raise ValueError(f"unknown algorithm {algo!r}; choose one of {ALGOS}")
         if algo == "ppo" and kl != "k1_seq":
             raise ValueError("PPO here takes the KL penalty in the reward per sequence (kl='k1_seq')")
+        if kl_target is not None and not (kl_target > 0 and np.isfinite(kl_target)):
+            raise ValueError(f"kl_target (the adaptive β's target KL) must be a finite number > 0; got {kl_target}")
         self.ref, self.reward_fn, self.beta, self.kl, self.algo = ref, reward_fn, float(beta), kl, algo
         self.ppo_epochs, self.clip, self.kl_target, self.horizon_k = ppo_epochs, clip, kl_target, horizon_k
         self.tokenizer = tokenizer
         self._ppo_batch, self._ppo_left = None, 0
 
-    # PPO: several epochs (optimizer steps) over one batch drawn from π_old
     def draw(self, policy, n, rng) -> Batch:
+        """PPO: several epochs (optimizer steps) over one batch drawn from π_old."""
         if self.algo != "ppo":
             return super().draw(policy, n, rng)
         if self._ppo_left == 0:
@@ -45,74 +50,34 @@ class RLHF(Method):
         self._ppo_left -= 1
         return self._ppo_batch
 
-    def rewards(self, batch: Batch) -> np.ndarray:
-        r = np.asarray(self.reward_fn(batch), dtype=np.float64)
-        if r.shape != (len(batch),):
-            raise ValueError(f"the reward function returned shape {r.shape}; expected ({len(batch)},)")
-        if not np.isfinite(r).all():
-            raise ValueError(f"the reward function returned NaN or inf for {int((~np.isfinite(r)).sum())} samples")
-        return r
-
     def _baseline(self, values, batch):
         if batch.exact or self.algo == "reinforce":
             return np.zeros_like(values)
-        return leave_one_out_baseline(values, batch.weights)
+        return leave_one_out_baseline(values)
 
     def loss(self, policy, batch: Batch):
-        r = self.rewards(batch)
+        r = checked_rewards(self.reward_fn, batch)
         w = batch.weights
         metrics = {"reward": float(np.sum(w * r)), "beta": self.beta, "entropy_est": float(-np.sum(w * batch.log_q))}
         if not batch.exact:
             metrics.update(kl_estimates(batch.log_q, batch.log_ref))
-        if self.kl in ("k1_seq", "k2_loss", "k3_loss"):
-            if self.kl == "k1_seq":  # Eq. (5.8): the sampled k1 = log π(x) − log a(x) enters the reward
-                returns = r - self.beta * (batch.log_q - batch.log_ref)
-            else:
-                returns = r
-            adv = returns - self._baseline(returns, batch)
-            logp_tok = policy.token_logprobs(batch.tokens)  # one forward for both terms
-            logp = logp_tok.sum(axis=1)
-            if self.algo == "ppo":
-                return self._ppo_loss(logp, adv, batch, metrics)
-            loss = weighted_surrogate(logp, w * adv)
-            if self.kl != "k1_seq":
-                loss = loss + self.beta * self._kl_loss(logp_tok, batch)
-            return loss, metrics
-        # k1 per token with rewards-to-go: token t is credited with r − β Σ_{t' ≥ t} (log π_t' − log a_t')
-        logp_tok = policy.token_logprobs(batch.tokens)
-        ref_tok = self._ref_tokens(batch)
-        k1 = logp_tok.numpy().astype(np.float64) - ref_tok
-        to_go = np.cumsum(k1[:, ::-1], axis=1)[:, ::-1]
-        returns = r[:, None] - self.beta * to_go
-        adv = returns - self._baseline(returns[:, 0], batch)[:, None]
-        coef = (w[:, None] * adv).astype(logp_tok.dtype)
-        return -(logp_tok * Tensor(coef)).sum(), metrics
-
-    def _ref_tokens(self, batch):
-        if "ref_tok" not in batch.extra:
-            from ..tensor import no_grad
-
-            with no_grad():
-                batch.extra["ref_tok"] = np.asarray(self.ref.token_logprobs(batch.tokens).numpy(), np.float64)
-        return batch.extra["ref_tok"]
-
-    def _kl_loss(self, logp_tok, batch):
-        """Eq. (5.9): Σ_i w_i Σ_t k(log π_t, log a_t), differentiated through log π_t (prefixes not)."""
-        ref_tok = Tensor(self._ref_tokens(batch).astype(logp_tok.dtype))
-        d = ref_tok - logp_tok  # log ρ_t = log a_t − log π_t
-        per_token = 0.5 * d * d if self.kl == "k2_loss" else d.exp() - 1.0 - d  # 0 at padding, where d = 0
-        return (per_token.sum(axis=1) * Tensor(batch.weights.astype(logp_tok.dtype))).sum()
-
-    def _ppo_loss(self, logp, adv, batch, metrics):
-        """Eq. (5.10): PPO-clip, E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] with ρ = π/π_old; the gradient of the chosen
-        term is A·ρ·∇log π where the unclipped term is the minimum, and zero where the clip is active."""
-        if not batch.exact and len(adv) > 1:
-            adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-        ratio = np.exp(logp.numpy().astype(np.float64) - batch.log_q)
-        clipped = np.clip(ratio, 1 - self.clip, 1 + self.clip)
-        active = ratio * adv <= clipped * adv
-        metrics["clip_fraction"] = float(1 - active.mean())
-        return weighted_surrogate(logp, batch.weights * adv * ratio * active), metrics
+        logp_tok = policy.token_logprobs(batch.tokens)  # one forward for every term
+        if self.kl == "k1_token":  # token t is credited with r − β Σ_{t' ≥ t} (log π_t' − log a_t')
+            returns = r[:, None] - self.beta * kl_to_go(logp_tok, ref_token_logprobs(self.ref, batch))
+            adv = returns - self._baseline(returns[:, 0], batch)[:, None]
+            return weighted_surrogate(logp_tok, w[:, None] * adv), metrics
+        # Eq. (5.8): the sampled k1 = log π(x) − log a(x) enters the reward
+        returns = r - self.beta * (batch.log_q - batch.log_ref) if self.kl == "k1_seq" else r
+        adv = returns - self._baseline(returns, batch)
+        logp = logp_tok.sum(axis=1)
+        if self.algo == "ppo":
+            coef, metrics["clip_fraction"] = ppo_clip_coefficients(logp, batch.log_q, adv if batch.exact else whiten(adv),
+                                                                   w, self.clip)
+            return weighted_surrogate(logp, coef), metrics
+        loss = weighted_surrogate(logp, w * adv)
+        if self.kl != "k1_seq":
+            loss = loss + self.beta * kl_loss(logp_tok, ref_token_logprobs(self.ref, batch), w, self.kl)
+        return loss, metrics
 
     def after_step(self, policy, batch, metrics):
         """Ziegler et al. (2019): β ← β(1 + K·clip(KL/KL_target − 1, −0.2, 0.2)) once per batch (under PPO,
@@ -123,11 +88,25 @@ class RLHF(Method):
             error = np.clip(metrics["kl_k3"] / self.kl_target - 1.0, -0.2, 0.2)
             self.beta *= 1.0 + self.horizon_k * error
 
+    def settings(self) -> dict:
+        return {"beta": self.beta, "kl": self.kl, "algo": self.algo,
+                "ppo_epochs": self.ppo_epochs, "clip": self.clip, "kl_target": self.kl_target}
+
     def state(self):
-        return {"beta": self.beta}
+        out = {"beta": self.beta, "ppo_left": self._ppo_left}
+        if self._ppo_left:  # the batch still being reused by PPO's epochs
+            b = self._ppo_batch
+            out["ppo_batch"] = {"tokens": b.tokens, "weights": b.weights, "log_q": b.log_q, "log_ref": b.log_ref}
+        return out
 
     def load_state(self, state):
         self.beta = float(state.get("beta", self.beta))
+        self._ppo_left = int(state.get("ppo_left", 0))
+        if self._ppo_left:
+            b = state["ppo_batch"]
+            names = self.tokenizer.decode_batch(b["tokens"]) if self.tokenizer is not None else None
+            self._ppo_batch = Batch(np.asarray(b["tokens"]), np.asarray(b["weights"]), np.asarray(b["log_q"]),
+                                    np.asarray(b["log_ref"]), names)
 
 
 class Reinforce(Method):
@@ -140,8 +119,8 @@ class Reinforce(Method):
         self.ref, self.reward_fn, self.tokenizer = ref, reward_fn, tokenizer
 
     def loss(self, policy, batch: Batch):
-        r = RLHF.rewards(self, batch)
-        adv = r if batch.exact else r - leave_one_out_baseline(r, batch.weights)
+        r = checked_rewards(self.reward_fn, batch)
+        adv = r if batch.exact else r - leave_one_out_baseline(r)
         logp = policy.sequence_logprob(batch.tokens)
         return weighted_surrogate(logp, batch.weights * adv), {"reward": float(np.sum(batch.weights * r))}
 

@@ -1,0 +1,414 @@
+"""The registry of alignment methods: name → its options, the ingredients it needs, and how to run it.
+
+The command line (``minialign align NAME``) and the tour read the same :data:`METHODS`, so a method is
+registered once: a :class:`MethodSpec` names the method's own options (each with its type, default and the
+check that refuses a bad value before any work starts), the ingredients it needs (a reward, preference
+pairs, or constraints; :func:`prepare` makes them), and a ``run`` function that trains it and returns a
+:class:`Result` whose ``report`` lines the faces print as they are.
+
+Adding a method: write its trainer (``trainers/NAME.py``), a ``run_NAME`` in ``tasks.py`` if it needs the
+names task's wiring, and one ``MethodSpec`` below.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import divergences
+from .metrics import check_moments, last_steps
+
+
+# ----------------------------------------------------------------------------------- argument types
+def _number(text, kind=float):
+    try:
+        value = kind(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}; "
+                                         f"got {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    return value
+
+
+def positive_int(text) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1; got {text!r}")
+    return value
+
+
+def nonnegative_int(text) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0; got {text!r}")
+    return value
+
+
+def positive_float(text) -> float:
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
+    return value
+
+
+def unit_interval(text) -> float:
+    """A number in [0, 1) (a dropout probability)."""
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1); got {text!r}")
+    return value
+
+
+def f_divergence(text) -> str:
+    try:
+        return divergences.get(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def constraint(text) -> str:
+    from .ebm import parse_constraint
+
+    try:
+        parse_constraint(text)
+    except (ValueError, TypeError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text.strip()
+
+
+def input_file(suffix: str):
+    """An existing regular file (with ``suffix``, e.g. ".npz" or ".csv")."""
+    def check(text) -> Path:
+        path = Path(text)
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"no file at {text}")
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{text} is a directory; expected a {suffix} file")
+        if path.suffix != suffix:
+            raise argparse.ArgumentTypeError(f"expected a {suffix} file; got {text}")
+        return path
+    check.__name__ = f"{suffix[1:]} file"
+    return check
+
+
+def output_file(suffix: str):
+    """A path where a ``suffix`` file can be written: not a directory, under a folder that is one (or can be made)."""
+    def check(text) -> Path:
+        path = Path(text)
+        if path.suffix != suffix:
+            raise argparse.ArgumentTypeError(f"expected a path ending in {suffix}; got {text}")
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a directory; expected a {suffix} file path")
+        parent = path.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise argparse.ArgumentTypeError(f"cannot write {text}: {parent} is a file, not a folder")
+        if not os.access(parent, os.W_OK):
+            raise argparse.ArgumentTypeError(f"cannot write {text}: the folder {parent} is not writable")
+        return path
+    check.__name__ = f"{suffix[1:]} output path"
+    return check
+
+
+def output_dir(text) -> Path:
+    """A folder to write into (made if missing): not a file, and under a writable folder."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; expected a folder")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into {text}: {parent} is not a writable folder")
+    return path
+
+
+# ----------------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Option:
+    """One command-line option of a method: ``flag`` with argparse's keywords, and whether it defines the run
+    (recorded in its checkpoints, so that a resume with another value is refused)."""
+
+    flag: str
+    kwargs: dict
+    defines_run: bool = True
+
+    @property
+    def dest(self) -> str:
+        return self.kwargs.get("dest", self.flag.lstrip("-").replace("-", "_"))
+
+
+@dataclass
+class Result:
+    """A trained policy, its history, and what the run has to say about itself (lines the faces print)."""
+
+    policy: Any
+    history: dict
+    report: list = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    help: str
+    needs: tuple          # ingredients: "reward", "pairs", "constraints", "target"
+    options: tuple        # Option, …
+    run: Callable         # (Ingredients, options dict, TrainConfig, base, out, fresh, progress) → Result
+    check: Callable | None = None  # (options dict) → None or raises ValueError: cross-option checks
+
+    def defaults(self, **overrides) -> dict:
+        """The method's options at their defaults, with ``overrides`` (by option name) applied."""
+        opts = {o.dest: o.kwargs.get("default") for o in self.options}
+        unknown = set(overrides) - set(opts)
+        if unknown:
+            raise ValueError(f"{self.name} has no option {', '.join(sorted(unknown))}; its options: {', '.join(opts)}")
+        return {**opts, **overrides}
+
+    def identity(self, opts: dict) -> dict:
+        """The options that define a run of this method, as JSON-able values."""
+        return {o.dest: str(opts[o.dest]) if isinstance(opts[o.dest], Path) else opts[o.dest]
+                for o in self.options if o.defines_run and o.dest in opts}
+
+
+REWARD_OPTIONS = (
+    Option("--reward", dict(choices=["true", "model"], default="model",
+                            help="the hidden true reward r*, or a reward model fitted to preferences (default: model)")),
+    Option("--pairs", dict(type=input_file(".csv"), default=None,
+                           help="a preferences CSV (columns chosen,rejected); default: simulate them")),
+    Option("--n-pairs", dict(type=positive_int, default=3000, help="simulated preference pairs (default: 3000)")),
+)
+CONSTRAINT_OPTIONS = (
+    Option("--constraint", dict(type=constraint, action="append", default=[],
+                                help="e.g. female=0.5 (distributional) or contains:z (pointwise); repeatable")),
+    Option("--ebm-samples", dict(type=positive_int, default=20000,
+                                 help="samples of a for fitting λ by moment matching (default: 20000)")),
+    Option("--eval-samples", dict(type=positive_int, default=1000,
+                                  help="fresh samples for the final moments and KL (default: 1000)"), defines_run=False),
+)
+
+
+def _beta(default, what):
+    return Option("--beta", dict(type=positive_float, default=default, help=f"{what} (default: {default})"))
+
+
+def _proposal(default):
+    return Option("--proposal", dict(choices=["adaptive", "fixed", "policy"], default=default,
+                                     help=f"what to sample from: a copy of π updated when π is closer to p "
+                                          f"(adaptive), the initial copy (fixed) or π itself (default: {default})"))
+
+
+# ----------------------------------------------------------------------------------- ingredients
+@dataclass
+class Ingredients:
+    """What :func:`prepare` made for a method: a reward (names → rewards), preference pairs (the training
+    part), an EBM, and an f-DPG target (batch → log P)."""
+
+    reward: Callable | None = None
+    pairs: Any = None
+    ebm: Any = None
+    target: Callable | None = None
+    identity: dict = field(default_factory=dict)
+
+
+def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=print) -> Ingredients:
+    """Make the ingredients ``spec`` needs, printing what was measured on the way (the reward model's held-out
+    accuracy, the EBM's fit)."""
+    from . import tasks
+    from .ebm import fit_names_ebm, parse_constraint
+    from .rewards import load_pairs, simulate_preferences, true_reward
+
+    out = Ingredients()
+    needs = set(spec.needs)
+    if "target" in needs:
+        needs.add("constraints" if opts.get("target") == "constraints" else "reward")
+    if {"reward", "pairs"} & needs:
+        if opts.get("pairs") is not None:
+            pairs = load_pairs(opts["pairs"], base.config.block_size)
+            out.identity["pairs_sha256"] = hashlib.sha256(Path(opts["pairs"]).read_bytes()).hexdigest()[:16]
+        else:
+            pairs = None
+        if "pairs" in needs or opts.get("reward") == "model":
+            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed)
+            out.pairs = tasks.split_pairs(pairs)[0]
+        out.reward = true_reward
+        if "reward" in needs and opts.get("reward") == "model":
+            fit = tasks.fit_names_reward_model(base, pairs, seed=seed, progress=progress)
+            say(str(fit))
+            out.reward = fit.model.score
+    if "constraints" in needs:
+        ebm, report = fit_names_ebm(base, [parse_constraint(c) for c in opts["constraint"]],
+                                    n_samples=opts["ebm_samples"], seed=seed)
+        say(str(report))
+        out.ebm = ebm
+    if "target" in needs:
+        out.target = tasks.ebm_target(out.ebm) if out.ebm is not None else tasks.tilted_target(out.reward, opts["beta"])
+    return out
+
+
+# ----------------------------------------------------------------------------------- the methods
+def _summary(history, keys, k=10) -> str:
+    """Each metric as its mean ± standard error over the last ``k`` steps (never one batch)."""
+    parts = [f"{key} {last_steps(history, key, k)}" for key in keys if history.get(key)]
+    return f"over the last {min(k, len(next(iter(history.values()))))} steps: " + "  ".join(parts)
+
+
+def _run_rlhf(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+    from . import tasks
+
+    policy, hist = tasks.run_rlhf(ing.reward, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
+                                  kl_target=opts["kl_target"], cfg=cfg, base=base, out=out, progress=progress,
+                                  fresh=fresh, identity=identity)
+    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "entropy_est", "distinct_2",
+                                                 "in_corpus"])])
+
+
+def _run_dpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+    from . import tasks
+
+    policy, hist = tasks.run_dpo(ing.pairs, beta=opts["beta"], cfg=cfg, base=base, out=out, progress=progress,
+                                 fresh=fresh, identity=identity)
+    return Result(policy, hist, [_summary(hist, ["loss", "pair_accuracy", "margin"])])
+
+
+def constraint_report(ebm, policy, base, history, n, seed):
+    """Each feature's fraction on ``n`` fresh samples judged against μ̄ (binomial tolerance), the pointwise
+    satisfaction, and KL(π‖a) on the same samples; returns (lines, the MomentChecks, (names, kl, se))."""
+    from . import tasks
+
+    names, kl, se = tasks.fresh_samples(policy, base, n, seed + 1)
+    mus = list(ebm.mu_bar) if ebm.mu_bar is not None else [None] * ebm.k
+    checks = check_moments(ebm.features, mus, names)
+    lines = []
+    for i, c in enumerate(checks):
+        verdict = "" if c.target is None else (f" (target {c.target:.3f} ± {c.tolerance:.3f}, two binomial standard "
+                                                f"errors: {'met' if c.met else 'not met'})")
+        lam = f"; final λ {history[f'lambda_{i}'][-1]:.3f}" if f"lambda_{i}" in history else ""
+        lines.append(f"E_π[{c.name}] on {n} fresh samples: {c.value:.3f}{verdict}{lam}")
+    for c in ebm.pointwise:
+        lines.append(f"pointwise {c.name}: satisfied by {float(np.mean(c(names))):.3f} of {n} fresh samples")
+    lines.append(f"KL(π‖a) on the same samples: {kl:.3f} ± {se:.3f}")
+    return lines, checks, (names, kl, se)
+
+
+def _run_gdc(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+    from . import tasks
+
+    policy, hist = tasks.run_gdc(ing.ebm, proposal=opts["proposal"], baseline=opts["baseline"],
+                                 calibrate=opts["calibrate"], cfg=cfg, base=base, out=out, progress=progress,
+                                 fresh=fresh, identity=identity)
+    lines, checks, (names, kl, se) = constraint_report(ing.ebm, policy, base, hist, opts["eval_samples"], cfg.seed)
+    missed = not all(c.met for c in checks)
+    if missed and opts["calibrate"] is None:
+        lines.append("the policy stops where it is closest to p, which here misses μ̄; --calibrate 0.1 moves λ until "
+                     "the policy itself meets it (chapter 06 §7)")
+    elif missed:
+        lines.append("λ is still moving: train longer (chapter 06 §7 uses --baseline --steps 250 --batch-size 128 "
+                     "--lr 5e-4)")
+    if opts["compare_reinforce"] and ing.ebm.k:
+        lines += _reinforce_at(ing.ebm.features[0], checks[0].value, base, opts["eval_samples"], cfg, hist, kl, se,
+                               progress)
+    lines.append(_summary(hist, [k for k in hist if k.startswith("E[")] + ["satisfied", "kl_p_pi_est", "kl_pi_a_est",
+                                                                        "self_bleu", "distinct_2", "in_corpus"]))
+    return Result(policy, hist, lines, {"checks": checks, "fresh": (names, kl, se)})
+
+
+def _reinforce_at(feature, reached, base, n, cfg, hist, kl, se, progress) -> list:
+    """REINFORCE with the feature as the reward, stopped at GDC's fraction; both KLs on fresh samples."""
+    from . import tasks
+
+    _, rein, (_, value, rein_kl, rein_se) = tasks.compare_reinforce(feature, reached, base, n_eval=n, seed=cfg.seed,
+                                                                    batch_size=cfg.batch_size, progress=progress)
+    steps = len(rein["loss"])
+    first = (f"REINFORCE with {feature.name} as the reward (lr 1e-4), stopped after {steps} steps when {n} fresh "
+             f"samples reached E[{feature.name}] = {reached:.3f}: {value:.3f} on new samples"
+             if steps < tasks.COMPARE_STEPS else
+             f"REINFORCE with {feature.name} as the reward (lr 1e-4) did not reach E[{feature.name}] = {reached:.3f} in "
+             f"{tasks.COMPARE_STEPS} steps: {value:.3f} on fresh samples; the comparison is not at equal fraction")
+    return [first, f"KL(π‖a) on fresh samples: GDC {kl:.3f} ± {se:.3f} | REINFORCE {rein_kl:.3f} ± {rein_se:.3f}"]
+
+
+def _run_fdpg(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+    from . import tasks
+
+    reward = ing.reward if opts["target"] == "reward" else None
+    policy, hist = tasks.run_fdpg(opts["f"], ing.target, ebm=ing.ebm, reward=reward, proposal=opts["proposal"],
+                                  cfg=cfg, base=base, out=out, progress=progress, fresh=fresh, identity=identity)
+    keys = [k for k in hist if k.startswith("E[")] + ["satisfied", "reward_est", "kl_p_pi_est", "kl_pi_a_est",
+                                                      "self_bleu", "distinct_2", "in_corpus"]
+    return Result(policy, hist, [_summary(hist, keys)])
+
+
+def _check_constraints(opts):
+    if not opts.get("constraint"):
+        raise ValueError("give at least one --constraint, e.g. --constraint female=0.5 or --constraint contains:z")
+
+
+def _check_gdc(opts):
+    _check_constraints(opts)
+    if opts["calibrate"] is not None and not any("=" in c for c in opts["constraint"]):
+        raise ValueError("--calibrate moves λ towards distributional targets; give one, e.g. --constraint female=0.5")
+
+
+def _check_fdpg(opts):
+    if opts["target"] != "constraints":
+        return
+    _check_constraints(opts)
+    fd = divergences.get(opts["f"])
+    if not math.isfinite(fd.slope_at_infinity) and any("=" not in c for c in opts["constraint"]):
+        raise ValueError(f"--f {opts['f']} has f'(t) → ∞ as t → ∞, so samples outside a pointwise constraint "
+                         "(where p = 0) would get an infinite pseudo-reward; use --f js, tv, reverse_kl or hellinger "
+                         "with a pointwise constraint")
+
+
+TRAIN_DEFAULTS = {"steps": 100, "batch_size": 64, "lr": 3e-4}
+
+METHODS = {
+    "rlhf": MethodSpec(
+        "rlhf", "RLHF: maximise E_π[r] − β·KL(π‖a) by policy gradient (chapter 05)", ("reward",),
+        REWARD_OPTIONS + (
+            _beta(0.1, "KL coefficient β"),
+            Option("--kl", dict(choices=["k1_seq", "k1_token", "k2_loss", "k3_loss"], default="k1_seq",
+                                help="where the KL penalty enters: k1 in the reward per sequence or per token, or k2/k3 "
+                                     "per token in the loss (default: k1_seq)")),
+            Option("--algo", dict(choices=["rloo", "ppo", "reinforce"], default="rloo",
+                                  help="RLOO, PPO-clip, or REINFORCE without a baseline (default: rloo)")),
+            Option("--kl-target", dict(type=positive_float, default=None,
+                                       help="adapt β towards this KL(π‖a) (Ziegler et al. 2019)")),
+        ), _run_rlhf),
+    "dpo": MethodSpec(
+        "dpo", "DPO: the KL-control optimum fitted to preference pairs directly (chapter 05)", ("pairs",),
+        REWARD_OPTIONS[1:] + (_beta(0.1, "KL coefficient β of the implicit reward"),), _run_dpo),
+    "gdc": MethodSpec(
+        "gdc", "GDC: DPG towards the EBM that meets the constraints (chapter 06)", ("constraints",),
+        CONSTRAINT_OPTIONS + (
+            _proposal("adaptive"),
+            Option("--baseline", dict(action="store_true", help="GDC++'s baseline (Korbak et al. 2022)")),
+            Option("--calibrate", dict(type=positive_float, default=None, metavar="RATE",
+                                       help="move λ by dual ascent on the policy's own moments at this rate (e.g. "
+                                            "0.1), so that π, not only p, meets the distributional constraints "
+                                            "(chapter 06 §7)")),
+            Option("--compare-reinforce", dict(action="store_true",
+                                               help="also run REINFORCE with the first feature as the reward, to the "
+                                                    "same fraction, and print both KLs"), defines_run=False),
+        ), _run_gdc, _check_gdc),
+    "fdpg": MethodSpec(
+        "fdpg", "f-DPG: minimise D_f(π‖p) for any f (chapter 07)", ("target",),
+        REWARD_OPTIONS + CONSTRAINT_OPTIONS[:2] + (
+            Option("--f", dict(type=f_divergence, default="js",
+                               help="the f-divergence D_f(π‖p): " + ", ".join(divergences.NAMES) + " (kl gives "
+                                    "KL(π‖p), reverse_kl gives KL(p‖π); default: js)")),
+            Option("--target", dict(choices=["reward", "constraints"], default="constraints",
+                                    help="p ∝ a·e^{r/β} (reward) or the EBM of the constraints (default: constraints)")),
+            _beta(0.1, "temperature β of the reward target p ∝ a·e^{r/β}"),
+            _proposal("policy"),
+        ), _run_fdpg, _check_fdpg),
+}

@@ -1,0 +1,95 @@
+"""Policy-gradient pieces the trainers share (chapters 04–05): surrogates, baselines, PPO-clip, token-level KL.
+
+A trainer turns a batch into per-sample (or per-token) coefficients c and minimises the surrogate −Σ c·log π,
+whose gradient is the policy-gradient estimate (Eq. 4.3). What differs between methods is how c is made;
+the pieces below are the ways the course's methods make it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..tensor import Tensor, no_grad
+
+
+def weighted_surrogate(logp: Tensor, coefficients) -> Tensor:
+    """−Σ c·log π over every entry (per sequence ``[B]`` or per token ``[B, L]``): its gradient is −Σ c ∇ log π,
+    the REINFORCE form (Eq. 4.3)."""
+    c = np.asarray(coefficients, dtype=np.float64)
+    if not np.isfinite(c).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(c))[0])
+        raise FloatingPointError(f"a policy-gradient coefficient is {c[bad]} (sample {bad[0]}); "
+                                 "check the rewards or the target's log-scores for NaN or inf")
+    return -(logp * Tensor(c.astype(logp.dtype))).sum()
+
+
+def checked_rewards(reward_fn, batch) -> np.ndarray:
+    """``reward_fn(batch)`` as float64 ``[B]``, refusing a wrong shape or a NaN/inf reward."""
+    r = np.asarray(reward_fn(batch), dtype=np.float64)
+    if r.shape != (len(batch),):
+        raise ValueError(f"the reward function returned shape {r.shape}; expected ({len(batch)},)")
+    if not np.isfinite(r).all():
+        raise ValueError(f"the reward function returned NaN or inf for {int((~np.isfinite(r)).sum())} samples")
+    return r
+
+
+def leave_one_out_baseline(values) -> np.ndarray:
+    """Eq. (4.4), RLOO (Ahmadian et al. 2024): b_i = mean of the other samples' values (0 for a single sample)."""
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n < 2:
+        return np.zeros(n)
+    return (values.sum() - values) / (n - 1)
+
+
+def leave_one_out_weighted_baseline(values, rho) -> np.ndarray:
+    """b_i = Σ_{j≠i} ρ_j v_j / Σ_{j≠i} ρ_j: the leave-one-out mean with importance weights ρ = π/q, which does not
+    depend on x_i and so keeps an off-policy gradient's expectation (chapter 07)."""
+    return _others_sum(np.asarray(rho) * values) / np.maximum(_others_sum(rho), 1e-300)
+
+
+def _others_sum(v) -> np.ndarray:
+    """Σ_{j≠i} v_j for every i, from prefix and suffix sums (no cancellation when one v_i dominates)."""
+    v = np.asarray(v, dtype=np.float64)
+    before = np.concatenate([[0.0], np.cumsum(v)[:-1]])
+    after = np.concatenate([np.cumsum(v[::-1])[::-1][1:], [0.0]])
+    return before + after
+
+
+def whiten(adv) -> np.ndarray:
+    """(A − mean A)/(std A + 1e-8) over the batch: the advantage normalisation PPO implementations apply."""
+    adv = np.asarray(adv, dtype=np.float64)
+    return (adv - adv.mean()) / (adv.std() + 1e-8) if len(adv) > 1 else adv
+
+
+def ppo_clip_coefficients(logp: Tensor, log_old, adv, weights, clip: float):
+    """Eq. (5.10): PPO-clip, E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] with ρ = π/π_old. The gradient of the chosen term is
+    A·ρ·∇log π where the unclipped term is the minimum, and zero where the clip is active; returns the
+    coefficients w·A·ρ·[unclipped] for :func:`weighted_surrogate` and the fraction of clipped samples."""
+    ratio = np.exp(logp.numpy().astype(np.float64) - log_old)
+    clipped = np.clip(ratio, 1 - clip, 1 + clip)
+    active = ratio * adv <= clipped * adv
+    return weights * adv * ratio * active, float(1 - active.mean())
+
+
+def ref_token_logprobs(ref, batch) -> np.ndarray:
+    """log a(x_t | x_<t) of every token of the batch under the frozen reference, computed once per batch."""
+    if "ref_tok" not in batch.extra:
+        with no_grad():
+            batch.extra["ref_tok"] = np.asarray(ref.token_logprobs(batch.tokens).numpy(), np.float64)
+    return batch.extra["ref_tok"]
+
+
+def kl_to_go(logp_tok: Tensor, ref_tok) -> np.ndarray:
+    """Σ_{t' ≥ t} (log π_t' − log a_t') for every token t: the sampled k1 penalty still to come (Eq. 5.8 per token)."""
+    k1 = logp_tok.numpy().astype(np.float64) - ref_tok
+    return np.cumsum(k1[:, ::-1], axis=1)[:, ::-1]
+
+
+def kl_loss(logp_tok: Tensor, ref_tok, weights, kind: str) -> Tensor:
+    """Eq. (5.9): Σ_i w_i Σ_t k(log π_t, log a_t) with k = k2 (½ d²) or k3 (e^d − 1 − d), d = log a_t − log π_t,
+    differentiated through log π_t (the prefixes are not)."""
+    if kind not in ("k2_loss", "k3_loss"):
+        raise ValueError(f"a KL term in the loss is 'k2_loss' or 'k3_loss'; got {kind!r}")
+    d = Tensor(ref_tok.astype(logp_tok.dtype)) - logp_tok  # log ρ_t = log a_t − log π_t
+    per_token = 0.5 * d * d if kind == "k2_loss" else d.exp() - 1.0 - d  # 0 at padding, where d = 0
+    return (per_token.sum(axis=1) * Tensor(np.asarray(weights).astype(logp_tok.dtype))).sum()
