@@ -4,7 +4,7 @@ For every row n of policy logits ``z`` and reference logits ``r`` (``[N, V]``) t
 
 * ``logp[n] = log pi(y_n)`` and ``ref_logp[n] = log a(y_n)`` for the target token ``y_n``,
 * the entropy ``H(pi_n)``,
-* ``D_f(pi_n || a_n) = sum_v a_v f(pi_v / a_v)`` for f in {kl, reverse_kl, js, tv} (MATH.md section 2),
+* ``D_f(pi_n || a_n) = sum_v a_v f(pi_v / a_v)`` for f in {kl, reverse_kl, js, tv} (chapter 03, Eq. 3.2),
 * the row statistics the backward needs: both log-sum-exps and ``S_n = sum_v pi_v f'(pi_v / a_v)``,
 
 without ever writing an ``[N, V]`` probability table. Pass 1 streams the row once for the two
@@ -59,7 +59,7 @@ def _online_lse_update(m, l, x):
 def _fdiv_terms(lp, la, F: tl.constexpr):
     """Eqs. (8.10) and (8.12): per-entry ``a f(pi/a)`` and ``pi f'(pi/a)`` from ``lp = log pi``, ``la = log a``.
 
-    Zero mass follows MATH.md section 2: ``pi = 0 < a`` contributes ``a f(0)``, ``a = 0 < pi`` contributes
+    Zero mass follows chapter 03, Eq. (3.4): ``pi = 0 < a`` contributes ``a f(0)``, ``a = 0 < pi`` contributes
     ``pi lim f(t)/t``, and ``0 f(0/0) = 0``. Everything is formed from log-ratios, so no ratio overflows.
     """
     p = tl.exp(lp)

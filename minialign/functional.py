@@ -277,8 +277,8 @@ def scaled_dot_product_attention(q, k, v, causal: bool = True, scale=None) -> Te
     """Eq. (2.4): O = softmax(Q Kᵀ·s + M) V with the causal mask M, over the last two axes.
 
     Queries are the last Tq of Tk positions (Tq < Tk when keys and values come from a cache), so query i
-    sees keys j ≤ Tk − Tq + i. Backward (Eq. 8.5–8.8): dV = Pᵀ dO, dP = dO Vᵀ, dS = P ∘ (dP − Σ_j dP∘P),
-    dQ = dS K·s, dK = dSᵀ Q·s.
+    sees keys j ≤ Tk − Tq + i. Backward (chapter 08, Eqs. 8.5–8.8): dV = Pᵀ dO, dP = dO Vᵀ,
+    dS = P ∘ (dP − Σ_j dP∘P), dQ = dS K·s, dK = dSᵀ Q·s.
     """
     q, k, v = _as_tensor(q), _as_tensor(k), _as_tensor(v)
     bk = q.bk

@@ -12,6 +12,7 @@ import itertools
 import numpy as np
 
 from . import divergences
+from .gpt import GPT, GPTConfig
 from .logspace import log_normalise
 from .tensor import Tensor, concatenate
 
@@ -165,3 +166,60 @@ def score_function_gradient(model, lab: ExactLab, weights) -> dict:
     grads = {n: (np.zeros(p.shape) if p.grad is None else np.array(p.grad)) for n, p in model.named_parameters()}
     model.zero_grad()
     return grads
+
+
+# ---------------------------------------------------------------------- tiny models and exact gradients
+def lab_model(seed: int = 0, vocab_size: int = 3, block_size: int = 4, scale: float = 1.0, dtype=np.float64,
+              n_embd: int = 8, noise_seed: int | None = None, **config) -> GPT:
+    """A tiny GPT for the exact lab (two layers, two heads by default), far from uniform.
+
+    The initial weights of ``GPT(config, seed)`` (cast to ``dtype``) get ``scale``·N(0, 1) noise added, drawn
+    from ``noise_seed`` (``seed + 100`` when not given): the larger weights make the distribution over the
+    enumeration (Eq. 2.8) peaked and every term of a gradient sizeable. ``config`` overrides other
+    ``GPTConfig`` fields (``n_layer``, ``n_head``, ``eos_id``, ...).
+    """
+    config = {"n_layer": 2, "n_head": 2, **config}
+    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_embd=n_embd, **config)
+    model = GPT(cfg, seed=seed).astype(dtype)
+    rng = np.random.default_rng(seed + 100 if noise_seed is None else noise_seed)
+    for p in model.parameters():
+        p.data = p.data + scale * rng.standard_normal(p.shape).astype(dtype)
+    return model
+
+
+def lab_fn(lab: ExactLab, values):
+    """A reward or log-score given as a vector over the enumeration, as a function of a batch: each batch
+    row (``batch.tokens``) reads its sequence's entry."""
+    values = np.asarray(values)
+    if values.shape != (len(lab),):
+        raise ValueError(f"values must have one entry per enumerated sequence, shape ({len(lab)},); "
+                         f"got {values.shape}")
+    return lambda batch: values[lab.index_of(batch.tokens)]
+
+
+def flat_grad(model) -> np.ndarray:
+    """The gradients of all of ``model``'s parameters, flattened into one vector (zeros where none)."""
+    return np.concatenate([np.zeros(p.size) if p.grad is None else np.ravel(p.grad) for p in model.parameters()])
+
+
+def exact_grad(method, policy, batch) -> np.ndarray:
+    """∇_θ of a trainer's loss (``method.loss(policy, batch)``) on one batch, flattened over π_θ's parameters.
+
+    On an exact batch (every sequence of the lab, weighted by its probability under the sampler) this is the
+    exact expectation of the trainer's Monte-Carlo gradient.
+    """
+    policy.zero_grad()
+    loss, _ = method.loss(policy, batch)
+    loss.backward()
+    g = flat_grad(policy)
+    policy.zero_grad()
+    return g
+
+
+def autograd_of(policy, value_fn) -> np.ndarray:
+    """∇_θ of the scalar Tensor ``value_fn()`` (e.g. a divergence through the enumeration), flattened."""
+    policy.zero_grad()
+    value_fn().backward()
+    g = flat_grad(policy)
+    policy.zero_grad()
+    return g

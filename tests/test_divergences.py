@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
+from helpers import central_difference
 from strategies import distribution_pairs, distributions, markov_kernels, rational_distributions
 
 from minialign import divergences as dv
@@ -640,23 +641,14 @@ def test_mc_estimators_reject_bad_arguments():
 # ---------------------------------------------------------------- partial derivatives and the seed audit
 
 
-def _central_difference(F, x, h=1e-6):
-    grad = np.zeros_like(x)
-    for i in range(len(x)):
-        e = np.zeros_like(x)
-        e[i] = h
-        grad[i] = (F(x + e) - F(x - e)) / (2 * h)
-    return grad
-
-
 @pytest.mark.parametrize("name", FAMILY)
 def test_partial_derivatives_match_finite_differences(name):
     rng = np.random.default_rng(11)
     P, Q = rng.uniform(0.2, 1.0, 5), rng.uniform(0.2, 1.0, 5)
     f = HAND[name][0]
     d_p, d_q = dv.partial_derivatives(name, P, Q)
-    np.testing.assert_allclose(d_p, _central_difference(lambda x: (Q * f(x / Q)).sum(), P), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(d_q, _central_difference(lambda y: (y * f(P / y)).sum(), Q), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(d_p, central_difference(lambda x: (Q * f(x / Q)).sum(), P), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(d_q, central_difference(lambda y: (y * f(P / y)).sum(), Q), rtol=1e-6, atol=1e-8)
 
 
 def _kl_free(p1, p2):
@@ -666,8 +658,8 @@ def _kl_free(p1, p2):
 def test_seed000_kl_partial_derivatives_are_wrong():
     rng = np.random.default_rng(0)
     p1, p2 = rng.uniform(0.1, 1.0, 6), rng.uniform(0.1, 1.0, 6)
-    numeric_1 = _central_difference(lambda x: _kl_free(x, p2), p1)
-    numeric_2 = _central_difference(lambda y: _kl_free(p1, y), p2)
+    numeric_1 = central_difference(lambda x: _kl_free(x, p2), p1)
+    numeric_2 = central_difference(lambda y: _kl_free(p1, y), p2)
     # correct: ∂/∂π₁ = log(π₁/π₂) + 1, ∂/∂π₂ = −π₁/π₂
     np.testing.assert_allclose(np.log(p1 / p2) + 1, numeric_1, rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(-p1 / p2, numeric_2, rtol=1e-7, atol=1e-9)
@@ -700,7 +692,7 @@ def test_seed000_chain_rule_disagrees_with_finite_differences():
     def objective(th):
         return _kl_free(*pis(th))
 
-    numeric = _central_difference(objective, theta)
+    numeric = central_difference(objective, theta)
     p1, p2 = pis(theta)
     J1, J2 = _softmax_jacobian(theta), _softmax_jacobian(A @ theta) @ A
     d_p, d_q = dv.partial_derivatives("kl", p1, p2)

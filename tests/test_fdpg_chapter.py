@@ -1,7 +1,7 @@
 """Chapter 07 (f-DPG): the checks the chapter needs beyond the unification tests of ``test_trainers_exact.py``.
 
 * the pseudo-reward R = −f'(t) of every member, against a central difference of a generator written out
-  here by hand (not the library's), and the closed forms of MATH §7 as identities on arrays;
+  here by hand (not the library's), and the closed forms of chapter 07's Eq. (7.5) as identities on arrays;
 * the special cases: f = kl with P = a·e^{r/β} gives the KL-control reward over β plus a constant; f =
   reverse_kl gives DPG's weight P/(Zq), and with the constant baseline 1 GDC++'s (P/Z − π)/q;
 * off-policy f-DPG: its exact expectation under any proposal q is the on-policy gradient;
@@ -16,16 +16,15 @@ import itertools
 import numpy as np
 import pytest
 
+from helpers import central_difference, close, rlhf_target
 from minialign import divergences as D
-from minialign.lab import ExactLab, fdiv_to_target, score_function_gradient
+from minialign.experiments.rlhf_lab import tiny_lab
+from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model, score_function_gradient
 from minialign.trainers.common import Batch, exact_batch
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
-from test_divergences import _central_difference
-from test_gpt import tiny_gpt
-from test_trainers_exact import autograd_of, close, exact_grad, lab_fn, rlhf_target, setup
 
-# Generators written out from MATH §2, independently of minialign/divergences.py.
+# Generators written out from the table of chapter 03 (Eq. 3.2), independently of minialign/divergences.py.
 HAND = {
     "kl": lambda t: t * np.log(t),
     "reverse_kl": lambda t: -np.log(t),
@@ -73,7 +72,7 @@ def test_pseudo_reward_is_minus_f_prime_by_central_differences(f):
 
 
 def test_pseudo_rewards_match_the_closed_forms_of_each_member():
-    """Eq. (7.5): the special forms of MATH §7 as identities on arrays (t = Zπ/P)."""
+    """Eq. (7.5): the special forms of chapter 07, §3 as identities on arrays (t = Zπ/P)."""
     rng = np.random.default_rng(1)
     log_pi, log_P, log_z = random_logs(rng)
     t = np.exp(log_pi - log_P + log_z)
@@ -129,7 +128,7 @@ def test_kl_divergence_to_the_tilted_target_is_the_negated_objective_over_beta()
     """Eq. (7.7): KL(π‖π*) = log Z − J(π)/β for every π on the lab, so min KL(π‖π*) = max J."""
     from minialign.trainers.rlhf import kl_control_objective
 
-    a, policy, lab, r, beta = setup(12)
+    a, policy, lab, r, beta = tiny_lab(12)
     _, log_p, log_z = rlhf_target(lab, a, r, beta)
     p_a = lab.distribution(a)
     rng = np.random.default_rng(3)
@@ -141,11 +140,11 @@ def test_kl_divergence_to_the_tilted_target_is_the_negated_objective_over_beta()
 def test_gdcpp_is_fdpg_reverse_kl_with_the_constant_baseline_one():
     """Eq. (7.9): (π/q)·(P/(Zπ) − 1) = (P/Z − π)/q, GDC++'s weight (Korbak et al. 2022), sample by sample,
     on samples from a proposal q ≠ π."""
-    a, policy, lab, r, _ = setup(13)
+    a, policy, lab, r, _ = tiny_lab(13)
     log_scores = np.log(lab.distribution(a)) + 1.2 * (lab.sequences[:, 0] == 1)
     _, log_z = lab.normalise(log_scores)
     target = lab_fn(lab, log_scores)
-    q = tiny_gpt(99, vocab_size=3, block_size=4, scale=0.3)
+    q = lab_model(99, vocab_size=3, block_size=4, scale=0.3)
     from minialign.trainers.common import sample_batch
 
     batch = sample_batch(q, 128, np.random.default_rng(0), ref=a)
@@ -166,10 +165,10 @@ def test_gdcpp_is_fdpg_reverse_kl_with_the_constant_baseline_one():
 def test_off_policy_fdpg_has_the_on_policy_expectation(f):
     """Eq. (7.4): with samples from a proposal q (here another model), the weights π/q make the exact
     expectation of the estimator the on-policy one, which is ∇D_f(π‖p) — and without them it is not."""
-    a, policy, lab, r, beta = setup(14)
+    a, policy, lab, r, beta = tiny_lab(14)
     log_scores, log_p, log_z = rlhf_target(lab, a, r, beta)
     target = lab_fn(lab, log_scores)
-    q = tiny_gpt(98, vocab_size=3, block_size=4, scale=0.5)
+    q = lab_model(98, vocab_size=3, block_size=4, scale=0.5)
     method = FDPG(a, policy, target, f=f, proposal="fixed", log_z=log_z)
     g_q = exact_grad(method, policy, exact_batch(lab, q, ref=a))
     truth = autograd_of(policy, lambda: fdiv_to_target(f, lab.log_probs(policy), log_p))
@@ -199,7 +198,7 @@ def test_leave_one_out_baseline_keeps_the_on_policy_expectation():
     """The trainer's baseline for sample i is the mean of the other samples' pseudo-rewards, which does not
     depend on x_i: over every batch of n = 2 sequences, weighted by its exact probability, the expected
     update is exactly ∇D_f (a mean including the sample's own R would give (1 − 1/n)∇D_f)."""
-    a, policy, lab, r, beta = setup(15)
+    a, policy, lab, r, beta = tiny_lab(15)
     log_scores, log_p, log_z = rlhf_target(lab, a, r, beta)
     method = FDPG(a, policy, lab_fn(lab, log_scores), f="js", proposal="policy", baseline=True, log_z=log_z)
     g = expected_update(method, policy, lab, lab.distribution(policy))
@@ -238,7 +237,7 @@ def test_the_gradient_identity_needs_a_fixed_target(f):
         p1 = _softmax(theta)
         p2 = _softmax(A @ theta) if moving else p_fixed
         identity = (p1 * fd.f_prime(p1 / p2)) @ (np.eye(6) - p1[None, :])  # Σ_x π₁ f' ∇_θ log π₁(x)
-        numeric = _central_difference(lambda th: div(th, moving), theta)
+        numeric = central_difference(lambda th: div(th, moving), theta)
         if moving:
             assert np.abs(identity - numeric).max() > 1e-2
             d1, d2 = D.partial_derivatives(f, p1, p2)  # Eq. (3.5): both partials, chained
@@ -265,7 +264,7 @@ def test_seed000_derivative_as_a_pseudo_reward_trains_the_other_kl():
     """Seed 000 (§4.2) gives ∂/∂π₁ Σπ₁log(π₁/π₂) = 1 − π₂/π₁. Used as f' in the gradient identity with π₁ = π_θ
     and π₂ = p, it gives Σ_x (π − p)∇log π = ∇KL(p‖π): the gradient of the forward KL (DPG), not of the
     KL(π‖p) the seed writes down. The correct derivative log(π/p) + 1 gives ∇KL(π‖p)."""
-    model = tiny_gpt(16, vocab_size=3, block_size=4, scale=1.0)
+    model = lab_model(16, vocab_size=3, block_size=4, scale=1.0)
     lab = ExactLab.for_model(model)
     log_p, _ = lab.normalise(np.random.default_rng(16).normal(size=len(lab)) * 2)
     p, pi = np.exp(log_p), lab.distribution(model)
@@ -326,9 +325,9 @@ def test_leave_one_out_baseline_keeps_the_off_policy_expectation():
     still leaves the expected update equal to ∇D_js exactly. The self-inclusive weighted mean Σρ_jR_j/Σρ_j
     would not: computed on the same batches, it gives a small multiple of ∇D_js plus a component off its
     direction."""
-    a, policy, lab, r, beta = setup(15)
+    a, policy, lab, r, beta = tiny_lab(15)
     log_scores, log_p, log_z = rlhf_target(lab, a, r, beta)
-    p_q = lab.distribution(tiny_gpt(98, vocab_size=3, block_size=4, scale=0.5))
+    p_q = lab.distribution(lab_model(98, vocab_size=3, block_size=4, scale=0.5))
     target = lab_fn(lab, log_scores)
     truth = autograd_of(policy, lambda: fdiv_to_target("js", lab.log_probs(policy), log_p))
     method = FDPG(a, policy, target, f="js", proposal="fixed", baseline=True, log_z=log_z)

@@ -4,19 +4,17 @@ import numpy as np
 import pytest
 
 from minialign.ebm import fit_lambda_exact
-from minialign.lab import ExactLab, fdiv_to_target
+from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model
 from minialign.optim import AdamW
 from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sample_batch, train
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 from minialign.trainers.proposal import MomentCalibration
 from minialign.trainers.rlhf import Reinforce
-from test_gpt import tiny_gpt
-from test_trainers_exact import autograd_of, exact_grad, lab_fn
 
 
 def base(seed=0):
-    a = tiny_gpt(seed, vocab_size=3, block_size=4, scale=0.3)
+    a = lab_model(seed, vocab_size=3, block_size=4, scale=0.3)
     return a, ExactLab.for_model(a)
 
 

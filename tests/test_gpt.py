@@ -7,8 +7,7 @@ import pytest
 from minialign import gradcheck
 from minialign.bench import torch_reference_gpt
 from minialign.gpt import GPT, GPTConfig
-
-torch = pytest.importorskip("torch")
+from minialign.lab import lab_model
 
 
 def all_sequences(vocab_size, horizon, eos=0):
@@ -21,19 +20,10 @@ def all_sequences(vocab_size, horizon, eos=0):
     return np.array(rows, dtype=np.int64)
 
 
-def tiny_gpt(seed=0, vocab_size=3, block_size=4, scale=1.0, dtype=np.float64, **kw):
-    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=8, **kw)
-    model = GPT(cfg, seed=seed).astype(dtype)
-    rng = np.random.default_rng(seed + 100)
-    for p in model.parameters():  # larger weights than the init, so the distribution is far from uniform
-        p.data = p.data + scale * rng.standard_normal(p.shape).astype(dtype)
-    return model
-
-
 @pytest.mark.task2_1
 @pytest.mark.parametrize("vocab_size,block_size,seed", [(2, 5, 0), (3, 4, 1), (4, 3, 2), (3, 1, 3)])
 def test_exact_sequence_distribution_sums_to_one(vocab_size, block_size, seed):
-    model = tiny_gpt(seed, vocab_size, block_size)
+    model = lab_model(seed, vocab_size, block_size)
     x = all_sequences(vocab_size, block_size)
     logp = model.sequence_logprob(x).numpy()
     assert len(x) == sum((vocab_size - 1) ** n for n in range(block_size))
@@ -42,7 +32,7 @@ def test_exact_sequence_distribution_sums_to_one(vocab_size, block_size, seed):
 
 @pytest.mark.task2_1
 def test_sequence_logprob_is_the_sum_of_next_token_logprobs_up_to_eos():
-    model = tiny_gpt(4, vocab_size=4, block_size=5)
+    model = lab_model(4, vocab_size=4, block_size=5)
     x = np.array([[1, 2, 0, 3, 3], [3, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
     inp = np.concatenate([np.zeros((3, 1), dtype=np.int64), x[:, :-1]], axis=1)
     z = model(inp).numpy()
@@ -58,8 +48,8 @@ def test_sequence_logprob_is_the_sum_of_next_token_logprobs_up_to_eos():
 
 
 @pytest.mark.task2_1
-def test_logits_and_gradients_match_a_torch_model_with_the_same_weights():
-    model = tiny_gpt(5, vocab_size=5, block_size=6, scale=0.3)
+def test_logits_and_gradients_match_a_torch_model_with_the_same_weights(torch):
+    model = lab_model(5, vocab_size=5, block_size=6, scale=0.3)
     params, forward = torch_reference_gpt(model)
     for p in params.values():
         p.data = p.data.double()
@@ -77,7 +67,7 @@ def test_logits_and_gradients_match_a_torch_model_with_the_same_weights():
 
 @pytest.mark.task2_1
 def test_sequence_logprob_gradient_matches_finite_differences():
-    model = tiny_gpt(6, vocab_size=3, block_size=3, scale=0.5)
+    model = lab_model(6, vocab_size=3, block_size=3, scale=0.5)
     x = all_sequences(3, 3)
     w = model.h[0].attn.c_attn.weight
     for p in model.parameters():
@@ -88,7 +78,7 @@ def test_sequence_logprob_gradient_matches_finite_differences():
 @pytest.mark.task2_1
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, None), (1.3, 2)])
 def test_kv_cache_gives_identical_samples_and_logprobs(temperature, top_k):
-    model = tiny_gpt(7, vocab_size=5, block_size=7, scale=0.5)
+    model = lab_model(7, vocab_size=5, block_size=7, scale=0.5)
     a, lp_a = model.generate(64, rng=11, temperature=temperature, top_k=top_k, use_cache=True)
     b, lp_b = model.generate(64, rng=11, temperature=temperature, top_k=top_k, use_cache=False)
     np.testing.assert_array_equal(a, b)
@@ -99,7 +89,7 @@ def test_kv_cache_gives_identical_samples_and_logprobs(temperature, top_k):
 
 @pytest.mark.task2_1
 def test_cached_incremental_logits_equal_the_full_forward():
-    model = tiny_gpt(8, vocab_size=5, block_size=6, scale=0.5)
+    model = lab_model(8, vocab_size=5, block_size=6, scale=0.5)
     x = np.array([[0, 3, 1, 4, 2, 2], [0, 1, 1, 2, 3, 4]])
     full = model(x).numpy()
     cache = model.new_cache()
@@ -108,7 +98,7 @@ def test_cached_incremental_logits_equal_the_full_forward():
 
 
 def test_samples_follow_the_model_distribution():
-    model = tiny_gpt(9, vocab_size=3, block_size=3, scale=1.0)
+    model = lab_model(9, vocab_size=3, block_size=3, scale=1.0)
     x = all_sequences(3, 3)
     p = np.exp(model.sequence_logprob(x).numpy())
     samples, _ = model.generate(20000, rng=3)
@@ -120,7 +110,7 @@ def test_samples_follow_the_model_distribution():
 
 
 def test_top_k_only_samples_the_k_most_likely_first_tokens():
-    model = tiny_gpt(10, vocab_size=6, block_size=3, scale=1.0)
+    model = lab_model(10, vocab_size=6, block_size=3, scale=1.0)
     logits = model(np.zeros((1, 1), dtype=np.int64)).numpy()[0, 0]
     top2 = set(np.argsort(logits)[-2:])
     samples, _ = model.generate(300, rng=0, top_k=2)
@@ -128,7 +118,7 @@ def test_top_k_only_samples_the_k_most_likely_first_tokens():
 
 
 def test_save_load_round_trips_bit_exactly(tmp_path):
-    model = tiny_gpt(11, vocab_size=5, block_size=6, dtype=np.float32)
+    model = lab_model(11, vocab_size=5, block_size=6, dtype=np.float32)
     path = model.save(tmp_path / "m.npz")
     loaded = GPT.load(path)
     assert loaded.config == model.config
@@ -140,7 +130,7 @@ def test_save_load_round_trips_bit_exactly(tmp_path):
 
 
 def test_bad_token_input_raises_clear_errors():
-    model = tiny_gpt(12, vocab_size=4, block_size=4)
+    model = lab_model(12, vocab_size=4, block_size=4)
     with pytest.raises(TypeError, match="integer array of token ids; got dtype float64"):
         model(np.zeros((1, 2)))
     with pytest.raises(ValueError, match=r"token ids in \[0, 4\); got values in \[0, 7\]"):

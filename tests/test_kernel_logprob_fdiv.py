@@ -1,6 +1,6 @@
 """Fused log-prob + token-level f-divergence kernels (chapter 08, Eqs. 8.9-8.14).
 
-Oracles: the plain PyTorch reference in float64 (``log_softmax`` and the table of MATH.md section 2),
+Oracles: the plain PyTorch reference in float64 (``log_softmax`` and the generators of chapter 03, Eq. 3.2),
 torch autograd through that reference for the gradients, ``torch.nn.functional.cross_entropy`` and
 ``torch.distributions.Categorical`` for log-probabilities and entropies, and
 ``minialign.divergences.divergence`` for the divergences.
@@ -16,21 +16,26 @@ import math
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+from helpers import installed
+from minialign import divergences
 
-from minialign.kernels.logprob_fdiv import (  # noqa: E402
-    F_NAMES,
-    LogprobFdivOutput,
-    logprob_fdiv,
-    logprob_fdiv_backward,
-    logprob_fdiv_forward,
-    logprob_fdiv_reference,
-)
+KERNELS = installed("torch", "triton")
+if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
+    import torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}
-DTYPES = list(TOL)
+    from minialign.kernels.logprob_fdiv import (
+        F_NAMES as KERNEL_F_NAMES,
+        LogprobFdivOutput,
+        logprob_fdiv,
+        logprob_fdiv_backward,
+        logprob_fdiv_forward,
+        logprob_fdiv_reference,
+    )
+
+pytestmark = pytest.mark.usefixtures("triton")
+DEVICE = "cuda" if KERNELS and torch.cuda.is_available() else "cpu"
+TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
+F_NAMES = ("kl", "reverse_kl", "js", "tv")  # the kernel's members; test_the_kernel_offers_these_members checks it
 FIELDS = ("logp", "ref_logp", "entropy", "div", "lse", "ref_lse", "row_scalar")
 
 # (N, V, block_v): V = 37 is one masked block; V = 1000 with 128-wide blocks runs the vocabulary loop
@@ -46,7 +51,13 @@ def rel_err(actual, expected):
     return (actual.double() - expected).abs().max().item() / scale
 
 
-def make_inputs(n, v, dtype=torch.float32, seed=0, spread=3.0, n_ignored=1):
+def tol(dtype):
+    """The tolerance of a torch dtype (the table is keyed by name, so that it exists without torch)."""
+    return TOL[str(dtype).removeprefix("torch.")]
+
+
+def make_inputs(n, v, dtype=None, seed=0, spread=3.0, n_ignored=1):
+    dtype = torch.float32 if dtype is None else dtype
     gen = torch.Generator().manual_seed(seed)
     z = (spread * torch.randn(n, v, generator=gen)).to(device=DEVICE, dtype=dtype)
     r = (spread * torch.randn(n, v, generator=gen)).to(device=DEVICE, dtype=dtype)
@@ -65,6 +76,10 @@ def reference_grad(z, r, y, f, w, u):
     return leaf.grad
 
 
+def test_the_kernel_offers_these_members():
+    assert tuple(KERNEL_F_NAMES) == F_NAMES
+
+
 @pytest.mark.parametrize("n,v,block_v", SIZES)
 @pytest.mark.parametrize("f", F_NAMES)
 def test_forward_matches_reference(f, n, v, block_v):
@@ -74,17 +89,18 @@ def test_forward_matches_reference(f, n, v, block_v):
     for name in FIELDS:
         got = getattr(out, name)
         assert got.shape == (n,) and got.dtype == torch.float32, name
-        assert rel_err(got, getattr(ref, name)) <= TOL[torch.float32], name
+        assert rel_err(got, getattr(ref, name)) <= tol(torch.float32), name
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("f", F_NAMES)
 def test_forward_in_16_bit_matches_reference_on_the_same_rounded_logits(f, dtype):
+    dtype = getattr(torch, dtype)
     z, r, y = make_inputs(6, 1000, dtype=dtype, seed=2)
     out = logprob_fdiv_forward(z, r, y, f=f, block_v=256)
     ref = logprob_fdiv_reference(z, r, y, f=f)
     for name in FIELDS:
-        assert rel_err(getattr(out, name), getattr(ref, name)) <= TOL[dtype], name
+        assert rel_err(getattr(out, name), getattr(ref, name)) <= tol(dtype), name
 
 
 @pytest.mark.parametrize("n,v,block_v", SIZES[:2])
@@ -96,18 +112,19 @@ def test_backward_matches_autograd_of_reference(f, n, v, block_v):
     out = logprob_fdiv_forward(z, r, y, f=f, block_v=block_v)
     dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=block_v)
     assert dz.shape == z.shape and dz.dtype == z.dtype
-    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= tol(torch.float32)
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("f", ["kl", "js"])
 def test_backward_in_16_bit(f, dtype):
+    dtype = getattr(torch, dtype)
     z, r, y = make_inputs(4, 300, dtype=dtype, seed=5)
     w, u = torch.ones(4, device=DEVICE), torch.full((4,), 0.5, device=DEVICE)
     out = logprob_fdiv_forward(z, r, y, f=f)
     dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f)
     assert dz.dtype == dtype
-    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[dtype]
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= tol(dtype)
 
 
 def test_large_vocabulary_backward():
@@ -115,7 +132,7 @@ def test_large_vocabulary_backward():
     w, u = torch.tensor([1.0, -2.0], device=DEVICE), torch.tensor([0.3, 1.5], device=DEVICE)
     out = logprob_fdiv_forward(z, r, y, f="js")
     dz = logprob_fdiv_backward(z, r, y, out, w, u, f="js")
-    assert rel_err(dz, reference_grad(z, r, y, "js", w, u)) <= TOL[torch.float32]
+    assert rel_err(dz, reference_grad(z, r, y, "js", w, u)) <= tol(torch.float32)
 
 
 @pytest.mark.parametrize("f", F_NAMES)
@@ -128,9 +145,9 @@ def test_gradient_at_the_t_to_zero_and_t_to_infinity_limits(f):
     w, u = torch.zeros(n, device=DEVICE), torch.ones(n, device=DEVICE)
     out = logprob_fdiv_forward(z, r, y, f=f, block_v=16)
     ref = logprob_fdiv_reference(z, r, y, f=f)
-    assert rel_err(out.div, ref.div) <= TOL[torch.float32]
+    assert rel_err(out.div, ref.div) <= tol(torch.float32)
     dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=16)
-    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= tol(torch.float32)
 
 
 @pytest.mark.parametrize("f", F_NAMES)
@@ -162,21 +179,21 @@ def test_without_reference_only_logp_entropy_and_lse():
     out = logprob_fdiv_forward(z, None, y)
     ref = logprob_fdiv_reference(z, None, y)
     for name in ("logp", "entropy", "lse"):
-        assert rel_err(getattr(out, name), getattr(ref, name)) <= TOL[torch.float32]
+        assert rel_err(getattr(out, name), getattr(ref, name)) <= tol(torch.float32)
     for name in ("ref_logp", "div", "ref_lse", "row_scalar"):
         assert torch.count_nonzero(getattr(out, name)) == 0
     w = torch.linspace(-1, 1, 5, device=DEVICE)
     dz = logprob_fdiv_backward(z, None, y, out, w, None)
-    assert rel_err(dz, reference_grad(z, None, y, "kl", w, None)) <= TOL[torch.float32]
+    assert rel_err(dz, reference_grad(z, None, y, "kl", w, None)) <= tol(torch.float32)
 
 
 def test_logp_and_entropy_agree_with_cross_entropy_and_categorical():
     z, r, y = make_inputs(7, 1000, seed=10)
     out = logprob_fdiv_forward(z, r, y, block_v=128)
     ce = torch.nn.functional.cross_entropy(z.double(), y, ignore_index=-100, reduction="none")
-    assert rel_err(out.logp, -ce) <= TOL[torch.float32]
+    assert rel_err(out.logp, -ce) <= tol(torch.float32)
     ent = torch.distributions.Categorical(logits=z.double()).entropy()
-    assert rel_err(out.entropy, ent) <= TOL[torch.float32]
+    assert rel_err(out.entropy, ent) <= tol(torch.float32)
 
 
 def test_ignored_rows_have_zero_logp_and_no_gradient_from_the_w_term():
@@ -208,12 +225,12 @@ def test_extreme_logits_stay_finite_and_match_reference(f):
     for name in FIELDS:
         got = getattr(out, name)
         assert torch.isfinite(got).all(), name
-        assert rel_err(got, getattr(ref, name)) <= TOL[torch.float32] * zmax, name
+        assert rel_err(got, getattr(ref, name)) <= tol(torch.float32) * zmax, name
     assert abs(out.logp[0].item()) <= 1e-6  # the one-hot row puts all its mass on its target
     w, u = torch.ones(n, device=DEVICE), torch.ones(n, device=DEVICE)
     dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=32)
     assert torch.isfinite(dz).all()
-    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+    assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= tol(torch.float32)
 
 
 def _disjoint_rows(v=20):
@@ -227,7 +244,7 @@ def _disjoint_rows(v=20):
 
 
 def test_zero_mass_conventions_on_disjoint_supports():
-    """MATH.md section 2: a = 0 < pi costs pi lim f(t)/t, pi = 0 < a costs a f(0), 0 f(0/0) = 0."""
+    """Chapter 03, Eq. (3.4): a = 0 < pi costs pi lim f(t)/t, pi = 0 < a costs a f(0), 0 f(0/0) = 0."""
     z, r, y = _disjoint_rows()
     expected = {"kl": math.inf, "reverse_kl": math.inf, "js": math.log(2.0), "tv": 1.0}
     for f, value in expected.items():
@@ -281,12 +298,11 @@ def test_autograd_wrapper_matches_reference_gradient(f):
     (3.0 * loss).backward()
     ref = logprob_fdiv_reference(z, r, y, f=f)
     assert loss.item() == pytest.approx(((w.double() * ref.logp).sum() + (u.double() * ref.div).sum()).item(), rel=1e-5)
-    assert rel_err(leaf.grad, 3.0 * reference_grad(z, r, y, f, w, u)) <= TOL[torch.float32]
+    assert rel_err(leaf.grad, 3.0 * reference_grad(z, r, y, f, w, u)) <= tol(torch.float32)
 
 
 @pytest.mark.parametrize("f", F_NAMES)
 def test_matches_the_divergences_module(f):
-    divergences = pytest.importorskip("minialign.divergences")
     z, r, y = make_inputs(6, 37, seed=18)
     out = logprob_fdiv_forward(z, r, y, f=f)
     P = torch.softmax(z.double(), -1).cpu().numpy()
@@ -351,9 +367,6 @@ def test_output_is_a_named_tuple_of_row_statistics():
 @pytest.mark.parametrize("f", F_NAMES)
 def test_matches_the_divergences_module_from_logs_at_extremes(f):
     """Logits of +-1e4 and -inf entries against ``divergence_from_logs`` (its own log-space route)."""
-    divergences = pytest.importorskip("minialign.divergences")
-    if not hasattr(divergences, "divergence_from_logs"):
-        pytest.skip("minialign.divergences has no divergence_from_logs")
     z, r, y = _disjoint_rows()
     gen = torch.Generator().manual_seed(21)
     z2 = (1e4 * torch.rand(2, 20, generator=gen)).to(DEVICE)

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from minialign import divergences as D
-from minialign.lab import ExactLab, fdiv_to_target, score_function_gradient
-from test_gpt import tiny_gpt
+from minialign.lab import ExactLab, fdiv_to_target, lab_model, score_function_gradient
 
 FAMILY = ["kl", "reverse_kl", "js", "tv", "chi2", "hellinger", "alpha:0.5", "alpha:-1", "alpha:2"]
 
@@ -19,7 +18,7 @@ def test_enumeration_counts_and_pads_every_sequence():
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_a_random_gpt_exact_distribution_sums_to_one(seed):
-    model = tiny_gpt(seed, vocab_size=4, block_size=4, scale=1.5)
+    model = lab_model(seed, vocab_size=4, block_size=4, scale=1.5)
     p = ExactLab.for_model(model).distribution(model)
     assert (p > 0).all()
     np.testing.assert_allclose(p.sum(), 1.0, rtol=0, atol=1e-12)
@@ -43,7 +42,7 @@ def test_normalise_returns_log_p_and_log_z():
 
 def test_lab_rejects_a_model_of_another_shape():
     with pytest.raises(ValueError, match="does not match the lab"):
-        ExactLab(3, 5).log_probs(tiny_gpt(0, vocab_size=3, block_size=4))
+        ExactLab(3, 5).log_probs(lab_model(0, vocab_size=3, block_size=4))
 
 
 def test_exact_sampling_matches_the_vector():
@@ -57,8 +56,8 @@ def test_exact_sampling_matches_the_vector():
 def close_pair(seed, block_size):
     """A model π and a = π with perturbed weights: close enough that the ratio a/π has light tails, so that
     sample standard deviations are trustworthy confidence bounds."""
-    pi = tiny_gpt(seed, vocab_size=3, block_size=block_size, scale=0.8)
-    a = tiny_gpt(seed, vocab_size=3, block_size=block_size, scale=0.8)
+    pi = lab_model(seed, vocab_size=3, block_size=block_size, scale=0.8)
+    a = lab_model(seed, vocab_size=3, block_size=block_size, scale=0.8)
     rng = np.random.default_rng(seed + 1)
     for p in a.parameters():
         p.data = p.data + 0.15 * rng.standard_normal(p.shape)
@@ -99,7 +98,7 @@ def test_monte_carlo_f_divergence_from_samples_converges(name):
 
 @pytest.mark.parametrize("name", FAMILY)
 def test_divergence_to_target_matches_the_exact_divergence(name):
-    model = tiny_gpt(9, vocab_size=3, block_size=4, scale=1.0)
+    model = lab_model(9, vocab_size=3, block_size=4, scale=1.0)
     lab = ExactLab.for_model(model)
     log_p, _ = lab.normalise(np.random.default_rng(9).normal(size=len(lab)) * 2)
     value = fdiv_to_target(name, lab.log_probs(model), log_p).item()
@@ -109,7 +108,7 @@ def test_divergence_to_target_matches_the_exact_divergence(name):
 @pytest.mark.parametrize("name", FAMILY)
 def test_gradient_identity_holds_for_every_f(name):
     """Eq. (3.21): ∇_θ D_f(π_θ‖p) (autograd through the enumeration) = E_{π_θ}[f'(π_θ/p) ∇_θ log π_θ]."""
-    model = tiny_gpt(10, vocab_size=3, block_size=4, scale=1.0)
+    model = lab_model(10, vocab_size=3, block_size=4, scale=1.0)
     lab = ExactLab.for_model(model)
     log_p, _ = lab.normalise(np.random.default_rng(10).normal(size=len(lab)) * 2)
     model.zero_grad()
@@ -126,7 +125,7 @@ def test_gradient_identity_holds_for_every_f(name):
 
 def test_gradient_identity_would_fail_with_a_wrong_derivative():
     """The check has teeth: using f instead of f' as the pseudo-reward gives a different gradient."""
-    model = tiny_gpt(11, vocab_size=3, block_size=3, scale=1.0)
+    model = lab_model(11, vocab_size=3, block_size=3, scale=1.0)
     lab = ExactLab.for_model(model)
     log_p, _ = lab.normalise(np.random.default_rng(11).normal(size=len(lab)))
     model.zero_grad()

@@ -9,8 +9,6 @@ from minialign.nn import Dropout, Embedding, LayerNorm, Linear, Module
 from minialign.optim import SGD, AdamW, clip_grad_norm, cosine_lr
 from minialign.tensor import Tensor
 
-torch = pytest.importorskip("torch")
-
 
 class Two(Module):
     def __init__(self):
@@ -51,7 +49,7 @@ def _quadratic_problem(seed=0):
 
 
 @pytest.mark.parametrize("kind", ["adamw", "sgd"])
-def test_optimizer_steps_match_torch_optim(kind):
+def test_optimizer_steps_match_torch_optim(kind, torch):
     w0, b0, x, target = _quadratic_problem()
     w, b = Tensor(w0.copy(), requires_grad=True), Tensor(b0.copy(), requires_grad=True)
     tw, tb = torch.tensor(w0, requires_grad=True), torch.tensor(b0, requires_grad=True)
@@ -99,7 +97,7 @@ def test_adamw_state_round_trips_and_resumes_identically(tmp_path):
     np.testing.assert_array_equal(w_resumed.data, w_full.data)
 
 
-def test_clip_grad_norm_matches_torch():
+def test_clip_grad_norm_matches_torch(torch):
     g = np.random.default_rng(0).standard_normal((3, 4)) * 10
     p = Tensor(np.zeros((3, 4)), requires_grad=True)
     p.grad = g.copy()
@@ -109,6 +107,10 @@ def test_clip_grad_norm_matches_torch():
     ttotal = torch.nn.utils.clip_grad_norm_([tp], 1.0)
     np.testing.assert_allclose(total, ttotal.item(), rtol=1e-12)
     np.testing.assert_allclose(p.grad, tp.grad.numpy(), rtol=1e-6)
+
+
+def test_clip_grad_norm_refuses_nan_gradients():
+    p = Tensor(np.zeros((3, 4)), requires_grad=True)
     p.grad = np.array([[np.nan]])
     with pytest.raises(FloatingPointError, match="NaN or inf"):
         clip_grad_norm([p], 1.0)

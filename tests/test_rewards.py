@@ -202,8 +202,7 @@ def test_log_sigmoid_gradient_at_zero_is_one_half():
     np.testing.assert_allclose(x.grad, 0.5)
 
 
-def test_bradley_terry_loss_and_gradient_match_torch():
-    torch = pytest.importorskip("torch")
+def test_bradley_terry_loss_and_gradient_match_torch(torch):
     rng = np.random.default_rng(0)
     w, l = rng.normal(0, 5, 64), rng.normal(0, 5, 64)
     w[:3], l[:3] = [100.0, -100.0, 2.0], [-100.0, 100.0, 2.0]

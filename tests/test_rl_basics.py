@@ -9,12 +9,11 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from minialign.lab import ExactLab, score_function_gradient
+from minialign.lab import ExactLab, lab_model, score_function_gradient
 from minialign.mdp import TabularMDP, evaluate_policy, seed004_mdp, value_iteration
 from minialign.tensor import Tensor
 from minialign.trainers.common import sample_batch
 from minialign.trainers.policy_gradient import leave_one_out_baseline, weighted_surrogate
-from test_gpt import tiny_gpt
 
 
 # ------------------------------------------------------------------------------------------------ the lab
@@ -35,7 +34,7 @@ def lab_setup(seed=0):
     S[x] = ∇_θ log π_θ(x) for every enumerated x (one exact backward pass each), so that any Monte-Carlo
     estimate Σ_i c_i ∇ log π(x_i) is a combination of rows of S.
     """
-    model = tiny_gpt(seed, vocab_size=3, block_size=4, scale=0.5)
+    model = lab_model(seed, vocab_size=3, block_size=4, scale=0.5)
     lab = ExactLab.for_model(model)
     p = lab.distribution(model)
     reward = lab.lengths.astype(np.float64)

@@ -1,7 +1,7 @@
 """Chapter 05 (RLHF): the checks the chapter needs beyond the trainers' own tests.
 
-* the table of KL-penalty gradients, recomputed exactly on the exact lab (with the helpers of
-  ``test_trainers_exact.py``), and its qualitative pattern asserted over several random models;
+* the table of KL-penalty gradients, recomputed exactly on the exact lab (``kl_gradient_survey`` of
+  ``minialign.experiments.rlhf_lab``), and its qualitative pattern asserted over several random models;
 * the adaptive-β controller of Ziegler et al. (2019), step by step and in closed loop;
 * over-optimisation of a misspecified reward as β → 0, exactly;
 * DPO: its implicit reward, and its expected gradient under Bradley–Terry labels, which vanishes at the
@@ -15,43 +15,17 @@ import numpy as np
 import pytest
 
 from minialign import functional as F
-from minialign.lab import ExactLab
+from minialign.experiments.rlhf_lab import (ONE_STEP, SEQUENCES, WORKED_LIKELIHOOD, WORKED_PRIOR, dpo_lab, elbo_terms,
+                                            goodhart_curve, kl_gradient_survey, reparameterised_sample,
+                                            seed002_sample, tiny_lab)
 from minialign.tensor import Tensor
 from minialign.trainers.common import Batch
 from minialign.trainers.dpo import DPO
 from minialign.functional import log_sigmoid
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
-from test_gpt import tiny_gpt
-from test_trainers_exact import kl_penalty_gradients, relative_error, setup
-
-KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss")
 
 
 # ------------------------------------------------------------------------------ the KL-gradient table
-def kl_gradient_table(seed, vocab_size, block_size, scale=0.3):
-    """Relative error of each KL choice's exact expected gradient against β∇KL(π‖a) ("reverse") and
-    against β∇KL(a‖π) ("forward"), on one random pair (π, a) of tiny GPTs. Returns {mode: (reverse, forward)}.
-
-    scale 0.3 keeps the models stochastic at every step (entropies of 0.3–2.3 nats over the enumeration);
-    with larger weights many random GPTs are nearly deterministic after the first token, and a sequence
-    then behaves like one categorical step."""
-    a, policy, lab, _, beta = setup(seed, vocab_size=vocab_size, block_size=block_size, scale=scale)
-    grads, truth, forward = kl_penalty_gradients(lab, a, policy, beta)
-    return {k: (relative_error(g, truth), relative_error(g, forward)) for k, g in grads.items()}
-
-
-# the two settings of the chapter's table: sequences of up to three letters, and one categorical step
-SEQUENCES = dict(vocab_size=3, block_size=4)
-ONE_STEP = dict(vocab_size=5, block_size=2)
-SEEDS = range(10)
-
-
-def kl_gradient_survey(setting, seeds=SEEDS):
-    """{mode: array [len(seeds), 2]} of (reverse, forward) relative errors over random pairs (π, a)."""
-    tables = [kl_gradient_table(s, **setting) for s in seeds]
-    return {k: np.array([t[k] for t in tables]) for k in KL_MODES}
-
-
 def test_kl_gradient_table_on_sequences():
     """On sequences, only k1 in the reward (per sequence, or per token with rewards-to-go) is unbiased for
     ∇KL(π‖a). k2 and k3 per token in the loss miss the effect of a token on the KL of the tokens after it,
@@ -79,7 +53,7 @@ def test_kl_gradient_table_on_one_categorical_step():
 def test_adaptive_beta_follows_the_clipped_proportional_rule():
     """Eq. (5.11) one step at a time: the error KL/KL_target − 1 is clipped to ±0.2 and β is multiplied by
     1 + K·error with K = 0.1; without a target β never moves."""
-    a, _, lab, r, _ = setup(0)
+    a, _, lab, r, _ = tiny_lab(0)
     method = RLHF(a, lambda batch: np.zeros(len(batch)), beta=0.5, kl_target=2.0)
     for kl, factor in [(2.0, 1.0), (2.2, 1.0 + 0.1 * 0.1), (10.0, 1.02), (0.0, 0.98), (1.9, 1.0 - 0.1 * 0.05)]:
         before = method.beta
@@ -95,7 +69,7 @@ def test_adaptive_beta_settles_where_the_optimum_has_the_target_kl():
     optimum π*_β (Eq. 5.6) of the current β and the controller sees its exact KL(π*_β‖a). KL(π*_β‖a) falls as
     β grows, so the rule drives β to the one value whose optimum sits at the target. 2% tolerance: the
     proportional step has a dead band of about K·(tolerance) around the fixed point."""
-    a, _, lab, r, _ = setup(1)
+    a, _, lab, r, _ = tiny_lab(1)
     log_a = np.log(lab.distribution(a))
     method = RLHF(a, lambda batch: np.zeros(len(batch)), beta=10.0, kl_target=0.3)
 
@@ -111,23 +85,6 @@ def test_adaptive_beta_settles_where_the_optimum_has_the_target_kl():
 
 
 # ------------------------------------------------------------------------------ over-optimisation
-def goodhart_curve(betas, seed=3, bump=1.6):
-    """A proxy reward r̂ = r + error, wrong by +bump on the one sequence whose true reward is lowest among
-    the longest ones; E_{π*_β(r̂)}[r] and KL(π*_β‖a) for each β (π* computed for the proxy)."""
-    a, _, lab, _, _ = setup(seed, scale=0.3)  # a base model that explores
-    log_a = np.log(lab.distribution(a))
-    r = 1.0 * (lab.sequences[:, 0] == 1) - 0.5 * np.abs(lab.lengths - 2)  # a taste on the lab
-    proxy = r.copy()
-    longest = np.flatnonzero(lab.lengths == lab.lengths.max())
-    proxy[longest[np.argmin(r[longest])]] += bump
-    rows = []
-    for beta in betas:
-        log_star, _ = kl_control_optimum(log_a, proxy, beta)
-        p = np.exp(log_star)
-        rows.append((beta, float(p @ proxy), float(p @ r), lab.divergence("kl", p, np.exp(log_a))))
-    return rows, float(r.max())
-
-
 def test_small_beta_overoptimises_a_misspecified_reward():
     """The proxy's value rises monotonically as β falls, while the true reward rises, peaks and falls:
     the optimum of a wrong reward is reached more faithfully the weaker the KL anchor."""
@@ -155,13 +112,6 @@ class TabularPolicy:
 
     def zero_grad(self):
         self.logits.grad = None
-
-
-def dpo_lab(seed=0, beta=0.5):
-    a = tiny_gpt(seed, vocab_size=3, block_size=4, scale=0.5)
-    lab = ExactLab.for_model(a)
-    r = np.random.default_rng(seed + 1).normal(size=len(lab))
-    return a, lab, r, beta
 
 
 def expected_dpo_gradient(a, lab, r, beta, policy):
@@ -240,28 +190,6 @@ def test_minimising_the_expected_dpo_loss_over_a_tabular_policy_recovers_pi_star
 
 
 # ------------------------------------------------------------------------------ seed 002: the ELBO
-def elbo_terms(log_prior, log_likelihood, q):
-    """One observation x of a discrete latent-variable model p(z) p(x|z), and an encoder distribution q(z|x).
-
-    Returns (log p(x), E_q[log p(x|z)], KL(q‖p(z)), KL(q‖p(z|x))), with Eq. (5.14):
-    log p(x) = E_q[log p(x|z)] − KL(q‖p(z)) + KL(q‖p(z|x)).
-    """
-    log_prior, log_likelihood, q = (np.asarray(v, dtype=np.float64) for v in (log_prior, log_likelihood, q))
-    log_joint = log_prior + log_likelihood
-    log_px = np.logaddexp.reduce(log_joint)
-    log_post = log_joint - log_px
-    on = q > 0
-    recon = float(np.sum(q[on] * log_likelihood[on]))
-    kl_prior = float(np.sum(q[on] * (np.log(q[on]) - log_prior[on])))
-    kl_post = float(np.sum(q[on] * (np.log(q[on]) - log_post[on])))
-    return float(log_px), recon, kl_prior, kl_post
-
-
-# the worked example of the chapter: three latent values, one observation
-WORKED_PRIOR = np.array([0.5, 0.3, 0.2])
-WORKED_LIKELIHOOD = np.array([0.1, 0.6, 0.3])  # p(x | z) for the observed x
-
-
 def test_elbo_is_a_lower_bound_whose_gap_is_the_kl_to_the_posterior():
     rng = np.random.default_rng(0)
     for _ in range(200):
@@ -293,16 +221,6 @@ def test_seed002_loss_without_the_kl_term_is_no_bound_on_log_likelihood():
         log_lik = np.log(rng.uniform(0.01, 1.0, size=k))
         log_px, recon, _, _ = elbo_terms(log_prior, log_lik, np.eye(k)[log_lik.argmax()])
         assert recon >= log_px
-
-
-def reparameterised_sample(mu, log_sigma, eps):
-    """Eq. (5.15): z = μ + σ·ε with σ = e^{log σ} and ε ~ N(0, 1): z ~ N(μ, σ²), differentiable in μ and log σ."""
-    return mu + log_sigma.exp() * eps
-
-
-def seed002_sample(mu, log_sigma, eps):
-    """Seed 002's sampling layer, ``z = z_log_sigma + noise``: z ~ N(log σ, 1), and μ is never used."""
-    return log_sigma + eps
 
 
 def test_reparameterisation_gives_the_right_distribution_and_gradients_and_the_seeds_does_not():

@@ -1,42 +1,17 @@
-"""The engine's primitive ops: each gradient equals central finite differences (float64) and torch autograd."""
+"""The engine's primitive ops: each gradient equals central finite differences (float64) and torch autograd.
+
+The finite-difference checks need nothing but NumPy; each torch check is a test of its own that requests the
+``torch`` fixture (conftest.py), so without torch only the oracle tests are skipped.
+"""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
+from helpers import check_against_torch, t64
 from minialign import GradcheckError, Tensor, concatenate, gradcheck, no_grad, stack
 from minialign.tensor import unbroadcast
 from strategies import array_and_axis, broadcastable_pair, float_arrays, small_shapes
-
-torch = pytest.importorskip("torch")
-
-
-def t64(a):
-    return Tensor(np.array(a, dtype=np.float64), requires_grad=True)
-
-
-def torch_grads(fn, *arrays):
-    """Gradients of ⟨fn(*inputs), c⟩ by torch autograd, with the same c that gradcheck-style checks use."""
-    xs = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
-    out = fn(*xs)
-    c = torch.tensor(np.random.default_rng(1).standard_normal(tuple(out.shape)))
-    (out * c).sum().backward()
-    return [x.grad.numpy() if x.grad is not None else np.zeros(x.shape) for x in xs], out.detach().numpy(), c.numpy()
-
-
-def ours_grads(fn, *arrays, c):
-    xs = [t64(a) for a in arrays]
-    out = fn(*xs)
-    out.backward(c)
-    return [x.grad if x.grad is not None else np.zeros(x.shape) for x in xs], out.numpy()
-
-
-def check_against_torch(ours, theirs, *arrays, atol=1e-10):
-    tg, tout, c = torch_grads(theirs, *arrays)
-    og, oout = ours_grads(ours, *arrays, c=c)
-    np.testing.assert_allclose(oout, tout, rtol=1e-10, atol=atol)
-    for a, b in zip(og, tg):
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=atol)
 
 
 BINARY = {
@@ -47,50 +22,85 @@ BINARY = {
 }
 
 
-@pytest.mark.task1_1
-@pytest.mark.parametrize("name", sorted(BINARY))
-@given(pair=broadcastable_pair())
-def test_binary_op_gradients_match_finite_differences_and_torch(name, pair):
+def binary_operands(name, pair):
     a, b = pair
     if name == "div":
         b = np.where(np.abs(b) < 0.5, 0.5 + np.abs(b), b)
+    return a, b
+
+
+@pytest.mark.task1_1
+@pytest.mark.parametrize("name", sorted(BINARY))
+@given(pair=broadcastable_pair())
+def test_binary_op_gradients_match_finite_differences(name, pair):
+    a, b = binary_operands(name, pair)
+    assert gradcheck(BINARY[name][0], t64(a), t64(b))
+
+
+@pytest.mark.task1_1
+@pytest.mark.parametrize("name", sorted(BINARY))
+@given(pair=broadcastable_pair())
+def test_binary_op_gradients_match_torch(name, pair, torch):
+    a, b = binary_operands(name, pair)
     ours, theirs = BINARY[name]
-    assert gradcheck(ours, t64(a), t64(b))
     check_against_torch(ours, theirs, a, b)
+
+
+def positive_base(pair):
+    a, b = pair
+    return np.abs(a) + 0.5, b  # a positive base so that a**b and log a are defined
 
 
 @pytest.mark.task1_1
 @given(pair=broadcastable_pair())
 def test_pow_gradients_in_base_and_exponent(pair):
-    a, b = pair
-    a = np.abs(a) + 0.5  # a positive base so that a**b and log a are defined
+    a, b = positive_base(pair)
     assert gradcheck(lambda x, y: x**y, t64(a), t64(b))
+
+
+@pytest.mark.task1_1
+@given(pair=broadcastable_pair())
+def test_pow_gradients_match_torch(pair, torch):
+    a, b = positive_base(pair)
     check_against_torch(lambda x, y: x**y, lambda x, y: x**y, a, b)
 
 
+# ours, theirs (a function on torch tensors, or the name of one in torch), domain
 UNARY = {
     "neg": (lambda x: -x, lambda x: -x, None),
-    "exp": (lambda x: x.exp(), torch.exp, None),
-    "log": (lambda x: x.log(), torch.log, "positive"),
-    "tanh": (lambda x: x.tanh(), torch.tanh, None),
-    "relu": (lambda x: x.relu(), torch.relu, "away_from_zero"),
-    "sigmoid": (lambda x: x.sigmoid(), torch.sigmoid, None),
-    "sqrt": (lambda x: x.sqrt(), torch.sqrt, "positive"),
+    "exp": (lambda x: x.exp(), "exp", None),
+    "log": (lambda x: x.log(), "log", "positive"),
+    "tanh": (lambda x: x.tanh(), "tanh", None),
+    "relu": (lambda x: x.relu(), "relu", "away_from_zero"),
+    "sigmoid": (lambda x: x.sigmoid(), "sigmoid", None),
+    "sqrt": (lambda x: x.sqrt(), "sqrt", "positive"),
     "square": (lambda x: x**2, lambda x: x**2, None),
 }
+
+
+def in_domain(domain, x):
+    if domain == "positive":
+        return np.abs(x) + 0.1
+    if domain == "away_from_zero":  # relu has no derivative at 0; finite differences straddle it
+        return np.where(np.abs(x) < 1e-3, 0.5, x)
+    return x
 
 
 @pytest.mark.task1_1
 @pytest.mark.parametrize("name", sorted(UNARY))
 @given(x=float_arrays(small_shapes))
-def test_unary_op_gradients_match_finite_differences_and_torch(name, x):
+def test_unary_op_gradients_match_finite_differences(name, x):
+    ours, _, domain = UNARY[name]
+    assert gradcheck(ours, t64(in_domain(domain, x)))
+
+
+@pytest.mark.task1_1
+@pytest.mark.parametrize("name", sorted(UNARY))
+@given(x=float_arrays(small_shapes))
+def test_unary_op_gradients_match_torch(name, x, torch):
     ours, theirs, domain = UNARY[name]
-    if domain == "positive":
-        x = np.abs(x) + 0.1
-    elif domain == "away_from_zero":  # relu has no derivative at 0; finite differences straddle it
-        x = np.where(np.abs(x) < 1e-3, 0.5, x)
-    assert gradcheck(ours, t64(x))
-    check_against_torch(ours, theirs, x)
+    theirs = getattr(torch, theirs) if isinstance(theirs, str) else theirs
+    check_against_torch(ours, theirs, in_domain(domain, x))
 
 
 @pytest.mark.task1_1
@@ -121,9 +131,15 @@ def matmul_operands(draw):
 
 @pytest.mark.task1_1
 @given(ab=matmul_operands())
-def test_batched_matmul_gradients_match_finite_differences_and_torch(ab):
+def test_batched_matmul_gradients_match_finite_differences(ab):
     a, b = ab
     assert gradcheck(lambda x, y: x @ y, t64(a), t64(b))
+
+
+@pytest.mark.task1_1
+@given(ab=matmul_operands())
+def test_batched_matmul_gradients_match_torch(ab, torch):
+    a, b = ab
     check_against_torch(lambda x, y: x @ y, lambda x, y: x @ y, a, b)
 
 
@@ -132,13 +148,26 @@ def test_matmul_rejects_mismatched_inner_dimensions():
         Tensor(np.ones((2, 3))) @ Tensor(np.ones((4, 5)))
 
 
+def reduction_input(reduction, x):
+    if reduction == "max":  # distinct values, well separated, so the max is unique and differentiable
+        return x + np.arange(x.size).reshape(x.shape) * 0.01
+    return x
+
+
 @pytest.mark.task1_2
 @pytest.mark.parametrize("reduction", ["sum", "mean", "max"])
 @given(data=array_and_axis())
-def test_reduction_gradients_match_finite_differences_and_torch(reduction, data):
+def test_reduction_gradients_match_finite_differences(reduction, data):
     x, axis, keepdims = data
-    if reduction == "max":  # distinct values, well separated, so the max is unique and differentiable
-        x = x + np.arange(x.size).reshape(x.shape) * 0.01
+    assert gradcheck(lambda t: getattr(t, reduction)(axis=axis, keepdims=keepdims), t64(reduction_input(reduction, x)))
+
+
+@pytest.mark.task1_2
+@pytest.mark.parametrize("reduction", ["sum", "mean", "max"])
+@given(data=array_and_axis())
+def test_reduction_gradients_match_torch(reduction, data, torch):
+    x, axis, keepdims = data
+    x = reduction_input(reduction, x)
 
     def ours(t):
         return getattr(t, reduction)(axis=axis, keepdims=keepdims)
@@ -153,7 +182,6 @@ def test_reduction_gradients_match_finite_differences_and_torch(reduction, data)
             return out if keepdims else out.reshape([s for i, s in enumerate(t.shape) if i not in {d % t.ndim for d in dims}])
         return getattr(torch, reduction)(t, dim=dims, keepdim=keepdims)
 
-    assert gradcheck(ours, t64(x))
     check_against_torch(ours, theirs, x)
 
 
@@ -166,7 +194,14 @@ def test_max_shares_gradient_between_ties():
 
 @pytest.mark.task1_2
 @given(x=float_arrays(hnp.array_shapes(min_dims=2, max_dims=4, max_side=3)), data=st.data())
-def test_reshape_and_permute_gradients_match_torch(x, data):
+def test_reshape_and_permute_gradients_match_finite_differences(x, data):
+    perm = data.draw(st.permutations(range(x.ndim)))
+    assert gradcheck(lambda t: t.permute(perm).reshape(-1, x.shape[perm[-1]]) * 2.0, t64(x))
+
+
+@pytest.mark.task1_2
+@given(x=float_arrays(hnp.array_shapes(min_dims=2, max_dims=4, max_side=3)), data=st.data())
+def test_reshape_and_permute_gradients_match_torch(x, data, torch):
     perm = data.draw(st.permutations(range(x.ndim)))
 
     def ours(t):
@@ -175,28 +210,47 @@ def test_reshape_and_permute_gradients_match_torch(x, data):
     def theirs(t):
         return t.permute(*perm).reshape(-1, x.shape[perm[-1]]) * 2.0
 
-    assert gradcheck(ours, t64(x))
     check_against_torch(ours, theirs, x)
     check_against_torch(lambda t: t.transpose(0, -1), lambda t: t.transpose(0, -1), x)
+
+
+def index_keys(data):
+    rows = np.array(data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=7)))
+    return [rows, (slice(1, 4), 2), (rows, slice(None, None, 2)), (Ellipsis, -1)]
 
 
 @pytest.mark.task1_2
 @given(x=float_arrays((5, 4)), data=st.data())
 def test_indexing_with_repeated_indices_accumulates_gradients(x, data):
-    rows = np.array(data.draw(st.lists(st.integers(0, 4), min_size=1, max_size=7)))
-    for key in [rows, (slice(1, 4), 2), (rows, slice(None, None, 2)), (Ellipsis, -1)]:
+    for key in index_keys(data):
         assert gradcheck(lambda t: t[key] * 3.0, t64(x))
+
+
+@pytest.mark.task1_2
+@given(x=float_arrays((5, 4)), data=st.data())
+def test_indexing_with_repeated_indices_matches_torch(x, data, torch):
+    for key in index_keys(data):
         check_against_torch(lambda t: t[key] * 3.0, lambda t: t[key if not isinstance(key, tuple) else key] * 3.0, x)
+
+
+def gather_index(x, data):
+    axis = data.draw(st.sampled_from([0, 1, -1]))
+    n_out = data.draw(st.integers(1, 6))
+    shape = (n_out, 5) if axis == 0 else (3, n_out)
+    return axis, np.array(data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, x.shape[axis] - 1))))
 
 
 @pytest.mark.task1_2
 @given(x=float_arrays((3, 5)), data=st.data())
-def test_gather_gradient_matches_torch(x, data):
-    axis = data.draw(st.sampled_from([0, 1, -1]))
-    n_out = data.draw(st.integers(1, 6))
-    shape = (n_out, 5) if axis == 0 else (3, n_out)
-    index = np.array(data.draw(hnp.arrays(np.int64, shape, elements=st.integers(0, x.shape[axis] - 1))))
+def test_gather_gradient_matches_finite_differences(x, data):
+    axis, index = gather_index(x, data)
     assert gradcheck(lambda t: t.gather(axis, index), t64(x))
+
+
+@pytest.mark.task1_2
+@given(x=float_arrays((3, 5)), data=st.data())
+def test_gather_gradient_matches_torch(x, data, torch):
+    axis, index = gather_index(x, data)
     check_against_torch(lambda t: t.gather(axis, index), lambda t: torch.gather(t, axis, torch.tensor(index)), x)
 
 
@@ -204,6 +258,11 @@ def test_gather_gradient_matches_torch(x, data):
 @given(a=float_arrays((2, 3)), b=float_arrays((2, 1)), c=float_arrays((2, 4)))
 def test_concatenate_and_stack_split_the_gradient_back(a, b, c):
     assert gradcheck(lambda x, y, z: concatenate([x, y, z], axis=1), t64(a), t64(b), t64(c))
+
+
+@pytest.mark.task1_2
+@given(a=float_arrays((2, 3)), b=float_arrays((2, 1)), c=float_arrays((2, 4)))
+def test_concatenate_and_stack_match_torch(a, b, c, torch):
     check_against_torch(lambda x, y, z: concatenate([x, y, z], axis=-1), lambda x, y, z: torch.cat([x, y, z], -1), a, b, c)
     check_against_torch(lambda x, y: stack([x, y], axis=1), lambda x, y: torch.stack([x, y], 1), a, a * 2)
 

@@ -6,16 +6,19 @@ is exercised on the CPU; the same tests run unchanged on a GPU.
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("triton")
+from helpers import installed
+from minialign import functional as F
+from minialign.gpt import GPT, GPTConfig
+from minialign.optim import AdamW
+from minialign.tensor import Tensor
 
-from minialign import functional as F  # noqa: E402
-from minialign.gpt import GPT, GPTConfig  # noqa: E402
-from minialign.optim import AdamW  # noqa: E402
-from minialign.tensor import Tensor  # noqa: E402
-from minialign.torch_backend import TorchBackend  # noqa: E402
+TORCH = installed("torch")
+if TORCH:  # without it, the `torch` fixture skips (or fails) each test
+    import torch
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    from minialign.torch_backend import TorchBackend
+
+DEVICE = "cuda" if TORCH and torch.cuda.is_available() else "cpu"
 CFG = GPTConfig(n_layer=2, n_head=2, n_embd=32)  # head dim 16, the smallest the attention kernel takes
 
 
@@ -27,7 +30,9 @@ def batch(seed=0, n=4):
 
 
 @pytest.mark.parametrize("use_kernels", [False, True])
-def test_gpt_loss_and_gradients_on_the_torch_backend_equal_the_numpy_engine(use_kernels):
+def test_gpt_loss_and_gradients_on_the_torch_backend_equal_the_numpy_engine(use_kernels, torch, request):
+    if use_kernels:
+        request.getfixturevalue("triton")
     x = batch()
     ref = GPT(CFG, seed=0)
     model = GPT(CFG, seed=0).to(TorchBackend(DEVICE, use_kernels=use_kernels))
@@ -41,7 +46,7 @@ def test_gpt_loss_and_gradients_on_the_torch_backend_equal_the_numpy_engine(use_
         np.testing.assert_allclose(q.bk.to_numpy(q.grad), p.grad, rtol=1e-3, atol=2e-5, err_msg=name)
 
 
-def test_the_kernels_are_actually_used():
+def test_the_kernels_are_actually_used(triton):
     bk = TorchBackend(DEVICE)
     q = Tensor(torch.randn(1, 2, 5, 16, device=DEVICE), requires_grad=True)
     out = F.scaled_dot_product_attention(q, q, q)
@@ -54,7 +59,7 @@ def test_the_kernels_are_actually_used():
     assert bk.use_kernels
 
 
-def test_gpt_trains_through_the_torch_backend_with_kernels():
+def test_gpt_trains_through_the_torch_backend_with_kernels(triton):
     x = batch(3, n=4)
     model = GPT(CFG, seed=1).to(TorchBackend(DEVICE))
     opt = AdamW(model.parameters(), lr=1e-2)

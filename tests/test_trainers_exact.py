@@ -7,60 +7,23 @@ trainer's loss on it has as gradient the exact expectation of its Monte-Carlo gr
 import numpy as np
 import pytest
 
+from helpers import close, rlhf_target
 from minialign import divergences as D
-from minialign.lab import ExactLab, fdiv_to_target
+from minialign.experiments.rlhf_lab import kl_penalty_gradients, relative_error, tiny_lab
+from minialign.lab import autograd_of, exact_grad, fdiv_to_target, lab_fn
 from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sample_batch, train
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 from minialign.trainers.policy_gradient import checked_rewards
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
-from test_gpt import tiny_gpt
 
 FAMILY = ["kl", "reverse_kl", "js", "tv", "hellinger", "chi2", "alpha:0.5", "alpha:-1"]
-
-
-def setup(seed=0, vocab_size=3, block_size=4, beta=0.5, scale=1.0):
-    a = tiny_gpt(seed, vocab_size=vocab_size, block_size=block_size, scale=scale)
-    policy = tiny_gpt(seed, vocab_size=vocab_size, block_size=block_size, scale=scale)
-    rng = np.random.default_rng(seed + 7)
-    for p in policy.parameters():  # π_θ a little away from a, so that every term of the gradient is alive
-        p.data = p.data + 0.3 * rng.standard_normal(p.shape)
-    lab = ExactLab.for_model(a)
-    rewards = rng.normal(size=len(lab)) * 2.0
-    return a, policy, lab, rewards, beta
-
-
-def lab_fn(lab, values):
-    """A reward or log-score given as a vector over the enumeration, read by each batch row."""
-    return lambda batch: np.asarray(values)[lab.index_of(batch.tokens)]
-
-
-def exact_grad(method, policy, batch):
-    """∇_θ of the method's loss on a batch, flattened over all parameters."""
-    policy.zero_grad()
-    loss, _ = method.loss(policy, batch)
-    loss.backward()
-    g = np.concatenate([np.ravel(p.grad) if p.grad is not None else np.zeros(p.size) for p in policy.parameters()])
-    policy.zero_grad()
-    return g
-
-
-def autograd_of(policy, value_fn):
-    policy.zero_grad()
-    value_fn().backward()
-    g = np.concatenate([np.ravel(p.grad) for p in policy.parameters()])
-    policy.zero_grad()
-    return g
-
-
-def close(a, b, rel=1e-8):
-    return np.abs(a - b).max() <= rel * np.abs(b).max()
 
 
 # ------------------------------------------------------------------------------------------- RLHF (chapter 05)
 def test_best_objective_is_beta_log_z_reached_at_the_tilted_optimum():
     """Eq. (5.6)–(5.7): max_π J(π) = β log Z at π* = a e^{r/β}/Z, and J(π) = β log Z − β KL(π‖π*) for every π."""
-    a, policy, lab, r, beta = setup(1)
+    a, policy, lab, r, beta = tiny_lab(1)
     p_a = lab.distribution(a)
     log_star, best = kl_control_optimum(np.log(p_a), r, beta)
     p_star = np.exp(log_star)
@@ -76,7 +39,7 @@ def test_rloo_drives_the_policy_to_the_kl_control_optimum():
     """From the base model, RLOO with the k1 penalty in the reward brings the exact KL(π*‖π_θ) from above
     1 nat to below 0.05 nats. The threshold leaves room for Monte-Carlo noise at batch 64 with a small
     learning rate: the remaining KL is what the last steps' gradient noise keeps stirring."""
-    a, _, lab, r, beta = setup(2, beta=0.5, scale=0.3)
+    a, _, lab, r, beta = tiny_lab(2, beta=0.5, scale=0.3)
     r = 2.0 * (lab.sequences[:, 0] == 1) - 1.0 * (lab.lengths > 2)  # a taste a reader can state
     policy = frozen_copy(a)
     for p in policy.parameters():
@@ -90,7 +53,7 @@ def test_rloo_drives_the_policy_to_the_kl_control_optimum():
 
 
 def test_ppo_clip_improves_the_objective():
-    a, _, lab, r, beta = setup(3, beta=0.5, scale=0.3)
+    a, _, lab, r, beta = tiny_lab(3, beta=0.5, scale=0.3)
     assert lab.entropy(lab.distribution(a)) > 0.5  # a base model that explores
     policy = frozen_copy(a)
     for p in policy.parameters():
@@ -105,24 +68,10 @@ def test_ppo_clip_improves_the_objective():
     assert max(hist["clip_fraction"]) > 0  # the clip was active at times
 
 
-def kl_penalty_gradients(lab, a, policy, beta):
-    """Exact expected gradient of each KL choice (reward 0), and the true β∇KL(π‖a)."""
-    zero = lambda batch: np.zeros(len(batch))  # noqa: E731
-    batch = exact_batch(lab, policy, ref=a)
-    truth = beta * autograd_of(policy, lambda: fdiv_to_target("kl", lab.log_probs(policy), np.log(lab.distribution(a))))
-    forward = beta * autograd_of(policy, lambda: fdiv_to_target("reverse_kl", lab.log_probs(policy), np.log(lab.distribution(a))))
-    return {kl: exact_grad(RLHF(a, zero, beta=beta, kl=kl, algo="reinforce"), policy, batch)
-            for kl in ("k1_seq", "k1_token", "k2_loss", "k3_loss")}, truth, forward
-
-
-def relative_error(g, truth):
-    return float(np.linalg.norm(g - truth) / np.linalg.norm(truth))
-
-
 def test_kl_estimator_gradients_on_sequences():
     """Eq. (5.8)–(5.9), measured exactly: k1 in the reward (per sequence, or per token with rewards-to-go)
     is unbiased for ∇KL(π‖a); k2 and k3 per token in the loss are not, on sequences of several tokens."""
-    a, policy, lab, _, beta = setup(4, block_size=4)
+    a, policy, lab, _, beta = tiny_lab(4, block_size=4)
     grads, truth, _ = kl_penalty_gradients(lab, a, policy, beta)
     errors = {k: relative_error(g, truth) for k, g in grads.items()}
     assert errors["k1_seq"] < 1e-8 and errors["k1_token"] < 1e-8, errors
@@ -130,9 +79,9 @@ def test_kl_estimator_gradients_on_sequences():
 
 
 def test_kl_estimator_gradients_on_one_categorical_step():
-    """With one free step (horizon 2: a token, then the forced EOS) the classic picture of MATH §3 holds:
+    """With one free step (horizon 2: a token, then the forced EOS) the classic picture of chapter 03, §9 holds:
     k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π), the forward KL."""
-    a, policy, lab, _, beta = setup(5, vocab_size=5, block_size=2)
+    a, policy, lab, _, beta = tiny_lab(5, vocab_size=5, block_size=2)
     grads, truth, forward = kl_penalty_gradients(lab, a, policy, beta)
     assert relative_error(grads["k1_seq"], truth) < 1e-8
     assert relative_error(grads["k2_loss"], truth) < 1e-8
@@ -141,16 +90,10 @@ def test_kl_estimator_gradients_on_one_categorical_step():
 
 
 # ------------------------------------------------------------------------------------------- unification (chapter 07)
-def rlhf_target(lab, a, r, beta):
-    log_scores = np.log(lab.distribution(a)) + r / beta  # log P = log a + r/β
-    log_p, log_z = lab.normalise(log_scores)
-    return log_scores, log_p, log_z
-
-
 def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
     """(a) f = kl (D_f(π‖p) = KL(π‖p)) with p ∝ a e^{r/β}: its gradient is 1/β times the gradient of the
     RLHF loss (the negated KL-control objective) with the sequence-level k1 penalty in the reward."""
-    a, policy, lab, r, beta = setup(6)
+    a, policy, lab, r, beta = tiny_lab(6)
     log_scores, _, log_z = rlhf_target(lab, a, r, beta)
     batch = exact_batch(lab, policy, ref=a)
     g_f = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f="kl", log_z=log_z), policy, batch)
@@ -161,7 +104,7 @@ def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
 
 def test_fdpg_forward_kl_is_dpg():
     """(b) f = reverse_kl (D_f(π‖p) = KL(p‖π)): the f-DPG gradient is GDC's DPG gradient, exactly."""
-    a, policy, lab, r, _ = setup(7)
+    a, policy, lab, r, _ = tiny_lab(7)
     log_scores = np.log(lab.distribution(a)) + 1.5 * (lab.lengths == 2)  # an EBM a·e^{λφ}
     _, log_z = lab.normalise(log_scores)
     batch = exact_batch(lab, policy, ref=a)
@@ -174,7 +117,7 @@ def test_fdpg_forward_kl_is_dpg():
 def test_fdpg_expected_gradient_equals_autograd_of_the_divergence(f):
     """(c) For every f: the f-DPG estimator's expectation equals ∇_θ D_f(π_θ‖p) by autograd through the
     enumeration."""
-    a, policy, lab, r, beta = setup(8)
+    a, policy, lab, r, beta = tiny_lab(8)
     log_scores, log_p, log_z = rlhf_target(lab, a, r, beta)
     batch = exact_batch(lab, policy, ref=a)
     g = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f=f, log_z=log_z), policy, batch)
@@ -185,7 +128,7 @@ def test_fdpg_expected_gradient_equals_autograd_of_the_divergence(f):
 @pytest.mark.parametrize("f", ["kl", "js", "tv"])
 def test_adding_c_times_t_minus_one_to_f_leaves_the_expected_gradient_unchanged(f, c=2.5):
     """(d) f + c(t − 1) shifts the pseudo-reward by −c; E_π[∇ log π] = 0 takes the shift away."""
-    a, policy, lab, r, beta = setup(9)
+    a, policy, lab, r, beta = tiny_lab(9)
     log_scores, _, log_z = rlhf_target(lab, a, r, beta)
     fd = D.get(f)
     shifted = D.from_generator(f"{f}+c(t-1)", lambda t: fd.f(t) + c * (t - 1), lambda t: fd.f_prime(t) + c,
@@ -200,7 +143,7 @@ def test_adding_c_times_t_minus_one_to_f_leaves_the_expected_gradient_unchanged(
 def test_monte_carlo_coefficients_agree_sample_by_sample():
     """On shared samples: f-DPG(kl) coefficients are RLHF's divided by β plus one constant (a baseline);
     f-DPG(reverse_kl) coefficients equal DPG's, sample by sample, with the same running Z."""
-    a, policy, lab, r, beta = setup(10)
+    a, policy, lab, r, beta = tiny_lab(10)
     log_scores, _, _ = rlhf_target(lab, a, r, beta)
     batch = sample_batch(policy, 256, np.random.default_rng(0), ref=a)
     target = lab_fn(lab, log_scores)
@@ -217,7 +160,7 @@ def test_monte_carlo_coefficients_agree_sample_by_sample():
 
 
 def test_bad_inputs_raise_clear_errors():
-    a, policy, lab, r, beta = setup(11)
+    a, policy, lab, r, beta = tiny_lab(11)
     with pytest.raises(ValueError, match="beta must be a finite number > 0"):
         RLHF(a, lab_fn(lab, r), beta=0.0)
     with pytest.raises(ValueError, match="unknown KL mode"):
@@ -238,7 +181,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 def test_an_interrupted_run_keeps_its_checkpoint_and_resumes(tmp_path):
-    a, policy, lab, r, beta = setup(12, scale=0.3)
+    a, policy, lab, r, beta = tiny_lab(12, scale=0.3)
     method = RLHF(a, lab_fn(lab, r), beta=beta)
     out = tmp_path / "run.npz"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..gpt import GPT, GPTConfig
-from ..lab import ExactLab
+from ..gpt import GPT
+from ..lab import ExactLab, lab_model
 from ..logspace import logsumexp
 from ..trainers.common import TrainConfig, frozen_copy, train
 from ..trainers.fdpg import FDPG
@@ -30,12 +30,7 @@ LOG_T_MAX = 20.0
 
 def lab_base(seed: int = 0, vocab_size: int = 3, block_size: int = 5) -> GPT:
     """A small float64 GPT with a peaked but not degenerate distribution over the lab's sequences."""
-    cfg = GPTConfig(vocab_size=vocab_size, block_size=block_size, n_layer=2, n_head=2, n_embd=16)
-    model = GPT(cfg, seed=seed).astype(np.float64)
-    rng = np.random.default_rng(1000 + seed)
-    for p in model.parameters():
-        p.data = p.data + 0.3 * rng.standard_normal(p.shape)
-    return model.eval()
+    return lab_model(seed, vocab_size, block_size, scale=0.3, n_embd=16, noise_seed=1000 + seed).eval()
 
 
 def lab_targets(lab: ExactLab, log_a: np.ndarray) -> dict:

@@ -1,0 +1,75 @@
+"""Helpers shared by the test modules (hypothesis strategies live in strategies.py, fixtures in conftest.py).
+
+No test module imports another: what two of them need lives here, or in the library when a notebook needs it
+too (``minialign.lab``, ``minialign.experiments``). torch is imported only inside the functions that use it;
+a test that calls them requests the ``torch`` fixture of conftest.py, which skips it (or fails it, when the
+run selects course tasks) where torch is not installed.
+"""
+import importlib.util
+
+import numpy as np
+
+from minialign import Tensor
+
+
+def installed(*modules) -> bool:
+    """Whether every named top-level module can be imported (without importing it)."""
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+# ---------------------------------------------------------------- the engine against torch autograd
+def t64(a):
+    """A float64 leaf Tensor that requires gradients."""
+    return Tensor(np.array(a, dtype=np.float64), requires_grad=True)
+
+
+def torch_grads(fn, *arrays):
+    """Gradients of ⟨fn(*inputs), c⟩ by torch autograd, with the same c that gradcheck-style checks use."""
+    import torch
+
+    xs = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
+    out = fn(*xs)
+    c = torch.tensor(np.random.default_rng(1).standard_normal(tuple(out.shape)))
+    (out * c).sum().backward()
+    return [x.grad.numpy() if x.grad is not None else np.zeros(x.shape) for x in xs], out.detach().numpy(), c.numpy()
+
+
+def ours_grads(fn, *arrays, c):
+    """Our output and the gradients of ⟨fn(*inputs), c⟩ by the engine."""
+    xs = [t64(a) for a in arrays]
+    out = fn(*xs)
+    out.backward(c)
+    return [x.grad if x.grad is not None else np.zeros(x.shape) for x in xs], out.numpy()
+
+
+def check_against_torch(ours, theirs, *arrays, atol=1e-10):
+    """``ours`` on Tensors and ``theirs`` on torch tensors agree in value and gradient, in float64."""
+    tg, tout, c = torch_grads(theirs, *arrays)
+    og, oout = ours_grads(ours, *arrays, c=c)
+    np.testing.assert_allclose(oout, tout, rtol=1e-10, atol=atol)
+    for a, b in zip(og, tg):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=atol)
+
+
+# ---------------------------------------------------------------- numbers
+def central_difference(fn, x, h=1e-6):
+    """The gradient of a scalar function of a vector by central differences, (fn(x + h e_i) − fn(x − h e_i)) / 2h."""
+    grad = np.zeros_like(x)
+    for i in range(len(x)):
+        e = np.zeros_like(x)
+        e[i] = h
+        grad[i] = (fn(x + e) - fn(x - e)) / (2 * h)
+    return grad
+
+
+def close(a, b, rel=1e-8):
+    """max |a − b| ≤ rel · max |b|: two gradient vectors agree relative to the size of the second."""
+    return np.abs(a - b).max() <= rel * np.abs(b).max()
+
+
+# ---------------------------------------------------------------- the exact lab
+def rlhf_target(lab, a, r, beta):
+    """The RLHF target as an EBM on the lab: log P = log a + r/β, with its normalised log p and log Z."""
+    log_scores = np.log(lab.distribution(a)) + r / beta
+    log_p, log_z = lab.normalise(log_scores)
+    return log_scores, log_p, log_z
