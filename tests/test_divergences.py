@@ -12,12 +12,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
-from helpers import central_difference
+from helpers import FAMILY, central_difference
 from strategies import distribution_pairs, distributions, markov_kernels, rational_distributions
 
 from minialign import divergences as dv
 
-FAMILY = ["kl", "reverse_kl", "js", "tv", "chi2", "hellinger", "alpha:0.5", "alpha:-1", "alpha:2.5"]
 RTOL, ATOL = 1e-10, 1e-12
 LOG2 = np.log(2.0)
 

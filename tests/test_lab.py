@@ -4,8 +4,8 @@ import pytest
 
 from minialign import divergences as D
 from minialign.lab import ExactLab, fdiv_to_target, lab_model, score_function_gradient
+from helpers import FAMILY
 
-FAMILY = ["kl", "reverse_kl", "js", "tv", "chi2", "hellinger", "alpha:0.5", "alpha:-1", "alpha:2"]
 
 
 def test_enumeration_counts_and_pads_every_sequence():
