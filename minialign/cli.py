@@ -89,58 +89,69 @@ def _tour(args):
     return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain)
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's line ends with its default, unless the help already says what the default is."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS or default == []:
+            return text
+        return f"{text} (default: {default})"
+
+
 def _fmt():
-    return lambda prog: argparse.ArgumentDefaultsHelpFormatter(prog, max_help_position=32, width=110)
+    return lambda prog: _Help(prog, max_help_position=34, width=110)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minialign", description="Aligning language models, from scratch.")
-    parser.add_argument("--threads", type=R.positive_int, default=1,
+    parser.add_argument("--threads", type=R.positive_int, metavar="N", default=1,
                         help="BLAS threads (1: the model's matrices are small, and extra threads on a busy machine "
                              "slow every product down)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="train the GPT on the census names", formatter_class=_fmt())
-    p.add_argument("--out", type=R.output_file(".npz"), default=DEFAULT_CHECKPOINT,
+    p.add_argument("--out", type=R.output_file(".npz"), default=DEFAULT_CHECKPOINT, metavar="PATH",
                    help="checkpoint path (.npz); an existing run there is resumed")
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
-    p.add_argument("--steps", type=R.positive_int, default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=R.positive_int, default=64, help="names per step")
-    p.add_argument("--lr", type=R.positive_float, default=3e-3, help="peak learning rate of the cosine schedule")
-    p.add_argument("--eval-every", type=R.positive_int, default=250, help="steps between validation and checkpoint")
-    p.add_argument("--n-layer", type=R.positive_int, default=4, help="transformer blocks")
-    p.add_argument("--n-head", type=R.positive_int, default=4, help="attention heads")
-    p.add_argument("--n-embd", type=R.positive_int, default=64, help="embedding width")
-    p.add_argument("--block-size", type=R.positive_int, default=12, help="positions (at least 12 for names)")
-    p.add_argument("--dropout", type=R.unit_interval, default=0.1, help="dropout probability")
-    p.add_argument("--seed", type=R.nonnegative_int, default=0, help="seed of the weights and batches")
-    p.add_argument("--samples", type=R.nonnegative_int, default=20, help="names to print at the end")
+    p.add_argument("--steps", type=R.positive_int, metavar="N", default=1500, help="optimizer steps")
+    p.add_argument("--batch-size", type=R.positive_int, metavar="N", default=64, help="names per step")
+    p.add_argument("--lr", type=R.positive_float, metavar="X", default=3e-3, help="peak learning rate of the cosine schedule")
+    p.add_argument("--eval-every", type=R.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
+    p.add_argument("--n-layer", type=R.positive_int, metavar="N", default=4, help="transformer blocks")
+    p.add_argument("--n-head", type=R.positive_int, metavar="N", default=4, help="attention heads")
+    p.add_argument("--n-embd", type=R.positive_int, metavar="N", default=64, help="embedding width")
+    p.add_argument("--block-size", type=R.positive_int, metavar="N", default=12, help="positions (at least 12 for names)")
+    p.add_argument("--dropout", type=R.unit_interval, metavar="X", default=0.1, help="dropout probability")
+    p.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of the weights and batches")
+    p.add_argument("--samples", type=R.nonnegative_int, metavar="N", default=20, help="names to print at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("sample", help="sample names from a checkpoint", formatter_class=_fmt())
-    p.add_argument("--checkpoint", type=R.input_file(".npz"), default=None,
+    p.add_argument("--checkpoint", type=R.input_file(".npz"), default=None, metavar="PATH",
                    help="a GPT checkpoint (default: the committed base model)")
-    p.add_argument("-n", type=R.positive_int, default=20, help="how many names")
-    p.add_argument("--temperature", type=R.positive_float, default=1.0, help="softmax temperature")
-    p.add_argument("--top-k", type=R.positive_int, default=None, help="sample among the k likeliest tokens only")
-    p.add_argument("--seed", type=R.nonnegative_int, default=0, help="sampling seed")
+    p.add_argument("-n", type=R.positive_int, metavar="N", default=20, help="how many names")
+    p.add_argument("--temperature", type=R.positive_float, metavar="X", default=1.0, help="softmax temperature")
+    p.add_argument("--top-k", type=R.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
+    p.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="sampling seed")
     p.set_defaults(fn=_sample)
 
     p = sub.add_parser("align", help="align the base model: " + ", ".join(R.METHODS))
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("run")
-    g.add_argument("--base", type=R.input_file(".npz"), default=None, help="base checkpoint (default: the committed one)")
-    g.add_argument("--out", type=R.output_file(".npz"), default=None,
+    g.add_argument("--base", type=R.input_file(".npz"), default=None, metavar="PATH", help="base checkpoint (default: the committed one)")
+    g.add_argument("--out", type=R.output_file(".npz"), default=None, metavar="PATH",
                    help="checkpoint path (default: runs/METHOD.npz); an existing run there is resumed")
     g.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
-    g.add_argument("--steps", type=R.positive_int, default=R.TRAIN_DEFAULTS["steps"], help="optimizer steps")
-    g.add_argument("--batch-size", type=R.positive_int, default=R.TRAIN_DEFAULTS["batch_size"],
+    g.add_argument("--steps", type=R.positive_int, metavar="N", default=R.TRAIN_DEFAULTS["steps"], help="optimizer steps")
+    g.add_argument("--batch-size", type=R.positive_int, metavar="N", default=R.TRAIN_DEFAULTS["batch_size"],
                    help="samples (or pairs) per step")
-    g.add_argument("--lr", type=R.positive_float, default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
-    g.add_argument("--seed", type=R.nonnegative_int, default=0, help="seed of every sample drawn")
-    g.add_argument("--checkpoint-every", type=R.positive_int, default=25, help="steps between checkpoints")
+    g.add_argument("--lr", type=R.positive_float, metavar="X", default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
+    g.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of every sample drawn")
+    g.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     for spec in R.METHODS.values():
         m = methods.add_parser(spec.name, help=spec.help, description=spec.help, parents=[common],
@@ -152,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tour", help="the whole course in one run: base model, reward model, RLHF, DPO, GDC, f-DPG",
                        formatter_class=_fmt())
-    p.add_argument("--out", type=R.output_dir, default="runs/tour", help="folder for report.md and its plots")
+    p.add_argument("--out", type=R.output_dir, default="runs/tour", metavar="DIR", help="folder for report.md and its plots")
     p.add_argument("--pretrain", action="store_true", help="pretrain the base model instead of loading the committed one")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
     p.set_defaults(fn=_tour)

@@ -13,6 +13,10 @@ from typing import NamedTuple
 import numpy as np
 
 
+DIVERSITY_N = 500  # names over which distinct-2 is reported, so that figures compare at one sample size
+SELF_BLEU_N = 200  # names over which Self-BLEU is reported
+
+
 def distinct_n(names, n: int = 2) -> float:
     """Distinct-n: the fraction of character n-grams in the batch that are unique (Li et al. 2016).
 
@@ -88,7 +92,7 @@ class Estimate(NamedTuple):
     n: int
 
     def __str__(self) -> str:
-        return f"{self.mean:.3f} ± {self.se:.3f}"
+        return f"{round(self.mean, 3) + 0.0:.3f} ± {self.se:.3f}"  # + 0.0: no "-0.000" for a mean of −1e-17
 
 
 def mean_se(values) -> Estimate:

@@ -182,22 +182,22 @@ class MethodSpec:
 REWARD_OPTIONS = (
     Option("--reward", dict(choices=["true", "model"], default="model",
                             help="the hidden true reward r*, or a reward model fitted to preferences (default: model)")),
-    Option("--pairs", dict(type=input_file(".csv"), default=None,
+    Option("--pairs", dict(type=input_file(".csv"), default=None, metavar="CSV",
                            help="a preferences CSV (columns chosen,rejected); default: simulate them")),
-    Option("--n-pairs", dict(type=positive_int, default=3000, help="simulated preference pairs (default: 3000)")),
+    Option("--n-pairs", dict(type=positive_int, default=3000, metavar="N", help="simulated preference pairs")),
 )
 CONSTRAINT_OPTIONS = (
-    Option("--constraint", dict(type=constraint, action="append", default=[],
+    Option("--constraint", dict(type=constraint, action="append", default=[], metavar="SPEC",
                                 help="e.g. female=0.5 (distributional) or contains:z (pointwise); repeatable")),
-    Option("--ebm-samples", dict(type=positive_int, default=20000,
-                                 help="samples of a for fitting λ by moment matching (default: 20000)")),
-    Option("--eval-samples", dict(type=positive_int, default=1000,
-                                  help="fresh samples for the final moments and KL (default: 1000)"), defines_run=False),
+    Option("--ebm-samples", dict(type=positive_int, default=20000, metavar="N",
+                                 help="samples of a for fitting λ by moment matching")),
+    Option("--eval-samples", dict(type=positive_int, default=1000, metavar="N",
+                                  help="fresh samples for the final moments and KL"), defines_run=False),
 )
 
 
 def _beta(default, what):
-    return Option("--beta", dict(type=positive_float, default=default, help=f"{what} (default: {default})"))
+    return Option("--beta", dict(type=positive_float, default=default, metavar="X", help=what))
 
 
 def _proposal(default):
@@ -381,7 +381,7 @@ METHODS = {
                                      "per token in the loss (default: k1_seq)")),
             Option("--algo", dict(choices=["rloo", "ppo", "reinforce"], default="rloo",
                                   help="RLOO, PPO-clip, or REINFORCE without a baseline (default: rloo)")),
-            Option("--kl-target", dict(type=positive_float, default=None,
+            Option("--kl-target", dict(type=positive_float, default=None, metavar="KL",
                                        help="adapt β towards this KL(π‖a) (Ziegler et al. 2019)")),
         ), _run_rlhf),
     "dpo": MethodSpec(
@@ -403,7 +403,7 @@ METHODS = {
     "fdpg": MethodSpec(
         "fdpg", "f-DPG: minimise D_f(π‖p) for any f (chapter 07)", ("target",),
         REWARD_OPTIONS + CONSTRAINT_OPTIONS[:2] + (
-            Option("--f", dict(type=f_divergence, default="js",
+            Option("--f", dict(type=f_divergence, default="js", metavar="F",
                                help="the f-divergence D_f(π‖p): " + ", ".join(divergences.NAMES) + " (kl gives "
                                     "KL(π‖p), reverse_kl gives KL(p‖π); default: js)")),
             Option("--target", dict(choices=["reward", "constraints"], default="constraints",

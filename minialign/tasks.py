@@ -254,6 +254,45 @@ def fresh_samples(policy, base, n=1000, seed=0):
     return CharTokenizer().decode_batch(ids), float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))
 
 
+class Evaluation(NamedTuple):
+    """A policy measured on n fresh samples (never a training batch): each mean with its standard error.
+
+    kl         KL(π‖a) = E_π[log π − log a], the k1 estimate: unbiased, so a policy at a can come out slightly
+               negative on a finite sample
+    rewards    reward name → Estimate of its mean;  fractions: feature name → Estimate (a binomial fraction)
+    distinct_2 on the first ``metrics.DIVERSITY_N`` names;  self_bleu on the first ``metrics.SELF_BLEU_N``
+    unique     share of distinct names;  in_corpus: share of names found in the census lists
+    """
+
+    names: list
+    n: int
+    kl: object
+    rewards: dict
+    fractions: dict
+    distinct_2: float
+    self_bleu: float
+    unique: float
+    in_corpus: float
+
+
+def evaluate(policy, base, n: int = 1000, seed: int = 1, rewards: dict | None = None, features=()) -> Evaluation:
+    """Measure ``policy`` on ``n`` fresh samples: KL(π‖a), each reward's mean and each feature's fraction (with
+    standard errors), and diversity at the fixed sample sizes of ``metrics``."""
+    from .metrics import DIVERSITY_N, SELF_BLEU_N, distinct_n, mean_se
+
+    if n < max(DIVERSITY_N, 2):
+        raise ValueError(f"evaluate needs at least {DIVERSITY_N} samples (diversity is reported at that size); got {n}")
+    ids, log_pi = policy.generate(n, rng=seed)
+    names = CharTokenizer().decode_batch(ids)
+    corpus = load_names()
+    return Evaluation(
+        names, n, mean_se(np.asarray(log_pi, np.float64) - logprobs(base, ids)),
+        {name: mean_se(fn(names)) for name, fn in (rewards or {}).items()},
+        {f.name: mean_se(f(names)) for f in features},
+        distinct_n(names[:DIVERSITY_N], 2), self_bleu(names, max_refs=SELF_BLEU_N), len(set(names)) / n,
+        float(np.mean([s in corpus for s in names])))
+
+
 def samples(model, n=20, seed=0) -> list[str]:
     ids, _ = model.generate(n, rng=seed)
     return CharTokenizer().decode_batch(ids)

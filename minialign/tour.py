@@ -1,17 +1,23 @@
 """The tour: the course's main job in one run — base model, reward model, RLHF, DPO, GDC and f-DPG on names —
-writing ``report.md`` with its plots and printing how long each stage took. One function per stage; each
-returns the lines it adds to the report. The methods run through the registry, as on the command line."""
+writing ``report.md`` with its plots and printing how long each stage took.
+
+One function per stage; each returns the lines it adds to the report. The methods run through the registry,
+as on the command line. Every figure in the report is measured in this run: policies are compared on fresh
+samples (``tasks.evaluate``: means with standard errors, diversity at one fixed sample size) or by means over
+the last training steps with their standard errors — never by one batch.
+"""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from . import registry as R
 from . import tasks
+from .metrics import DIVERSITY_N, SELF_BLEU_N, binomial_tolerance, last_steps
 from .trainers.common import TrainConfig
+
+LAST = 20  # training steps over which a training metric is averaged in the report
 
 
 @dataclass
@@ -23,6 +29,7 @@ class Tour:
     pretrain: bool
     cfg: TrainConfig = None
     gdc_cfg: TrainConfig = None
+    n_eval: int = 1000
     base: object = None
     seconds: dict = field(default_factory=dict)
     runs: dict = field(default_factory=dict)  # stage results used by later stages and the plots
@@ -33,6 +40,7 @@ class Tour:
         # the distributional target moves slowly (chapter 06): more steps, larger batches, GDC++'s baseline
         self.gdc_cfg = self.cfg if self.quick else TrainConfig(steps=250, batch_size=128, lr=5e-4, seed=0,
                                                                checkpoint_every=10**9)
+        self.n_eval = DIVERSITY_N if self.quick else 1000
 
     def stage(self, name, fn):
         print(f"\n== {name}", flush=True)
@@ -41,6 +49,18 @@ class Tour:
         self.seconds[name] = time.perf_counter() - t0
         print(f"stage {name}: {self.seconds[name]:.1f} s", flush=True)
         return lines
+
+
+def _row(label, e, rewards=(), fractions=()):
+    """One report row of an Evaluation: rewards and fractions ± SE, KL(π‖a) ± SE, diversity."""
+    cells = [str(e.rewards[r]) for r in rewards] + [str(e.fractions[f]) for f in fractions]
+    return (f"| {label} | " + " | ".join(cells + [str(e.kl), f"{e.distinct_2:.3f}", f"{e.self_bleu:.3f}",
+                                                  f"{e.unique:.3f}", f"{e.in_corpus:.3f}"]) + " |")
+
+
+def _header(*first):
+    cols = list(first) + ["KL(π‖a)", f"distinct-2 ({DIVERSITY_N})", f"Self-BLEU ({SELF_BLEU_N})", "unique", "in corpus"]
+    return ["| | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
 
 
 def base_stage(t: Tour) -> list:
@@ -63,7 +83,7 @@ def base_stage(t: Tour) -> list:
     print(f"validation loss: GPT {val:.4f} vs bigram {bigram:.4f} nats/token")
     origin = "pretrained in this run" if t.pretrain else "the committed checkpoint, trained by `minialign pretrain`"
     return ["## Base model", "", f"GPT with {t.base.num_parameters():,} parameters ({origin}).", "",
-            "| model | validation loss (nats/token) |", "|---|---|", f"| GPT | {val:.4f} |",
+            "| model | validation loss (nats/token, all validation names) |", "|---|---|", f"| GPT | {val:.4f} |",
             f"| bigram (counts, add-1) | {bigram:.4f} |", "", "Samples: " + ", ".join(tasks.samples(t.base, 16, 0)), ""]
 
 
@@ -78,34 +98,29 @@ def reward_stage(t: Tour) -> list:
     return ["## Preferences and the reward model", "",
             f"{len(pairs)} pairs of base-model samples labelled by a simulated Bradley–Terry annotator with the "
             "hidden reward r*(x) = 2·[ends in a vowel] + [contains l] − ½|len − 6|.",
-            f"Held-out pair accuracy of the reward model: **{fit.accuracy:.3f}**; the annotator's ceiling on the same "
-            f"pairs: {fit.ceiling.expected:.3f} expected (Bayes), {fit.ceiling.realised:.3f} realised by r* itself.", ""]
+            f"Held-out pair accuracy of the reward model on {fit.n_val} pairs: **{fit.accuracy:.3f}**; the "
+            f"annotator's ceiling on the same pairs: {fit.ceiling.expected:.3f} expected (Bayes), "
+            f"{fit.ceiling.realised:.3f} realised by r* itself.", ""]
 
 
 def rlhf_stage(t: Tour) -> list:
     from .rewards import true_reward
 
-    spec = R.METHODS["rlhf"]
-    rows, runs = [], {}
+    spec, rm = R.METHODS["rlhf"], t.runs["reward"]
+    rewards = {"reward model r̂": rm.score, "true reward r*": true_reward}
+    evals = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, rewards=rewards)}
     for beta in ((0.3, 0.1) if t.quick else (1.0, 0.3, 0.1, 0.03)):
-        result = spec.run(R.Ingredients(reward=t.runs["reward"].score), spec.defaults(beta=beta), t.cfg, t.base,
-                          None, False, not t.quick, {})
-        hist, names = result.history, tasks.samples(result.policy, 200, 1)
-        runs[beta] = hist
-        rows.append((beta, hist["reward"][-1], float(np.mean(true_reward(names))), hist["kl_k3"][-1],
-                     hist["distinct_2"][-1], hist["in_corpus"][-1], names[:12]))
-    t.runs["rlhf"] = runs
-    lines = ["## RLHF", "", "RLOO with the sequence-level k1 penalty in the reward, against the reward model. "
-             "As β falls the policy moves further from the base model (KL(π‖a) grows) and its samples grow alike "
-             "(distinct-2 and the share of real names fall). Whether the true reward r* keeps up with the reward "
-             "model's measures how far the reward model can be trusted: where r* stalls while the model's reward "
-             "climbs, the policy is exploiting the reward model (reward hacking; chapter 05 shows it with a "
-             "weaker reward model).", "",
-             "| β | reward model (last batch) | true reward r* (200 samples) | KL(π‖a) k3 | distinct-2 | in corpus |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {b} | {r:.3f} | {tr:.3f} | {k:.3f} | {d:.3f} | {c:.3f} |" for b, r, tr, k, d, c, _ in rows]
+        result = spec.run(R.Ingredients(reward=rm.score), spec.defaults(beta=beta), t.cfg, t.base, None, False,
+                          not t.quick, {})
+        evals[f"RLHF β = {beta}"] = tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)
+    t.runs["rlhf"] = evals
+    lines = ["## RLHF", "", f"RLOO with the sequence-level k1 penalty in the reward, against the reward model, "
+             f"{t.cfg.steps} steps of {t.cfg.batch_size} samples per β. Every column is measured on {t.n_eval} fresh "
+             "samples of each policy (± one standard error). Where the true reward r* stops following the reward "
+             "model's r̂ as β falls, the policy is exploiting the reward model's errors (chapter 05).", ""]
+    lines += _header(*rewards) + [_row(k, e, rewards) for k, e in evals.items()]
     lines += ["", "![reward–KL](reward_kl.png)", ""]
-    return lines + [f"- β = {b}: " + ", ".join(s) for b, *_, s in rows] + [""]
+    return lines + [f"- {k}: " + ", ".join(e.names[:12]) for k, e in evals.items()] + [""]
 
 
 def dpo_stage(t: Tour) -> list:
@@ -115,11 +130,14 @@ def dpo_stage(t: Tour) -> list:
     result = spec.run(R.Ingredients(pairs=t.runs["pairs"]), spec.defaults(beta=0.1), t.cfg, t.base, None, False,
                       not t.quick, {})
     t.runs["dpo"] = result.history
-    names = tasks.samples(result.policy, 200, 1)
-    dpo_true, base_true = float(np.mean(true_reward(names))), float(np.mean(true_reward(tasks.samples(t.base, 200, 1))))
-    return ["## DPO", "", f"DPO (β = 0.1) on the same training pairs, no reward model and no sampling: mean true "
-            f"reward {dpo_true:.3f} on 200 samples (base model: {base_true:.3f}); training pair accuracy "
-            f"{result.history['pair_accuracy'][-1]:.3f} on the last batch.", "", "Samples: " + ", ".join(names[:12]), ""]
+    rewards = {"true reward r*": true_reward}
+    evals = {"base model a": t.runs["rlhf"]["base model a"],
+             "DPO β = 0.1": tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)}
+    accuracy = last_steps(result.history, "pair_accuracy", LAST)
+    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no reward "
+            f"model and no sampling; training pair accuracy {accuracy} (mean over the last {LAST} steps). On "
+            f"{t.n_eval} fresh samples:", ""] + _header(*rewards) + [_row(k, e, rewards) for k, e in evals.items()] \
+        + ["", "Samples: " + ", ".join(evals["DPO β = 0.1"].names[:12]), ""]
 
 
 def gdc_stage(t: Tour) -> list:
@@ -128,36 +146,35 @@ def gdc_stage(t: Tour) -> list:
     ebm, report = fit_names_ebm(t.base, [parse_constraint("female=0.5")], n_samples=2000 if t.quick else 10000)
     print(report)
     t.runs["ebm"] = ebm
-    n_eval, female, spec = 200 if t.quick else 1000, feature("female"), R.METHODS["gdc"]
-    rows, hists = {}, {}
+    female, spec = feature("female"), R.METHODS["gdc"]
+    evals, hists = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, features=[female])}, {}
     for name, calibrate in (("GDC, λ of the I-projection", None), ("GDC, λ on π's moment", 0.1)):
         result = spec.run(R.Ingredients(ebm=ebm), spec.defaults(baseline=True, calibrate=calibrate,
-                                                                eval_samples=n_eval), t.gdc_cfg, t.base, None, False,
-                          not t.quick, {})
-        names, kl, se = result.extra["fresh"]
-        rows[name], hists[name] = (names, float(np.mean(female(names))), kl, se), result.history
-    cal_frac = rows["GDC, λ on π's moment"][1]
+                                                                eval_samples=t.n_eval), t.gdc_cfg, t.base, None,
+                          False, not t.quick, {})
+        evals[name] = tasks.evaluate(result.policy, t.base, t.n_eval, features=[female])
+        hists[name] = result.history
+    calibrated = evals["GDC, λ on π's moment"].fractions["female"].mean
     # the contrast at the same satisfaction: REINFORCE on the feature, stopped at GDC's fraction
     rein = "REINFORCE, φ as the reward"
-    _, hists[rein], rows[rein] = tasks.compare_reinforce(female, cal_frac, t.base, n_eval=n_eval, seed=0,
-                                                         batch_size=t.gdc_cfg.batch_size, progress=not t.quick)
-    t.runs["gdc"] = hists
-    gdc_hist, cal_hist = hists["GDC, λ of the I-projection"], hists["GDC, λ on π's moment"]
-    tol = 2 * np.sqrt(0.25 / n_eval)
+    policy, hists[rein], _ = tasks.compare_reinforce(female, calibrated, t.base, n_eval=t.n_eval, seed=0,
+                                                     batch_size=t.gdc_cfg.batch_size, progress=not t.quick)
+    evals[rein] = tasks.evaluate(policy, t.base, t.n_eval, features=[female])
+    t.runs["gdc"], t.runs["gdc_evals"] = hists, evals
+    plain = evals["GDC, λ of the I-projection"].fractions["female"]
+    cal, cal_hist = evals["GDC, λ on π's moment"].fractions["female"], hists["GDC, λ on π's moment"]
+    tol = binomial_tolerance(t.n_eval)
+    verdict = "within" if abs(calibrated - 0.5) <= tol else "outside"
     lines = ["## GDC: half the names female", "", "```", str(report), "```", "",
-             f"{len(gdc_hist['loss'])} DPG steps (GDC++ baseline, KL-adaptive proposal) towards the I-projection p "
-             f"bring the female fraction of {n_eval} fresh samples to {rows['GDC, λ of the I-projection'][1]:.3f}: "
-             "this model cannot represent p, and DPG stops at the closest policy it can reach (chapter 06). "
-             f"With λ moved by dual ascent on the policy's own moment (rate 0.1; final λ "
-             f"{cal_hist['lambda_0'][-1]:.3f} against the I-projection's {ebm.lam[0]:.3f}) it is "
-             f"**{cal_frac:.3f}** (target 0.5; two binomial standard errors at this sample size: ±{tol:.3f}).",
-             f"REINFORCE with the feature itself as the reward (lr 1e-4) is stopped when the female fraction of "
-             f"{n_eval} fresh samples reaches that ({len(hists[rein]['loss'])} steps). KL(π‖a) is estimated on each "
-             "model's fresh samples (± one standard error); distinct-2 and Self-BLEU are from the last training batch.",
-             "", "| | female fraction | KL(π‖a) | distinct-2 | Self-BLEU |", "|---|---|---|---|---|"]
-    lines += [f"| {name} | {frac:.3f} | {kl:.3f} ± {se:.3f} | {hists[name]['distinct_2'][-1]:.3f} | "
-              f"{hists[name]['self_bleu'][-1]:.3f} |" for name, (_, frac, kl, se) in rows.items()]
-    return lines + [""] + [f"Samples ({name}): " + ", ".join(row[0][:12]) for name, row in rows.items()] + [""]
+             f"{t.gdc_cfg.steps} DPG steps of {t.gdc_cfg.batch_size} (GDC++ baseline, KL-adaptive proposal). Towards "
+             f"the I-projection p the female fraction of {t.n_eval} fresh samples is {plain}; with λ moved by dual "
+             f"ascent on the policy's own moment (rate 0.1; λ {cal_hist['lambda_0'][-1]:.3f} at the end, against "
+             f"the I-projection's {ebm.lam[0]:.3f}) it is {cal}, "
+             f"{verdict} the target 0.5 ± {tol:.3f} (two binomial standard errors). REINFORCE with the feature as the "
+             f"reward (lr 1e-4) is stopped after {len(hists[rein]['loss'])} steps, when {t.n_eval} fresh samples reach "
+             "that fraction. Every column is measured on new fresh samples.", ""]
+    lines += _header("female fraction") + [_row(k, e, fractions=["female"]) for k, e in evals.items()]
+    return lines + [""] + [f"Samples ({k}): " + ", ".join(e.names[:12]) for k, e in evals.items()] + [""]
 
 
 def fdpg_stage(t: Tour) -> list:
@@ -167,16 +184,20 @@ def fdpg_stage(t: Tour) -> list:
     result = spec.run(R.Ingredients(ebm=ebm, target=tasks.ebm_target(ebm)), spec.defaults(f="js"), t.gdc_cfg, t.base,
                       None, False, not t.quick, {})
     hist = t.runs["fdpg"] = result.history
-    frac = float(np.mean(feature("female")(tasks.samples(result.policy, 200 if t.quick else 1000, 1))))
-    gdc_hist = t.runs["gdc"]["GDC, λ of the I-projection"]
-    return ["## f-DPG with Jensen–Shannon", "", f"The same target, minimising JS(π‖p) instead of KL(p‖π): female "
-            f"fraction {frac:.3f}, KL(p‖π) estimate {hist['kl_p_pi_est'][-1]:.3f} (GDC: "
-            f"{gdc_hist['kl_p_pi_est'][-1]:.3f}), KL(π‖a) {hist['kl_pi_a_est'][-1]:.3f}.", "",
-            "![constraint](constraint.png)", "", "![KL(p‖π)](kl_p_pi.png)", ""]
+    e = tasks.evaluate(result.policy, t.base, t.n_eval, features=[feature("female")])
+    gdc = t.runs["gdc"]["GDC, λ of the I-projection"]
+    last = min(50, len(hist["loss"]))
+    return ["## f-DPG with Jensen–Shannon", "", f"The same target, minimising JS(π‖p) instead of KL(p‖π), "
+            f"{t.gdc_cfg.steps} steps of {t.gdc_cfg.batch_size}: female fraction {e.fractions['female']} and KL(π‖a) "
+            f"{e.kl} on {t.n_eval} fresh samples. KL(p‖π), the importance-sampling estimate averaged over the last "
+            f"{last} steps: f-DPG {last_steps(hist, 'kl_p_pi_est', last)}, GDC {last_steps(gdc, 'kl_p_pi_est', last)}.",
+            "", "![constraint](constraint.png)", "", "![KL(p‖π)](kl_p_pi.png)", ""]
 
 
 def report_stage(t: Tour, lines: list) -> None:
-    paths = _plots(t)
+    from .plots import tour_plots
+
+    paths = tour_plots(t)
     if "pretrain" in paths:
         lines.insert(3, f"![pretraining]({paths['pretrain']})\n")
     lines += ["## Timings", ""] + [f"- {k}: {v:.1f} s" for k, v in t.seconds.items()]
@@ -195,54 +216,3 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False) -> in
     t.stage("report", lambda t: report_stage(t, lines))
     print(f"\ntour finished in {sum(t.seconds.values()):.0f} s; report: {t.out / 'report.md'}")
     return 0
-
-
-def _plots(t: Tour) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out, paths = t.out, {}
-    base_hist, gdc = t.runs["pretrain"], t.runs["gdc"]
-    if base_hist is not None:
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(base_hist["step"], base_hist["val_loss"], marker="o", label="GPT validation")
-        ax.axhline(t.runs["bigram"], color="gray", ls="--", label="bigram (counts)")
-        ax.set_xlabel("step"), ax.set_ylabel("nats / token"), ax.legend()
-        fig.tight_layout(), fig.savefig(out / "pretrain_loss.png", dpi=100), plt.close(fig)
-        paths["pretrain"] = "pretrain_loss.png"
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for beta, hist in t.runs["rlhf"].items():
-        ax.plot(hist["kl_k3"], hist["reward"], marker=".", ms=3, label=f"RLHF β={beta}")
-        ax.annotate(f"β={beta}", (hist["kl_k3"][-1], hist["reward"][-1]), fontsize=8)
-    ax.set_xlabel("KL(π‖a) (k3 estimate, nats)"), ax.set_ylabel("reward-model reward (normalised)")
-    ax.set_title("reward–KL frontier over training"), ax.legend(fontsize=8)
-    fig.tight_layout(), fig.savefig(out / "reward_kl.png", dpi=100), plt.close(fig)
-
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.3))
-    for name, hist in (("GDC (DPG)", gdc["GDC, λ of the I-projection"]), ("GDC, λ on π", gdc["GDC, λ on π's moment"]),
-                       ("f-DPG (JS)", t.runs["fdpg"]), ("REINFORCE on φ", gdc["REINFORCE, φ as the reward"])):
-        axes[0].plot(hist["E[female]"] if "E[female]" in hist else hist["reward_est"], label=name)
-        axes[1].plot(hist["kl_pi_a_est"], label=name)
-        axes[2].plot(hist["distinct_2"], label=name)
-    axes[0].axhline(0.5, color="gray", ls="--")
-    axes[0].set_title("female fraction E_π[φ]"), axes[1].set_title("KL(π‖a) (estimate)")
-    axes[2].set_title("distinct-2 (diversity)")
-    for ax in axes:
-        ax.set_xlabel("step")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout(), fig.savefig(out / "constraint.png", dpi=100), plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name, hist in (("GDC (DPG)", gdc["GDC, λ of the I-projection"]), ("f-DPG (JS)", t.runs["fdpg"])):
-        ax.plot(hist["kl_p_pi_est"], label=name)
-    ax.set_xlabel("step"), ax.set_ylabel("KL(p‖π) (importance-sampling estimate)"), ax.legend()
-    fig.tight_layout(), fig.savefig(out / "kl_p_pi.png", dpi=100), plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(t.runs["dpo"]["pair_accuracy"], label="DPO: training pair accuracy")
-    ax.set_xlabel("step"), ax.legend()
-    fig.tight_layout(), fig.savefig(out / "dpo.png", dpi=100), plt.close(fig)
-    return paths

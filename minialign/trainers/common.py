@@ -95,6 +95,10 @@ class Method:
         """The hyper-parameters that define a run of this method (recorded in its checkpoints)."""
         return {}
 
+    def label(self) -> str:
+        """How progress bars name a run of this method (with the settings that tell runs apart)."""
+        return self.name
+
     def state(self) -> dict:
         return {}
 
@@ -145,7 +149,7 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
         return {k: f"{metrics[k]:.3g}" for k in ("reward", "kl_k3", "exact_kl_pi_a", "exact_kl_p_pi") if k in metrics}
 
     return fit(step, cfg.steps, model=policy, optimizer=opt, out=out, identity=run, state=method,
-               checkpoint_every=cfg.checkpoint_every, fresh=fresh, progress=progress, desc=method.name, show=show,
+               checkpoint_every=cfg.checkpoint_every, fresh=fresh, progress=progress, desc=method.label(), show=show,
                on_step=on_step, stop=stop_fn)
 
 

@@ -43,5 +43,8 @@ class DPO(Method):
         m = margin.numpy()
         return loss, {"pair_accuracy": float((m > 0).mean()), "margin": float(m.mean())}
 
+    def label(self) -> str:
+        return f"dpo β={self.beta:g}"
+
     def settings(self) -> dict:
         return {"beta": self.beta, "pairs": len(self.chosen)}

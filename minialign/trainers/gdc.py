@@ -48,5 +48,8 @@ class DPG(ProposalMethod):
         self.adapt(policy, batch, s, metrics)
         return weighted_surrogate(s.logp, coef), metrics
 
+    def label(self) -> str:
+        return ("gdc++" if self.baseline else "gdc") + (" (λ on π)" if self.calibration is not None else "")
+
     def settings(self) -> dict:
         return {**super().settings(), "baseline": self.baseline}

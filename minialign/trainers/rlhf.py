@@ -88,6 +88,9 @@ class RLHF(Method):
             error = np.clip(metrics["kl_k3"] / self.kl_target - 1.0, -0.2, 0.2)
             self.beta *= 1.0 + self.horizon_k * error
 
+    def label(self) -> str:
+        return f"rlhf β={self.beta:g}" + ("" if self.algo == "rloo" else f" {self.algo}")
+
     def settings(self) -> dict:
         return {"beta": self.beta, "kl": self.kl, "algo": self.algo,
                 "ppo_epochs": self.ppo_epochs, "clip": self.clip, "kl_target": self.kl_target}
