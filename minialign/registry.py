@@ -308,11 +308,12 @@ def _run_gdc(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     lines, checks, (names, kl, se) = constraint_report(ing.ebm, policy, base, hist, opts["eval_samples"], cfg.seed)
     missed = not all(c.met for c in checks)
     if missed and opts["calibrate"] is None:
-        lines.append("the policy stops where it is closest to p, which here misses μ̄; --calibrate 0.1 moves λ until "
-                     "the policy itself meets it (chapter 06 §7)")
+        lines.append(f"after {len(hist['loss'])} steps the policy misses μ̄: DPG moves π towards p, and can stop short "
+                     "of it with too few steps or a policy that cannot represent p (chapter 06 §6); --calibrate 0.1 "
+                     "moves λ until π itself meets μ̄ (this course's extension of GDC, chapter 06 §7)")
     elif missed:
-        lines.append("λ is still moving: train longer (chapter 06 §7 uses --baseline --steps 250 --batch-size 128 "
-                     "--lr 5e-4)")
+        lines.append(f"after {len(hist['loss'])} steps λ has not yet brought π to μ̄: train longer (chapter 06 §7 uses "
+                     "--baseline --steps 250 --batch-size 128 --lr 5e-4)")
     if opts["compare_reinforce"] and ing.ebm.k:
         lines += _reinforce_at(ing.ebm.features[0], checks[0].value, base, opts["eval_samples"], cfg, hist, kl, se,
                                progress)
