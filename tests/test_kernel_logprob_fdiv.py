@@ -1,6 +1,6 @@
 """Fused log-prob + token-level f-divergence kernels (chapter 08, Eqs. 8.9-8.14).
 
-Oracles: the plain PyTorch reference in float64 (``log_softmax`` and the table of MATH.md section 2),
+Oracles: the plain PyTorch reference in float64 (``log_softmax`` and the generator table of chapter 03),
 torch autograd through that reference for the gradients, ``torch.nn.functional.cross_entropy`` and
 ``torch.distributions.Categorical`` for log-probabilities and entropies, and
 ``minialign.divergences.divergence`` for the divergences.
@@ -227,7 +227,7 @@ def _disjoint_rows(v=20):
 
 
 def test_zero_mass_conventions_on_disjoint_supports():
-    """MATH.md section 2: a = 0 < pi costs pi lim f(t)/t, pi = 0 < a costs a f(0), 0 f(0/0) = 0."""
+    """Chapter 03, Eq. (3.4): a = 0 < pi costs pi lim f(t)/t, pi = 0 < a costs a f(0), 0 f(0/0) = 0."""
     z, r, y = _disjoint_rows()
     expected = {"kl": math.inf, "reverse_kl": math.inf, "js": math.log(2.0), "tv": 1.0}
     for f, value in expected.items():
