@@ -129,7 +129,7 @@ def test_kl_estimator_gradients_on_sequences():
 
 
 def test_kl_estimator_gradients_on_one_categorical_step():
-    """With one free step (horizon 2: a token, then the forced EOS) the classic picture of MATH §3 holds:
+    """With one free step (horizon 2: a token, then the forced EOS) the classic picture of chapter 03, Section 9, holds:
     k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π), the forward KL."""
     a, policy, lab, _, beta = setup(5, vocab_size=5, block_size=2)
     grads, truth, forward = kl_penalty_gradients(lab, a, policy, beta)
