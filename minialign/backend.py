@@ -188,11 +188,13 @@ def backend_of(x):
 def tune_allocator(mmap_threshold: int = 1 << 25, trim_threshold: int = 1 << 30) -> bool:
     """Let the C allocator keep freed array memory for reuse (glibc only; returns whether it applied).
 
-    The engine allocates many short-lived arrays of a few hundred kilobytes per op. By default glibc serves
-    each one with a fresh ``mmap`` (and returns freed memory to the system), so every temporary costs page
-    faults on first touch — in a GPT training step that was a third of the time. Raising the mmap and trim
-    thresholds makes those arrays come from, and go back to, the process heap. It changes no result, only
-    speed and how soon memory is returned to the system. The command line and the benchmark call it.
+    The engine allocates many short-lived arrays of a few hundred kilobytes per op. With glibc's defaults such
+    a block may get its own ``mmap`` (above the mmap threshold) or come from a heap whose free top is trimmed
+    back to the system (above the trim threshold); both thresholds adapt at run time, so how often freed
+    pages must be faulted in again depends on the allocation pattern (chapter 01, Section 6). Fixing both
+    high makes those arrays come from, and go back to, the process heap, and turns the adaptation off. It
+    changes no result, only speed and how soon memory is returned to the system. The command line and the
+    benchmark call it.
     """
     if not sys.platform.startswith("linux"):
         return False

@@ -114,6 +114,25 @@ def tilted_target(reward, beta: float) -> callable:
     return fn
 
 
+def kl_control_equivalent(ebm) -> tuple[callable, float]:
+    """Eq. (6.12): the RLHF problem whose optimum a·e^{r/β}/Z is this EBM's target a·e^{λφ}/Z (one feature,
+    no pointwise constraint): r(x) = sign(λ)·φ(x) and β = 1/|λ|, so that r/β = λφ. Returns (names → r, β).
+
+    For "female=0.5", λ < 0: the reward is −φ ("male names score 1 more") and β = −1/λ."""
+    if ebm.pointwise:
+        raise ValueError("a pointwise constraint sets P(x) = 0, which no finite reward r(x)/β gives; "
+                         f"kl_control_equivalent needs an EBM without one; got {ebm!r}")
+    if ebm.k != 1 or ebm.lam[0] == 0:
+        raise ValueError(f"kl_control_equivalent needs one feature with λ ≠ 0 (then β = 1/|λ|); got {ebm!r}")
+    lam = float(ebm.lam[0])
+    sign, phi = float(np.sign(lam)), ebm.features[0]
+
+    def reward(names):
+        return sign * phi(names)
+
+    return reward, 1.0 / abs(lam)
+
+
 def constraint_metrics(ebm=None, reward=None):
     """Per-step metrics on names: E_π[φ] per feature, the pointwise satisfaction rate, the reward, Self-BLEU,
     KL(π‖a) and the entropy of π, all self-normalised with weights π/q when the batch came from a proposal q."""

@@ -725,3 +725,15 @@ def test_reverse_kl_fit_picks_one_mode_forward_kl_covers_both():
     assert abs(value - LOG2) < 0.01  # one of two equal, well-separated bumps: KL(π‖p) ≈ log 2
     mu, width, _ = fits["forward"]  # argmin KL(p‖π)
     assert abs(mu) <= 0.1 and width > 2.0
+
+
+def test_a_subnormal_q_gives_a_finite_alpha_divergence():
+    """Chapter 03, Section 4: the code evaluates P·f*(Q/P) where P > Q, so the generator never sees P/Q. With a
+    subnormal Q(x) the ratio P/Q overflows to inf, and the naive term Q·f(P/Q) of the α-generator is
+    inf − inf = NaN; the divergence itself is finite and equals Amari's closed form 4(1 − Σ√(PQ)) at α = ½."""
+    P, Q = np.array([0.5, 0.5]), np.array([1 - 5e-310, 5e-310])
+    f = dv.get("alpha:0.5")
+    with np.errstate(over="ignore", invalid="ignore"):
+        assert np.isinf(P[1] / Q[1]) and np.isnan(Q[1] * f.f(P[1] / Q[1]))
+    value = dv.divergence("alpha:0.5", P, Q)
+    assert value == pytest.approx(4 * (1 - np.sum(np.sqrt(P * Q))), rel=1e-12)

@@ -110,6 +110,32 @@ def test_single_token_has_zero_query_and_key_gradients():
     assert torch.allclose(dv, do)
 
 
+@pytest.mark.parametrize("scale", [None, 2.0])
+def test_dq_and_dk_carry_the_softmax_scale(scale):
+    """Eq. (8.8): dQ = s·dS·K and dK = s·dSᵀQ, with dS built by hand from Eqs. (8.5)-(8.7) in float64
+    (P = e^{S − LSE}, dP = dO Vᵀ, D = rowsum(dO ∘ O), dS = P ∘ (dP − D)). The kernels' dQ and dK match the
+    scaled products and are far from the unscaled ones, at the default s = 1/√D = 0.25 and at s = 2. (With one
+    token dS = 0 and the factor cannot show; here T = 9.)"""
+    q, k, v = make_qkv((1, 1, 9, 16), torch.float32, seed=9)
+    do = torch.randn(q.shape, generator=torch.Generator().manual_seed(10)).to(DEVICE)
+    s = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    o, lse = flash_attention_forward(q, k, v, scale=scale)
+    dq, dk, _ = flash_attention_backward(q, k, v, o, lse, do, scale=scale)
+    q64, k64, v64, do64 = (t.double().cpu()[0, 0] for t in (q, k, v, do))
+    scores = s * q64 @ k64.T
+    scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+    p = torch.softmax(scores, dim=-1)
+    o64 = p @ v64
+    dp = do64 @ v64.T
+    d_row = (do64 * o64).sum(-1, keepdim=True)
+    ds = p * (dp - d_row)
+    assert ds.abs().max().item() > 0.1  # the score gradient is not trivially zero here
+    for got, unscaled in ((dq, ds @ k64), (dk, ds.T @ q64)):
+        got = got.double().cpu()[0, 0]
+        assert rel_err(got, s * unscaled) <= TOL[torch.float32]
+        assert rel_err(got, unscaled) > 0.5
+
+
 @pytest.mark.parametrize("block_m,block_n", [(16, 32), (32, 16)])
 @pytest.mark.parametrize("causal", [True, False])
 def test_unequal_query_and_key_blocks(block_m, block_n, causal):

@@ -91,6 +91,86 @@ def test_seed001_policy_formula_holds_for_every_distribution_so_it_defines_nothi
         assert np.abs(soft - q).max() > 1e-6  # different logits, different policy
 
 
+# Seed 001, §5.2 and §5.4: its example code and the report it prints. The few lines needed are quoted here
+# (the code is Python; the report is numbers), so that nothing depends on the seed file.
+SEED001_REPORT = [  # class, precision, recall, f1-score, support, as printed in §5.4
+    (0, 0.923, 0.902, 0.914, 1668), (1, 0.931, 0.895, 0.914, 257), (2, 0.898, 0.854, 0.879, 702),
+    (3, 0.905, 0.868, 0.888, 216), (4, 0.912, 0.897, 0.899, 1661), (5, 0.919, 0.907, 0.914, 835),
+    (6, 0.932, 0.916, 0.920, 1156), (7, 0.933, 0.920, 0.923, 257), (8, 0.927, 0.907, 0.915, 702),
+    (9, 0.925, 0.911, 0.919, 216)]
+SEED001_AVERAGES = {"micro avg": (0.925, 0.920, 0.923, 46435), "macro avg": (0.923, 0.920, 0.922, 46435),
+                    "weighted avg": (0.925, 0.920, 0.923, 46435)}
+
+
+def test_seed001_argmax_over_dim_2_fails_on_a_sequence_classifiers_logits():
+    """Seed 001's evaluation (§5.2) runs ``outputs.logits.argmax(dim=2)`` on a ``BertForSequenceClassification``,
+    whose logits are 2-D, [batch, num_labels]: there is no dimension 2, and torch raises. The next lines iterate
+    each prediction as if it were a sequence of token tags (``for _id in pred_tokens``); a sequence
+    classifier's prediction is one integer per example, which is not iterable."""
+    torch = pytest.importorskip("torch")
+    logits = torch.randn(16, 10)  # batch 16, num_labels = len(label2id) = 10
+    with pytest.raises(IndexError):
+        logits.argmax(dim=2)
+    preds = logits.argmax(dim=1).tolist()  # what a sequence classifier predicts: one label per example
+    assert len(preds) == 16 and all(isinstance(i, int) for i in preds)
+    id2tag = {i: str(i) for i in range(10)}
+    with pytest.raises(TypeError):
+        [id2tag[_id] for _id in preds[0]]  # the seed's per-token decoding of one prediction
+
+
+def report_inconsistencies(rows, averages, digits=3):
+    """What a classification report printed to ``digits`` decimals cannot show if it came from one computation:
+    an F1 that is not the harmonic mean of its precision and recall (beyond the rounding of all three), average
+    rows whose support is not the sum of the classes' supports, and a macro average that is not the mean of
+    the rows (beyond rounding)."""
+    half = 0.5 * 10.0 ** -digits
+    bad = []
+    for c, prec, rec, f1, _ in rows:
+        corners = [2 * a * b / (a + b) for a in (prec - half, prec + half) for b in (rec - half, rec + half)]
+        if not min(corners) - half <= f1 <= max(corners) + half:
+            bad.append(f"class {c}: F1 {f1} is not 2PR/(P+R) = {2 * prec * rec / (prec + rec):.4f}")
+    total = sum(r[4] for r in rows)
+    for name, (_, _, _, support) in averages.items():
+        if support != total:
+            bad.append(f"{name}: support {support} but the classes sum to {total}")
+    macro = averages["macro avg"]
+    for j, what in enumerate(("precision", "recall", "F1")):
+        mean = np.mean([r[1 + j] for r in rows])
+        if abs(macro[j] - mean) > 2 * half:
+            bad.append(f"macro {what} {macro[j]} but the rows average {mean:.4f}")
+    return bad
+
+
+def test_seed001_report_contradicts_itself_where_a_computed_report_cannot():
+    """Seed 001 prints (§5.4) a ten-class report for its sequence classifier. A report computed from one set of
+    predictions passes every check of ``report_inconsistencies`` (the control below builds one from a random
+    confusion matrix and rounds it to three decimals). The seed's fails all of them: every row's F1 differs
+    from the harmonic mean of its precision and recall (class 4: 0.899 printed, 0.904 from P and R); the ten
+    supports sum to 7,670 while the average rows claim 46,435; and the macro averages are not the means of the
+    rows (recall 0.920 printed, 0.898 from the rows). And with one label per example, micro precision and
+    micro recall are both the accuracy, so they cannot differ; the seed prints 0.925 and 0.920."""
+    rng = np.random.default_rng(0)
+    confusion = rng.integers(0, 50, size=(10, 10)) + np.diag(rng.integers(500, 2000, size=10))
+    tp = np.diag(confusion).astype(float)
+    prec, rec = tp / confusion.sum(axis=0), tp / confusion.sum(axis=1)
+    f1 = 2 * prec * rec / (prec + rec)
+    support = confusion.sum(axis=1)
+    rows = [(c, round(prec[c], 3), round(rec[c], 3), round(f1[c], 3), int(support[c])) for c in range(10)]
+    macro = (round(prec.mean(), 3), round(rec.mean(), 3), round(f1.mean(), 3), int(support.sum()))
+    assert report_inconsistencies(rows, {"macro avg": macro}) == []
+    bad = report_inconsistencies(SEED001_REPORT, SEED001_AVERAGES)
+    assert sum(b.startswith("class") for b in bad) == 10, bad
+    assert sum("support 46435 but the classes sum to 7670" in b for b in bad) == 3, bad
+    assert any(b.startswith("macro recall 0.92") for b in bad), bad
+    # one label per example (a sequence classifier): every error is one false positive and one false negative,
+    # so micro precision = micro recall = accuracy. The control's are equal; the seed prints 0.925 and 0.920.
+    micro_p = tp.sum() / confusion.sum(axis=0).sum()
+    micro_r = tp.sum() / confusion.sum(axis=1).sum()
+    assert micro_p == micro_r
+    micro = SEED001_AVERAGES["micro avg"]
+    assert abs(micro[0] - micro[1]) > 2 * 0.0005, micro
+
+
 # ---------------------------------------------------------------------------- Eq. (4.2): the objective
 def test_mean_return_of_sampled_sequences_estimates_the_exact_objective():
     """Eq. (4.2): J(θ) = E_{x∼π}[R(x)] = Σ_x π(x) R(x). The mean reward of n generated sequences lies within
@@ -201,6 +281,48 @@ def test_rloo_is_unbiased_and_lowers_the_variance():
         assert abs(proj.mean() - g @ u) < 4 * proj.std() / np.sqrt(n_batches), (proj.mean(), g @ u)
 
 
+def rloo_total_variance(p, reward, S, k) -> float:
+    """tr Var(ĝ_RLOO) for k samples, exactly: V_μ/k + (σ_R² E‖s‖² + ‖g‖²)/(k(k − 1)), with s = ∇log π(x),
+    g = E[R s], μ = E[R], σ_R² = Var(R) and V_μ = E[(R − μ)²‖s‖²] − ‖g‖² the per-sample variance with the
+    ideal constant baseline b = μ (chapter 04, Section 2)."""
+    sq = np.einsum("ij,ij->i", S, S)
+    g = (p * reward) @ S
+    mu = p @ reward
+    var_r = p @ (reward - mu) ** 2
+    v_mu = p @ ((reward - mu) ** 2 * sq) - g @ g
+    return v_mu / k + (var_r * (p @ sq) + g @ g) / (k * (k - 1))
+
+
+def test_rloo_variance_is_the_ideal_baseline_variance_plus_a_one_over_k_k_minus_1_term():
+    """RLOO's variance does not fall like 1/k. Writing a_i = R_i − μ, the estimate is the ideal-baseline
+    estimate (1/k)Σ a_i s_i minus (1/(k(k−1)))Σ_{i≠j} a_j s_i; the two are uncorrelated and the second has
+    total variance (σ_R² E‖s‖² + ‖g‖²)/(k(k−1)). Measured over 20,000 batches per k (seeds fixed), the mean
+    squared error agrees with that formula within 4 standard errors for k = 2, 4, 8, while k·Var falls
+    measurably between k = 2 and k = 8 (a 1/k law would keep it constant), and the ratio to the ideal
+    baseline's V_μ/k is above 1 and shrinks towards it like 1/(k − 1)."""
+    model, lab, p, reward, S = lab_setup()
+    g = (p * reward) @ S
+    n_batches = 20_000
+    measured, se = {}, {}
+    for k in (2, 4, 8):
+        idx = np.random.default_rng(100 + k).choice(len(lab), size=(n_batches, k), p=p)
+        R = reward[idx]
+        loo = np.stack([leave_one_out_baseline(r, np.full(k, 1 / k)) for r in R])
+        err, _ = batch_errors((R - loo) / k, idx, S, g)
+        measured[k], se[k] = err.mean(), err.std() / np.sqrt(n_batches)
+        exact = rloo_total_variance(p, reward, S, k)
+        assert abs(measured[k] - exact) < 4 * se[k], (k, measured[k], exact, se[k])
+    # k·Var(k) falls: 2·Var(2) − 8·Var(8) is many standard errors above 0
+    gap = 2 * measured[2] - 8 * measured[8]
+    assert gap > 4 * np.hypot(2 * se[2], 8 * se[8]), (gap, se)
+    sq = np.einsum("ij,ij->i", S, S)
+    mu = p @ reward
+    v_mu = p @ ((reward - mu) ** 2 * sq) - g @ g
+    excess = [rloo_total_variance(p, reward, S, k) / (v_mu / k) - 1 for k in (2, 4, 8)]
+    assert all(e > 0 for e in excess)
+    np.testing.assert_allclose(np.array(excess) * np.array([1, 3, 7]), excess[0], rtol=1e-12)
+
+
 def test_monte_carlo_reinforce_is_unbiased():
     """Eq. (4.3) by Monte Carlo through the trainers' own path: ``sample_batch`` draws k = 2 sequences,
     ``weighted_surrogate`` with c_i = R(x_i)/k is the loss, and minus its gradient is the estimate. Over 600
@@ -291,6 +413,24 @@ def test_policy_gradient_theorem_matches_finite_differences(seed):
     assert np.abs(pg - fd).max() <= 1e-7 * np.abs(fd).max(), (pg, fd)
 
 
+@pytest.mark.parametrize("seed", [3, 4])
+def test_policy_gradient_theorem_as_an_expectation_needs_one_over_one_minus_gamma(seed):
+    """Eq. (4.8), second form: d^π = μᵀ(I − γP_π)⁻¹ sums to 1/(1 − γ), so the expectation over the normalised
+    d̄^π = (1 − γ)d^π needs the factor 1/(1 − γ). With it the expectation equals central differences of J;
+    without it the result is the same vector times (1 − γ) — here 0.1 of the gradient."""
+    mdp, mu, theta = small_mdp(seed)
+    fd = finite_difference_gradient(lambda th: tabular_objective(mdp, mu, th), theta)
+    pi = softmax_policy(theta)
+    V = evaluate_policy(mdp, pi)
+    Q = mdp.expected_reward() + mdp.gamma * mdp.P @ V
+    d = np.linalg.solve((np.eye(mdp.n_states) - mdp.gamma * np.einsum("sa,sat->st", pi, mdp.P)).T, mu)
+    assert d.sum() == pytest.approx(1 / (1 - mdp.gamma), rel=1e-12)
+    d_bar = (1 - mdp.gamma) * d
+    expectation = d_bar[:, None] * pi * (Q - V[:, None])  # E_{s∼d̄, a∼π}[∇_θ log π(a|s) Q(s,a)], tabular softmax
+    np.testing.assert_allclose(expectation / (1 - mdp.gamma), fd, rtol=0, atol=1e-7 * np.abs(fd).max())
+    assert np.abs(expectation - fd).max() > 0.5 * np.abs(fd).max()
+
+
 def delayed_reward_chain(gamma=0.95, stop=0.3, finish=1.0) -> TabularMDP:
     """States 0, 1, 2 in a row and an absorbing state 3 ("done"). In states 0–2, action 0 ("stop") pays
     ``stop`` now and ends; action 1 ("go") pays nothing and moves on, except from state 2, where it pays
@@ -330,6 +470,32 @@ def test_seed004_objective_gradient_is_not_the_policy_gradient():
     np.testing.assert_allclose(seed004_policy_gradient(bandit, theta) / 4, fd0, rtol=0, atol=1e-8)
     fd9 = finite_difference_gradient(lambda th: tabular_objective(rand, np.full(4, 0.25), th), theta)
     assert np.linalg.norm(seed004_policy_gradient(rand, theta) / 4 - fd9) > 0.5 * np.linalg.norm(fd9)
+
+
+def test_seed004_v_pi_is_v_star_only_for_an_optimal_policy():
+    """Seed 004 (§4.1) defines the value function as the return of "the best action" in each state and then
+    calls it V^π, "the expected return from s under the policy π" — two different functions. V^π(s) =
+    Σ_a π(a|s)Q^π(s,a) (Eq. 4.5) is what π earns; V* = max_π V^π (Eq. 4.6) is what the best policy earns, and
+    V^π ≤ V* with equality only where π is optimal. On the delayed-reward chain the uniform policy earns
+    V^π(0) = 0.368 against V*(0) = γ² = 0.9025, V^π < V* in every live state, and Q^π ≠ Q* in states 0
+    and 1 (from state 2 both actions end the episode, so there Q^π = Q* while V^π = 0.65 < V* = 1). The seed's own example
+    cannot show the difference: on its repaired MDP every policy earns V^π ≡ V* ≡ 1 (Section 3)."""
+    chain = delayed_reward_chain()
+    q_star, v_star, _ = value_iteration(chain)
+    uniform = np.full((4, 2), 0.5)
+    v_pi = evaluate_policy(chain, uniform)
+    q_pi = chain.expected_reward() + chain.gamma * chain.P @ v_pi
+    assert v_pi[0] == pytest.approx(0.36791, abs=1e-5) and v_star[0] == pytest.approx(0.95**2, abs=1e-10)
+    assert (v_pi[:3] < v_star[:3] - 0.05).all(), (v_pi, v_star)
+    assert (np.abs(q_pi[:2] - q_star[:2]).max(axis=1) > 0.05).all()
+    np.testing.assert_allclose(q_pi[2], q_star[2], atol=1e-10)  # from state 2 both actions end the episode
+    greedy = np.eye(2)[q_star.argmax(axis=1)]  # an optimal policy attains V*
+    np.testing.assert_allclose(evaluate_policy(chain, greedy), v_star, atol=1e-10)
+    seed = seed004_mdp()
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        pi = rng.dirichlet(np.ones(2), size=3)
+        np.testing.assert_allclose(evaluate_policy(seed, pi), 1.0, atol=1e-10)
 
 
 def test_seed004_bellman_with_reward_times_value_has_only_the_zero_solution():
