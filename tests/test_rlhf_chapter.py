@@ -29,7 +29,7 @@ from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optim
 def test_kl_gradient_table_on_sequences():
     """On sequences, only k1 in the reward (per sequence, or per token with rewards-to-go) is unbiased for
     ∇KL(π‖a). k2 and k3 per token in the loss miss the effect of a token on the KL of the tokens after it,
-    and neither is the forward KL's gradient. Over these ten random pairs the smallest error measured is
+    and neither is ∇KL(a‖π). Over these ten random pairs the smallest error measured is
     0.08 and the medians against ∇KL(π‖a) are 0.24 (k2) and 0.92 (k3): the bound 0.02 is far above rounding
     (the unbiased rows are exact to 1e-14) and below every measured case (other seeds go down to 0.045);
     the median bound 0.1 says the bias is typical, not rare."""
@@ -42,7 +42,7 @@ def test_kl_gradient_table_on_sequences():
 
 def test_kl_gradient_table_on_one_categorical_step():
     """With one free step the classic picture holds for every random pair: k1 in the reward and k2 in the
-    loss are unbiased for ∇KL(π‖a), and k3 in the loss gives exactly ∇KL(a‖π), the forward KL."""
+    loss are unbiased for ∇KL(π‖a), and k3 in the loss gives exactly ∇KL(a‖π)."""
     survey = kl_gradient_survey(ONE_STEP)
     for mode in ("k1_seq", "k1_token", "k2_loss"):
         assert survey[mode][:, 0].max() < 1e-8, (mode, survey[mode])

@@ -79,7 +79,7 @@ def test_kl_estimator_gradients_on_sequences():
 
 def test_kl_estimator_gradients_on_one_categorical_step():
     """With one free step (horizon 2: a token, then the forced EOS) the classic picture of chapter 03, §9 holds:
-    k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π), the forward KL."""
+    k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π)."""
     a, policy, lab, _, beta = tiny_lab(5, vocab_size=5, block_size=2)
     grads, truth, forward = kl_penalty_gradients(lab, a, policy, beta)
     assert relative_error(grads["k1_seq"], truth) < 1e-8
@@ -89,7 +89,7 @@ def test_kl_estimator_gradients_on_one_categorical_step():
 
 
 # ------------------------------------------------------------------------------------------- unification (chapter 07)
-def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
+def test_fdpg_with_f_kl_minimises_kl_pi_p_as_kl_control_rlhf_does_scaled_by_one_over_beta():
     """(a) f = kl (D_f(π‖p) = KL(π‖p)) with p ∝ a e^{r/β}: its gradient is 1/β times the gradient of the
     RLHF loss (the negated KL-control objective) with the sequence-level k1 penalty in the reward."""
     a, policy, lab, r, beta = tiny_lab(6)
@@ -101,7 +101,7 @@ def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
     assert not close(g_f, g_r, rel=1e-2)  # the scale matters: β = 0.5 here
 
 
-def test_fdpg_forward_kl_is_dpg():
+def test_fdpg_with_f_reverse_kl_minimises_kl_p_pi_as_dpg_does():
     """(b) f = reverse_kl (D_f(π‖p) = KL(p‖π)): the f-DPG gradient is GDC's DPG gradient, exactly."""
     a, policy, lab, r, _ = tiny_lab(7)
     log_scores = np.log(lab.distribution(a)) + 1.5 * (lab.lengths == 2)  # an EBM a·e^{λφ}
