@@ -267,8 +267,8 @@ def _run_rlhf(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     policy, hist = tasks.run_rlhf(ing.reward, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
                                   kl_target=opts["kl_target"], cfg=cfg, base=base, out=out, progress=progress,
                                   fresh=fresh, identity=identity)
-    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "entropy_est", "distinct_2",
-                                                 "in_corpus"])])
+    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est",
+                                                 "distinct_2", "in_corpus"])])
 
 
 def _run_dpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
@@ -376,9 +376,10 @@ METHODS = {
         "rlhf", "RLHF: maximise E_π[r] − β·KL(π‖a) by policy gradient (chapter 05)", ("reward",),
         REWARD_OPTIONS + (
             _beta(0.1, "KL coefficient β"),
-            Option("--kl", dict(choices=["k1_seq", "k1_token", "k2_loss", "k3_loss"], default="k1_seq",
-                                help="where the KL penalty enters: k1 in the reward per sequence or per token, or k2/k3 "
-                                     "per token in the loss (default: k1_seq)")),
+            Option("--kl", dict(choices=["k1_seq", "k1_token", "k2_loss", "k3_loss", "full_token"], default="k1_seq",
+                                help="where the KL penalty enters: k1 in the reward per sequence or per token, k2/k3 "
+                                     "per token in the loss, or the analytic KL over the vocabulary at every visited "
+                                     "prefix (full_token) (default: k1_seq)")),
             Option("--algo", dict(choices=["rloo", "ppo", "reinforce"], default="rloo",
                                   help="RLOO, PPO-clip, or REINFORCE without a baseline (default: rloo)")),
             Option("--kl-target", dict(type=positive_float, default=None,
