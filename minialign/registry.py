@@ -73,6 +73,24 @@ def f_divergence(text) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+GPT_SIZE_FIELDS = ("n_layer", "n_head", "n_embd")
+
+
+def gpt_size(text) -> dict:
+    """A model size as ``n_layer=2,n_head=2,n_embd=32`` (any of the three; positive whole numbers, n_embd a
+    multiple of n_head when both are given)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in GPT_SIZE_FIELDS:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs with KEY in {', '.join(GPT_SIZE_FIELDS)}, "
+                                             f"separated by commas; got {part!r}")
+        out[key.strip()] = positive_int(value.strip())
+    if "n_embd" in out and "n_head" in out and out["n_embd"] % out["n_head"]:
+        raise argparse.ArgumentTypeError(f"n_embd ({out['n_embd']}) must be a multiple of n_head ({out['n_head']})")
+    return out
+
+
 def constraint(text) -> str:
     from .ebm import parse_constraint
 

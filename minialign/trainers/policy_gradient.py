@@ -96,16 +96,22 @@ def kl_loss(logp_tok: Tensor, ref_tok, weights, kind: str) -> Tensor:
     return (per_token.sum(axis=1) * constant(weights, like=logp_tok)).sum()
 
 
-def token_kl_terms(policy, ref, tokens) -> tuple[Tensor, Tensor]:
-    """From one forward of π over rows ``tokens [B, L]``: log π(x_t | x_<t) ``[B, L]``, and the analytic per-token
-    KL_t = KL(π(·|x_<t) ‖ a(·|x_<t)) ``[B, L]`` over the whole vocabulary at every visited prefix (Eq. 5.16),
-    differentiable through π's next-token distribution at the fixed prefix (``F.token_fdiv``: the fused kernel
-    on the torch backend). Both are 0 at padding and at the forced EOS."""
+def token_fdiv_terms(policy, ref, tokens, f: str) -> tuple[Tensor, Tensor]:
+    """From one forward of π over rows ``tokens [B, L]``: log π(x_t | x_<t) ``[B, L]``, and the per-token
+    D_f(π(·|x_<t) ‖ a(·|x_<t)) = Σ_v a f(π/a) ``[B, L]`` over the whole vocabulary at every visited prefix,
+    differentiable through π's next-token distribution at the fixed prefix (``F.token_fdiv``: the fused
+    kernel on the torch backend); the frozen ``ref`` is read without a graph. Both are 0 at padding and at
+    the forced EOS."""
     logits, targets = policy.next_token_logits(tokens)
     with no_grad():
         ref_logits, _ = ref.next_token_logits(tokens)
     logp = -F.cross_entropy(logits, targets, ignore_index=-100, reduction="none")
-    return logp, F.token_fdiv(logits, ref_logits, "kl", targets != -100)
+    return logp, F.token_fdiv(logits, ref_logits, f, targets != -100)
+
+
+def token_kl_terms(policy, ref, tokens) -> tuple[Tensor, Tensor]:
+    """:func:`token_fdiv_terms` with f = kl: log π(x_t | x_<t) and the analytic per-token KL_t of Eq. (5.16)."""
+    return token_fdiv_terms(policy, ref, tokens, "kl")
 
 
 def kl_after(kl_tok: Tensor) -> np.ndarray:
