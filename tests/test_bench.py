@@ -21,7 +21,8 @@ def test_the_kernel_benchmark_runs_every_section_in_smoke_mode(capsys, triton):
     errors = [float(e) for e in re.findall(r"max relative error ([0-9.e+-]+)", text)]
     assert len(errors) == 2 and max(errors) < 2e-2, errors  # bf16 gradients vs eager, the kernel tests' bf16 budget
     attention_row = re.search(r"^\s+32\s+16\s+1\s+2\s.*$", text, re.M).group(0)  # T = 32, D = 16, B = 1, H = 2
-    assert float(attention_row.split()[-1]) < 1e-5, attention_row  # fp32 in smoke: flash against SDPA
+    fp32 = "(c) causal attention, forward + backward, float32" in text  # the CPU smoke run; bf16 on a GPU
+    assert float(attention_row.split()[-1]) < (1e-5 if fp32 else 2e-2), attention_row  # flash against SDPA
 
 
 @pytest.mark.parametrize("argv", [[], ["--only", "attention"]])
