@@ -13,12 +13,20 @@ from . import registry as R
 DEFAULT_CHECKPOINT = "runs/base.npz"
 
 
+def _backend(args):
+    """The backend ``--device`` names, checked before any work (a clear error naming the flag otherwise)."""
+    from .device import backend_for
+
+    return backend_for(args.device)
+
+
 def _pretrain(args):
     import time
 
     from .gpt import GPTConfig
     from .pretrain import PretrainConfig, bigram_baseline, pretrain
 
+    backend = _backend(args)
     if args.n_embd % args.n_head:
         raise ValueError(f"--n-embd ({args.n_embd}) must be divisible by --n-head ({args.n_head})")
     if args.block_size < 12:
@@ -29,9 +37,9 @@ def _pretrain(args):
     cfg = PretrainConfig(model=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          eval_every=args.eval_every, seed=args.seed)
     t0 = time.perf_counter()
-    model, history = pretrain(cfg, out=args.out, progress=not args.quiet, fresh=args.fresh)
+    model, history = pretrain(cfg, out=args.out, progress=not args.quiet, fresh=args.fresh, backend=backend)
     bigram = bigram_baseline(model_cfg.block_size, seed=args.seed)
-    print(f"pretrained in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    print(f"pretrained in {time.perf_counter() - t0:.1f} s on {args.device} -> {args.out}")
     print(f"validation loss  GPT {history['val_loss'][-1]:.4f}  |  bigram (counts) {bigram:.4f}  nats/token")
     _print_samples(model, args.samples, args.seed, 1.0, None)
     return 0
@@ -68,8 +76,9 @@ def _align(args):
     opts = {o.dest: getattr(args, o.dest) for o in spec.options}
     if spec.check is not None:
         spec.check(opts)
+    backend = _backend(args)
     out = args.out or R.output_file(".npz")(f"runs/{args.method}.npz")
-    base = tasks.load_base(args.base)
+    base = tasks.load_base(args.base, backend=backend)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
@@ -83,10 +92,37 @@ def _align(args):
     return 0
 
 
+def _distill(args):
+    from . import tasks
+    from .trainers.common import TrainConfig
+
+    backend = _backend(args)
+    teacher = tasks.load_base(args.teacher, backend=backend)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
+    print("teacher samples:", ", ".join(tasks.samples(teacher, 12, args.seed)))
+    student, _ = tasks.run_distill(teacher, f=args.f, samples=args.samples, student_config=args.student_config,
+                                   cfg=cfg, out=args.out, progress=not args.quiet, fresh=args.fresh,
+                                   identity={"teacher_path": str(args.teacher)})
+    for line in tasks.distill_report(student, teacher, args.f, n=args.eval_samples, seed=args.seed):
+        print(line)
+    print(f"checkpoint: {args.out}")
+    print("student samples:", ", ".join(tasks.samples(student, 12, args.seed)))
+    return 0
+
+
 def _tour(args):
     from .tour import run_tour
 
-    return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain)
+    return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain, backend=_backend(args))
+
+
+def _device_option(parser):
+    from .device import DEVICES
+
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu: the NumPy engine; cuda: the torch backend with the Triton kernels on a CUDA GPU "
+                             "(needs torch and triton)")
 
 
 class _Help(argparse.HelpFormatter):
@@ -127,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of the weights and batches")
     p.add_argument("--samples", type=R.nonnegative_int, metavar="N", default=20, help="names to print at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_option(p)
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("sample", help="sample names from a checkpoint", formatter_class=_fmt())
@@ -153,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of every sample drawn")
     g.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    _device_option(g)
     for spec in R.METHODS.values():
         m = methods.add_parser(spec.name, help=spec.help, description=spec.help, parents=[common],
                                formatter_class=_fmt())
@@ -161,11 +199,40 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(o.flag, **o.kwargs)
         m.set_defaults(fn=_align)
 
+    from .trainers.distill import STUDENT_SIZE
+
+    p = sub.add_parser("distill", help="fit a smaller student to a teacher's next-token distributions, for any f",
+                       description="Token-level f-divergence distillation (chapter 07, §9): minimise "
+                                   "Σ_t D_f(π_t‖p_t) over the vocabulary at every position of the teacher's (or the "
+                                   "student's own) samples.", formatter_class=_fmt())
+    p.add_argument("--teacher", type=R.input_file(".npz"), required=True,
+                   help="the teacher's checkpoint (e.g. runs/rlhf.npz from minialign align rlhf)")
+    p.add_argument("--f", choices=["kl", "reverse_kl", "js", "tv"], default="js",
+                   help="D_f(π‖p) per token: kl is KL(student‖teacher), reverse_kl is KL(teacher‖student)")
+    p.add_argument("--samples", choices=["teacher", "student"], default="teacher",
+                   help="whose samples give the prefixes: the teacher's (off-policy) or the student's own (on-policy)")
+    p.add_argument("--student-config", type=R.gpt_size, default={}, metavar="KEY=N,...",
+                   help="the student's size, changed from " + ",".join(f"{k}={v}" for k, v in STUDENT_SIZE.items()) +
+                        " (any of n_layer, n_head, n_embd; vocabulary and horizon are the teacher's)")
+    p.add_argument("--out", type=R.output_file(".npz"), default="runs/distill.npz",
+                   help="checkpoint path (.npz); an existing run there is resumed")
+    p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
+    p.add_argument("--steps", type=R.positive_int, default=300, help="optimizer steps")
+    p.add_argument("--batch-size", type=R.positive_int, default=64, help="samples per step")
+    p.add_argument("--lr", type=R.positive_float, default=3e-3, help="AdamW learning rate")
+    p.add_argument("--seed", type=R.nonnegative_int, default=0, help="seed of the student's weights and every sample")
+    p.add_argument("--checkpoint-every", type=R.positive_int, default=50, help="steps between checkpoints")
+    p.add_argument("--eval-samples", type=R.positive_int, default=1000, help="fresh samples for the final report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_option(p)
+    p.set_defaults(fn=_distill)
+
     p = sub.add_parser("tour", help="the whole course in one run: base model, reward model, RLHF, DPO, GDC, f-DPG",
                        formatter_class=_fmt())
     p.add_argument("--out", type=R.output_dir, default="runs/tour", metavar="DIR", help="folder for report.md and its plots")
     p.add_argument("--pretrain", action="store_true", help="pretrain the base model instead of loading the committed one")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
+    _device_option(p)
     p.set_defaults(fn=_tour)
     return parser
 

@@ -112,6 +112,11 @@ class GPT(Module):
 
         ``cache`` is a list of one dict per layer (see :meth:`new_cache`), filled as positions are read.
         """
+        return F.linear(self.hidden_states(idx, cache, start), self.wte.weight)
+
+    def hidden_states(self, idx, cache=None, start: int = 0):
+        """The features ``[B, T, C]`` after the last LayerNorm, which the output head (the token embedding,
+        shared) turns into logits."""
         idx = self._check_ids(idx, "idx")
         b, t = idx.shape
         if start + t > self.config.block_size:
@@ -120,8 +125,7 @@ class GPT(Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
             x = block(x, None if cache is None else cache[i])
-        x = self.ln_f(x)
-        return F.linear(x, self.wte.weight)
+        return self.ln_f(x)
 
     def new_cache(self):
         return [{} for _ in self.h]
@@ -173,7 +177,14 @@ class GPT(Module):
         """log π(x_t | x_<t) for every position of rows ``x [B, L]``: a Tensor ``[B, L]`` that is zero at padding
         and at the forced EOS (log 1), so that its row sums are Eq. (2.7)."""
         inp, targets, counted = self._shift(x)
-        return -F.cross_entropy(self(inp), np.where(counted, targets, -100), ignore_index=-100, reduction="none")
+        # the head and the log-probabilities in one op: a backend with the chunked kernel never holds all logits
+        return F.linear_logprobs(self.hidden_states(inp), self.wte.weight, np.where(counted, targets, -100))
+
+    def next_token_logits(self, x):
+        """The logits ``[B, L, V]`` of every next-token distribution along rows ``x [B, L]`` (position t is
+        π(· | x_<t)) and the targets ``[B, L]``: x_t where it counts, −100 at padding and at the forced EOS."""
+        inp, targets, counted = self._shift(x)
+        return self(inp), np.where(counted, targets, -100)
 
     def sequence_logprob(self, x) -> Tensor:
         """Eq. (2.7): log π(x) = Σ_t log π(x_t | x_<t) over each row's tokens up to and including its first

@@ -14,7 +14,7 @@ import numpy as np
 from . import divergences
 from .gpt import GPT, GPTConfig
 from .logspace import log_normalise
-from .tensor import Tensor, concatenate
+from .tensor import Tensor, concatenate, constant
 
 
 class ExactLab:
@@ -162,7 +162,7 @@ def score_function_gradient(model, lab: ExactLab, weights) -> dict:
     """
     model.zero_grad()
     logp = lab.log_probs(model)
-    (logp * Tensor(np.asarray(weights, dtype=logp.dtype))).sum().backward()
+    (logp * constant(np.asarray(weights, dtype=np.float64), like=logp)).sum().backward()
     grads = {n: (np.zeros(p.shape) if p.grad is None else np.array(p.grad)) for n, p in model.named_parameters()}
     model.zero_grad()
     return grads

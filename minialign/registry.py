@@ -73,6 +73,24 @@ def f_divergence(text) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+GPT_SIZE_FIELDS = ("n_layer", "n_head", "n_embd")
+
+
+def gpt_size(text) -> dict:
+    """A model size as ``n_layer=2,n_head=2,n_embd=32`` (any of the three; positive whole numbers, n_embd a
+    multiple of n_head when both are given)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in GPT_SIZE_FIELDS:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs with KEY in {', '.join(GPT_SIZE_FIELDS)}, "
+                                             f"separated by commas; got {part!r}")
+        out[key.strip()] = positive_int(value.strip())
+    if "n_embd" in out and "n_head" in out and out["n_embd"] % out["n_head"]:
+        raise argparse.ArgumentTypeError(f"n_embd ({out['n_embd']}) must be a multiple of n_head ({out['n_head']})")
+    return out
+
+
 def constraint(text) -> str:
     from .ebm import parse_constraint
 
@@ -267,8 +285,8 @@ def _run_rlhf(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     policy, hist = tasks.run_rlhf(ing.reward, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
                                   kl_target=opts["kl_target"], cfg=cfg, base=base, out=out, progress=progress,
                                   fresh=fresh, identity=identity)
-    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "entropy_est", "distinct_2",
-                                                 "in_corpus"])])
+    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est",
+                                                 "distinct_2", "in_corpus"])])
 
 
 def _run_dpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
@@ -377,9 +395,10 @@ METHODS = {
         "rlhf", "RLHF: maximise E_π[r] − β·KL(π‖a) by policy gradient (chapter 05)", ("reward",),
         REWARD_OPTIONS + (
             _beta(0.1, "KL coefficient β"),
-            Option("--kl", dict(choices=["k1_seq", "k1_token", "k2_loss", "k3_loss"], default="k1_seq",
-                                help="where the KL penalty enters: k1 in the reward per sequence or per token, or k2/k3 "
-                                     "per token in the loss (default: k1_seq)")),
+            Option("--kl", dict(choices=["k1_seq", "k1_token", "k2_loss", "k3_loss", "full_token"], default="k1_seq",
+                                help="where the KL penalty enters: k1 in the reward per sequence or per token, k2/k3 "
+                                     "per token in the loss, or the analytic KL over the vocabulary at every visited "
+                                     "prefix (full_token) (default: k1_seq)")),
             Option("--algo", dict(choices=["rloo", "ppo", "reinforce"], default="rloo",
                                   help="RLOO, PPO-clip, or REINFORCE without a baseline (default: rloo)")),
             Option("--kl-target", dict(type=positive_float, default=None, metavar="KL",

@@ -67,6 +67,7 @@ def test_diversity_metrics():
 
 @pytest.mark.parametrize("argv", [
     ["align", "rlhf", "--reward", "true", "--kl", "k3_loss"],
+    ["align", "rlhf", "--reward", "true", "--kl", "full_token"],
     ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--baseline", "--compare-reinforce",
      "--eval-samples", "100"],
     ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--calibrate", "0.1", "--eval-samples", "100"],
