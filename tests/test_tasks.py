@@ -99,7 +99,7 @@ def exit_code(args) -> int:
 
 def test_align_reports_bad_input_clearly(tmp_path, capsys):
     assert exit_code(["align", "rlhf", "--beta", "0", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
-    assert "argument --beta: expected a number > 0; got '0'" in capsys.readouterr().err
+    assert "argument --beta: expected a finite number > 0; got '0'" in capsys.readouterr().err
     assert exit_code(["align", "gdc", "--constraint", "nosuch=0.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert exit_code(["align", "gdc", "--constraint", "female=1.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2

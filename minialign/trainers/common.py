@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -112,6 +113,21 @@ class TrainConfig:
     checkpoint_every: int = 50
     log_every: int = 1
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "seed"):
+            v = getattr(self, name)
+            least = 0 if name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ValueError(f"TrainConfig.{name} must be a whole number ≥ {least}; got {v!r}")
+        for name in ("lr", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number > 0; got {v!r}")
+
+    def identity(self) -> dict:
+        """The settings that define a run (how long it runs and how often it is saved do not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("steps", "checkpoint_every", "log_every")}
+
 
 def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_log_p=None, corpus=None,
           progress: bool = True, log_fn=None, metrics_fn=None, stop_fn=None, identity: dict | None = None,
@@ -128,8 +144,11 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
     policy.eval()  # dropout off: every estimator here needs the model's own log π(x), not a thinned one
     opt = AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     p_ref = lab.distribution(method.ref) if lab is not None and method.ref is not None else None
-    run = {"kind": "align", "method": method.name, **method.settings(), **(identity or {}),
-           **{k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every", "log_every")}}
+    run = {"kind": "align", "method": method.name, **method.settings(), **(identity or {}), **cfg.identity()}
+    if cfg.batch_size < 2 and getattr(method, "leave_one_out", False):
+        warnings.warn(f"a batch of {cfg.batch_size} sample leaves {method.name}'s leave-one-out baseline nothing to "
+                      "average, so it trains without one (plain REINFORCE, a much noisier gradient); use a batch of "
+                      "2 or more (--batch-size)", stacklevel=2)
     t0 = time.perf_counter()
 
     def step(i):
