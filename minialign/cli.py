@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     p.add_argument("--steps", type=R.positive_int, default=1500, help="optimizer steps")
     p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), default=64, help="names per step")
-    p.add_argument("--lr", type=R.positive_float, default=3e-3, help="peak learning rate of the cosine schedule")
+    p.add_argument("--lr", type=R.learning_rate, default=3e-3, help="peak learning rate of the cosine schedule")
     p.add_argument("--eval-every", type=R.positive_int, default=250, help="steps between validation and checkpoint")
     p.add_argument("--n-layer", type=R.positive_int, default=4, help="transformer blocks")
     p.add_argument("--n-head", type=R.positive_int, default=4, help="attention heads")
@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=R.positive_int, default=R.TRAIN_DEFAULTS["steps"], help="optimizer steps")
     g.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), default=R.TRAIN_DEFAULTS["batch_size"],
                    help="samples (or pairs) per step")
-    g.add_argument("--lr", type=R.positive_float, default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
+    g.add_argument("--lr", type=R.learning_rate, default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
     g.add_argument("--seed", type=R.seed, default=0, help="seed of every sample drawn")
     g.add_argument("--checkpoint-every", type=R.positive_int, default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -186,7 +186,7 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv=None):
     with warnings.catch_warnings():
-        warnings.simplefilter("default")
+        warnings.simplefilter("once")  # a warning is shown once per run, however often it is raised
         warnings.showwarning = _one_line_warning
         return _main(argv)
 

@@ -61,6 +61,11 @@ def positive_float(text) -> float:
     return _parse(text, float, lambda v: v > 0, "a finite number > 0")
 
 
+def learning_rate(text) -> float:
+    """A step size in (0, 1]: AdamW moves every weight by about lr per step, and beyond 1 a run only diverges."""
+    return _parse(text, float, lambda v: 0 < v <= 1, "a learning rate in (0, 1]")
+
+
 def unit_interval(text) -> float:
     """A number in [0, 1) (a dropout probability)."""
     return _parse(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")

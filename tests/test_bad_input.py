@@ -166,11 +166,12 @@ BAD_NUMBERS = {  # argument kind → (bad values, what the message says is expec
     "natural": (("-1", "1.5", "nan", "x"), "whole number"),
     "positive": (("0", "-1", "-inf", "nan", "inf", "1e400", "fast"), "number"),
     "unit": (("1", "-0.1", "nan", "inf"), "[0, 1)"),
+    "rate": (("0", "-1e-3", "nan", "inf", "1e4", "fast"), "learning rate in (0, 1]"),
 }
-TRAIN = [("--steps", "count"), ("--batch-size", "count"), ("--lr", "positive"), ("--seed", "natural"),
+TRAIN = [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
          ("--checkpoint-every", "count")]
 NUMERIC = {  # command → its numeric flags and their kinds
-    "pretrain": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "positive"), ("--eval-every", "count"),
+    "pretrain": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--eval-every", "count"),
                  ("--n-layer", "count"), ("--n-head", "count"), ("--n-embd", "count"), ("--block-size", "count"),
                  ("--dropout", "unit"), ("--seed", "natural"), ("--samples", "natural")],
     "sample": [("-n", "count"), ("--temperature", "positive"), ("--top-k", "count"), ("--seed", "natural")],

@@ -7,14 +7,10 @@
 - DPG's expected gradient is −∇KL(p‖π) for any proposal q, with and without GDC++'s baseline (Eq. 6.7–6.8).
 - The importance-sampling estimates of Z and KL(p‖π) (Eq. 6.10) converge to the exact values.
 - The tolerance the chapter accepts for "E_π[φ] = 0.5" (two binomial standard errors) has the coverage it claims.
-- Seeds 000/001/003: what they call GDC, read from the seed files themselves.
 
 Everything runs on the exact lab (a tiny float64 GPT whose every sequence is enumerated), so "exact" means a
 sum over the enumeration, not a large sample.
 """
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -23,10 +19,6 @@ from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab
 from minialign.trainers.common import exact_batch, sample_batch
 from minialign.trainers.gdc import DPG
 from minialign.trainers.proposal import Scored
-
-# The seed documents are not part of the repository: these checks read them from a folder named by the
-# environment (MINIALIGN_SEEDS=/path/to/seeds) and are skipped, saying so, without it.
-SEEDS = Path(os.environ["MINIALIGN_SEEDS"]) if os.environ.get("MINIALIGN_SEEDS") else None
 
 
 def lab_instance(seed=0):
@@ -252,43 +244,3 @@ def test_two_standard_error_band_covers_a_true_half_about_95_percent_of_the_time
     assert 0.948 < inside.mean() < 0.960
     off = np.abs(rng.binomial(n, 0.55, size=100_000) / n - 0.5) <= tol
     assert off.mean() < 0.01
-
-
-# ------------------------------------------------------------------------------ the seeds on "GDC"
-
-
-def seed_text(prefix):
-    if SEEDS is None:
-        pytest.skip(f"seed {prefix} is not in the repository: set MINIALIGN_SEEDS to the folder of the seed documents")
-    files = sorted(SEEDS.glob(f"{prefix}_*.txt"))
-    if not files:
-        pytest.skip(f"seed {prefix} is not available at {SEEDS} (MINIALIGN_SEEDS)")
-    return files[0].read_text(encoding="utf-8")
-
-
-def test_seed000_and_seed001_expand_gdc_wrongly():
-    """Seed 000 expands GDC as 'Gradient Descent on Discrepancy', seed 001 as 'Gradient Descent for Code
-    Models' (梯度解码模型, 'gradient decoding model'); neither contains 'Distributional Control'."""
-    s0, s1 = seed_text("000"), seed_text("001")
-    assert "GDC（Gradient Descent on Discrepancy）" in s0 or "Gradient Descent on Discrepancy" in s0
-    assert "Gradient Descent for Code Models, GDC" in s1
-    assert "梯度解码模型" in s1
-    for s in (s0, s1):
-        assert "distributional control" not in s.lower()
-
-
-def test_seed003_names_distributional_control_only_in_its_title_intro_and_keywords():
-    """Seed 003's title promises 'aligning LMs by distributional control generation' (通过分布控制生成进行语言模型
-    对齐). The phrase 分布控制 occurs on three lines only — title, first paragraph, keywords — and none of the
-    notions GDC needs (energy-based model, KL or any divergence, moment matching, importance sampling) occurs
-    anywhere — constraints appear once, in a generic bullet on Lagrange multipliers;
-    the only other 分布 text is 分布式训练, *distributed* training, a different thing."""
-    text = seed_text("003")
-    lines = [i for i, line in enumerate(text.splitlines()) if "分布控制" in line]
-    assert len(lines) == 3 and max(lines) < 10
-    for word in ("能量", "KL", "散度", "矩匹配", "重要性采样", "Khalifa", "EBM", "energy", "constraint"):
-        assert word not in text, word
-    # its one mention of constraints is the generic Lagrange-multiplier bullet of §2.3, never applied
-    assert [line for line in text.splitlines() if "约束" in line] == [
-        line for line in text.splitlines() if "拉格朗日乘数法" in line]
-    assert "分布式训练" in text

@@ -176,6 +176,9 @@ def _one_step(method, policy, opt, cfg, step, corpus, metrics_fn, lab, p_ref, ta
     opt.zero_grad()
     loss.backward()
     metrics["grad_norm"] = clip_grad_norm(policy.parameters(), cfg.grad_clip)
+    if not (np.isfinite(metrics["grad_norm"]) and np.isfinite(loss.item())):
+        raise FloatingPointError(f"{method.name} diverged at step {step + 1}: the loss is {loss.item():.4g} and the "
+                                 f"gradient norm {metrics['grad_norm']:.4g}; lower the learning rate (now {cfg.lr:g})")
     opt.step()
     metrics["loss"] = loss.item()
     if batch.names is not None:
