@@ -40,10 +40,9 @@ def _pretrain(args):
 
 
 def _sample(args):
-    from .gpt import GPT
-    from .tasks import BASE_CHECKPOINT
+    from .tasks import load_base
 
-    model = GPT.load(args.checkpoint or BASE_CHECKPOINT)
+    model = load_base(args.checkpoint)
     if args.top_k is not None and args.top_k > model.config.vocab_size:
         raise ValueError(f"--top-k must be at most the vocabulary size ({model.config.vocab_size}); got {args.top_k}")
     _print_samples(model, args.n, args.seed, args.temperature, args.top_k)

@@ -515,9 +515,9 @@ def fit_lambda_snis(phi_samples, b_samples, mu_bar, *, tol: float = 1e-10, max_i
     where = f"the samples with b = 1 ({int(b.sum())} of {n})"
     fit = _newton(np.full(int(b.sum()), -math.log(n)), phi[b], mu_bar, where, tol, max_iter, lam0, feature_names)
     if fit.ess < MIN_ESS:
-        warnings.warn(f"the EBM's λ and Z rest on an effective sample size of {fit.ess:.1f} of {n} samples (fewer "
-                      f"than {MIN_ESS}): its estimates are unreliable and training towards it may learn next to "
-                      "nothing; draw more samples (--ebm-samples) or relax the constraints", stacklevel=2)
+        warnings.warn(f"the EBM fit rests on an effective sample size of {fit.ess:.1f} of {n} samples (fewer than "
+                      f"{MIN_ESS}): its λ and Z are unreliable, and a policy trained towards it sees few samples "
+                      "that carry weight; draw more samples (--ebm-samples) or relax the constraints", stacklevel=2)
     return fit
 
 

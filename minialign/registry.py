@@ -271,7 +271,8 @@ def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=p
         else:
             pairs = None
         if "pairs" in needs or opts.get("reward") == "model":
-            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed)
+            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed,
+                                                                                 progress=progress)
             out.pairs = tasks.split_pairs(pairs)[0]
         out.reward = true_reward
         if "reward" in needs and opts.get("reward") == "model":

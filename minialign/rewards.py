@@ -224,26 +224,32 @@ def _check_informative(path, chosen, rejected) -> None:
                       "preference and are kept, but only dilute the others", stacklevel=3)
 
 
-def sample_names(model: GPT, n: int, seed: int, temperature: float = 1.0, batch_size: int = 2048) -> list[str]:
-    """``n`` names sampled from ``model`` (decoded, EOS stripped), in batches, reproducible by ``seed``."""
+def sample_names(model: GPT, n: int, seed: int, temperature: float = 1.0, batch_size: int = 2048,
+                 progress: bool = False) -> list[str]:
+    """``n`` names sampled from ``model`` (decoded, EOS stripped), in batches, reproducible by ``seed``; with
+    ``progress``, a bar when there is more than one batch."""
+    from tqdm.auto import tqdm
+
     if n < 1:
         raise ValueError(f"n must be a positive number of samples; got {n}")
     tok = CharTokenizer()
     rng = np.random.default_rng(seed)
     names: list[str] = []
-    while len(names) < n:
-        ids, _ = model.generate(min(batch_size, n - len(names)), rng=rng, temperature=temperature)
-        names.extend(tok.decode_batch(ids))
+    with tqdm(total=n, desc="sampling names", disable=not progress or n <= batch_size) as bar:
+        while len(names) < n:
+            ids, _ = model.generate(min(batch_size, n - len(names)), rng=rng, temperature=temperature)
+            names.extend(tok.decode_batch(ids))
+            bar.update(len(ids))
     return names
 
 
 def simulate_preferences(base_model: GPT, n_pairs: int, seed: int = 0,
-                         reward: RewardFn = true_reward) -> PreferencePairs:
+                         reward: RewardFn = true_reward, progress: bool = False) -> PreferencePairs:
     """Draw 2·n_pairs names from the base model (temperature 1), pair them up, and let the annotator of
     Eq. (5.2) pick a winner in each pair."""
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be positive; got {n_pairs}")
-    names = sample_names(base_model, 2 * n_pairs, seed=seed)
+    names = sample_names(base_model, 2 * n_pairs, seed=seed, progress=progress)
     a, b = names[:n_pairs], names[n_pairs:]
     a_wins = annotate(a, b, np.random.default_rng([seed, 1]), reward)
     chosen = tuple(x if w else y for x, y, w in zip(a, b, a_wins))

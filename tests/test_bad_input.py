@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 import zipfile
 from functools import lru_cache
 from pathlib import Path
@@ -215,7 +216,8 @@ def checkpoint_rows():
         rows.append(cli(f"pretrain --steps 2 --out {{{name}}}", f"{name}.npz", "not a minialign checkpoint", "--fresh"))
     rows += [cli("align rlhf --reward true --out {reward}", "reward.npz", "--fresh"),
              cli("align rlhf --reward true --out {ok}", "ok.npz", "without a record of the run", "--fresh"),
-             cli("align dpo --base {vocab5}", "vocabulary", "5", "27"),
+             cli("align dpo --base {vocab5}", "vocab5.npz", "vocabulary of 5 tokens", "27"),
+             cli("sample --checkpoint {vocab5}", "vocab5.npz", "vocabulary of 5 tokens", "not a names model"),
              cli("sample --checkpoint {ok} --top-k 28", "--top-k", "28", "27"),
              cli("align rlhf --reward true --base {ok} --out {ok} --fresh", "--out", "--base", "ok.npz")]
     return rows
@@ -512,3 +514,50 @@ def test_as_real_processes_only_the_message_reaches_the_terminal(files, tmp_path
         assert err.strip().splitlines()[-1].startswith("minialign"), err
         assert all(phrase in err for phrase in row.says), (row.id, err)
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------------- legal but degenerate
+SOME_TIES = _pairs(GOOD_PAIRS + [("eve", "eve")])
+DEGENERATE = [  # a legal command whose setting is degenerate → the phrases of its one warning
+    ("align rlhf --reward true --batch-size 1", ("a batch of 1", "leave-one-out baseline", "--batch-size")),
+    ("align rlhf --reward true --algo ppo --batch-size 1", ("leave-one-out baseline", "--batch-size")),
+    ("align fdpg --target reward --reward true --batch-size 1", ("fdpg-js's leave-one-out baseline",)),
+    ("align gdc --constraint contains:x --ebm-samples 200 --batch-size 4 --eval-samples 10",
+     ("effective sample size of 3.0 of 200", "--ebm-samples")),
+    ("align dpo --pairs {ties} --batch-size 2", ("1 of 7 pairs", "same name chosen and rejected")),
+]
+FINE = ["align rlhf --reward true --algo reinforce --batch-size 1", "align rlhf --reward true --batch-size 2",
+        "align dpo --pairs {pairs} --batch-size 2"]
+
+
+@pytest.mark.parametrize("argv, says", DEGENERATE, ids=[a for a, _ in DEGENERATE])
+def test_a_degenerate_setting_is_warned_about_once_in_one_plain_line(argv, says, files, tmp_path, capsys):
+    (tmp_path / "ties.csv").write_text(SOME_TIES)
+    command = argv.format(ties=tmp_path / "ties.csv", **files)
+    assert main(shlex.split(command) + ["--steps", "2", "--quiet", "--out", str(tmp_path / "run.npz")]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if line.strip()]
+    assert len(warned) == 1 and warned[0].startswith("minialign: warning: "), err
+    assert all(phrase in warned[0] for phrase in says), warned[0]
+
+
+@pytest.mark.parametrize("argv", FINE)
+def test_a_sound_setting_is_not_warned_about(argv, files, tmp_path, capsys):
+    command = argv.format(**files)
+    assert main(shlex.split(command) + ["--steps", "2", "--quiet", "--out", str(tmp_path / "run.npz")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_the_library_warns_about_a_batch_of_one_and_a_small_effective_sample():
+    from minialign.ebm import fit_lambda_snis
+    from minialign.trainers.common import train, trainable_copy
+
+    policy = trainable_copy(ref())
+    with pytest.warns(UserWarning, match="a batch of 1 sample leaves rlhf's leave-one-out baseline nothing"):
+        train(_rlhf(), policy, TrainConfig(steps=1, batch_size=1), progress=False)
+    phi = np.arange(40) % 2  # half the samples have the feature
+    with pytest.warns(UserWarning, match=r"effective sample size of 4\.0 of 40 samples \(fewer than 10\)"):
+        fit_lambda_snis(phi, np.arange(40) < 4, [0.5])  # four samples meet the pointwise constraint
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_lambda_snis(phi, None, [0.5]).ess == pytest.approx(40)
