@@ -128,6 +128,8 @@ class ExactLab:
         p = np.asarray(p, dtype=np.float64)
         if p.shape != (len(self),) or (p < 0).any() or abs(p.sum() - 1) > 1e-9:
             raise ValueError(f"p must be a distribution over the {len(self)} enumerated sequences")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a whole number of samples ≥ 0; got {n!r}")
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         return rng.choice(len(self), size=n, p=p / p.sum())
 

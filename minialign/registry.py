@@ -201,9 +201,10 @@ class MethodSpec:
         return {**opts, **overrides}
 
     def identity(self, opts: dict) -> dict:
-        """The options that define a run of this method, as JSON-able values."""
-        return {o.dest: str(opts[o.dest]) if isinstance(opts[o.dest], Path) else opts[o.dest]
-                for o in self.options if o.defines_run and o.dest in opts}
+        """The command and the options that define a run of this method, as JSON-able values."""
+        return {"command": f"align {self.name}",
+                **{o.dest: str(opts[o.dest]) if isinstance(opts[o.dest], Path) else opts[o.dest]
+                   for o in self.options if o.defines_run and o.dest in opts}}
 
 
 BATCH_LIMIT = 65_536  # samples per step; beyond it one step's activations outgrow a machine's memory

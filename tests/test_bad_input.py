@@ -41,15 +41,17 @@ from minialign.gpt import GPT, GPTConfig
 from minialign.io import NotACheckpoint
 from minialign.io import load as load_checkpoint
 from minialign.lab import ExactLab, lab_model
+from minialign.metrics import distinct_n
+from minialign.optim import SGD, AdamW, clip_grad_norm
 from minialign.pretrain import PretrainConfig
-from minialign.rewards import RewardModel, load_pairs
+from minialign.rewards import RewardModel, fit_reward_model, load_pairs
 from minialign.tasks import load_base
 from minialign.trainers.common import TrainConfig
 from minialign.trainers.dpo import DPO
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 from minialign.trainers.proposal import MomentCalibration
-from minialign.trainers.rlhf import RLHF
+from minialign.trainers.rlhf import RLHF, kl_control_optimum
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 2.0     # seconds a refusal may take (a refusal comes before any work)
@@ -144,6 +146,9 @@ def files(tmp_path_factory):
     readonly.mkdir()
     readonly.chmod(0o555)
     f["readonly"] = str(readonly)
+    assert main(["align", "rlhf", "--reward", "true", "--steps", "1", "--batch-size", "2", "--quiet", "--out",
+                 str(d / "run.npz")]) == 0  # a finished run of another command and other settings
+    f["run"] = str(d / "run.npz")
     put("pairs", "pairs.csv", _pairs(GOOD_PAIRS))
     put("pairs_txt", "pairs.txt", _pairs(GOOD_PAIRS))
     put("pairs_empty", "empty.csv", "")
@@ -214,6 +219,14 @@ def checkpoint_rows():
         rows.append(cli(f"align rlhf --reward true --out {{{name}}}", f"{name}.npz", "not a minialign checkpoint",
                         "--fresh", "another --out"))
         rows.append(cli(f"pretrain --steps 2 --out {{{name}}}", f"{name}.npz", "not a minialign checkpoint", "--fresh"))
+    for argv, says in (("align rlhf --reward true --beta 0.2", "beta: 0.1 in the checkpoint, 0.2 now"),
+                       ("align rlhf --reward true --seed 1", "seed: 0 in the checkpoint, 1 now"),
+                       ("align rlhf --reward true --kl k3_loss", "kl: k1_seq in the checkpoint, k3_loss now"),
+                       ("align rlhf --reward model", "reward: true in the checkpoint, model now"),
+                       ("align dpo --batch-size 2", "command: align rlhf in the checkpoint, align dpo now"),
+                       ("align gdc --constraint female=0.5", "command: align rlhf in the checkpoint, align gdc now"),
+                       ("pretrain", "kind: align in the checkpoint, pretrain now")):
+        rows.append(cli(f"{argv} --out {{run}}", "run.npz", "different run", says, "--fresh"))
     rows += [cli("align rlhf --reward true --out {reward}", "reward.npz", "--fresh"),
              cli("align rlhf --reward true --out {ok}", "ok.npz", "without a record of the run", "--fresh"),
              cli("align dpo --base {vocab5}", "vocab5.npz", "vocabulary of 5 tokens", "27"),
@@ -404,6 +417,19 @@ API = [
     api("GPT forward too long", lambda f: ref()(np.zeros((1, 5), dtype=np.int64)), "5", "block_size"),
     api("load_state_dict NaN", lambda f: tiny_gpt().load_state_dict(
         {k: v * np.nan for k, v in tiny_gpt().state_dict().items()}), "NaN"),
+    api("AdamW lr nan", lambda f: AdamW(ref().parameters(), lr=float("nan")), "learning rate", "nan"),
+    api("AdamW betas", lambda f: AdamW(ref().parameters(), betas=(1.5, 0.9)), "betas", "1.5"),
+    api("AdamW weight_decay -1", lambda f: AdamW(ref().parameters(), weight_decay=-1.0), "weight_decay", "-1"),
+    api("SGD momentum 1", lambda f: SGD(ref().parameters(), momentum=1.0), "momentum", "[0, 1)"),
+    api("clip_grad_norm 0", lambda f: clip_grad_norm(ref().parameters(), 0.0), "max_norm", "0"),
+    api("fit_reward_model lr nan", lambda f: fit_reward_model(load_pairs(f["pairs"])[:4], load_pairs(f["pairs"])[4:],
+                                                              steps=1, lr=float("nan"), progress=False),
+        "learning rate", "nan"),
+    api("PretrainConfig warmup nan", lambda f: PretrainConfig(warmup=float("nan")), "warmup", "nan"),
+    api("PretrainConfig seed -1", lambda f: PretrainConfig(seed=-1), "seed", "-1"),
+    api("distinct_n 0", lambda f: distinct_n(["anna"], 0), "n-gram", "0"),
+    api("kl_control_optimum beta 0", lambda f: kl_control_optimum([0.0, 0.0], [1.0, 2.0], 0.0), "beta", "0"),
+    api("ExactLab.sample -1", lambda f: ExactLab(3, 3).sample(np.full(7, 1 / 7), -1, 0), "n", "-1"),
     api("divergence unknown", lambda f: divergences.divergence("kl2", P, P), "kl2", "known"),
     api("divergence not a distribution", lambda f: divergences.divergence("kl", [0.5, 0.6], P), "sum to 1"),
     api("divergence NaN", lambda f: divergences.divergence("kl", [np.nan, 1.0], P), "NaN"),

@@ -139,6 +139,8 @@ class Reinforce(Method):
 
 def kl_control_optimum(log_ref, rewards, beta):
     """Eq. (5.6)–(5.7): π* = a·e^{r/β}/Z exactly on an enumeration; returns (log π*, β log Z = max J)."""
+    if not (beta > 0 and np.isfinite(beta)):
+        raise ValueError(f"beta must be a finite number > 0; got {beta}")
     log_ref, rewards = np.asarray(log_ref, np.float64), np.asarray(rewards, np.float64)
     log_pi_star, log_z = log_normalise(log_ref + rewards / beta)
     return log_pi_star, beta * float(log_z)
