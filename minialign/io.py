@@ -92,32 +92,39 @@ def load(path) -> dict:
     try:
         return _read(path)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        if path.stat().st_size == 0:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+        if not head:
             why = "the file is empty"
-        elif not zipfile.is_zipfile(path):
+        elif head.startswith(b"\x93NUMPY"):
+            why = "it holds a single NumPy array, not an .npz archive"
+        elif not head.startswith(b"PK"):
             why = "it is not an .npz archive"
+        elif not zipfile.is_zipfile(path):
+            why = "it is truncated: an .npz archive cut short"
         elif "pickle" in str(e):
             why = "it holds Python objects, which minialign never loads"
         else:
-            why = f"it is damaged or truncated: {type(e).__name__}"
+            why = f"it is damaged: {type(e).__name__}"
         raise NotACheckpoint(f"{path} is not a minialign checkpoint ({why})") from None
 
 
 def _read(path) -> dict:
     out: dict = {}
-    data = np.load(path, allow_pickle=False)
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError("a single array, not an archive")
-    with data:
-        for name in data.files:
-            value = data[name]
-            if value.ndim == 0:
-                value = value.item() if value.dtype.kind in "biufU" else value
-            node = out
-            *parents, leaf = name.split(_SEP)
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
+    with open(path, "rb") as fh:  # our handle, closed even when NumPy fails half-way through a damaged file
+        data = np.load(fh, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an archive")
+        with data:
+            for name in data.files:
+                value = data[name]
+                if value.ndim == 0:
+                    value = value.item() if value.dtype.kind in "biufU" else value
+                node = out
+                *parents, leaf = name.split(_SEP)
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = value
     return out
 
 

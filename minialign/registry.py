@@ -63,7 +63,7 @@ def positive_float(text) -> float:
 
 def learning_rate(text) -> float:
     """A step size in (0, 1]: AdamW moves every weight by about lr per step, and beyond 1 a run only diverges."""
-    return _parse(text, float, lambda v: 0 < v <= 1, "a learning rate in (0, 1]")
+    return _parse(text, float, lambda v: 0 < v <= 1, "a learning rate, a number in (0, 1]")
 
 
 def unit_interval(text) -> float:

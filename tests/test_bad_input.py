@@ -44,6 +44,7 @@ from minialign.lab import ExactLab, lab_model
 from minialign.metrics import distinct_n
 from minialign.optim import SGD, AdamW, clip_grad_norm
 from minialign.pretrain import PretrainConfig
+from minialign.registry import METHODS
 from minialign.rewards import RewardModel, fit_reward_model, load_pairs
 from minialign.tasks import load_base
 from minialign.trainers.common import TrainConfig
@@ -172,11 +173,12 @@ BAD_NUMBERS = {  # argument kind → (bad values, what the message says is expec
     "natural": (("-1", "1.5", "nan", "x"), "whole number"),
     "positive": (("0", "-1", "-inf", "nan", "inf", "1e400", "fast"), "number"),
     "unit": (("1", "-0.1", "nan", "inf"), "[0, 1)"),
-    "rate": (("0", "-1e-3", "nan", "inf", "1e4", "fast"), "learning rate in (0, 1]"),
+    "rate": (("0", "-1e-3", "nan", "inf", "1e4", "fast"), "learning rate, a number in (0, 1]"),
 }
 TRAIN = [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
          ("--checkpoint-every", "count")]
-NUMERIC = {  # command → its numeric flags and their kinds
+NUMERIC = {  # command → its numeric flags and their kinds ("" is the global options, before a command)
+    "": [("--threads", "count")],
     "pretrain": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--eval-every", "count"),
                  ("--n-layer", "count"), ("--n-head", "count"), ("--n-embd", "count"), ("--block-size", "count"),
                  ("--dropout", "unit"), ("--seed", "natural"), ("--samples", "natural")],
@@ -189,18 +191,18 @@ NUMERIC = {  # command → its numeric flags and their kinds
 
 
 def numeric_rows():
-    rows = [cli(f"--threads={v} sample", "argument --threads", f"got {v!r}", "whole number")
-            for v in BAD_NUMBERS["count"][0]]
+    rows = []
     for command, flags in NUMERIC.items():
         for flag, kind in flags:
             values, expected = BAD_NUMBERS[kind]
-            rows += [cli(f"{command} {flag}={v}", f"argument {flag}", f"got {v!r}", expected) for v in values]
+            rows += [cli(f"{command} {flag}={v}" if command else f"{flag}={v} sample", f"argument {flag}", f"got {v!r}",
+                         expected) for v in values]
     return rows
 
 
 CHECKPOINTS = {  # a file given where a checkpoint is expected → what the message says about it
-    "empty": "the file is empty", "text": "not an .npz archive", "truncated": "not a minialign checkpoint",
-    "bitflip": "damaged", "pickle": "not an .npz archive", "objects": "Python objects", "npy": "not a minialign",
+    "empty": "the file is empty", "text": "not an .npz archive", "truncated": "truncated",
+    "bitflip": "damaged", "pickle": "not an .npz archive", "objects": "Python objects", "npy": "single NumPy array",
     "foreign": "holds a, b", "badconfig": "configuration", "oddconfig": "n_wings",
     "reward": "reward model", "nan": "NaN", "inf": "inf",
 }
@@ -211,7 +213,7 @@ def checkpoint_rows():
     for name, why in CHECKPOINTS.items():
         rows.append(cli(f"sample --checkpoint {{{name}}}", f"{name}.npz", why))
         rows.append(cli(f"align rlhf --reward true --base {{{name}}}", f"{name}.npz", why))
-    for flag in ("sample --checkpoint", "align dpo --base"):
+    for flag in ("sample --checkpoint", *(f"align {m} --base" for m in METHODS)):
         rows += [cli(f"{flag} {{missing}}", flag.split()[-1], "no file at", "missing.npz"),
                  cli(f"{flag} {{dir}}", flag.split()[-1], "folder.npz", "is a directory"),
                  cli(f"{flag} {{pairs}}", flag.split()[-1], "pairs.csv", "expected a .npz file")]
@@ -238,7 +240,7 @@ def checkpoint_rows():
 
 def path_rows():
     rows = []
-    for command in ("pretrain", "align rlhf --reward true", "align gdc --constraint female=0.5"):
+    for command in ("pretrain", *(f"align {m}" for m in METHODS)):
         rows += [cli(f"{command} --out {{dir}}", "argument --out", "folder.npz", "is a directory"),
                  cli(f"{command} --out {{file}}/run.npz", "argument --out", "plain.txt", "is a file"),
                  cli(f"{command} --out {{file}}/sub/run.npz", "argument --out", "plain.txt", "is a file"),
@@ -264,6 +266,8 @@ def pairs_rows():
     for name, says in PAIRS.items():
         rows.append(cli(f"align dpo --pairs {{{name}}}", "--pairs", *says))
         rows.append(cli(f"align rlhf --pairs {{{name}}}", "--pairs", *says))
+    for name in ("pairs_ties", "pairs_long", "csvdir"):
+        rows.append(cli(f"align fdpg --target reward --pairs {{{name}}}", "--pairs", *PAIRS[name]))
     return rows
 
 
@@ -295,6 +299,8 @@ def constraint_rows():
 
 CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo a2c", "--algo", "'a2c'", "rloo"),
            ("align rlhf --reward human", "--reward", "'human'", "true"),
+           ("align fdpg --reward human", "--reward", "'human'", "true"),
+           ("align fdpg --proposal sometimes", "--proposal", "'sometimes'", "policy"),
            ("align gdc --constraint female=0.5 --proposal sometimes", "--proposal", "'sometimes'", "adaptive"),
            ("align fdpg --target love", "--target", "'love'", "constraints"),
            ("align fdpg --f kl2", "--f", "'kl2'", "reverse_kl"), ("align fdpg --f alpha:1", "--f", "alpha", "kl"),
@@ -517,9 +523,44 @@ def test_the_api_refuses_with_a_plain_message(row, files):
     assert elapsed < LIMIT, f"took {elapsed:.2f} s to refuse"
 
 
-def test_the_table_is_large_and_covers_every_kind_of_mistake():
+def options_of(parser, command=""):
+    """(command, flag, action) for every option of the command line that takes a value."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from options_of(sub, f"{command} {name}".strip())
+        elif action.option_strings and action.nargs != 0 and not isinstance(action, argparse._HelpAction):
+            yield command, action.option_strings[0], action
+
+
+def test_the_table_is_large_and_has_a_row_for_every_option_that_takes_a_value():
+    """A new option (or a new command) needs rows here: the check lists the ones that have none."""
+    from minialign.cli import build_parser
+
     assert len(CLI) + len(API) >= 150
     assert len({r.id for r in CLI}) == len(CLI) and len({r.id for r in API}) == len(API)
+    options = list(options_of(build_parser()))
+    words = [shlex.split(r.run) for r in CLI]
+    uncovered = [f"{command} {flag}".strip() for command, flag, _ in options
+                 if not any(" ".join(w).startswith(command) and any(t == flag or t.startswith(flag + "=") for t in w)
+                            for w in words)]
+    assert not uncovered, f"no bad-input row for: {', '.join(uncovered)}"
+    numeric = {(c, f) for c, f, a in options if a.choices is None and _refuses_nan_as_a_number(a.type)}
+    assert numeric == {(c, f) for c, flags in NUMERIC.items() for f, _ in flags}, "list numeric flags in NUMERIC"
+
+
+def _refuses_nan_as_a_number(kind) -> bool:
+    import argparse
+
+    try:
+        kind("nan")
+    except argparse.ArgumentTypeError as e:
+        return "number" in str(e)
+    except (TypeError, ValueError):
+        return False
+    return False
 
 
 AS_PROCESSES = ["pretrain --steps=0", "sample --checkpoint {truncated}", "align rlhf --reward true --out {empty}",
