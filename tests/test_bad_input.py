@@ -628,3 +628,29 @@ def test_the_library_warns_about_a_batch_of_one_and_a_small_effective_sample():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert fit_lambda_snis(phi, None, [0.5]).ess == pytest.approx(40)
+
+
+# ------------------------------------------------------------------------------------------- the machine's failures
+def test_the_hang_guard_stops_a_case_that_runs_forever():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.fail("the guard needs the main thread; the table's time limit would not hold")
+    start = time.perf_counter()
+    with pytest.raises(Hang), deadline(0.2):
+        while True:
+            pass
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize("failure, says", [(MemoryError("Unable to allocate 96.0 GiB"), ("out of memory", "96.0 GiB")),
+                                           (OSError(28, "No space left on device"), ("No space left on device",))])
+def test_running_out_of_memory_or_disk_ends_in_one_line(failure, says, files, tmp_path, monkeypatch, capsys):
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(GPT, "generate", fail)
+    monkeypatch.setattr("minialign.gpt.save", fail)
+    assert main(["pretrain", "--steps", "2", "--batch-size", "4", "--n-layer", "1", "--n-embd", "8", "--n-head", "2",
+                 "--quiet", "--out", str(tmp_path / "run.npz")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert all(phrase in err for phrase in says), err

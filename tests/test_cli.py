@@ -99,3 +99,14 @@ def test_ctrl_c_saves_one_line_exit_130_and_the_same_command_resumes_to_the_same
     assert resumed["step"] == whole["step"] == 60
     for name, value in whole["weights"].items():
         np.testing.assert_array_equal(resumed["weights"][name], value, err_msg=name)
+
+
+def test_sample_prints_many_names_as_they_come_in_chunks(monkeypatch, capsys):
+    import minialign.cli as cli
+
+    monkeypatch.setattr(cli, "SAMPLE_CHUNK", 3)
+    assert main(["sample", "-n", "7", "--seed", "5"]) == 0
+    seven = [l for l in capsys.readouterr().out.splitlines() if "log π" in l]
+    monkeypatch.setattr(cli, "SAMPLE_CHUNK", 4096)
+    assert main(["sample", "-n", "3", "--seed", "5"]) == 0
+    assert len(seven) == 7 and seven[:3] == [l for l in capsys.readouterr().out.splitlines() if "log π" in l]
