@@ -70,10 +70,9 @@ def _print_samples(model, n, seed, temperature, top_k):
 
 def _align(args):
     from . import tasks
-    from .trainers.common import TrainConfig
-
     from .io import fingerprint
     from .loop import check_resumable
+    from .trainers.common import TrainConfig
 
     spec = R.METHODS[args.method]
     opts = {o.dest: getattr(args, o.dest) for o in spec.options}

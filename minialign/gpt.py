@@ -36,9 +36,9 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bos_id", "eos_id"):
             value = getattr(self, name)
-            if not _whole(value) or value < (0 if name.endswith("_id") else 1):
-                raise ValueError(f"GPTConfig.{name} must be a {'whole number ≥ 0' if name.endswith('_id') else 'positive whole number'}; "
-                                 f"got {value!r}")
+            least = 0 if name.endswith("_id") else 1
+            if not _whole(value) or value < least:
+                raise ValueError(f"GPTConfig.{name} must be a whole number ≥ {least}; got {value!r}")
             setattr(self, name, int(value))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")

@@ -81,6 +81,7 @@ class Method:
     name = "method"
     ref = None        # the frozen reference model a
     tokenizer = None  # decodes rows into names for name tasks
+    leave_one_out = False  # whether its advantage subtracts a leave-one-out baseline (a batch of 1 leaves it none)
 
     def draw(self, policy, n, rng) -> Batch:
         """The next batch; by default n samples from the policy itself (on-policy)."""
@@ -145,7 +146,7 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
     opt = AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     p_ref = lab.distribution(method.ref) if lab is not None and method.ref is not None else None
     run = {"kind": "align", "method": method.name, **method.settings(), **(identity or {}), **cfg.identity()}
-    if cfg.batch_size < 2 and getattr(method, "leave_one_out", False):
+    if cfg.batch_size < 2 and method.leave_one_out:
         warnings.warn(f"a batch of {cfg.batch_size} sample leaves {method.name}'s leave-one-out baseline nothing to "
                       "average, so it trains without one (plain REINFORCE, a much noisier gradient); use a batch of "
                       "2 or more (--batch-size)", stacklevel=2)
