@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import registry as R
 
@@ -29,9 +30,10 @@ def _pretrain(args):
     backend = _backend(args)
     if args.n_embd % args.n_head:
         raise ValueError(f"--n-embd ({args.n_embd}) must be divisible by --n-head ({args.n_head})")
-    if args.block_size < 12:
-        raise ValueError(f"--block-size must be at least 12 (the longest name has 11 letters, and its EOS); "
-                         f"got {args.block_size}")
+    size = R.gpt_parameters(args.n_layer, args.n_embd, args.block_size)
+    if size > R.PARAMETER_LIMIT:
+        raise ValueError(f"--n-layer {args.n_layer} and --n-embd {args.n_embd} make a model of {size:,} parameters; "
+                         f"this engine trains at most {R.PARAMETER_LIMIT:,} (lower --n-layer or --n-embd)")
     model_cfg = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                           block_size=args.block_size, dropout=args.dropout)
     cfg = PretrainConfig(model=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -46,30 +48,38 @@ def _pretrain(args):
 
 
 def _sample(args):
-    from .gpt import GPT
-    from .tasks import BASE_CHECKPOINT
+    from .tasks import load_base
 
-    model = GPT.load(args.checkpoint or BASE_CHECKPOINT)
+    model = load_base(args.checkpoint)
     if args.top_k is not None and args.top_k > model.config.vocab_size:
         raise ValueError(f"--top-k must be at most the vocabulary size ({model.config.vocab_size}); got {args.top_k}")
     _print_samples(model, args.n, args.seed, args.temperature, args.top_k)
     return 0
 
 
+SAMPLE_CHUNK = 4096  # names generated at once: many are printed as they come, in bounded memory
+
+
 def _print_samples(model, n, seed, temperature, top_k):
+    import numpy as np
+
     from .data import CharTokenizer
 
     if n == 0:
         return
     tok = CharTokenizer()
-    ids, logp = model.generate(n, rng=seed, temperature=temperature, top_k=top_k)
+    rng = np.random.default_rng(seed)
     print(f"{n} samples (temperature {temperature}, top-k {top_k}):")
-    for name, lp in zip(tok.decode_batch(ids), logp):
-        print(f"  {name or '(empty)':<16s} log π = {lp:7.3f}")
+    for start in range(0, n, SAMPLE_CHUNK):
+        ids, logp = model.generate(min(SAMPLE_CHUNK, n - start), rng=rng, temperature=temperature, top_k=top_k)
+        for name, lp in zip(tok.decode_batch(ids), logp):
+            print(f"  {name or '(empty)':<16s} log π = {lp:7.3f}")
 
 
 def _align(args):
     from . import tasks
+    from .io import fingerprint
+    from .loop import check_resumable
     from .trainers.common import TrainConfig
 
     spec = R.METHODS[args.method]
@@ -78,9 +88,15 @@ def _align(args):
         spec.check(opts)
     backend = _backend(args)
     out = args.out or R.output_file(".npz")(f"runs/{args.method}.npz")
-    base = tasks.load_base(args.base, backend=backend)
+    base_path = args.base or tasks.BASE_CHECKPOINT
+    if out.resolve() == base_path.resolve():
+        raise ValueError(f"--out {out} is the --base checkpoint; a run must not overwrite its own base model: "
+                         "choose another --out")
+    base = tasks.load_base(base_path, backend=backend)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
+    check_resumable(out, {"kind": "align", "base": fingerprint(base), **spec.identity(opts), **cfg.identity()},
+                    args.fresh)  # before any work: a damaged checkpoint or another run's is refused now
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
     ingredients = R.prepare(spec, opts, base, args.seed, progress=not args.quiet)
     result = spec.run(ingredients, opts, cfg, base, out, args.fresh, not args.quiet,
@@ -152,15 +168,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint path (.npz); an existing run there is resumed")
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     p.add_argument("--steps", type=R.positive_int, metavar="N", default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=R.positive_int, metavar="N", default=64, help="names per step")
-    p.add_argument("--lr", type=R.positive_float, metavar="X", default=3e-3, help="peak learning rate of the cosine schedule")
+    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=64, help="names per step")
+    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=3e-3, help="peak learning rate of the cosine schedule")
     p.add_argument("--eval-every", type=R.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
     p.add_argument("--n-layer", type=R.positive_int, metavar="N", default=4, help="transformer blocks")
     p.add_argument("--n-head", type=R.positive_int, metavar="N", default=4, help="attention heads")
     p.add_argument("--n-embd", type=R.positive_int, metavar="N", default=64, help="embedding width")
-    p.add_argument("--block-size", type=R.positive_int, metavar="N", default=12, help="positions (at least 12 for names)")
+    p.add_argument("--block-size", type=R.count(12, 256, "the longest name has 11 letters, and its EOS; more "
+                                                 "positions are padding"), metavar="N",
+                   default=12, help="positions (at least 12 for names)")
     p.add_argument("--dropout", type=R.unit_interval, metavar="X", default=0.1, help="dropout probability")
-    p.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of the weights and batches")
+    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of the weights and batches")
     p.add_argument("--samples", type=R.nonnegative_int, metavar="N", default=20, help="names to print at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_option(p)
@@ -172,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=R.positive_int, metavar="N", default=20, help="how many names")
     p.add_argument("--temperature", type=R.positive_float, metavar="X", default=1.0, help="softmax temperature")
     p.add_argument("--top-k", type=R.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
-    p.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="sampling seed")
+    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="sampling seed")
     p.set_defaults(fn=_sample)
 
     p = sub.add_parser("align", help="align the base model: " + ", ".join(R.METHODS))
@@ -184,10 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint path (default: runs/METHOD.npz); an existing run there is resumed")
     g.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     g.add_argument("--steps", type=R.positive_int, metavar="N", default=R.TRAIN_DEFAULTS["steps"], help="optimizer steps")
-    g.add_argument("--batch-size", type=R.positive_int, metavar="N", default=R.TRAIN_DEFAULTS["batch_size"],
+    g.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=R.TRAIN_DEFAULTS["batch_size"],
                    help="samples (or pairs) per step")
-    g.add_argument("--lr", type=R.positive_float, metavar="X", default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
-    g.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of every sample drawn")
+    g.add_argument("--lr", type=R.learning_rate, metavar="X", default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
+    g.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of every sample drawn")
     g.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     _device_option(g)
@@ -217,12 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=R.output_file(".npz"), default="runs/distill.npz",
                    help="checkpoint path (.npz); an existing run there is resumed")
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
-    p.add_argument("--steps", type=R.positive_int, default=300, help="optimizer steps")
-    p.add_argument("--batch-size", type=R.positive_int, default=64, help="samples per step")
-    p.add_argument("--lr", type=R.positive_float, default=3e-3, help="AdamW learning rate")
-    p.add_argument("--seed", type=R.nonnegative_int, default=0, help="seed of the student's weights and every sample")
-    p.add_argument("--checkpoint-every", type=R.positive_int, default=50, help="steps between checkpoints")
-    p.add_argument("--eval-samples", type=R.positive_int, default=1000, help="fresh samples for the final report")
+    p.add_argument("--steps", type=R.positive_int, metavar="N", default=300, help="optimizer steps")
+    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=64, help="samples per step")
+    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=3e-3, help="AdamW learning rate")
+    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of the student's weights and every sample")
+    p.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=50, help="steps between checkpoints")
+    p.add_argument("--eval-samples", type=R.count(2, 1_000_000, "a standard error needs at least two"), metavar="N",
+                   default=1000, help="fresh samples for the final report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_option(p)
     p.set_defaults(fn=_distill)
@@ -237,7 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """A library warning on the command line: one plain line, without the warning machinery's file and line."""
+    print(f"minialign: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("once")  # a warning is shown once per run, however often it is raised
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _main(argv):
     args = build_parser().parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -246,16 +277,21 @@ def main(argv=None):
 
     threadpool_limits(limits=args.threads, user_api="blas")
     tune_allocator()
+    command = " ".join(filter(None, (args.command, getattr(args, "method", None))))
     try:
         return args.fn(args)
     except Interrupted as e:
-        print(f"minialign {args.command}: {e}", file=sys.stderr)
+        print(f"minialign {command}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"minialign {args.command}: interrupted before training started; nothing was saved", file=sys.stderr)
+        print(f"minialign {command}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        print(f"minialign {args.command}: error: {e}", file=sys.stderr)
+    except MemoryError as e:
+        print(f"minialign {command}: error: out of memory ({e or 'an allocation failed'}); use smaller sizes "
+              "(--batch-size, the model's, or the number of samples)", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        print(f"minialign {command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -28,17 +28,18 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every"):
+        for name in ("steps", "batch_size", "eval_every", "seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{name} must be a positive whole number; got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
+                raise ValueError(f"{name} must be a {'whole number ≥ 0' if name == 'seed' else 'positive whole number'}; "
+                                 f"got {v!r}")
         for name in ("lr", "min_lr", "grad_clip"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0; got {v!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number ≥ 0; got {self.weight_decay!r}")
-        if int(self.warmup) != self.warmup or self.warmup < 0:
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"warmup must be a whole number ≥ 0; got {self.warmup!r}")
 
 

@@ -26,44 +26,49 @@ from .metrics import check_moments, last_steps
 
 
 # ----------------------------------------------------------------------------------- argument types
-def _number(text, kind=float):
+# Each type turns the text of one option into its value or refuses it with "expected …; got '…'" (argparse adds
+# "argument --flag:"), so every message names the flag, the value it got and what it expects.
+SEED_LIMIT = 2**32  # seeds are stored in checkpoints as 64-bit integers; 2³² of them are plenty
+
+
+def _parse(text, kind, ok, expected: str):
     try:
         value = kind(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}; "
-                                         f"got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
     return value
 
 
-def positive_int(text) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1; got {text!r}")
-    return value
+def count(minimum: int = 1, maximum: int | None = None, why: str = ""):
+    """A whole number in [minimum, maximum] (``why`` says what the bounds are for)."""
+    bounds = f"≥ {minimum:,}" if maximum is None else f"from {minimum:,} to {maximum:,}"
+    expected = f"a whole number {bounds}" + (f" ({why})" if why else "")
+
+    def check(text) -> int:
+        return _parse(text, int, lambda v: v >= minimum and (maximum is None or v <= maximum), expected)
+    check.__name__ = "whole number"
+    return check
 
 
-def nonnegative_int(text) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0; got {text!r}")
-    return value
+positive_int = count(1)
+nonnegative_int = count(0)
+seed = count(0, SEED_LIMIT - 1)
 
 
 def positive_float(text) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
-    return value
+    return _parse(text, float, lambda v: v > 0, "a finite number > 0")
+
+
+def learning_rate(text) -> float:
+    """A step size in (0, 1]: AdamW moves every weight by about lr per step, and beyond 1 a run only diverges."""
+    return _parse(text, float, lambda v: 0 < v <= 1, "a learning rate, a number in (0, 1]")
 
 
 def unit_interval(text) -> float:
     """A number in [0, 1) (a dropout probability)."""
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1); got {text!r}")
-    return value
+    return _parse(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def f_divergence(text) -> str:
@@ -116,6 +121,19 @@ def input_file(suffix: str):
     return check
 
 
+def pairs_file(text) -> Path:
+    """An existing preferences CSV that :func:`~minialign.rewards.load_pairs` reads (its names' lengths are
+    checked against the base model later, when it is loaded)."""
+    from .rewards import load_pairs
+
+    path = input_file(".csv")(text)
+    try:
+        load_pairs(path, block_size=None)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
+
+
 def output_file(suffix: str):
     """A path where a ``suffix`` file can be written: not a directory, under a folder that is one (or can be made)."""
     def check(text) -> Path:
@@ -147,6 +165,15 @@ def output_dir(text) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write into {text}: {parent} is not a writable folder")
     return path
+
+
+PARAMETER_LIMIT = 100_000_000  # weights, gradients and AdamW's two moments: 1.6 GB of float32 at this size
+
+
+def gpt_parameters(n_layer: int, n_embd: int, block_size: int, vocab_size: int = 27) -> int:
+    """The number of weights of a GPT of this shape (embeddings, blocks and the final LayerNorm)."""
+    per_block = 12 * n_embd * n_embd + 13 * n_embd
+    return (vocab_size + block_size) * n_embd + n_layer * per_block + 2 * n_embd
 
 
 # ----------------------------------------------------------------------------------- the registry
@@ -192,25 +219,30 @@ class MethodSpec:
         return {**opts, **overrides}
 
     def identity(self, opts: dict) -> dict:
-        """The options that define a run of this method, as JSON-able values."""
-        return {o.dest: str(opts[o.dest]) if isinstance(opts[o.dest], Path) else opts[o.dest]
-                for o in self.options if o.defines_run and o.dest in opts}
+        """The command and the options that define a run of this method, as JSON-able values."""
+        return {"command": f"align {self.name}",
+                **{o.dest: str(opts[o.dest]) if isinstance(opts[o.dest], Path) else opts[o.dest]
+                   for o in self.options if o.defines_run and o.dest in opts}}
 
+
+BATCH_LIMIT = 65_536  # samples per step; beyond it one step's activations outgrow a machine's memory
+SAMPLES_LIMIT = 10_000_000  # names drawn at once to fit an EBM (kept in memory with their features)
 
 REWARD_OPTIONS = (
     Option("--reward", dict(choices=["true", "model"], default="model",
                             help="the hidden true reward r*, or a reward model fitted to preferences (default: model)")),
-    Option("--pairs", dict(type=input_file(".csv"), default=None, metavar="CSV",
+    Option("--pairs", dict(type=pairs_file, default=None, metavar="CSV",
                            help="a preferences CSV (columns chosen,rejected); default: simulate them")),
-    Option("--n-pairs", dict(type=positive_int, default=3000, metavar="N", help="simulated preference pairs")),
+    Option("--n-pairs", dict(type=count(2, 1_000_000, "a quarter of the pairs is held out"), default=3000, metavar="N",
+                             help="simulated preference pairs (default: 3000)")),
 )
 CONSTRAINT_OPTIONS = (
     Option("--constraint", dict(type=constraint, action="append", default=[], metavar="SPEC",
                                 help="e.g. female=0.5 (distributional) or contains:z (pointwise); repeatable")),
-    Option("--ebm-samples", dict(type=positive_int, default=20000, metavar="N",
-                                 help="samples of a for fitting λ by moment matching")),
-    Option("--eval-samples", dict(type=positive_int, default=1000, metavar="N",
-                                  help="fresh samples for the final moments and KL"), defines_run=False),
+    Option("--ebm-samples", dict(type=count(1, SAMPLES_LIMIT), default=20000, metavar="N",
+                                 help="samples of a for fitting λ by moment matching (default: 20000)")),
+    Option("--eval-samples", dict(type=count(2, 1_000_000, "a standard error needs at least two"), default=1000, metavar="N",
+                                  help="fresh samples for the final moments and KL (default: 1000)"), defines_run=False),
 )
 
 
@@ -250,12 +282,16 @@ def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=p
         needs.add("constraints" if opts.get("target") == "constraints" else "reward")
     if {"reward", "pairs"} & needs:
         if opts.get("pairs") is not None:
-            pairs = load_pairs(opts["pairs"], base.config.block_size)
+            try:
+                pairs = load_pairs(opts["pairs"], base.config.block_size)
+            except ValueError as e:
+                raise ValueError(f"argument --pairs: {e}") from None
             out.identity["pairs_sha256"] = hashlib.sha256(Path(opts["pairs"]).read_bytes()).hexdigest()[:16]
         else:
             pairs = None
         if "pairs" in needs or opts.get("reward") == "model":
-            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed)
+            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed,
+                                                                                 progress=progress)
             out.pairs = tasks.split_pairs(pairs)[0]
         out.reward = true_reward
         if "reward" in needs and opts.get("reward") == "model":
@@ -264,7 +300,7 @@ def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=p
             out.reward = fit.model.score
     if "constraints" in needs:
         ebm, report = fit_names_ebm(base, [parse_constraint(c) for c in opts["constraint"]],
-                                    n_samples=opts["ebm_samples"], seed=seed)
+                                    n_samples=opts["ebm_samples"], seed=seed, progress=progress)
         say(str(report))
         out.ebm = ebm
     if "target" in needs:
@@ -369,6 +405,19 @@ def _run_fdpg(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
 def _check_constraints(opts):
     if not opts.get("constraint"):
         raise ValueError("give at least one --constraint, e.g. --constraint female=0.5 or --constraint contains:z")
+    given = {}
+    for c in opts["constraint"]:
+        given.setdefault(c.partition("=")[0].strip(), []).append(c)
+    for name, specs in given.items():
+        if len(specs) > 1:
+            raise ValueError(f"--constraint {name} is given twice ({', '.join(specs)}): a feature can be held to one "
+                             "target only; give each constraint once")
+
+
+def _check_rlhf(opts):
+    if opts["algo"] == "ppo" and opts["kl"] != "k1_seq":
+        raise ValueError(f"--algo ppo takes the KL penalty in the reward, per sequence: use --kl k1_seq (the default) "
+                         f"with it; got --kl {opts['kl']}")
 
 
 def _check_gdc(opts):
@@ -403,7 +452,7 @@ METHODS = {
                                   help="RLOO, PPO-clip, or REINFORCE without a baseline (default: rloo)")),
             Option("--kl-target", dict(type=positive_float, default=None, metavar="KL",
                                        help="adapt β towards this KL(π‖a) (Ziegler et al. 2019)")),
-        ), _run_rlhf),
+        ), _run_rlhf, _check_rlhf),
     "dpo": MethodSpec(
         "dpo", "DPO: the KL-control optimum fitted to preference pairs directly (chapter 05)", ("pairs",),
         REWARD_OPTIONS[1:] + (_beta(0.1, "KL coefficient β of the implicit reward"),), _run_dpo),

@@ -30,8 +30,8 @@ def load_base(path=None, backend=None) -> GPT:
     model = place(GPT.load(path), backend)
     tok = CharTokenizer()
     if model.config.vocab_size != tok.vocab_size:
-        raise ValueError(f"the base model's vocabulary ({model.config.vocab_size} tokens) does not match the names "
-                         f"tokenizer's ({tok.vocab_size})")
+        raise ValueError(f"{path} holds a GPT over a vocabulary of {model.config.vocab_size} tokens, not a names "
+                         f"model: the names tokenizer has {tok.vocab_size} ('.' and a-z)")
     return model.eval()
 
 
@@ -268,11 +268,24 @@ def compare_reinforce(feature, level, base, n_eval=1000, seed=0, batch_size=128,
     return policy, hist, (names, float(np.mean(feature(names))), kl, se)
 
 
+CHUNK = 4096  # samples generated at once: many are drawn in bounded memory, and the first CHUNK do not change
+
+
+def _generate(model, n, seed):
+    """``model.generate`` of n samples, CHUNK at a time from one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    parts = [model.generate(min(CHUNK, n - start), rng=rng) for start in range(0, n, CHUNK)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def fresh_samples(policy, base, n=1000, seed=0):
     """n fresh samples of π with the Monte-Carlo estimate of KL(π‖a) = E_π[log π − log a] and its standard
     error: ``(names, kl, se)``."""
-    ids, log_pi = policy.generate(n, rng=seed)
-    diff = np.asarray(log_pi, np.float64) - logprobs(base, ids)
+    if n < 2:
+        raise ValueError(f"a standard error needs at least 2 samples; got n={n}")
+    ids, log_pi = _generate(policy, n, seed)
+    diff = np.asarray(log_pi, np.float64) - np.concatenate([logprobs(base, ids[i:i + CHUNK])
+                                                            for i in range(0, n, CHUNK)])
     return CharTokenizer().decode_batch(ids), float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))
 
 
@@ -316,8 +329,7 @@ def evaluate(policy, base, n: int = 1000, seed: int = 1, rewards: dict | None = 
 
 
 def samples(model, n=20, seed=0) -> list[str]:
-    ids, _ = model.generate(n, rng=seed)
-    return CharTokenizer().decode_batch(ids)
+    return CharTokenizer().decode_batch(_generate(model, n, seed)[0])
 
 
 # ------------------------------------------------------------------------------------------- distillation

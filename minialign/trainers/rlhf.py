@@ -38,6 +38,12 @@ class RLHF(Method):
             raise ValueError("PPO here takes the KL penalty in the reward per sequence (kl='k1_seq')")
         if kl_target is not None and not (kl_target > 0 and np.isfinite(kl_target)):
             raise ValueError(f"kl_target (the adaptive β's target KL) must be a finite number > 0; got {kl_target}")
+        if isinstance(ppo_epochs, bool) or not isinstance(ppo_epochs, (int, np.integer)) or ppo_epochs < 1:
+            raise ValueError(f"ppo_epochs must be a whole number ≥ 1; got {ppo_epochs!r}")
+        if not (0 < clip < 1):  # NaN fails this too
+            raise ValueError(f"clip (PPO's ε: ratios are clipped to [1 − ε, 1 + ε]) must be in (0, 1); got {clip!r}")
+        if not (horizon_k > 0 and np.isfinite(horizon_k)):
+            raise ValueError(f"horizon_k (the adaptive β's gain) must be a finite number > 0; got {horizon_k!r}")
         self.ref, self.reward_fn, self.beta, self.kl, self.algo = ref, reward_fn, float(beta), kl, algo
         self.ppo_epochs, self.clip, self.kl_target, self.horizon_k = ppo_epochs, clip, kl_target, horizon_k
         self.tokenizer = tokenizer
@@ -51,6 +57,11 @@ class RLHF(Method):
             self._ppo_batch, self._ppo_left = super().draw(policy, n, rng), self.ppo_epochs
         self._ppo_left -= 1
         return self._ppo_batch
+
+    @property
+    def leave_one_out(self) -> bool:
+        """Whether the advantage subtracts the leave-one-out baseline (every algorithm but plain REINFORCE)."""
+        return self.algo != "reinforce"
 
     def _baseline(self, values, batch):
         if batch.exact or self.algo == "reinforce":
@@ -130,6 +141,7 @@ class Reinforce(Method):
     the reward-maximisation contrast to GDC in chapter 06."""
 
     name = "reinforce"
+    leave_one_out = True
 
     def __init__(self, ref, reward_fn, tokenizer=None):
         self.ref, self.reward_fn, self.tokenizer = ref, reward_fn, tokenizer
@@ -143,6 +155,8 @@ class Reinforce(Method):
 
 def kl_control_optimum(log_ref, rewards, beta):
     """Eq. (5.6)–(5.7): π* = a·e^{r/β}/Z exactly on an enumeration; returns (log π*, β log Z = max J)."""
+    if not (beta > 0 and np.isfinite(beta)):
+        raise ValueError(f"beta must be a finite number > 0; got {beta}")
     log_ref, rewards = np.asarray(log_ref, np.float64), np.asarray(rewards, np.float64)
     log_pi_star, log_z = log_normalise(log_ref + rewards / beta)
     return log_pi_star, beta * float(log_z)
