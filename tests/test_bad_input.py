@@ -31,6 +31,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 import pytest
+from helpers import installed
 
 from minialign import divergences
 from minialign.cli import main
@@ -187,6 +188,8 @@ NUMERIC = {  # command → its numeric flags and their kinds ("" is the global o
     "align dpo": TRAIN + [("--n-pairs", "count"), ("--beta", "positive")],
     "align gdc": TRAIN + [("--ebm-samples", "count"), ("--eval-samples", "count"), ("--calibrate", "positive")],
     "align fdpg": TRAIN + [("--ebm-samples", "count"), ("--n-pairs", "count"), ("--beta", "positive")],
+    "distill": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
+                ("--checkpoint-every", "count"), ("--eval-samples", "count")],
 }
 
 
@@ -297,6 +300,7 @@ def constraint_rows():
     return rows
 
 
+CUDA = installed("torch") and __import__("torch").cuda.is_available()  # a lent GPU really has one
 CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo a2c", "--algo", "'a2c'", "rloo"),
            ("align rlhf --reward human", "--reward", "'human'", "true"),
            ("align fdpg --reward human", "--reward", "'human'", "true"),
@@ -316,7 +320,19 @@ CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo
            ("pretrain --seed 18446744073709551616", "--seed", "18446744073709551616"),
            ("align dpo --n-pairs 1", "--n-pairs", "'1'", "2"),
            ("align gdc --constraint female=0.5 --eval-samples 1", "--eval-samples", "'1'", "2"),
-           ("pretrain --batch-size 100000000", "--batch-size", "100000000", "65,536")]
+           ("pretrain --batch-size 100000000", "--batch-size", "100000000", "65,536"),
+           ("distill --teacher {ok} --f bogus", "--f", "'bogus'", "js"),
+           ("distill --teacher {ok} --samples both", "--samples", "'both'", "teacher"),
+           ("distill --teacher {ok} --student-config n_wings=3", "--student-config", "n_wings"),
+           ("distill --teacher {ok} --student-config n_embd=10,n_head=4", "--student-config", "multiple of n_head"),
+           ("distill --teacher {missing}", "--teacher", "no file at", "missing.npz"),
+           ("distill --teacher {dir}", "--teacher", "folder.npz", "is a directory"),
+           ("distill --teacher {empty}", "empty.npz", "the file is empty"),
+           ("distill --teacher {ok} --out {dir}", "--out", "is a directory"),
+           ("distill", "--teacher", "required")] + \
+    [(f"{command} --device tpu", "--device", "'tpu'", "cuda")
+     for command in ("pretrain", "align rlhf", "align dpo", "align gdc", "align fdpg", "distill --teacher {ok}", "tour")] + \
+    ([] if CUDA else [("pretrain --device cuda --steps 1", "--device cuda", "needs")])
 
 
 CLI = numeric_rows() + checkpoint_rows() + path_rows() + pairs_rows() + constraint_rows() + \
