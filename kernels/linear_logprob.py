@@ -10,7 +10,12 @@ on it, turn its statistics straight into the chunk's logit gradient with the fus
 
 before the next chunk overwrites the buffer. Peak memory is ``O(C V)`` instead of ``O(N V)``; the price is
 that forward and backward run together, so the gradients are computed whether or not they are used.
-The matrix products are PyTorch's (cuBLAS on a GPU); the per-row work is the Triton kernels.
+
+When the weights are not known at the forward — the engine's case: ``GPT.token_logprobs`` through
+``functional.linear_logprobs`` — :func:`linear_logprob_forward` keeps only ``log pi(y)`` and the row
+log-sum-exps, and :func:`linear_logprob_backward` recomputes each chunk's logits from ``h`` and ``W`` when
+the weights arrive: one more projection (four ``N x V x d`` products instead of three) for the same
+``O(C V)`` memory. The matrix products are PyTorch's (cuBLAS on a GPU); the per-row work is the Triton kernels.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import triton
 
 from .logprob_fdiv import (
     SUPPORTED_DTYPES,
+    LogprobFdivOutput,
     logprob_fdiv_backward,
     logprob_fdiv_forward,
     logprob_fdiv_reference,
@@ -55,7 +61,10 @@ def _check(hidden, weight, targets, w, u, ref_hidden, ref_weight):
         raise ValueError(f"weight must match hidden's dtype and device ({hidden.dtype}, {hidden.device}); "
                          f"got {weight.dtype} on {weight.device}")
     n = hidden.shape[0]
-    if not isinstance(w, torch.Tensor) or tuple(w.shape) != (n,):
+    if not isinstance(targets, torch.Tensor) or tuple(targets.shape) != (n,) or targets.dtype != torch.int64:
+        got = (tuple(targets.shape), targets.dtype) if isinstance(targets, torch.Tensor) else type(targets).__name__
+        raise ValueError(f"targets must be an int64 tensor of shape ({n},); got {got}")
+    if w is not None and (not isinstance(w, torch.Tensor) or tuple(w.shape) != (n,)):
         raise ValueError(f"w must be a tensor of shape ({n},); got {tuple(w.shape) if isinstance(w, torch.Tensor) else w}")
     if (ref_hidden is None) != (ref_weight is None):
         raise ValueError("ref_hidden and ref_weight must be given together (or both left out)")
@@ -74,6 +83,47 @@ def default_chunk_size(n: int, v: int, d: int) -> int:
     return int(min(max(1, triton.next_power_of_2(math.ceil(n / max(1, math.ceil(v / d))))), max(1, n)))
 
 
+def _chunks(n, v, d, chunk_size):
+    chunk = chunk_size or default_chunk_size(n, v, d)
+    if chunk < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows; got {chunk}")
+    return [slice(start, min(n, start + chunk)) for start in range(0, n, chunk)]
+
+
+def linear_logprob_forward(hidden, weight, targets, ignore_index=-100, chunk_size=None):
+    """Eq. (8.15)'s forward alone: ``(log pi(y_n), LSE_n)`` ``[N]`` float32 for ``pi = softmax(h W^T)``, with
+    the logits held one chunk at a time. Ignored rows get ``log pi(y) = 0``."""
+    _check(hidden, weight, targets, None, None, None, None)
+    (n, d), v = hidden.shape, weight.shape[0]
+    logp = torch.zeros(n, device=hidden.device, dtype=torch.float32)
+    lse = torch.zeros_like(logp)
+    for rows in _chunks(n, v, d, chunk_size):
+        out = logprob_fdiv_forward(hidden[rows] @ weight.T, None, targets[rows], ignore_index=ignore_index)
+        logp[rows], lse[rows] = out.logp, out.lse
+    return logp, lse
+
+
+def linear_logprob_backward(hidden, weight, targets, lse, w, ignore_index=-100, chunk_size=None):
+    """Eq. (8.15)'s gradients of ``L = sum_n w_n log pi(y_n)``: ``(dL/dh, dL/dW)`` in the inputs' dtypes, each
+    chunk's logits recomputed from ``h`` and ``W`` and its logit gradient (Eq. 8.14) pushed through the
+    projection before the next chunk."""
+    _check(hidden, weight, targets, w, None, None, None)
+    (n, d), v = hidden.shape, weight.shape[0]
+    if tuple(lse.shape) != (n,):
+        raise ValueError(f"lse must be the forward's [N] = ({n},) row log-sum-exps; got {tuple(lse.shape)}")
+    w = w.to(torch.float32)
+    d_hidden = torch.empty_like(hidden)
+    d_weight = torch.zeros(weight.shape, device=hidden.device, dtype=torch.float32)
+    for rows in _chunks(n, v, d, chunk_size):
+        h = hidden[rows]
+        zeros = torch.zeros(h.shape[0], device=h.device, dtype=torch.float32)
+        saved = LogprobFdivOutput(zeros, zeros, zeros, zeros, lse[rows].float(), zeros, zeros, zeros)
+        dz = logprob_fdiv_backward(h @ weight.T, None, targets[rows], saved, w[rows], None, ignore_index=ignore_index)
+        d_hidden[rows] = dz @ weight
+        d_weight += (dz.T @ h).float()
+    return d_hidden, d_weight.to(weight.dtype)
+
+
 def linear_logprob_fdiv(hidden, weight, targets, w, u=None, ref_hidden=None, ref_weight=None, f="kl",
                         ignore_index=-100, chunk_size=None) -> LinearLogprobOutput:
     """Eq. (8.15): ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` with ``pi = softmax(h W^T)``, chunked.
@@ -81,21 +131,19 @@ def linear_logprob_fdiv(hidden, weight, targets, w, u=None, ref_hidden=None, ref
     The reference distribution, if any, is ``a = softmax(h_ref W_ref^T)`` (frozen: no gradient). Returns the
     per-row statistics, ``L`` and its gradients with respect to ``hidden`` and ``weight`` (their dtypes).
     """
+    if w is None:
+        raise ValueError("w (the [N] weights of log pi(y)) is required; use zeros for a divergence-only loss")
     _check(hidden, weight, targets, w, u, ref_hidden, ref_weight)
     n, d = hidden.shape
     v = weight.shape[0]
     has_ref = ref_hidden is not None
-    chunk = chunk_size or default_chunk_size(n, v, d)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be a positive number of rows; got {chunk}")
     dev = hidden.device
     stats = {k: torch.zeros(n, device=dev, dtype=torch.float32) for k in ("logp", "ref_logp", "entropy", "div")}
     d_hidden = torch.empty_like(hidden)
     d_weight = torch.zeros(weight.shape, device=dev, dtype=torch.float32)
     w = w.to(torch.float32)
     u = u.to(torch.float32) if has_ref else None
-    for start in range(0, n, chunk):
-        rows = slice(start, min(n, start + chunk))
+    for rows in _chunks(n, v, d, chunk_size):
         h = hidden[rows]
         z = h @ weight.T
         r = ref_hidden[rows] @ ref_weight.T if has_ref else None

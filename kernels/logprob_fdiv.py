@@ -5,12 +5,14 @@ For every row n of policy logits ``z`` and reference logits ``r`` (``[N, V]``) t
 * ``logp[n] = log pi(y_n)`` and ``ref_logp[n] = log a(y_n)`` for the target token ``y_n``,
 * the entropy ``H(pi_n)``,
 * ``D_f(pi_n || a_n) = sum_v a_v f(pi_v / a_v)`` for f in {kl, reverse_kl, js, tv} (chapter 03, Eq. 3.2),
-* the row statistics the backward needs: both log-sum-exps and ``S_n = sum_v pi_v f'(pi_v / a_v)``,
+* the row statistics the backward needs: both log-sum-exps, ``S_n = sum_v pi_v f'(pi_v / a_v)`` and, for the
+  gradient with respect to the reference logits, ``G_n = sum_v a_v g(pi_v / a_v)`` with ``g(t) = f(t) - t f'(t)``,
 
 without ever writing an ``[N, V]`` probability table. Pass 1 streams the row once for the two
 log-sum-exps (online max and sum); pass 2 streams it again and forms every term in log space from
 ``log pi_v = z_v - LSE(z)`` and ``log a_v = r_v - LSE(r)``. The backward writes the one ``[N, V]`` array it
-must, the gradient of ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` with respect to ``z``.
+must, the gradient of ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` with respect to ``z`` — and, when
+asked, a second one, its gradient with respect to the reference logits ``r`` (Eq. 8.16).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ class LogprobFdivOutput(NamedTuple):
     lse: torch.Tensor
     ref_lse: torch.Tensor
     row_scalar: torch.Tensor
+    ref_row_scalar: torch.Tensor
 
 
 
@@ -92,12 +95,38 @@ def _fdiv_terms(lp, la, F: tl.constexpr):
 
 
 @triton.jit
+def _fdiv_ref_terms(lp, la, F: tl.constexpr):
+    """Eq. (8.16): per-entry ``a g(pi/a)`` with ``g(t) = f(t) - t f'(t)`` (= d(a f(pi/a))/da), up to a constant
+    times ``a`` (which Eq. 8.16 cancels): kl ``-pi``; reverse_kl ``a log(a/pi)``; js ``1/2 a log(a/m)``;
+    tv ``-1/2 a sign(pi - a)``. Zero mass as in :func:`_fdiv_terms`."""
+    p = tl.exp(lp)
+    a = tl.exp(la)
+    p_zero = lp == float("-inf")
+    a_zero = la == float("-inf")
+    lp_s = tl.where(p_zero, 0.0, lp)
+    la_s = tl.where(a_zero, 0.0, la)
+    if F == 0:  # kl: g = -t, so a g = -pi
+        agp = -p
+    elif F == 1:  # reverse_kl: g = 1 - log t; the constant 1 is dropped
+        agp = tl.where(a_zero, 0.0, tl.where(p_zero, float("inf"), a * (la_s - lp_s)))
+    elif F == 2:  # js: symmetric in (pi, a), so d/da = 1/2 log(a/m)
+        top = tl.where(p_zero & a_zero, 0.0, tl.maximum(lp, la))
+        gap = tl.where(p_zero | a_zero, float("inf"), tl.abs(lp_s - la_s))
+        lm = top + tl.log(1.0 + tl.exp(-gap)) - 0.6931471805599453
+        agp = 0.5 * tl.where(a_zero, 0.0, a * (la_s - lm))
+    else:  # tv: d/da 1/2 |pi - a| = -1/2 sign(pi - a)
+        sgn = tl.where(lp > la, 1.0, tl.where(lp < la, -1.0, 0.0))
+        agp = -0.5 * a * sgn
+    return agp
+
+
+@triton.jit
 def _logprob_fdiv_fwd_kernel(
-    Z, R, Y, LOGP, REF_LOGP, ENT, DIV, LSE, REF_LSE, SROW,
+    Z, R, Y, LOGP, REF_LOGP, ENT, DIV, LSE, REF_LSE, SROW, GROW,
     stride_z, stride_r, V, ignore_index,
     F: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """Eqs. (8.9)-(8.12) for one row: pass 1 the two LSEs, pass 2 every term."""
+    """Eqs. (8.9)-(8.12) and (8.16)'s row scalar for one row: pass 1 the two LSEs, pass 2 every term."""
     row = tl.program_id(0).to(tl.int64)
     Z += row * stride_z
     R += row * stride_r
@@ -125,6 +154,7 @@ def _logprob_fdiv_fwd_kernel(
     ent = tl.zeros([BLOCK_V], tl.float32)
     div = tl.zeros([BLOCK_V], tl.float32)
     srow = tl.zeros([BLOCK_V], tl.float32)
+    grow = tl.zeros([BLOCK_V], tl.float32)
     for start in range(0, V, BLOCK_V):
         offs = start + cols
         ok = offs < V
@@ -138,6 +168,7 @@ def _logprob_fdiv_fwd_kernel(
             term, pfp = _fdiv_terms(lp, la, F)
             div += term
             srow += pfp
+            grow += _fdiv_ref_terms(lp, la, F)
 
     y = tl.load(Y + row)
     valid = y != ignore_index
@@ -151,20 +182,23 @@ def _logprob_fdiv_fwd_kernel(
         tl.store(REF_LOGP + row, tl.where(valid, (r_y - m_r) - log_lr, 0.0))
         tl.store(DIV + row, tl.sum(div, axis=0))
         tl.store(SROW + row, tl.sum(srow, axis=0))
+        tl.store(GROW + row, tl.sum(grow, axis=0))
         tl.store(REF_LSE + row, m_r + log_lr)
 
 
 @triton.jit
 def _logprob_fdiv_bwd_kernel(
-    Z, R, Y, LSE, REF_LSE, SROW, W, U, DZ,
-    stride_z, stride_r, stride_dz, V, ignore_index,
-    F: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_V: tl.constexpr,
+    Z, R, Y, LSE, REF_LSE, SROW, GROW, W, U, DZ, DR,
+    stride_z, stride_r, stride_dz, stride_dr, V, ignore_index,
+    F: tl.constexpr, HAS_REF: tl.constexpr, REF_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """Eqs. (8.13)-(8.14): dL/dz_k = w (1[k=y] - pi_k) + u pi_k (f'(pi_k/a_k) - S) for one row."""
+    """Eqs. (8.13)-(8.14): dL/dz_k = w (1[k=y] - pi_k) + u pi_k (f'(pi_k/a_k) - S) for one row; with
+    ``REF_GRAD`` also Eq. (8.16): dL/dr_k = u a_k (g(t_k) - G)."""
     row = tl.program_id(0).to(tl.int64)
     Z += row * stride_z
     R += row * stride_r
     DZ += row * stride_dz
+    DR += row * stride_dr
     cols = tl.arange(0, BLOCK_V)
     lse = tl.load(LSE + row)
     y = tl.load(Y + row)
@@ -173,6 +207,8 @@ def _logprob_fdiv_bwd_kernel(
         ref_lse = tl.load(REF_LSE + row)
         s_row = tl.load(SROW + row)
         u = tl.load(U + row)
+        if REF_GRAD:
+            g_row = tl.load(GROW + row)
     for start in range(0, V, BLOCK_V):
         offs = start + cols
         ok = offs < V
@@ -182,9 +218,14 @@ def _logprob_fdiv_bwd_kernel(
         g = w * (tl.where(offs == y, 1.0, 0.0) - p)
         if HAS_REF:
             r = tl.load(R + offs, mask=ok, other=float("-inf")).to(tl.float32)
-            _, pfp = _fdiv_terms(lp, r - ref_lse, F)
+            la = r - ref_lse
+            _, pfp = _fdiv_terms(lp, la, F)
             # u = 0 switches the term off even in a row whose divergence (and S) is infinite.
             g += tl.where(u != 0.0, u * (pfp - p * s_row), 0.0)
+            if REF_GRAD:
+                agp = _fdiv_ref_terms(lp, la, F)
+                gr = tl.where(u != 0.0, u * (agp - tl.exp(la) * g_row), 0.0)
+                tl.store(DR + offs, gr.to(DR.dtype.element_ty), mask=ok)
         tl.store(DZ + offs, g.to(DZ.dtype.element_ty), mask=ok)
 
 
@@ -267,28 +308,33 @@ def logprob_fdiv_forward(logits, ref_logits, targets, f="kl", ignore_index=-100,
     targets = targets.contiguous()
     has_ref = ref_logits is not None
     ref = _unit_column_stride(ref_logits) if has_ref else logits
-    out = LogprobFdivOutput(*(torch.zeros(n, device=logits.device, dtype=torch.float32) for _ in range(7)))
+    out = LogprobFdivOutput(*(torch.zeros(n, device=logits.device, dtype=torch.float32)
+                              for _ in LogprobFdivOutput._fields))
     if n == 0:
         return out
     bv = _block_v(v, block_v)
     _logprob_fdiv_fwd_kernel[(n,)](
         logits, ref, targets, out.logp, out.ref_logp, out.entropy, out.div, out.lse, out.ref_lse, out.row_scalar,
-        logits.stride(0), ref.stride(0), v, ignore_index,
+        out.ref_row_scalar, logits.stride(0), ref.stride(0), v, ignore_index,
         F=_F_CODE[f], HAS_REF=has_ref, BLOCK_V=bv, num_warps=_num_warps(bv),
     )
     return out
 
 
 def logprob_fdiv_backward(logits, ref_logits, targets, saved: LogprobFdivOutput, w, u, f="kl", ignore_index=-100,
-                          *, block_v=None):
+                          *, ref_grad: bool = False, block_v=None):
     """Eqs. (8.13)-(8.14): ``dL/dlogits`` ``[N, V]`` (logits' dtype) for ``L = sum w logp + sum u div``.
 
     ``w`` and ``u`` are ``[N]`` weights (``u`` is ignored, and may be None, when ``ref_logits`` is None).
-    ``saved`` is the forward's output (its ``lse``, ``ref_lse`` and ``row_scalar`` are read).
+    ``saved`` is the forward's output (its ``lse``, ``ref_lse``, ``row_scalar`` and ``ref_row_scalar`` are
+    read). With ``ref_grad=True`` (a reference is then required) it returns ``(dL/dlogits, dL/dref_logits)``,
+    the second by Eq. (8.16) in the reference's dtype, written in the same pass over the row.
     """
     _check_inputs(logits, ref_logits, targets, f, ignore_index)
     n, v = logits.shape
     has_ref = ref_logits is not None
+    if ref_grad and not has_ref:
+        raise ValueError("ref_grad=True asks for the gradient with respect to ref_logits, but ref_logits is None")
     weights = {"w": w, "u": u} if has_ref else {"w": w}
     for name, t in weights.items():
         if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n,):
@@ -298,18 +344,19 @@ def logprob_fdiv_backward(logits, ref_logits, targets, saved: LogprobFdivOutput,
             raise ValueError(f"{name} must be on logits' device ({logits.device}); got {t.device}")
     if not isinstance(saved, LogprobFdivOutput):
         raise TypeError(f"saved must be the LogprobFdivOutput of logprob_fdiv_forward; got {type(saved).__name__}")
-    for name in ("lse", "ref_lse", "row_scalar"):
+    for name in ("lse", "ref_lse", "row_scalar", "ref_row_scalar"):
         t = getattr(saved, name)
         if tuple(t.shape) != (n,) or t.device != logits.device:
             raise ValueError(
                 f"saved.{name} must have shape ({n},) on {logits.device}; got {tuple(t.shape)} on {t.device}"
             )
     if has_ref:
-        bad = ~torch.isfinite(saved.row_scalar) & (u != 0)
+        stats = (saved.row_scalar, saved.ref_row_scalar) if ref_grad else (saved.row_scalar,)
+        bad = ~torch.stack([torch.isfinite(s) for s in stats]).all(0) & (u != 0)
         if bool(bad.any()):
             rows = bad.nonzero()[:, 0].tolist()[:8]
             raise ValueError(
-                f"D_f(pi || a) is infinite in rows {rows} (the reference puts no mass where the policy does), "
+                f"D_f(pi || a) is infinite in rows {rows} (one distribution puts no mass where the other does), "
                 f"so its gradient is undefined there; set u = 0 for those rows"
             )
     logits = _unit_column_stride(logits)
@@ -318,20 +365,21 @@ def logprob_fdiv_backward(logits, ref_logits, targets, saved: LogprobFdivOutput,
     w = w.to(torch.float32).contiguous()
     u = u.to(torch.float32).contiguous() if has_ref else w
     dz = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-    if n == 0:
-        return dz
-    bv = _block_v(v, block_v)
-    _logprob_fdiv_bwd_kernel[(n,)](
-        logits, ref, targets, saved.lse.float().contiguous(), saved.ref_lse.float().contiguous(),
-        saved.row_scalar.float().contiguous(), w, u, dz,
-        logits.stride(0), ref.stride(0), dz.stride(0), v, ignore_index,
-        F=_F_CODE[f], HAS_REF=has_ref, BLOCK_V=bv, num_warps=_num_warps(bv),
-    )
-    return dz
+    dr = torch.empty(ref.shape, dtype=ref.dtype, device=ref.device) if ref_grad else dz
+    if n > 0:
+        bv = _block_v(v, block_v)
+        _logprob_fdiv_bwd_kernel[(n,)](
+            logits, ref, targets, saved.lse.float().contiguous(), saved.ref_lse.float().contiguous(),
+            saved.row_scalar.float().contiguous(), saved.ref_row_scalar.float().contiguous(), w, u, dz, dr,
+            logits.stride(0), ref.stride(0), dz.stride(0), dr.stride(0), v, ignore_index,
+            F=_F_CODE[f], HAS_REF=has_ref, REF_GRAD=ref_grad, BLOCK_V=bv, num_warps=_num_warps(bv),
+        )
+    return (dz, dr) if ref_grad else dz
 
 
 class LogprobFdiv(torch.autograd.Function):
-    """Autograd wrapper returning the scalar ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)``."""
+    """Autograd wrapper returning the scalar ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)``; the
+    reference logits get a gradient too (Eq. 8.16) when they require one."""
 
     @staticmethod
     def forward(ctx, logits, ref_logits, targets, f, w, u, ignore_index=-100):
@@ -347,13 +395,16 @@ class LogprobFdiv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         logits, ref_logits, targets, w, u, *saved = ctx.saved_tensors
-        dz = logprob_fdiv_backward(logits, ref_logits if ctx.has_ref else None, targets, LogprobFdivOutput(*saved),
-                                   w, u, f=ctx.f, ignore_index=ctx.ignore_index)
-        return dz * grad_loss.to(dz.dtype), None, None, None, None, None, None
+        ref_grad = ctx.has_ref and ctx.needs_input_grad[1]
+        out = logprob_fdiv_backward(logits, ref_logits if ctx.has_ref else None, targets, LogprobFdivOutput(*saved),
+                                    w, u, f=ctx.f, ignore_index=ctx.ignore_index, ref_grad=ref_grad)
+        dz, dr = out if ref_grad else (out, None)
+        dr = None if dr is None else dr * grad_loss.to(dr.dtype)
+        return dz * grad_loss.to(dz.dtype), dr, None, None, None, None, None
 
 
 def logprob_fdiv(logits, ref_logits, targets, f, w, u, ignore_index=-100):
-    """Differentiable ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` (Eqs. 8.9-8.14) via the fused kernels."""
+    """Differentiable ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` (Eqs. 8.9-8.16) via the fused kernels."""
     return LogprobFdiv.apply(logits, ref_logits, targets, f, w, u, ignore_index)
 
 
@@ -390,8 +441,26 @@ def _reference_terms(lp, la, f):
     return term, pfp
 
 
+def _reference_ref_terms(lp, la, f):
+    """Per-entry ``a g(pi/a)`` of Eq. (8.16) in plain PyTorch (the same constants dropped as in the kernel)."""
+    p, a = lp.exp(), la.exp()
+    p_zero, a_zero = torch.isneginf(lp), torch.isneginf(la)
+    zero = torch.zeros_like(lp)
+    if f == "kl":
+        return -p
+    if f == "reverse_kl":
+        log_r = torch.where(p_zero | a_zero, zero, la - lp)
+        return torch.where(a_zero, zero, torch.where(p_zero, torch.full_like(lp, float("inf")), a * log_r))
+    if f == "js":
+        lm = torch.where(p_zero & a_zero, zero, torch.logaddexp(lp, la) - LOG2)
+        return 0.5 * torch.where(a_zero, zero, a * (torch.where(a_zero, zero, la) - lm))
+    if f == "tv":
+        return -0.5 * a * torch.where(lp > la, 1.0, torch.where(lp < la, -1.0, 0.0)).to(lp.dtype)
+    raise ValueError(f"f must be one of {F_NAMES}; got {f!r}")
+
+
 def logprob_fdiv_reference(logits, ref_logits, targets, f="kl", ignore_index=-100, dtype=torch.float64):
-    """Eqs. (8.9)-(8.12) in plain PyTorch: the oracle of :func:`logprob_fdiv_forward`.
+    """Eqs. (8.9)-(8.12) and (8.16)'s row scalar in plain PyTorch: the oracle of :func:`logprob_fdiv_forward`.
 
     Computed with ``log_softmax`` in ``dtype`` (float64 by default) and differentiable with respect to both
     logits; returns the same :class:`LogprobFdivOutput` fields in ``dtype``.
@@ -407,9 +476,10 @@ def logprob_fdiv_reference(logits, ref_logits, targets, f="kl", ignore_index=-10
     lse = torch.logsumexp(logits.to(dtype), dim=-1)
     zeros = torch.zeros_like(logp)
     if ref_logits is None:
-        return LogprobFdivOutput(logp, zeros, entropy, zeros, lse, zeros, zeros)
+        return LogprobFdivOutput(logp, zeros, entropy, zeros, lse, zeros, zeros, zeros)
     la = torch.log_softmax(ref_logits.to(dtype), dim=-1)
     ref_logp = torch.where(valid, la.gather(-1, y[:, None])[:, 0], torch.zeros((), dtype=dtype, device=la.device))
     term, pfp = _reference_terms(lp, la, f)
     return LogprobFdivOutput(logp, ref_logp, entropy, term.sum(-1), lse,
-                             torch.logsumexp(ref_logits.to(dtype), dim=-1), pfp.sum(-1))
+                             torch.logsumexp(ref_logits.to(dtype), dim=-1), pfp.sum(-1),
+                             _reference_ref_terms(lp, la, f).sum(-1))

@@ -11,9 +11,10 @@ The contract has three parts:
 * array operations (creation, elementwise, reductions, shapes, indexing, randomness), each with NumPy's
   meaning;
 * ``index_grids`` and ``embedding_grad``, the two scatter/gather helpers whose fast form differs by library;
-* fused hooks — ``flash_attention`` and ``token_logprobs`` — which return None here ("not available"). A
-  backend with a fused kernel returns the result and a backward closure instead; the engine calls the hook
-  and computes the same quantity with the operations above when it gets None (chapter 08).
+* fused hooks — ``flash_attention``, ``token_logprobs``, ``token_fdiv`` and ``linear_logprobs`` — which
+  return None here ("not available"). A backend with a fused kernel returns the result and a backward closure
+  instead; the engine calls the hook and computes the same quantity with the operations above when it gets
+  None (chapter 08).
 """
 from __future__ import annotations
 
@@ -157,6 +158,17 @@ class NumpyBackend:
     def token_logprobs(self, logits, targets, ignore_index):
         """log π(y_n) per row of ``logits [N, V]`` by a fused kernel that writes no [N, V] softmax, as
         (logp [N], backward(w [N]) → d logits of Σ w_n log π(y_n)); None here."""
+        return None
+
+    def token_fdiv(self, logits_p, logits_q, f, ref_grad):
+        """D_f(softmax(z_n)‖softmax(r_n)) per row of ``logits_p, logits_q [N, V]`` by a fused kernel, as
+        (D [N], backward(u [N]) → (d logits_p, d logits_q or None)) for the loss Σ u_n D_n; the second gradient
+        only when ``ref_grad``. None here."""
+        return None
+
+    def linear_logprobs(self, hidden, weight, targets, ignore_index):
+        """log softmax(h_n Wᵀ)_{y_n} per row of ``hidden [N, d]`` by a kernel that never holds all [N, V]
+        logits, as (logp [N], backward(w [N]) → (d hidden, d weight)) for Σ w_n log π(y_n); None here."""
         return None
 
 

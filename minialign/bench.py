@@ -1,7 +1,12 @@
 """Benchmarks, printed as ratios against a reference measured in the same run.
 
 ``python -m minialign.bench engine``   a GPT training step on our engine vs the same model in torch eager (CPU)
-``python -m minialign.bench kernels``  the Triton kernels vs torch eager / torch.compile / SDPA (CUDA only)
+``python -m minialign.bench kernels``  on a CUDA device: (a) the fused log-prob/f-divergence kernels vs torch
+                                       eager, torch.compile and Liger-Kernel; (b) the chunked output head vs the
+                                       written-out one; (c) flash attention vs SDPA-flash; (d) a GPT training step,
+                                       engine + kernels vs the same model in torch eager on the GPU; and, with
+                                       ``--only tour``, (e) the names tour's wall time on the GPU vs the CPU.
+                                       ``--smoke`` runs every section at tiny sizes (interpreter on the CPU).
 """
 from __future__ import annotations
 
@@ -15,8 +20,9 @@ from .gpt import GPT, GPTConfig
 from .optim import AdamW
 
 
-def torch_reference_gpt(model: GPT):
-    """The same GPT written with plain torch ops, holding copies of ``model``'s weights as leaf tensors.
+def torch_reference_gpt(model: GPT, device="cpu"):
+    """The same GPT written with plain torch ops, holding copies of ``model``'s weights as leaf tensors on
+    ``device``.
 
     Returns (params dict name → torch tensor, forward(idx) → logits). Used by the benchmark and as an
     oracle in the tests.
@@ -24,7 +30,7 @@ def torch_reference_gpt(model: GPT):
     import torch
 
     cfg = model.config
-    params = {name: torch.tensor(arr, requires_grad=True) for name, arr in model.state_dict().items()}
+    params = {name: torch.tensor(arr, requires_grad=True, device=device) for name, arr in model.state_dict().items()}
 
     def ln(x, prefix):
         return torch.nn.functional.layer_norm(x, (cfg.n_embd,), params[prefix + ".weight"], params[prefix + ".bias"], 1e-5)
@@ -33,16 +39,16 @@ def torch_reference_gpt(model: GPT):
         return x @ params[prefix + ".weight"].T + params[prefix + ".bias"]
 
     def forward(idx):
-        idx = torch.as_tensor(idx)
+        idx = torch.as_tensor(idx, device=device)
         b, t = idx.shape
-        x = params["wte.weight"][idx] + params["wpe.weight"][torch.arange(t)]
+        x = params["wte.weight"][idx] + params["wpe.weight"][torch.arange(t, device=device)]
         for i in range(cfg.n_layer):
             p = f"h.{i}."
             h = ln(x, p + "ln_1")
             qkv = lin(h, p + "attn.c_attn").reshape(b, t, 3, cfg.n_head, cfg.n_embd // cfg.n_head).permute(2, 0, 3, 1, 4)
             q, k, v = qkv[0], qkv[1], qkv[2]
             s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
-            s = s.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+            s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
             y = (torch.softmax(s, -1) @ v).permute(0, 2, 1, 3).reshape(b, t, cfg.n_embd)
             x = x + lin(y, p + "attn.c_proj")
             h = ln(x, p + "ln_2")
@@ -107,6 +113,117 @@ def bench_engine(batch_size=64, repeats=20, config=None, threads=1):
     return cfg, batch_size, t_ours, t_torch
 
 
+def _rows(cfg, batch_size, seed=0):
+    """Random EOS-terminated rows [batch_size, block_size] (lengths 3 .. block_size)."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, cfg.block_size + 1, batch_size)
+    x = rng.integers(1, cfg.vocab_size, (batch_size, cfg.block_size))
+    x[np.arange(cfg.block_size)[None, :] >= (lengths[:, None] - 1)] = cfg.eos_id
+    return x
+
+
+def bench_gpt_step(run, configs):
+    """(d) A training step (forward, backward, AdamW) of our engine with the kernels (the torch backend on
+    ``run.device``) against the same model in torch eager on the same device, same weights and batch."""
+    import torch
+
+    from .torch_backend import TorchBackend
+
+    print(f"(d) GPT training step (forward + backward + AdamW) on {run.device}: engine + kernels vs torch eager")
+    print(f"    {'model':<34} {'batch':>9} {'engine ms':>10} {'eager ms':>9} {'engine/eager':>13}")
+    results = {}
+    for name, cfg, batch_size in configs:
+        model = GPT(cfg, seed=0)
+        x = _rows(cfg, batch_size)
+        params, forward = torch_reference_gpt(model, device=run.device)
+        model.to(TorchBackend(run.device))
+        opt = AdamW(model.parameters(), lr=1e-3)
+
+        def ours():
+            loss = model.loss(x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        topt = torch.optim.AdamW(list(params.values()), lr=1e-3)
+        inp, targets, counted = model._shift(x)
+        tin = torch.as_tensor(inp, device=run.device)
+        ttarget = torch.as_tensor(np.where(counted, targets, -100), device=run.device)
+
+        def theirs():
+            logits = forward(tin)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), ttarget.reshape(-1))
+            topt.zero_grad()
+            loss.backward()
+            topt.step()
+
+        t_ours, t_torch = run.time(ours), run.time(theirs)
+        results[name] = (t_ours, t_torch)
+        size = f"{batch_size} x {cfg.block_size}"
+        print(f"    {name:<34} {size:>9} {t_ours:10.3f} {t_torch:9.3f} {t_ours / t_torch:13.2f}")
+    if run.smoke:
+        print("    (smoke: timings mean nothing)")
+    return results
+
+
+def bench_tour(device, threads, smoke):
+    """(e) The names tour (full, not --quick) on the NumPy engine and on the GPU path: wall time of each."""
+    import contextlib
+    import io
+    import tempfile
+
+    from .device import backend_for
+    from .tour import run_tour
+
+    if smoke or device != "cuda":
+        print("(e) tour: skipped (it runs the whole course on both devices; "
+              "`python -m minialign.bench kernels --only tour` on a machine with a CUDA device)")
+        return None
+    walls = {}
+    for name, backend in (("cpu (NumPy engine)", None), ("cuda (engine + kernels)", backend_for("cuda"))):
+        with tempfile.TemporaryDirectory() as out, contextlib.redirect_stdout(io.StringIO()):
+            t0 = time.perf_counter()
+            run_tour(out=out, backend=backend)
+            walls[name] = time.perf_counter() - t0
+    cpu, gpu = walls.values()
+    print(f"(e) names tour, full: cpu ({threads} BLAS thread(s)) {cpu:.1f} s, cuda {gpu:.1f} s: "
+          f"cuda/cpu {gpu / cpu:.2f}")
+    return walls
+
+
+GPT_CONFIGS = [("names GPT (4 layers, 64 wide, V 27)", GPTConfig(), 64),
+               ("GPT 6 x 512, V 8192, T 256", GPTConfig(vocab_size=8192, block_size=256, n_layer=6, n_head=8,
+                                                       n_embd=512), 16)]
+SMOKE_GPT = [("tiny GPT (1 layer, 16 wide)", GPTConfig(n_layer=1, n_head=1, n_embd=16), 2)]
+
+
+def bench_kernels(argv):
+    """``python -m minialign.bench kernels``: the kernel sections (kernels/benchmark.py), the GPT step and the tour."""
+    from threadpoolctl import threadpool_limits
+
+    from .kernels import benchmark as kb
+
+    args = kb._parse(argv)
+    device = kb.device_for(args.smoke)
+    if device is None:
+        return kb.main(argv)
+    import torch
+
+    threadpool_limits(limits=1, user_api="blas")
+    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu (Triton interpreter)'}, "
+          f"torch {torch.__version__}" + (", smoke sizes" if args.smoke else ""))
+    if args.smoke:
+        kb.smoke_args(args)
+    sections = args.only or ["fdiv", "linear", "attention", "gpt"] + (["tour"] if args.smoke else [])
+    out = kb.run_sections(args, device, sections)
+    run = kb.Runner(torch, device, args.rep, args.smoke)
+    if "gpt" in sections:
+        out["gpt"] = bench_gpt_step(run, SMOKE_GPT if args.smoke else GPT_CONFIGS)
+    if "tour" in sections:
+        out["tour"] = bench_tour(device, 1, args.smoke)
+    return out
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minialign.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,9 +233,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="threads for both NumPy's BLAS and torch")
     args, rest = parser.parse_known_args(argv)
     if args.what == "kernels":
-        from .kernels.benchmark import main as kernels_main
-
-        return kernels_main(rest)
+        bench_kernels(rest)
+        return 0
     cfg, b, t_ours, t_torch = bench_engine(args.batch_size, args.repeats, threads=args.threads)
     print(f"GPT training step (forward + backward + AdamW), CPU, {args.threads} thread(s), batch {b} x "
           f"{cfg.block_size} tokens, {cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, "

@@ -7,10 +7,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from . import registry as R
 
 DEFAULT_CHECKPOINT = "runs/base.npz"
+
+
+def _backend(args):
+    """The backend ``--device`` names, checked before any work (a clear error naming the flag otherwise)."""
+    from .device import backend_for
+
+    return backend_for(args.device)
 
 
 def _pretrain(args):
@@ -19,59 +27,76 @@ def _pretrain(args):
     from .gpt import GPTConfig
     from .pretrain import PretrainConfig, bigram_baseline, pretrain
 
+    backend = _backend(args)
     if args.n_embd % args.n_head:
         raise ValueError(f"--n-embd ({args.n_embd}) must be divisible by --n-head ({args.n_head})")
-    if args.block_size < 12:
-        raise ValueError(f"--block-size must be at least 12 (the longest name has 11 letters, and its EOS); "
-                         f"got {args.block_size}")
+    size = R.gpt_parameters(args.n_layer, args.n_embd, args.block_size)
+    if size > R.PARAMETER_LIMIT:
+        raise ValueError(f"--n-layer {args.n_layer} and --n-embd {args.n_embd} make a model of {size:,} parameters; "
+                         f"this engine trains at most {R.PARAMETER_LIMIT:,} (lower --n-layer or --n-embd)")
     model_cfg = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                           block_size=args.block_size, dropout=args.dropout)
     cfg = PretrainConfig(model=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          eval_every=args.eval_every, seed=args.seed)
     t0 = time.perf_counter()
-    model, history = pretrain(cfg, out=args.out, progress=not args.quiet, fresh=args.fresh)
+    model, history = pretrain(cfg, out=args.out, progress=not args.quiet, fresh=args.fresh, backend=backend)
     bigram = bigram_baseline(model_cfg.block_size, seed=args.seed)
-    print(f"pretrained in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    print(f"pretrained in {time.perf_counter() - t0:.1f} s on {args.device} -> {args.out}")
     print(f"validation loss  GPT {history['val_loss'][-1]:.4f}  |  bigram (counts) {bigram:.4f}  nats/token")
     _print_samples(model, args.samples, args.seed, 1.0, None)
     return 0
 
 
 def _sample(args):
-    from .gpt import GPT
-    from .tasks import BASE_CHECKPOINT
+    from .tasks import load_base
 
-    model = GPT.load(args.checkpoint or BASE_CHECKPOINT)
+    model = load_base(args.checkpoint)
     if args.top_k is not None and args.top_k > model.config.vocab_size:
         raise ValueError(f"--top-k must be at most the vocabulary size ({model.config.vocab_size}); got {args.top_k}")
     _print_samples(model, args.n, args.seed, args.temperature, args.top_k)
     return 0
 
 
+SAMPLE_CHUNK = 4096  # names generated at once: many are printed as they come, in bounded memory
+
+
 def _print_samples(model, n, seed, temperature, top_k):
+    import numpy as np
+
     from .data import CharTokenizer
 
     if n == 0:
         return
     tok = CharTokenizer()
-    ids, logp = model.generate(n, rng=seed, temperature=temperature, top_k=top_k)
+    rng = np.random.default_rng(seed)
     print(f"{n} samples (temperature {temperature}, top-k {top_k}):")
-    for name, lp in zip(tok.decode_batch(ids), logp):
-        print(f"  {name or '(empty)':<16s} log π = {lp:7.3f}")
+    for start in range(0, n, SAMPLE_CHUNK):
+        ids, logp = model.generate(min(SAMPLE_CHUNK, n - start), rng=rng, temperature=temperature, top_k=top_k)
+        for name, lp in zip(tok.decode_batch(ids), logp):
+            print(f"  {name or '(empty)':<16s} log π = {lp:7.3f}")
 
 
 def _align(args):
     from . import tasks
+    from .io import fingerprint
+    from .loop import check_resumable
     from .trainers.common import TrainConfig
 
     spec = R.METHODS[args.method]
     opts = {o.dest: getattr(args, o.dest) for o in spec.options}
     if spec.check is not None:
         spec.check(opts)
+    backend = _backend(args)
     out = args.out or R.output_file(".npz")(f"runs/{args.method}.npz")
-    base = tasks.load_base(args.base)
+    base_path = args.base or tasks.BASE_CHECKPOINT
+    if out.resolve() == base_path.resolve():
+        raise ValueError(f"--out {out} is the --base checkpoint; a run must not overwrite its own base model: "
+                         "choose another --out")
+    base = tasks.load_base(base_path, backend=backend)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
+    check_resumable(out, {"kind": "align", "base": fingerprint(base), **spec.identity(opts), **cfg.identity()},
+                    args.fresh)  # before any work: a damaged checkpoint or another run's is refused now
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
     ingredients = R.prepare(spec, opts, base, args.seed, progress=not args.quiet)
     result = spec.run(ingredients, opts, cfg, base, out, args.fresh, not args.quiet,
@@ -83,10 +108,37 @@ def _align(args):
     return 0
 
 
+def _distill(args):
+    from . import tasks
+    from .trainers.common import TrainConfig
+
+    backend = _backend(args)
+    teacher = tasks.load_base(args.teacher, backend=backend)
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
+    print("teacher samples:", ", ".join(tasks.samples(teacher, 12, args.seed)))
+    student, _ = tasks.run_distill(teacher, f=args.f, samples=args.samples, student_config=args.student_config,
+                                   cfg=cfg, out=args.out, progress=not args.quiet, fresh=args.fresh,
+                                   identity={"teacher_path": str(args.teacher)})
+    for line in tasks.distill_report(student, teacher, args.f, n=args.eval_samples, seed=args.seed):
+        print(line)
+    print(f"checkpoint: {args.out}")
+    print("student samples:", ", ".join(tasks.samples(student, 12, args.seed)))
+    return 0
+
+
 def _tour(args):
     from .tour import run_tour
 
-    return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain)
+    return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain, backend=_backend(args))
+
+
+def _device_option(parser):
+    from .device import DEVICES
+
+    parser.add_argument("--device", choices=DEVICES, default="cpu",
+                        help="cpu: the NumPy engine; cuda: the torch backend with the Triton kernels on a CUDA GPU "
+                             "(needs torch and triton)")
 
 
 class _Help(argparse.HelpFormatter):
@@ -116,17 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint path (.npz); an existing run there is resumed")
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     p.add_argument("--steps", type=R.positive_int, metavar="N", default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=R.positive_int, metavar="N", default=64, help="names per step")
-    p.add_argument("--lr", type=R.positive_float, metavar="X", default=3e-3, help="peak learning rate of the cosine schedule")
+    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=64, help="names per step")
+    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=3e-3, help="peak learning rate of the cosine schedule")
     p.add_argument("--eval-every", type=R.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
     p.add_argument("--n-layer", type=R.positive_int, metavar="N", default=4, help="transformer blocks")
     p.add_argument("--n-head", type=R.positive_int, metavar="N", default=4, help="attention heads")
     p.add_argument("--n-embd", type=R.positive_int, metavar="N", default=64, help="embedding width")
-    p.add_argument("--block-size", type=R.positive_int, metavar="N", default=12, help="positions (at least 12 for names)")
+    p.add_argument("--block-size", type=R.count(12, 256, "the longest name has 11 letters, and its EOS; more "
+                                                 "positions are padding"), metavar="N",
+                   default=12, help="positions (at least 12 for names)")
     p.add_argument("--dropout", type=R.unit_interval, metavar="X", default=0.1, help="dropout probability")
-    p.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of the weights and batches")
+    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of the weights and batches")
     p.add_argument("--samples", type=R.nonnegative_int, metavar="N", default=20, help="names to print at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_option(p)
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("sample", help="sample names from a checkpoint", formatter_class=_fmt())
@@ -135,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=R.positive_int, metavar="N", default=20, help="how many names")
     p.add_argument("--temperature", type=R.positive_float, metavar="X", default=1.0, help="softmax temperature")
     p.add_argument("--top-k", type=R.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
-    p.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="sampling seed")
+    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="sampling seed")
     p.set_defaults(fn=_sample)
 
     p = sub.add_parser("align", help="align the base model: " + ", ".join(R.METHODS))
@@ -147,12 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint path (default: runs/METHOD.npz); an existing run there is resumed")
     g.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     g.add_argument("--steps", type=R.positive_int, metavar="N", default=R.TRAIN_DEFAULTS["steps"], help="optimizer steps")
-    g.add_argument("--batch-size", type=R.positive_int, metavar="N", default=R.TRAIN_DEFAULTS["batch_size"],
+    g.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=R.TRAIN_DEFAULTS["batch_size"],
                    help="samples (or pairs) per step")
-    g.add_argument("--lr", type=R.positive_float, metavar="X", default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
-    g.add_argument("--seed", type=R.nonnegative_int, metavar="N", default=0, help="seed of every sample drawn")
+    g.add_argument("--lr", type=R.learning_rate, metavar="X", default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
+    g.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of every sample drawn")
     g.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    _device_option(g)
     for spec in R.METHODS.values():
         m = methods.add_parser(spec.name, help=spec.help, description=spec.help, parents=[common],
                                formatter_class=_fmt())
@@ -161,16 +217,58 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument(o.flag, **o.kwargs)
         m.set_defaults(fn=_align)
 
+    from .trainers.distill import STUDENT_SIZE
+
+    p = sub.add_parser("distill", help="fit a smaller student to a teacher's next-token distributions, for any f",
+                       description="Token-level f-divergence distillation (chapter 07, §9): minimise "
+                                   "Σ_t D_f(π_t‖p_t) over the vocabulary at every position of the teacher's (or the "
+                                   "student's own) samples.", formatter_class=_fmt())
+    p.add_argument("--teacher", type=R.input_file(".npz"), required=True,
+                   help="the teacher's checkpoint (e.g. runs/rlhf.npz from minialign align rlhf)")
+    p.add_argument("--f", choices=["kl", "reverse_kl", "js", "tv"], default="js",
+                   help="D_f(π‖p) per token: kl is KL(student‖teacher), reverse_kl is KL(teacher‖student)")
+    p.add_argument("--samples", choices=["teacher", "student"], default="teacher",
+                   help="whose samples give the prefixes: the teacher's (off-policy) or the student's own (on-policy)")
+    p.add_argument("--student-config", type=R.gpt_size, default={}, metavar="KEY=N,...",
+                   help="the student's size, changed from " + ",".join(f"{k}={v}" for k, v in STUDENT_SIZE.items()) +
+                        " (any of n_layer, n_head, n_embd; vocabulary and horizon are the teacher's)")
+    p.add_argument("--out", type=R.output_file(".npz"), default="runs/distill.npz",
+                   help="checkpoint path (.npz); an existing run there is resumed")
+    p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
+    p.add_argument("--steps", type=R.positive_int, metavar="N", default=300, help="optimizer steps")
+    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=64, help="samples per step")
+    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=3e-3, help="AdamW learning rate")
+    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of the student's weights and every sample")
+    p.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=50, help="steps between checkpoints")
+    p.add_argument("--eval-samples", type=R.count(2, 1_000_000, "a standard error needs at least two"), metavar="N",
+                   default=1000, help="fresh samples for the final report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _device_option(p)
+    p.set_defaults(fn=_distill)
+
     p = sub.add_parser("tour", help="the whole course in one run: base model, reward model, RLHF, DPO, GDC, f-DPG",
                        formatter_class=_fmt())
     p.add_argument("--out", type=R.output_dir, default="runs/tour", metavar="DIR", help="folder for report.md and its plots")
     p.add_argument("--pretrain", action="store_true", help="pretrain the base model instead of loading the committed one")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
+    _device_option(p)
     p.set_defaults(fn=_tour)
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """A library warning on the command line: one plain line, without the warning machinery's file and line."""
+    print(f"minialign: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter("once")  # a warning is shown once per run, however often it is raised
+        warnings.showwarning = _one_line_warning
+        return _main(argv)
+
+
+def _main(argv):
     args = build_parser().parse_args(argv)
     from threadpoolctl import threadpool_limits
 
@@ -179,16 +277,21 @@ def main(argv=None):
 
     threadpool_limits(limits=args.threads, user_api="blas")
     tune_allocator()
+    command = " ".join(filter(None, (args.command, getattr(args, "method", None))))
     try:
         return args.fn(args)
     except Interrupted as e:
-        print(f"minialign {args.command}: {e}", file=sys.stderr)
+        print(f"minialign {command}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"minialign {args.command}: interrupted before training started; nothing was saved", file=sys.stderr)
+        print(f"minialign {command}: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, FloatingPointError) as e:
-        print(f"minialign {args.command}: error: {e}", file=sys.stderr)
+    except MemoryError as e:
+        print(f"minialign {command}: error: out of memory ({e or 'an allocation failed'}); use smaller sizes "
+              "(--batch-size, the model's, or the number of samples)", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, FloatingPointError) as e:
+        print(f"minialign {command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 import re
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -195,6 +196,13 @@ def parse_constraint(spec: str):
     if not (0.0 <= mu_bar <= 1.0):  # NaN fails this too
         raise ValueError(f"constraint {spec!r}: the feature {name!r} is binary, so its target moment μ̄ must lie "
                          f"in [0, 1]; got {mu_bar}")
+    if mu_bar == 1.0:
+        raise ValueError(f"constraint {spec!r}: μ̄ = 1 asks that every name be {name}, which the tilt e^{{λφ}} reaches "
+                         f"only at λ = +∞; use the pointwise constraint {name!r} for that")
+    if mu_bar == 0.0:
+        raise ValueError(f"constraint {spec!r}: μ̄ = 0 asks that no name be {name}, which needs λ = −∞ (a pointwise "
+                         f"constraint can require {name!r} but not forbid it); ask for a small fraction instead, "
+                         f"e.g. {name}=0.05")
     return phi, mu_bar
 
 
@@ -482,6 +490,9 @@ def fit_lambda_exact(log_a, b, phi, mu_bar, *, tol: float = 1e-10, max_iter: int
     return _newton(log_a[keep], phi[keep], mu_bar, where, tol, max_iter, lam0, feature_names)
 
 
+MIN_ESS = 10  # below this effective sample size an SNIS fit is warned about
+
+
 def fit_lambda_snis(phi_samples, b_samples, mu_bar, *, tol: float = 1e-10, max_iter: int = 100, lam0=None,
                     feature_names=None) -> LambdaFit:
     """λ by moment matching from samples x_i ∼ a, with the SNIS moments of Eq. (6.5).
@@ -502,7 +513,12 @@ def fit_lambda_snis(phi_samples, b_samples, mu_bar, *, tol: float = 1e-10, max_i
         raise ValueError(f"no sample of a satisfies the pointwise constraints (0 of {n} samples have b = 1): "
                          "SNIS has nothing to weight; draw more samples or relax the constraint")
     where = f"the samples with b = 1 ({int(b.sum())} of {n})"
-    return _newton(np.full(int(b.sum()), -math.log(n)), phi[b], mu_bar, where, tol, max_iter, lam0, feature_names)
+    fit = _newton(np.full(int(b.sum()), -math.log(n)), phi[b], mu_bar, where, tol, max_iter, lam0, feature_names)
+    if fit.ess < MIN_ESS:
+        warnings.warn(f"the EBM fit rests on an effective sample size of {fit.ess:.1f} of {n} samples (fewer than "
+                      f"{MIN_ESS}): its λ and Z are unreliable, and a policy trained towards it sees few samples "
+                      "that carry weight; draw more samples (--ebm-samples) or relax the constraints", stacklevel=2)
+    return fit
 
 
 # ------------------------------------------------------------------------------------------ names task
@@ -545,13 +561,16 @@ class FitReport:
 
 
 def fit_names_ebm(base_model, constraints, n_samples: int = 20_000, seed: int = 0, batch_size: int = 4096,
-                  tol: float = 1e-10) -> tuple[EBM, FitReport]:
+                  tol: float = 1e-10, progress: bool = False) -> tuple[EBM, FitReport]:
     """Sample a (the base names model), fit λ by SNIS (Eq. (6.5)) and return the EBM of Eq. (6.3) with a report.
 
     ``constraints``: strings for :func:`parse_constraint` ("female=0.5", "contains:z"), Pointwise objects or
     (Feature, μ̄) pairs. Raises ValueError if no sample meets the pointwise constraints or μ̄ is out of reach
-    on the sample.
+    on the sample; warns if the fit rests on an effective sample size below 10. ``progress`` shows a bar
+    while sampling (when more than one batch is drawn).
     """
+    from tqdm.auto import tqdm
+
     start = time.perf_counter()
     if isinstance(constraints, (str, Pointwise)) or (isinstance(constraints, tuple) and len(constraints) == 2
                                                      and isinstance(constraints[0], Feature)):
@@ -566,19 +585,24 @@ def fit_names_ebm(base_model, constraints, n_samples: int = 20_000, seed: int = 
             mu_bar.append(float(c[1]))
         else:
             raise TypeError(f"a constraint must be a str, a Pointwise or a (Feature, μ̄) pair; got {c!r}")
-    if int(n_samples) < 1:
-        raise ValueError(f"n_samples must be a positive integer; got {n_samples}")
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ValueError(f"n_samples must be a positive whole number; got {n_samples!r}")
     cfg = base_model.config
     if cfg.vocab_size != 27:
         raise ValueError(f"fit_names_ebm needs a names model (vocab_size 27: '.' and a-z); got vocab_size "
                          f"{cfg.vocab_size}")
     rng = np.random.default_rng(seed)
     names: list[str] = []
-    while len(names) < n_samples:
-        tokens, _ = base_model.generate(min(int(batch_size), int(n_samples) - len(names)), rng)
-        names += names_of(tokens)
+    with tqdm(total=int(n_samples), desc="samples of a", disable=not progress or n_samples <= batch_size) as bar:
+        while len(names) < n_samples:
+            tokens, _ = base_model.generate(min(int(batch_size), int(n_samples) - len(names)), rng)
+            names += names_of(tokens)
+            bar.update(len(tokens))
     ebm = EBM(features, None, points)
     phi, b = ebm.phi(names), ebm.b(names)
+    if not b.any():
+        raise ValueError(f"no sample meets {' and '.join(c.name for c in points)}: 0 of {len(names)} samples of a; "
+                         "draw more samples (--ebm-samples) or relax the constraint")
     base_rates = {c.name: float(np.mean(c(names))) for c in points}
     base_rates.update({f.name: float(np.mean(phi[:, i])) for i, f in enumerate(features)})
     fit = fit_lambda_snis(phi, b, np.array(mu_bar), tol=tol, feature_names=[f.name for f in features])

@@ -319,3 +319,141 @@ def scaled_dot_product_attention(q, k, v, causal: bool = True, scale=None) -> Te
             k._accumulate(bk.matmul(bk.swapaxes(ds, -1, -2), q.data) * s)
 
     return Tensor._result(out, (q, k, v), backward, "attention")
+
+
+# ------------------------------------------------------------------ token-level f-divergences (chapter 08, §6)
+FDIV_NAMES = ("kl", "reverse_kl", "js", "tv")
+_LOG2 = math.log(2.0)
+
+
+def _fdiv_parts(bk, lp, la, f):
+    """Per entry, from log π and log a: a·f(π/a) (Eq. 8.10), π·f'(π/a) (Eq. 8.12) and a·g(π/a) with
+    g = f − t f' (Eq. 8.16, up to a constant times a, which the gradient cancels).
+
+    Zero mass follows chapter 03: π = 0 < a costs a f(0), a = 0 < π costs π lim f(t)/t, 0·f(0/0) = 0; finite
+    stand-ins replace log 0 before any product, so no 0·∞ is formed.
+    """
+    inf = math.inf
+    p_zero, a_zero = lp == -inf, la == -inf
+    lp_s, la_s = bk.where(p_zero, 0.0, lp), bk.where(a_zero, 0.0, la)
+    p, a = bk.exp(lp), bk.exp(la)
+    if f == "kl":  # f = t log t, f' = log t + 1, g = −t
+        log_t = lp_s - la_s
+        term = bk.where(p_zero, 0.0, bk.where(a_zero, inf, p * log_t))
+        pfp = bk.where(p_zero, 0.0, bk.where(a_zero, inf, p * (log_t + 1.0)))
+        return term, pfp, -p
+    if f == "reverse_kl":  # f = −log t, π f'(t) = −a, g = 1 − log t (the 1 dropped)
+        term = bk.where(a_zero, 0.0, bk.where(p_zero, inf, a * (la_s - lp_s)))
+        return term, -a, term
+    if f == "js":  # a f(t) = ½[π log(π/m) + a log(a/m)], m = (π + a)/2: symmetric, so g-part = ½ a log(a/m)
+        top = bk.where(p_zero & a_zero, 0.0, bk.maximum(lp, la))
+        gap = bk.where(p_zero | a_zero, inf, bk.abs(lp_s - la_s))
+        lm = top + bk.log1p(bk.exp(-gap)) - _LOG2
+        p_part = bk.where(p_zero, 0.0, p * (lp_s - lm))
+        a_part = bk.where(a_zero, 0.0, a * (la_s - lm))
+        return 0.5 * (p_part + a_part), 0.5 * p_part, 0.5 * a_part
+    if f == "tv":  # a f(t) = ½|π − a|, f' = ½ sign(t − 1)
+        sgn = bk.where(lp > la, 1.0, bk.where(lp < la, -1.0, 0.0))
+        return 0.5 * bk.abs(p - a), 0.5 * p * sgn, -0.5 * a * sgn
+    raise ValueError(f"f must be one of {FDIV_NAMES}; got {f!r}")
+
+
+def _token_fdiv_rows(bk, z, r, f, ref_grad):
+    """The engine's own token f-divergence on rows ``z, r [N, V]``: (D [N], backward(u) → (dz, dr or None))."""
+    lp, la = z - _logsumexp(bk, z, -1), r - _logsumexp(bk, r, -1)
+    term, pfp, agp = _fdiv_parts(bk, lp, la, f)
+    div, s_row, g_row = bk.sum(term, axis=-1), bk.sum(pfp, axis=-1), bk.sum(agp, axis=-1)
+
+    def backward(u):
+        # rows with u = 0 may hold infinite terms (a masked-out infinite divergence): zero them before any product
+        live = bk.reshape(u != 0, (-1, 1))
+        u = bk.reshape(u, (-1, 1))
+
+        def grad(part, prob, row):
+            return u * (bk.where(live, part, 0.0) - prob * bk.where(live, bk.reshape(row, (-1, 1)), 0.0))
+
+        dz = grad(pfp, bk.exp(lp), s_row)
+        return dz, (grad(agp, bk.exp(la), g_row) if ref_grad else None)
+
+    return div, backward
+
+
+def token_fdiv(logits_p, logits_q, f: str = "kl", mask=None) -> Tensor:
+    """Per position, D_f(p‖q) = Σ_v q_v f(p_v/q_v) between the next-token distributions p = softmax(logits_p)
+    and q = softmax(logits_q) (Eq. 8.10), zero where ``mask`` is False; differentiable in both logits.
+
+    Backward (Eqs. 8.13 and 8.16), with u the incoming gradient of a position, t = p/q, S = Σ p f'(t) and
+    G = Σ q g(t), g = f − t f':  d/dz_k = u p_k (f'(t_k) − S),  d/dr_k = u q_k (g(t_k) − G).
+    A backend with a fused kernel (the torch backend) computes both without writing an [N, V] softmax; it is
+    asked for the second gradient only when ``logits_q`` requires one. A position whose divergence is infinite
+    (kl with q = 0 < p) has no gradient: its backward refuses it unless the position is masked out.
+    """
+    logits_p, logits_q = _as_tensor(logits_p), _as_tensor(logits_q)
+    bk = logits_p.bk
+    if f not in FDIV_NAMES:
+        raise ValueError(f"f must be one of {FDIV_NAMES}; got {f!r}")
+    if logits_p.shape != logits_q.shape or logits_p.ndim < 1:
+        raise ValueError(f"token_fdiv needs two logits arrays of one shape [..., V]; got {logits_p.shape} and "
+                         f"{logits_q.shape}")
+    lead, v = logits_p.shape[:-1], logits_p.shape[-1]
+    if mask is None:
+        mask = bk.full(lead, True, bool, like=logits_p.data)
+    else:
+        mask = mask.data if isinstance(mask, Tensor) else mask
+        if tuple(mask.shape) != lead:
+            raise ValueError(f"mask must have shape {lead} (logits without the last axis); got {tuple(mask.shape)}")
+        mask = bk.asarray(mask, dtype=bool)
+    z, r = bk.reshape(logits_p.data, (-1, v)), bk.reshape(logits_q.data, (-1, v))
+    for name, x in (("logits_p", z), ("logits_q", r)):
+        _no_empty_rows(bk, bk.max(x, axis=-1, keepdims=True), f"token_fdiv's {name}")
+    keep = bk.reshape(mask, (-1,))
+    ref_grad = logits_q.requires_grad
+    fused = bk.token_fdiv(z, r, f, ref_grad)
+    div, rows_backward = fused if fused is not None else _token_fdiv_rows(bk, z, r, f, ref_grad)
+    div = bk.astype(div, logits_p.dtype)
+    out = bk.reshape(bk.where(keep, div, 0.0), lead)
+
+    def backward(g):
+        u = bk.where(keep, bk.reshape(g, (-1,)), 0.0)
+        bad = (u != 0) & ~bk.isfinite(div)
+        if bk.any(bad):
+            raise ValueError(f"D_{f} is infinite at {int(bk.to_numpy(bad).sum())} unmasked position(s) (one "
+                             "distribution puts no mass where the other does), so its gradient is undefined there")
+        dz, dr = rows_backward(bk.astype(u, z.dtype))
+        logits_p._accumulate(bk.reshape(bk.astype(dz, logits_p.dtype), logits_p.shape))
+        if dr is not None:
+            logits_q._accumulate(bk.reshape(bk.astype(dr, logits_q.dtype), logits_q.shape))
+
+    return Tensor._result(out, (logits_p, logits_q), backward, "token_fdiv")
+
+
+def linear_logprobs(x, weight, targets, ignore_index: int = -100) -> Tensor:
+    """log softmax(x Wᵀ)_y at every position (Eq. 8.15 with u = 0): the output head and the token
+    log-probabilities in one op, zero where the target is ``ignore_index``.
+
+    The same as ``−cross_entropy(linear(x, W), y, reduction="none")``, which is what it computes unless the
+    backend has a fused kernel for it (the torch backend, for large vocabularies: there the logits exist one
+    chunk of rows at a time and are recomputed in the backward). Backward: dz = w (onehot(y) − softmax(z)),
+    dx = dz W, dW = dzᵀ x.
+    """
+    x, weight = _as_tensor(x), _as_tensor(weight)
+    bk = x.bk
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"linear_logprobs: input has {x.shape[-1]} features but the weight expects {weight.shape[1]}")
+    targets = check_targets(targets, x.shape[:-1] + (weight.shape[0],), ignore_index)
+    h = bk.reshape(x.data, (-1, x.shape[-1]))
+    y = bk.reshape(bk.asarray(targets), (-1,))
+    fused = bk.linear_logprobs(h, weight.data, y, ignore_index)
+    if fused is None:
+        return -cross_entropy(linear(x, weight), targets, ignore_index=ignore_index, reduction="none")
+    logp, fused_backward = fused
+
+    def backward(g):
+        dh, dw = fused_backward(bk.astype(bk.reshape(g, (-1,)), logp.dtype))
+        if x.requires_grad:
+            x._accumulate(bk.reshape(bk.astype(dh, x.dtype), x.shape))
+        if weight.requires_grad:
+            weight._accumulate(bk.astype(dw, weight.dtype))
+
+    out = bk.reshape(bk.astype(logp, x.dtype), tuple(targets.shape))
+    return Tensor._result(out, (x, weight), backward, "linear_logprobs")

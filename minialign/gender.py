@@ -29,7 +29,7 @@ import numpy as np
 
 from . import functional as F
 from .data import DATA_DIR, NamesCorpus, load_names, split
-from .io import load, save
+from .io import kind_error, load, save, weights_into
 from .loop import fit
 from .nn import Module, Parameter
 from .optim import AdamW
@@ -177,11 +177,10 @@ class GenderClassifier(Module):
     @classmethod
     def load(cls, path) -> "GenderClassifier":
         state = load(path)
-        if state.get("kind") != "gender-classifier":
-            raise ValueError(f"{path} is not a gender-classifier checkpoint (kind {state.get('kind')!r})")
-        model = cls(hidden=int(state["hidden"]), seed=int(state["seed"]))
-        model.load_state_dict(state["weights"])
-        model.metrics = json.loads(state["metrics"])
+        if state.get("kind") != "gender-classifier" or "hidden" not in state:
+            raise kind_error(path, state, "a gender-classifier checkpoint")
+        model = weights_into(cls(hidden=int(state["hidden"]), seed=int(state.get("seed", 0))), state, path)
+        model.metrics = json.loads(state.get("metrics", "{}"))
         return model
 
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import functional as F
-from .io import load, save
+from .io import config_from, kind_error, load, save, weights_into
 from .logspace import logsumexp
 from .nn import Dropout, Embedding, LayerNorm, Linear, Module, init_std
 from .tensor import Tensor, concatenate, no_grad
@@ -34,16 +34,24 @@ class GPTConfig:
     eos_id: int = 0
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"GPTConfig.{name} must be a positive integer; got {getattr(self, name)}")
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd", "bos_id", "eos_id"):
+            value = getattr(self, name)
+            least = 0 if name.endswith("_id") else 1
+            if not _whole(value) or value < least:
+                raise ValueError(f"GPTConfig.{name} must be a whole number ≥ {least}; got {value!r}")
+            setattr(self, name, int(value))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
+        if not 0.0 <= self.dropout < 1.0:  # NaN fails this too
             raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
         for name in ("bos_id", "eos_id"):
             if not 0 <= getattr(self, name) < self.vocab_size:
                 raise ValueError(f"{name} must be a token id in [0, {self.vocab_size}); got {getattr(self, name)}")
+
+
+def _whole(value) -> bool:
+    """An int (or a NumPy integer), not a bool, a float or a string."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 class CausalSelfAttention(Module):
@@ -112,6 +120,11 @@ class GPT(Module):
 
         ``cache`` is a list of one dict per layer (see :meth:`new_cache`), filled as positions are read.
         """
+        return F.linear(self.hidden_states(idx, cache, start), self.wte.weight)
+
+    def hidden_states(self, idx, cache=None, start: int = 0):
+        """The features ``[B, T, C]`` after the last LayerNorm, which the output head (the token embedding,
+        shared) turns into logits."""
         idx = self._check_ids(idx, "idx")
         b, t = idx.shape
         if start + t > self.config.block_size:
@@ -120,8 +133,7 @@ class GPT(Module):
         x = self.drop(self.wte(idx) + self.wpe(pos))
         for i, block in enumerate(self.h):
             x = block(x, None if cache is None else cache[i])
-        x = self.ln_f(x)
-        return F.linear(x, self.wte.weight)
+        return self.ln_f(x)
 
     def new_cache(self):
         return [{} for _ in self.h]
@@ -173,7 +185,14 @@ class GPT(Module):
         """log π(x_t | x_<t) for every position of rows ``x [B, L]``: a Tensor ``[B, L]`` that is zero at padding
         and at the forced EOS (log 1), so that its row sums are Eq. (2.7)."""
         inp, targets, counted = self._shift(x)
-        return -F.cross_entropy(self(inp), np.where(counted, targets, -100), ignore_index=-100, reduction="none")
+        # the head and the log-probabilities in one op: a backend with the chunked kernel never holds all logits
+        return F.linear_logprobs(self.hidden_states(inp), self.wte.weight, np.where(counted, targets, -100))
+
+    def next_token_logits(self, x):
+        """The logits ``[B, L, V]`` of every next-token distribution along rows ``x [B, L]`` (position t is
+        π(· | x_<t)) and the targets ``[B, L]``: x_t where it counts, −100 at padding and at the forced EOS."""
+        inp, targets, counted = self._shift(x)
+        return self(inp), np.where(counted, targets, -100)
 
     def sequence_logprob(self, x) -> Tensor:
         """Eq. (2.7): log π(x) = Σ_t log π(x_t | x_<t) over each row's tokens up to and including its first
@@ -192,12 +211,12 @@ class GPT(Module):
         model's own (temperature 1, no top-k), accumulated step by step: they equal :meth:`sequence_logprob`.
         """
         cfg = self.config
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be positive; got {num_samples}")
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive; got {temperature}")
-        if top_k is not None and not 1 <= top_k <= cfg.vocab_size:
-            raise ValueError(f"top_k must be in [1, {cfg.vocab_size}]; got {top_k}")
+        if not _whole(num_samples) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive whole number; got {num_samples!r}")
+        if not (isinstance(temperature, (int, float, np.number)) and np.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0; got {temperature!r}")
+        if top_k is not None and not (_whole(top_k) and 1 <= top_k <= cfg.vocab_size):
+            raise ValueError(f"top_k must be a whole number in [1, {cfg.vocab_size}] (the vocabulary); got {top_k!r}")
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         was_training = self.training
         self.eval()
@@ -240,11 +259,14 @@ class GPT(Module):
 
     @classmethod
     def load(cls, path) -> "GPT":
+        """A GPT from a checkpoint written by :meth:`save` (or by a run); anything else — a damaged file, another
+        kind of model, a configuration or weights that do not fit, NaN or infinite weights — is a
+        :class:`~minialign.io.NotACheckpoint` naming the path and what is wrong."""
         state = load(path)
-        if "config" not in state or "weights" not in state:
-            raise ValueError(f"{path} is not a GPT checkpoint (it lacks 'config' or 'weights')")
-        model = cls(GPTConfig(**json.loads(state["config"])), seed=int(state.get("seed", 0)))
-        return model.load_state_dict(state["weights"])
+        if state.get("kind", "gpt") != "gpt" or "config" not in state or "weights" not in state:
+            raise kind_error(path, state, "a GPT checkpoint")
+        model = cls(config_from(path, state["config"], GPTConfig), seed=int(state.get("seed", 0)))
+        return weights_into(model, state, path)
 
 
 def _sample_rows(logits, u, top_k=None):

@@ -92,32 +92,87 @@ def load(path) -> dict:
     try:
         return _read(path)
     except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-        if path.stat().st_size == 0:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+        if not head:
             why = "the file is empty"
-        elif not zipfile.is_zipfile(path):
+        elif head.startswith(b"\x93NUMPY"):
+            why = "it holds a single NumPy array, not an .npz archive"
+        elif not head.startswith(b"PK"):
             why = "it is not an .npz archive"
+        elif not zipfile.is_zipfile(path):
+            why = "it is truncated: an .npz archive cut short"
         elif "pickle" in str(e):
             why = "it holds Python objects, which minialign never loads"
         else:
-            why = f"it is damaged or truncated: {type(e).__name__}"
+            why = f"it is damaged: {type(e).__name__}"
         raise NotACheckpoint(f"{path} is not a minialign checkpoint ({why})") from None
 
 
 def _read(path) -> dict:
     out: dict = {}
-    with np.load(path, allow_pickle=False) as data:
-        if not hasattr(data, "files"):
+    with open(path, "rb") as fh:  # our handle, closed even when NumPy fails half-way through a damaged file
+        data = np.load(fh, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("a single array, not an archive")
-        for name in data.files:
-            value = data[name]
-            if value.ndim == 0:
-                value = value.item() if value.dtype.kind in "biufU" else value
-            node = out
-            *parents, leaf = name.split(_SEP)
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
+        with data:
+            for name in data.files:
+                value = data[name]
+                if value.ndim == 0:
+                    value = value.item() if value.dtype.kind in "biufU" else value
+                node = out
+                *parents, leaf = name.split(_SEP)
+                for p in parents:
+                    node = node.setdefault(p, {})
+                node[leaf] = value
     return out
+
+
+def config_from(path, text, config_class):
+    """A model's configuration (a dataclass) from the JSON a checkpoint stores, or a :class:`NotACheckpoint`
+    naming the path and what is wrong with it."""
+    import dataclasses
+
+    try:
+        values = json.loads(str(text))
+    except ValueError:
+        values = None
+    if not isinstance(values, dict):
+        raise NotACheckpoint(f"{path} is not a minialign checkpoint (its model configuration is not readable: "
+                             f"{str(text)[:40]!r})")
+    known = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise NotACheckpoint(f"{path} is not a minialign checkpoint of this version (its model configuration has "
+                             f"settings it does not know: {', '.join(unknown)})")
+    try:
+        return config_class(**values)
+    except (TypeError, ValueError) as e:
+        raise NotACheckpoint(f"{path} is not a usable checkpoint (its model configuration is invalid: {e})") from None
+
+
+def weights_into(model, state: dict, path):
+    """Load ``state['weights']`` into ``model``; a missing, mismatched or non-finite entry is a
+    :class:`NotACheckpoint` that names the path and the parameter."""
+    weights = state.get("weights")
+    if not isinstance(weights, dict):
+        raise NotACheckpoint(f"{path} is not a minialign checkpoint (it holds no weights)")
+    try:
+        return model.load_state_dict(weights)
+    except ValueError as e:
+        raise NotACheckpoint(f"{path} is not a usable checkpoint: {e}") from None
+
+
+KINDS = {"gpt": "a GPT (language model)", "reward_model": "a reward model", "gender-classifier": "a gender classifier"}
+
+
+def kind_error(path, state: dict, what: str):
+    """A :class:`NotACheckpoint` for a checkpoint that does not hold ``what`` (a model of another kind, or none)."""
+    if "weights" not in state:
+        return NotACheckpoint(f"{path} is not {what}: it holds {', '.join(sorted(state)) or 'nothing'}, not a "
+                              "model's weights")
+    kind = state.get("kind", "gpt")
+    return NotACheckpoint(f"{path} is not {what}: it holds {KINDS.get(str(kind), repr(kind))}")
 
 
 def fingerprint(model) -> str:

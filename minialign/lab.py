@@ -8,24 +8,43 @@ the Monte-Carlo estimators and the trainers are checked.
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
 from . import divergences
 from .gpt import GPT, GPTConfig
 from .logspace import log_normalise
-from .tensor import Tensor, concatenate
+from .tensor import Tensor, concatenate, constant
+
+
+def sequence_count(vocab_size: int, horizon: int, stop_above: int | None = None) -> int:
+    """Σ_{n<horizon} (vocab_size − 1)^n, the number of EOS-terminated sequences; with ``stop_above``, the sum is
+    abandoned (and returned) as soon as it passes that bound, so a huge lab is refused at once."""
+    total, term = 0, 1
+    for _ in range(horizon):
+        total += term
+        if stop_above is not None and total > stop_above:
+            break
+        term *= vocab_size - 1
+    return total
 
 
 class ExactLab:
     """All EOS-terminated sequences of length ≤ ``horizon`` (EOS included), as rows padded with EOS."""
 
     def __init__(self, vocab_size: int, horizon: int, eos_id: int = 0, max_sequences: int = 200_000):
-        if vocab_size < 2 or horizon < 1:
-            raise ValueError(f"the lab needs vocab_size ≥ 2 and horizon ≥ 1; got {vocab_size} and {horizon}")
-        count = sum((vocab_size - 1) ** n for n in range(horizon))
+        for name, value, least in (("vocab_size", vocab_size, 2), ("horizon", horizon, 1), ("eos_id", eos_id, 0)):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)) or value < least:
+                raise ValueError(f"the lab needs vocab_size ≥ 2, horizon ≥ 1 and eos_id ≥ 0, whole numbers; "
+                                 f"got {name} {value!r}")
+        if eos_id >= vocab_size:
+            raise ValueError(f"eos_id must be a token of the vocabulary, in [0, {vocab_size}); got eos_id {eos_id}")
+        count = sequence_count(vocab_size, horizon, stop_above=max_sequences)
         if count > max_sequences:
-            raise ValueError(f"vocab_size {vocab_size} and horizon {horizon} give {count:,} sequences, more than "
+            digits = horizon * math.log10(vocab_size - 1) if vocab_size > 2 else math.log10(horizon)
+            size = f"{count:,}" if digits < 15 else f"about 10^{digits:.0f}"
+            raise ValueError(f"vocab_size {vocab_size} and horizon {horizon} give {size} sequences, more than "
                              f"max_sequences={max_sequences:,}; the lab is for small vocabularies")
         self.vocab_size, self.horizon, self.eos_id = vocab_size, horizon, eos_id
         tokens = [t for t in range(vocab_size) if t != eos_id]
@@ -109,6 +128,8 @@ class ExactLab:
         p = np.asarray(p, dtype=np.float64)
         if p.shape != (len(self),) or (p < 0).any() or abs(p.sum() - 1) > 1e-9:
             raise ValueError(f"p must be a distribution over the {len(self)} enumerated sequences")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a whole number of samples ≥ 0; got {n!r}")
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         return rng.choice(len(self), size=n, p=p / p.sum())
 
@@ -162,7 +183,7 @@ def score_function_gradient(model, lab: ExactLab, weights) -> dict:
     """
     model.zero_grad()
     logp = lab.log_probs(model)
-    (logp * Tensor(np.asarray(weights, dtype=logp.dtype))).sum().backward()
+    (logp * constant(np.asarray(weights, dtype=np.float64), like=logp)).sum().backward()
     grads = {n: (np.zeros(p.shape) if p.grad is None else np.array(p.grad)) for n, p in model.named_parameters()}
     model.zero_grad()
     return grads

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import load
+from .io import NotACheckpoint, load
 
-__all__ = ["fit", "Interrupted", "RunMismatch"]
+__all__ = ["fit", "check_resumable", "Interrupted", "RunMismatch"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -185,17 +185,48 @@ def fit(step, steps: int, *, model, optimizer, out=None, identity: dict | None =
     return history
 
 
-def _resume(out, steps, model, optimizer, identity, rngs, dropout, state, history) -> int:
-    """Load a checkpoint's run into the live objects; returns the number of finished steps."""
-    saved = load(out)
+def _saved_run(out) -> tuple[dict, dict]:
+    """The checkpoint at ``out`` and its record of the run, or a RunMismatch saying why it cannot be resumed."""
+    try:
+        saved = load(out)
+    except NotACheckpoint as e:
+        raise RunMismatch(f"{e}, so it cannot be resumed: pass --fresh to overwrite it, or choose another --out") \
+            from None
+    if "weights" not in saved:
+        raise RunMismatch(f"{out} is not a minialign checkpoint (it holds {', '.join(sorted(saved)) or 'nothing'}, "
+                          "no model), so it cannot be resumed: pass --fresh to overwrite it, or choose another --out")
     run = saved.get("run")
-    if not isinstance(run, dict) or "identity" not in run:
+    if not isinstance(run, dict) or "identity" not in run or "step" not in saved:
         raise RunMismatch(f"{out} holds a model without a record of the run that wrote it, so it cannot be resumed; "
                           "pass --fresh to overwrite it, or choose another --out")
-    diffs = _differences(json.loads(run["identity"]), json.loads(_json(identity)))
+    return saved, run
+
+
+def _refuse_other_runs(out, saved_identity: dict, identity: dict, only_known: bool = False) -> None:
+    saved_identity = json.loads(saved_identity)
+    now = json.loads(_json(identity))
+    if only_known:
+        saved_identity = {k: v for k, v in saved_identity.items() if k in now}
+    diffs = _differences(saved_identity, now)
     if diffs:
         raise RunMismatch(f"{out} was written by a different run ({'; '.join(diffs)}). Rerun with the checkpoint's "
                           "settings to resume it, or start afresh: --fresh (overwrites it) or another --out")
+
+
+def check_resumable(out, identity: dict | None = None, fresh: bool = False) -> None:
+    """Before any work: refuse (RunMismatch) a checkpoint at ``out`` that :func:`fit` could not resume — a damaged
+    file, a model without a record of its run, or a run whose identity differs in any of the settings given in
+    ``identity`` (a part of the full identity is enough: the others are checked when the run starts)."""
+    if fresh or out is None or not Path(out).exists():
+        return
+    _, run = _saved_run(out)
+    _refuse_other_runs(out, run["identity"], identity or {}, only_known=True)
+
+
+def _resume(out, steps, model, optimizer, identity, rngs, dropout, state, history) -> int:
+    """Load a checkpoint's run into the live objects; returns the number of finished steps."""
+    saved, run = _saved_run(out)
+    _refuse_other_runs(out, run["identity"], identity)
     model.load_state_dict(saved["weights"])
     optimizer.load_state_dict(saved["optim"])
     _set_rng_states(rngs, run["rngs"])

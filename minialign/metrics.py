@@ -22,6 +22,8 @@ def distinct_n(names, n: int = 2) -> float:
 
     It falls as the number of names grows (more chances to repeat), so compare it only at one sample size.
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n (the n-gram length) must be a whole number ≥ 1; got {n!r}")
     grams = [name[i:i + n] for name in names for i in range(len(name) - n + 1)]
     return len(set(grams)) / max(len(grams), 1)
 

@@ -77,13 +77,26 @@ class Module:
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         if strict and (missing or unexpected):
-            raise ValueError(f"state_dict does not match the module: missing {missing}, unexpected {unexpected}")
+            raise ValueError("the weights do not match the model: " + "; ".join(
+                f"{len(names)} {what} ({', '.join(names[:3])}{', …' if len(names) > 3 else ''})"
+                for what, names in (("missing", missing), ("unexpected", unexpected)) if names))
+        values = {}
         for name, p in own.items():
             if name not in state:
                 continue
             value = np.asarray(state[name])
             if value.shape != p.shape:
-                raise ValueError(f"parameter {name!r} has shape {p.shape}; the state_dict gives {value.shape}")
+                raise ValueError(f"parameter {name!r} has shape {p.shape}; the weights give {value.shape}")
+            if value.dtype.kind not in "fiu":
+                raise ValueError(f"parameter {name!r} is given as {value.dtype} values; expected numbers")
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
+                what = " and ".join(f"{n} {w}" for n, w in ((nan, "NaN"), (inf, "infinite (inf)")) if n)
+                raise ValueError(f"parameter {name!r} holds {what} value{'s' if nan + inf > 1 else ''} of {value.size} "
+                                 "(weights of a run that diverged); refusing to load them")
+            values[name] = value
+        for name, value in values.items():  # all or nothing: nothing changes if any entry is refused
+            p = own[name]
             p.data = p.bk.from_numpy(value.astype(p.numpy().dtype), like=p.data)
         return self
 

@@ -9,8 +9,8 @@ class Optimizer:
         self.params = [p for p in params]
         if not self.params:
             raise ValueError("optimizer got an empty parameter list")
-        if lr <= 0:
-            raise ValueError(f"learning rate must be positive; got {lr}")
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate must be a finite number > 0; got {lr!r}")
         self.lr = lr
         self.t = 0
 
@@ -24,6 +24,9 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-2, momentum=0.0, weight_decay=0.0):
         super().__init__(params, lr)
+        if not 0 <= momentum < 1:  # NaN fails this too
+            raise ValueError(f"momentum must be in [0, 1); got {momentum!r}")
+        _check_weight_decay(weight_decay)
         self.momentum, self.weight_decay = momentum, weight_decay
         self.buf = [None] * len(self.params)
 
@@ -48,6 +51,11 @@ class AdamW(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
         super().__init__(params, lr)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must be two numbers in [0, 1) (the moments' decay rates); got {betas!r}")
+        if not (math.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a finite number > 0; got {eps!r}")
+        _check_weight_decay(weight_decay)
         self.b1, self.b2 = betas
         self.eps, self.weight_decay = eps, weight_decay
         self.m = [None] * len(self.params)
@@ -91,8 +99,15 @@ class AdamW(Optimizer):
         return self
 
 
+def _check_weight_decay(weight_decay):
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be a finite number ≥ 0; got {weight_decay!r}")
+
+
 def clip_grad_norm(params, max_norm: float) -> float:
     """Scale all gradients by min(1, max_norm/‖g‖) where ‖g‖ is the global L2 norm; returns ‖g‖."""
+    if not (math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a finite number > 0; got {max_norm!r}")
     grads = [p.grad for p in params if p.grad is not None]
     total = math.sqrt(sum(float((g * g).sum()) for g in grads))
     if not math.isfinite(total):

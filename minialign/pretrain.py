@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .data import CharTokenizer, bigram_nll, load_names, split
+from .device import place
 from .gpt import GPT, GPTConfig
 from .loop import fit
 from .optim import AdamW, clip_grad_norm, cosine_lr
@@ -27,17 +28,18 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every"):
+        for name in ("steps", "batch_size", "eval_every", "seed"):
             v = getattr(self, name)
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{name} must be a positive whole number; got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
+                raise ValueError(f"{name} must be a {'whole number ≥ 0' if name == 'seed' else 'positive whole number'}; "
+                                 f"got {v!r}")
         for name in ("lr", "min_lr", "grad_clip"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a finite number > 0; got {v!r}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number ≥ 0; got {self.weight_decay!r}")
-        if int(self.warmup) != self.warmup or self.warmup < 0:
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int) or self.warmup < 0:
             raise ValueError(f"warmup must be a whole number ≥ 0; got {self.warmup!r}")
 
 
@@ -65,8 +67,9 @@ def evaluate(model: GPT, ids, batch_size: int = 512) -> float:
     return total / count
 
 
-def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print, fresh: bool = False):
+def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print, fresh: bool = False, backend=None):
     """Train a GPT on the names corpus; returns (model, history). Resumes from ``out`` if a checkpoint exists.
+    With ``backend`` (``device.backend_for``) the model trains there: the same steps, batches and dropout masks.
 
     Every ``eval_every`` steps the validation loss is measured and the checkpoint is written; an interrupted run
     saves the state after its last finished step (``minialign.loop``). Batches are drawn from a generator seeded
@@ -75,7 +78,7 @@ def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print, fr
     tok, train_ids, val_ids = names_dataset(cfg.model.block_size, seed=cfg.seed)
     if cfg.model.vocab_size != tok.vocab_size:
         raise ValueError(f"model vocab_size {cfg.model.vocab_size} does not match the tokenizer's {tok.vocab_size}")
-    model = GPT(cfg.model, seed=cfg.seed)
+    model = place(GPT(cfg.model, seed=cfg.seed), backend)
     opt = AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     rngs = {"batches": np.random.default_rng(cfg.seed)}
     running = {"loss": None}

@@ -26,44 +26,49 @@ from .metrics import check_moments, last_steps
 
 
 # ----------------------------------------------------------------------------------- argument types
-def _number(text, kind=float):
+# Each type turns the text of one option into its value or refuses it with "expected …; got '…'" (argparse adds
+# "argument --flag:"), so every message names the flag, the value it got and what it expects.
+SEED_LIMIT = 2**32  # seeds are stored in checkpoints as 64-bit integers; 2³² of them are plenty
+
+
+def _parse(text, kind, ok, expected: str):
     try:
         value = kind(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}; "
-                                         f"got {text!r}") from None
-    if kind is float and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number; got {text!r}")
+    except (TypeError, ValueError, OverflowError):
+        value = None
+    if value is None or (kind is float and not math.isfinite(value)) or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
     return value
 
 
-def positive_int(text) -> int:
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 1; got {text!r}")
-    return value
+def count(minimum: int = 1, maximum: int | None = None, why: str = ""):
+    """A whole number in [minimum, maximum] (``why`` says what the bounds are for)."""
+    bounds = f"≥ {minimum:,}" if maximum is None else f"from {minimum:,} to {maximum:,}"
+    expected = f"a whole number {bounds}" + (f" ({why})" if why else "")
+
+    def check(text) -> int:
+        return _parse(text, int, lambda v: v >= minimum and (maximum is None or v <= maximum), expected)
+    check.__name__ = "whole number"
+    return check
 
 
-def nonnegative_int(text) -> int:
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0; got {text!r}")
-    return value
+positive_int = count(1)
+nonnegative_int = count(0)
+seed = count(0, SEED_LIMIT - 1)
 
 
 def positive_float(text) -> float:
-    value = _number(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0; got {text!r}")
-    return value
+    return _parse(text, float, lambda v: v > 0, "a finite number > 0")
+
+
+def learning_rate(text) -> float:
+    """A step size in (0, 1]: AdamW moves every weight by about lr per step, and beyond 1 a run only diverges."""
+    return _parse(text, float, lambda v: 0 < v <= 1, "a learning rate, a number in (0, 1]")
 
 
 def unit_interval(text) -> float:
     """A number in [0, 1) (a dropout probability)."""
-    value = _number(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1); got {text!r}")
-    return value
+    return _parse(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
 
 def f_divergence(text) -> str:
@@ -71,6 +76,24 @@ def f_divergence(text) -> str:
         return divergences.get(text).name
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+GPT_SIZE_FIELDS = ("n_layer", "n_head", "n_embd")
+
+
+def gpt_size(text) -> dict:
+    """A model size as ``n_layer=2,n_head=2,n_embd=32`` (any of the three; positive whole numbers, n_embd a
+    multiple of n_head when both are given)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in str(text).split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in GPT_SIZE_FIELDS:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs with KEY in {', '.join(GPT_SIZE_FIELDS)}, "
+                                             f"separated by commas; got {part!r}")
+        out[key.strip()] = positive_int(value.strip())
+    if "n_embd" in out and "n_head" in out and out["n_embd"] % out["n_head"]:
+        raise argparse.ArgumentTypeError(f"n_embd ({out['n_embd']}) must be a multiple of n_head ({out['n_head']})")
+    return out
 
 
 def constraint(text) -> str:
@@ -96,6 +119,19 @@ def input_file(suffix: str):
         return path
     check.__name__ = f"{suffix[1:]} file"
     return check
+
+
+def pairs_file(text) -> Path:
+    """An existing preferences CSV that :func:`~minialign.rewards.load_pairs` reads (its names' lengths are
+    checked against the base model later, when it is loaded)."""
+    from .rewards import load_pairs
+
+    path = input_file(".csv")(text)
+    try:
+        load_pairs(path, block_size=None)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return path
 
 
 def output_file(suffix: str):
@@ -129,6 +165,15 @@ def output_dir(text) -> Path:
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise argparse.ArgumentTypeError(f"cannot write into {text}: {parent} is not a writable folder")
     return path
+
+
+PARAMETER_LIMIT = 100_000_000  # weights, gradients and AdamW's two moments: 1.6 GB of float32 at this size
+
+
+def gpt_parameters(n_layer: int, n_embd: int, block_size: int, vocab_size: int = 27) -> int:
+    """The number of weights of a GPT of this shape (embeddings, blocks and the final LayerNorm)."""
+    per_block = 12 * n_embd * n_embd + 13 * n_embd
+    return (vocab_size + block_size) * n_embd + n_layer * per_block + 2 * n_embd
 
 
 # ----------------------------------------------------------------------------------- the registry
@@ -174,25 +219,30 @@ class MethodSpec:
         return {**opts, **overrides}
 
     def identity(self, opts: dict) -> dict:
-        """The options that define a run of this method, as JSON-able values."""
-        return {o.dest: str(opts[o.dest]) if isinstance(opts[o.dest], Path) else opts[o.dest]
-                for o in self.options if o.defines_run and o.dest in opts}
+        """The command and the options that define a run of this method, as JSON-able values."""
+        return {"command": f"align {self.name}",
+                **{o.dest: str(opts[o.dest]) if isinstance(opts[o.dest], Path) else opts[o.dest]
+                   for o in self.options if o.defines_run and o.dest in opts}}
 
+
+BATCH_LIMIT = 65_536  # samples per step; beyond it one step's activations outgrow a machine's memory
+SAMPLES_LIMIT = 10_000_000  # names drawn at once to fit an EBM (kept in memory with their features)
 
 REWARD_OPTIONS = (
     Option("--reward", dict(choices=["true", "model"], default="model",
                             help="the hidden true reward r*, or a reward model fitted to preferences (default: model)")),
-    Option("--pairs", dict(type=input_file(".csv"), default=None, metavar="CSV",
+    Option("--pairs", dict(type=pairs_file, default=None, metavar="CSV",
                            help="a preferences CSV (columns chosen,rejected); default: simulate them")),
-    Option("--n-pairs", dict(type=positive_int, default=3000, metavar="N", help="simulated preference pairs")),
+    Option("--n-pairs", dict(type=count(2, 1_000_000, "a quarter of the pairs is held out"), default=3000, metavar="N",
+                             help="simulated preference pairs (default: 3000)")),
 )
 CONSTRAINT_OPTIONS = (
     Option("--constraint", dict(type=constraint, action="append", default=[], metavar="SPEC",
                                 help="e.g. female=0.5 (distributional) or contains:z (pointwise); repeatable")),
-    Option("--ebm-samples", dict(type=positive_int, default=20000, metavar="N",
-                                 help="samples of a for fitting λ by moment matching")),
-    Option("--eval-samples", dict(type=positive_int, default=1000, metavar="N",
-                                  help="fresh samples for the final moments and KL"), defines_run=False),
+    Option("--ebm-samples", dict(type=count(1, SAMPLES_LIMIT), default=20000, metavar="N",
+                                 help="samples of a for fitting λ by moment matching (default: 20000)")),
+    Option("--eval-samples", dict(type=count(2, 1_000_000, "a standard error needs at least two"), default=1000, metavar="N",
+                                  help="fresh samples for the final moments and KL (default: 1000)"), defines_run=False),
 )
 
 
@@ -232,12 +282,16 @@ def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=p
         needs.add("constraints" if opts.get("target") == "constraints" else "reward")
     if {"reward", "pairs"} & needs:
         if opts.get("pairs") is not None:
-            pairs = load_pairs(opts["pairs"], base.config.block_size)
+            try:
+                pairs = load_pairs(opts["pairs"], base.config.block_size)
+            except ValueError as e:
+                raise ValueError(f"argument --pairs: {e}") from None
             out.identity["pairs_sha256"] = hashlib.sha256(Path(opts["pairs"]).read_bytes()).hexdigest()[:16]
         else:
             pairs = None
         if "pairs" in needs or opts.get("reward") == "model":
-            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed)
+            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed,
+                                                                                 progress=progress)
             out.pairs = tasks.split_pairs(pairs)[0]
         out.reward = true_reward
         if "reward" in needs and opts.get("reward") == "model":
@@ -246,7 +300,7 @@ def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=p
             out.reward = fit.model.score
     if "constraints" in needs:
         ebm, report = fit_names_ebm(base, [parse_constraint(c) for c in opts["constraint"]],
-                                    n_samples=opts["ebm_samples"], seed=seed)
+                                    n_samples=opts["ebm_samples"], seed=seed, progress=progress)
         say(str(report))
         out.ebm = ebm
     if "target" in needs:
@@ -267,8 +321,8 @@ def _run_rlhf(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     policy, hist = tasks.run_rlhf(ing.reward, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
                                   kl_target=opts["kl_target"], cfg=cfg, base=base, out=out, progress=progress,
                                   fresh=fresh, identity=identity)
-    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "entropy_est", "distinct_2",
-                                                 "in_corpus"])])
+    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est",
+                                                 "distinct_2", "in_corpus"])])
 
 
 def _run_dpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
@@ -351,6 +405,19 @@ def _run_fdpg(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
 def _check_constraints(opts):
     if not opts.get("constraint"):
         raise ValueError("give at least one --constraint, e.g. --constraint female=0.5 or --constraint contains:z")
+    given = {}
+    for c in opts["constraint"]:
+        given.setdefault(c.partition("=")[0].strip(), []).append(c)
+    for name, specs in given.items():
+        if len(specs) > 1:
+            raise ValueError(f"--constraint {name} is given twice ({', '.join(specs)}): a feature can be held to one "
+                             "target only; give each constraint once")
+
+
+def _check_rlhf(opts):
+    if opts["algo"] == "ppo" and opts["kl"] != "k1_seq":
+        raise ValueError(f"--algo ppo takes the KL penalty in the reward, per sequence: use --kl k1_seq (the default) "
+                         f"with it; got --kl {opts['kl']}")
 
 
 def _check_gdc(opts):
@@ -377,14 +444,15 @@ METHODS = {
         "rlhf", "RLHF: maximise E_π[r] − β·KL(π‖a) by policy gradient (chapter 05)", ("reward",),
         REWARD_OPTIONS + (
             _beta(0.1, "KL coefficient β"),
-            Option("--kl", dict(choices=["k1_seq", "k1_token", "k2_loss", "k3_loss"], default="k1_seq",
-                                help="where the KL penalty enters: k1 in the reward per sequence or per token, or k2/k3 "
-                                     "per token in the loss (default: k1_seq)")),
+            Option("--kl", dict(choices=["k1_seq", "k1_token", "k2_loss", "k3_loss", "full_token"], default="k1_seq",
+                                help="where the KL penalty enters: k1 in the reward per sequence or per token, k2/k3 "
+                                     "per token in the loss, or the analytic KL over the vocabulary at every visited "
+                                     "prefix (full_token) (default: k1_seq)")),
             Option("--algo", dict(choices=["rloo", "ppo", "reinforce"], default="rloo",
                                   help="RLOO, PPO-clip, or REINFORCE without a baseline (default: rloo)")),
             Option("--kl-target", dict(type=positive_float, default=None, metavar="KL",
                                        help="adapt β towards this KL(π‖a) (Ziegler et al. 2019)")),
-        ), _run_rlhf),
+        ), _run_rlhf, _check_rlhf),
     "dpo": MethodSpec(
         "dpo", "DPO: the KL-control optimum fitted to preference pairs directly (chapter 05)", ("pairs",),
         REWARD_OPTIONS[1:] + (_beta(0.1, "KL coefficient β of the implicit reward"),), _run_dpo),

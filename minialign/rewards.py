@@ -19,6 +19,7 @@ import io as _io
 import json
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
@@ -28,7 +29,7 @@ import numpy as np
 from . import functional as F
 from .data import CharTokenizer
 from .gpt import GPT, GPTConfig
-from .io import atomic_write, load, save
+from .io import NotACheckpoint, atomic_write, config_from, kind_error, load, save, weights_into
 from .logspace import sigmoid, softplus
 from .loop import fit
 from .nn import Linear, Module
@@ -151,17 +152,27 @@ class PreferencePairs:
         return atomic_write(path, lambda fh: fh.write(buf.getvalue()), binary=False)
 
 
-def load_pairs(path, block_size: int = 12) -> PreferencePairs:
-    """Read pairs written by :meth:`PreferencePairs.save`.
+def load_pairs(path, block_size: int | None = 12) -> PreferencePairs:
+    """Read pairs written by :meth:`PreferencePairs.save` (a CSV with the header ``chosen,rejected``).
 
     Every name must be letters a–z only and fit the model with its EOS (at most ``block_size − 1``
-    letters); the error names the offending line.
+    letters; ``None`` skips that check); the error names the offending line. A file that states no preference
+    — every chosen name the same as its rejected one, or fewer than two different pairs — is refused; a few
+    such ties are allowed, with a warning.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no preference file at {path}")
-    with path.open(newline="") as fh:
-        rows = list(csv.reader(fh))
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; expected a preferences CSV file (header chosen,rejected)")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+        if "\0" in text:
+            raise UnicodeError
+        rows = [row for row in csv.reader(_io.StringIO(text, newline="")) if row]
+    except (UnicodeError, csv.Error):
+        raise ValueError(f"{path} is not a text CSV file; expected a header 'chosen,rejected' and one row per "
+                         "pair") from None
     if not rows:
         raise ValueError(f"{path} is empty; expected a header 'chosen,rejected' and one row per pair")
     header = [h.strip() for h in rows[0]]
@@ -183,34 +194,62 @@ def load_pairs(path, block_size: int = 12) -> PreferencePairs:
             if bad:
                 raise ValueError(f"{path}: line {lineno}, column {column}: name {name!r} has characters "
                                  f"{''.join(bad)!r} the tokenizer does not know; expected only a-z")
-            if len(name) + 1 > block_size:
+            if block_size is not None and len(name) + 1 > block_size:
                 raise ValueError(f"{path}: line {lineno}, column {column}: name {name!r} has {len(name)} letters; "
-                                 f"with its EOS it needs {len(name) + 1} positions but block_size is {block_size}")
+                                 f"with its EOS it needs {len(name) + 1} positions but the model reads at most "
+                                 f"{block_size} (block_size)")
         chosen.append(row[0])
         rejected.append(row[1])
+    _check_informative(path, chosen, rejected)
     return PreferencePairs(tuple(chosen), tuple(rejected))
 
 
-def sample_names(model: GPT, n: int, seed: int, temperature: float = 1.0, batch_size: int = 2048) -> list[str]:
-    """``n`` names sampled from ``model`` (decoded, EOS stripped), in batches, reproducible by ``seed``."""
+def _check_informative(path, chosen, rejected) -> None:
+    """Refuse pairs that state no preference; warn about ties among informative ones."""
+    n = len(chosen)
+    ties = sum(c == r for c, r in zip(chosen, rejected))
+    if ties == n:
+        raise ValueError(f"{path}: in every one of its {n} pair{'s' if n > 1 else ''} the chosen name is the same as "
+                         "the rejected one; such pairs state no preference, so there is nothing to learn from")
+    distinct = {(c, r) for c, r in zip(chosen, rejected) if c != r}
+    if n == 1:
+        raise ValueError(f"{path} has 1 pair; at least 2 are needed (a quarter of the pairs is held out to "
+                         "measure the reward model)")
+    if len(distinct) < 2:
+        c, r = next(iter(distinct))
+        raise ValueError(f"{path} holds one pair ({c} over {r}) {n - ties} times; at least 2 different pairs "
+                         "are needed, or the held-out pairs are the training pairs again")
+    if ties:
+        warnings.warn(f"{path}: {ties} of {n} pairs have the same name chosen and rejected; they state no "
+                      "preference and are kept, but only dilute the others", stacklevel=3)
+
+
+def sample_names(model: GPT, n: int, seed: int, temperature: float = 1.0, batch_size: int = 2048,
+                 progress: bool = False) -> list[str]:
+    """``n`` names sampled from ``model`` (decoded, EOS stripped), in batches, reproducible by ``seed``; with
+    ``progress``, a bar when there is more than one batch."""
+    from tqdm.auto import tqdm
+
     if n < 1:
         raise ValueError(f"n must be a positive number of samples; got {n}")
     tok = CharTokenizer()
     rng = np.random.default_rng(seed)
     names: list[str] = []
-    while len(names) < n:
-        ids, _ = model.generate(min(batch_size, n - len(names)), rng=rng, temperature=temperature)
-        names.extend(tok.decode_batch(ids))
+    with tqdm(total=n, desc="sampling names", disable=not progress or n <= batch_size) as bar:
+        while len(names) < n:
+            ids, _ = model.generate(min(batch_size, n - len(names)), rng=rng, temperature=temperature)
+            names.extend(tok.decode_batch(ids))
+            bar.update(len(ids))
     return names
 
 
 def simulate_preferences(base_model: GPT, n_pairs: int, seed: int = 0,
-                         reward: RewardFn = true_reward) -> PreferencePairs:
+                         reward: RewardFn = true_reward, progress: bool = False) -> PreferencePairs:
     """Draw 2·n_pairs names from the base model (temperature 1), pair them up, and let the annotator of
     Eq. (5.2) pick a winner in each pair."""
     if n_pairs < 1:
         raise ValueError(f"n_pairs must be positive; got {n_pairs}")
-    names = sample_names(base_model, 2 * n_pairs, seed=seed)
+    names = sample_names(base_model, 2 * n_pairs, seed=seed, progress=progress)
     a, b = names[:n_pairs], names[n_pairs:]
     a_wins = annotate(a, b, np.random.default_rng([seed, 1]), reward)
     chosen = tuple(x if w else y for x, y, w in zip(a, b, a_wins))
@@ -364,12 +403,14 @@ class RewardModel(Module):
     @classmethod
     def load(cls, path) -> "RewardModel":
         state = load(path)
-        if state.get("kind") != "reward_model" or "weights" not in state:
-            raise ValueError(f"{path} is not a reward-model checkpoint (expected kind 'reward_model' with weights; "
-                             f"found keys {sorted(state)})")
-        model = cls(GPTConfig(**json.loads(state["config"])), seed=int(state["seed"]))
-        model.load_state_dict(state["weights"])
-        model.mean, model.std = float(state["mean"]), float(state["std"])
+        if state.get("kind") != "reward_model" or "config" not in state:
+            raise kind_error(path, state, "a reward-model checkpoint")
+        model = weights_into(cls(config_from(path, state["config"], GPTConfig), seed=int(state.get("seed", 0))),
+                             state, path)
+        model.mean, model.std = float(state.get("mean", 0.0)), float(state.get("std", 1.0))
+        if not (math.isfinite(model.mean) and math.isfinite(model.std) and model.std > 0):
+            raise NotACheckpoint(f"{path} is not a usable reward model: its normalisers are mean {model.mean}, "
+                                 f"std {model.std}")
         return model
 
 

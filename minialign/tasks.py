@@ -21,14 +21,17 @@ from .trainers.common import TrainConfig, logprobs, train, trainable_copy
 BASE_CHECKPOINT = DATA_DIR / "base.npz"
 
 
-def load_base(path=None) -> GPT:
-    """The base (reference) model a: the committed checkpoint unless another path is given."""
+def load_base(path=None, backend=None) -> GPT:
+    """The base (reference) model a: the committed checkpoint unless another path is given; on ``backend``
+    (``device.backend_for``) when one is given."""
+    from .device import place
+
     path = BASE_CHECKPOINT if path is None else path
-    model = GPT.load(path)
+    model = place(GPT.load(path), backend)
     tok = CharTokenizer()
     if model.config.vocab_size != tok.vocab_size:
-        raise ValueError(f"the base model's vocabulary ({model.config.vocab_size} tokens) does not match the names "
-                         f"tokenizer's ({tok.vocab_size})")
+        raise ValueError(f"{path} holds a GPT over a vocabulary of {model.config.vocab_size} tokens, not a names "
+                         f"model: the names tokenizer has {tok.vocab_size} ('.' and a-z)")
     return model.eval()
 
 
@@ -265,11 +268,24 @@ def compare_reinforce(feature, level, base, n_eval=1000, seed=0, batch_size=128,
     return policy, hist, (names, float(np.mean(feature(names))), kl, se)
 
 
+CHUNK = 4096  # samples generated at once: many are drawn in bounded memory, and the first CHUNK do not change
+
+
+def _generate(model, n, seed):
+    """``model.generate`` of n samples, CHUNK at a time from one generator seeded with ``seed``."""
+    rng = np.random.default_rng(seed)
+    parts = [model.generate(min(CHUNK, n - start), rng=rng) for start in range(0, n, CHUNK)]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
 def fresh_samples(policy, base, n=1000, seed=0):
     """n fresh samples of π with the Monte-Carlo estimate of KL(π‖a) = E_π[log π − log a] and its standard
     error: ``(names, kl, se)``."""
-    ids, log_pi = policy.generate(n, rng=seed)
-    diff = np.asarray(log_pi, np.float64) - logprobs(base, ids)
+    if n < 2:
+        raise ValueError(f"a standard error needs at least 2 samples; got n={n}")
+    ids, log_pi = _generate(policy, n, seed)
+    diff = np.asarray(log_pi, np.float64) - np.concatenate([logprobs(base, ids[i:i + CHUNK])
+                                                            for i in range(0, n, CHUNK)])
     return CharTokenizer().decode_batch(ids), float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))
 
 
@@ -313,5 +329,51 @@ def evaluate(policy, base, n: int = 1000, seed: int = 1, rewards: dict | None = 
 
 
 def samples(model, n=20, seed=0) -> list[str]:
-    ids, _ = model.generate(n, rng=seed)
-    return CharTokenizer().decode_batch(ids)
+    return CharTokenizer().decode_batch(_generate(model, n, seed)[0])
+
+
+# ------------------------------------------------------------------------------------------- distillation
+def run_distill(teacher, f="js", samples="teacher", student_config=None, cfg: TrainConfig | None = None, out=None,
+                progress=True, fresh=False, identity=None):
+    """Token-level f-divergence distillation (chapter 07, §9): a student GPT of ``student_config`` (GPTConfig
+    fields over ``trainers.distill.STUDENT_SIZE``; its vocabulary and horizon are the teacher's) trained from its seeded initialisation towards the
+    frozen ``teacher`` on the teacher's (or its own) samples. The student lives on the teacher's backend.
+    Returns (student, history)."""
+    from dataclasses import asdict
+
+    from .gpt import GPTConfig
+    from .trainers.common import frozen_copy
+    from .trainers.distill import STUDENT_SIZE, Distill
+
+    cfg = cfg or TrainConfig()
+    t = teacher.config
+    config = GPTConfig(**{**STUDENT_SIZE, **(student_config or {}), "vocab_size": t.vocab_size,
+                          "block_size": t.block_size, "bos_id": t.bos_id, "eos_id": t.eos_id, "dropout": 0.0})
+    student = GPT(config, seed=cfg.seed).to(teacher.parameters()[0].bk)
+    teacher = frozen_copy(teacher)
+    method = Distill(teacher, f=f, samples=samples, tokenizer=CharTokenizer())
+    run = {"kind": "distill", "teacher": fingerprint(teacher), "student_config": asdict(config), **(identity or {})}
+    history = train(method, student, cfg, out=out, corpus=load_names(), progress=progress, identity=run, fresh=fresh)
+    return student, history
+
+
+def distill_report(student, teacher, f, n=1000, seed=0) -> list[str]:
+    """What a distillation reached, on fresh samples (each figure a mean ± its standard error): the per-token
+    objective and KL(p‖π) on n teacher samples, KL(π‖p) on n student samples, and the true reward r* of both."""
+    from .metrics import mean_se
+    from .rewards import true_reward
+    from .trainers.policy_gradient import token_fdiv_terms
+    from .tensor import no_grad
+
+    tok = CharTokenizer()
+    ids_p, log_p = teacher.generate(n, rng=seed)
+    ids_s, log_pi = student.generate(n, rng=seed + 1)
+    with no_grad():
+        token_div = token_fdiv_terms(student, teacher, ids_p, f)[1].numpy().astype(np.float64).sum(axis=1)
+    kl_p_pi = mean_se(log_p - logprobs(student, ids_p))
+    kl_pi_p = mean_se(log_pi - logprobs(teacher, ids_s))
+    r_p, r_s = (mean_se(true_reward(tok.decode_batch(ids))) for ids in (ids_p, ids_s))
+    return [f"student: {student.num_parameters():,} parameters (teacher: {teacher.num_parameters():,})",
+            f"per-token D_{f}(π‖p) summed over a name, on {n} fresh teacher samples: {mean_se(token_div)}",
+            f"KL(p‖π) on {n} fresh teacher samples: {kl_p_pi}  |  KL(π‖p) on {n} fresh student samples: {kl_pi_p}",
+            f"true reward r* on {n} fresh samples: teacher {r_p}  |  student {r_s}"]

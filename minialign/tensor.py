@@ -432,6 +432,12 @@ def _kept_shape(shape, axes):
     return tuple(1 if i in axes else s for i, s in enumerate(shape))
 
 
+def constant(values, like: Tensor) -> Tensor:
+    """``values`` (an array or a number) as a Tensor with no gradient, on ``like``'s backend and in its dtype: the
+    coefficients, weights and reference values a loss multiplies a model's output by, wherever the model lives."""
+    return Tensor(like.bk.asarray(np.asarray(values), dtype=like.dtype))
+
+
 def tensor(data, requires_grad=False, dtype=None) -> Tensor:
     return Tensor(data, requires_grad=requires_grad, dtype=dtype)
 

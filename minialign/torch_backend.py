@@ -1,8 +1,10 @@
 """The torch backend: the same array seam on ``torch.Tensor``, for the GPU path (chapter 08).
 
 torch here is only a store of arrays and a library of elementwise kernels; gradients still come from our
-own graph walk (no torch.autograd). Attention and token log-probabilities dispatch to the Triton kernels of
-``minialign.kernels`` (on a CPU they run under ``TRITON_INTERPRET=1``).
+own graph walk (no torch.autograd). Attention, token log-probabilities, token f-divergences and (for large
+vocabularies) the output head fused with the log-probabilities dispatch to the Triton kernels of
+``minialign.kernels`` (on a CPU they run under ``TRITON_INTERPRET=1``). The kernels take float32, float16
+and bfloat16; on float64 arrays every hook declines and the engine computes the same itself.
 
     bk = TorchBackend("cuda")
     model = GPT(config).to(bk)
@@ -13,6 +15,12 @@ import numpy as np
 import torch
 
 from .backend import NumpyBackend, _is_basic_index, register_backend
+
+# Below this vocabulary GPT.token_logprobs writes the [N, V] logits and runs the fused log-prob kernel on them;
+# from it on, the chunked head of kernels/linear_logprob.py never holds them all (chapter 08, §7: it saves
+# memory only when V > d, and costs one more N×V×d product; the time crossover is measured by
+# `python -m minialign.bench kernels --only linear` on a GPU).
+LINEAR_LOGPROB_MIN_VOCAB = 32_768
 
 _DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64,
            np.dtype(np.float16): torch.float16, np.dtype(np.int64): torch.int64, np.dtype(np.int32): torch.int32,
@@ -32,10 +40,14 @@ class TorchBackend(NumpyBackend):
     float32 = torch.float32
     float64 = torch.float64
 
-    def __init__(self, device="cpu", use_kernels: bool = True):
+    def __init__(self, device="cpu", use_kernels: bool = True, linear_logprob_min_vocab: int = LINEAR_LOGPROB_MIN_VOCAB):
         self.device = torch.device(device)
         self.use_kernels = use_kernels
+        self.linear_logprob_min_vocab = linear_logprob_min_vocab
         register_backend(torch.Tensor, self)
+
+    def _kernels_take(self, *arrays) -> bool:
+        return self.use_kernels and all(x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in arrays)
 
     # creation and conversion
     def asarray(self, x, dtype=None):
@@ -157,7 +169,7 @@ class TorchBackend(NumpyBackend):
     # fused hooks (declared in backend.NumpyBackend): the Triton kernels, unless use_kernels is False
     def flash_attention(self, q, k, v, scale):
         """Causal attention by the Triton flash kernel: returns (O, backward(dO) -> (dQ, dK, dV))."""
-        if not self.use_kernels:
+        if not self._kernels_take(q, k, v):
             return None
         from .kernels.attention import flash_attention_backward, flash_attention_forward
 
@@ -171,7 +183,7 @@ class TorchBackend(NumpyBackend):
     def token_logprobs(self, logits, targets, ignore_index):
         """log π(y_n) per row by the fused Triton kernel (no [N, V] softmax written); returns
         (logp [N], backward(w [N]) -> d logits) for the loss Σ w_n log π(y_n)."""
-        if not self.use_kernels:
+        if not self._kernels_take(logits):
             return None
         from .kernels.logprob_fdiv import logprob_fdiv_backward, logprob_fdiv_forward
 
@@ -179,8 +191,41 @@ class TorchBackend(NumpyBackend):
         saved = logprob_fdiv_forward(logits, None, targets, ignore_index=ignore_index)
 
         def backward(w):
-            zero = torch.zeros_like(w)
-            return logprob_fdiv_backward(logits, None, targets, saved, w.to(torch.float32), zero.to(torch.float32),
+            return logprob_fdiv_backward(logits, None, targets, saved, w.to(torch.float32), None,
                                          ignore_index=ignore_index)
 
         return saved.logp.to(logits.dtype), backward
+
+    def token_fdiv(self, logits_p, logits_q, f, ref_grad):
+        """D_f(softmax(z)‖softmax(r)) per row by the fused Triton kernel: (D [N], backward(u [N]) -> (dz, dr or
+        None)); the reference gradient (Eq. 8.16) is written in the same pass when ``ref_grad``."""
+        if not self._kernels_take(logits_p, logits_q):
+            return None
+        from .kernels.logprob_fdiv import logprob_fdiv_backward, logprob_fdiv_forward
+
+        none = torch.full((logits_p.shape[0],), -100, dtype=torch.int64, device=logits_p.device)
+        saved = logprob_fdiv_forward(logits_p, logits_q, none, f=f, ignore_index=-100)
+
+        def backward(u):
+            u = u.to(torch.float32)
+            out = logprob_fdiv_backward(logits_p, logits_q, none, saved, torch.zeros_like(u), u, f=f,
+                                        ignore_index=-100, ref_grad=ref_grad)
+            return out if ref_grad else (out, None)
+
+        return saved.div, backward
+
+    def linear_logprobs(self, hidden, weight, targets, ignore_index):
+        """log softmax(h Wᵀ)_y per row by the chunked head (kernels/linear_logprob.py) when the vocabulary is at
+        least ``linear_logprob_min_vocab``: (logp [N], backward(w [N]) -> (dh, dW)), the chunk logits recomputed
+        in the backward. Below it, None: the engine writes the logits and uses :meth:`token_logprobs`."""
+        if weight.shape[0] < self.linear_logprob_min_vocab or not self._kernels_take(hidden, weight):
+            return None
+        from .kernels.linear_logprob import linear_logprob_backward, linear_logprob_forward
+
+        targets = self.asarray(targets)
+        logp, lse = linear_logprob_forward(hidden, weight, targets, ignore_index=ignore_index)
+
+        def backward(w):
+            return linear_logprob_backward(hidden, weight, targets, lse, w.to(torch.float32), ignore_index=ignore_index)
+
+        return logp, backward

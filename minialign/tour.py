@@ -27,6 +27,7 @@ class Tour:
     out: Path
     quick: bool
     pretrain: bool
+    backend: object = None  # None: the NumPy engine; device.backend_for("cuda"): the GPU path
     cfg: TrainConfig = None
     gdc_cfg: TrainConfig = None
     n_eval: int = 1000
@@ -72,11 +73,11 @@ def base_stage(t: Tour) -> list:
         pcfg = PretrainConfig()
         if t.quick:
             pcfg.steps, pcfg.eval_every = 20, 10
-        t.base, t.runs["pretrain"] = run_pretrain(pcfg, out=t.out / "base.npz", fresh=True)
+        t.base, t.runs["pretrain"] = run_pretrain(pcfg, out=t.out / "base.npz", fresh=True, backend=t.backend)
         if t.quick:  # a 20-step model is too weak to align; the quick run aligns the committed base
-            t.base = tasks.load_base()
+            t.base = tasks.load_base(backend=t.backend)
     else:
-        t.base = tasks.load_base()
+        t.base = tasks.load_base(backend=t.backend)
     _, _, val_ids = names_dataset(t.base.config.block_size)
     val = evaluate(t.base, val_ids)
     t.runs["bigram"] = bigram = bigram_baseline(t.base.config.block_size)
@@ -204,9 +205,10 @@ def report_stage(t: Tour, lines: list) -> None:
     (t.out / "report.md").write_text("\n".join(lines) + "\n")
 
 
-def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False) -> int:
-    """The whole course on names, in a few minutes on 2 CPU cores (``quick``: a smoke run of seconds)."""
-    t = Tour(Path(out), quick, pretrain)
+def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False, backend=None) -> int:
+    """The whole course on names, in a few minutes on 2 CPU cores (``quick``: a smoke run of seconds); with
+    ``backend`` (``device.backend_for("cuda")``) the models train on the GPU path."""
+    t = Tour(Path(out), quick, pretrain, backend)
     t.out.mkdir(parents=True, exist_ok=True)
     lines = ["# minialign tour report", ""]
     for name, fn in (("base model", base_stage), ("reward model", reward_stage),

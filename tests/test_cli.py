@@ -58,3 +58,55 @@ def test_committed_base_model_beats_the_bigram_baseline():
     assert gpt < bigram - 0.1, (gpt, bigram)
     names = CharTokenizer().decode_batch(model.generate(200, rng=0)[0])
     assert np.mean([2 <= len(n) <= 11 for n in names]) > 0.9
+
+
+def test_ctrl_c_saves_one_line_exit_130_and_the_same_command_resumes_to_the_same_weights(tmp_path, capsys):
+    """A real SIGINT to a running `minialign align`: one line naming the checkpoint and how to resume, exit status
+    130, no temporary files; the same command again resumes (`resumed from X at step N`) and ends with the weights
+    of a run that was never interrupted, bit for bit."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from minialign.io import load
+
+    run = ["align", "rlhf", "--reward", "true", "--steps", "60", "--batch-size", "8", "--checkpoint-every", "2",
+           "--quiet"]
+    out = tmp_path / "stopped.npz"
+    command = [sys.executable, "-m", "minialign", *run, "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not out.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # training has started: its first checkpoint is on disk
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    stopped = load(out)["step"]
+    assert 2 <= stopped < 60
+    assert err.splitlines() == [f"minialign align rlhf: interrupted: the state after step {stopped} is saved in {out}; "
+                                "rerun the same command to resume"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped.npz"]  # no temporary file left behind
+
+    again = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed from {out} at step {stopped}" in again.stdout
+    assert main(run + ["--out", str(tmp_path / "whole.npz")]) == 0
+    resumed, whole = load(out), load(tmp_path / "whole.npz")
+    assert resumed["step"] == whole["step"] == 60
+    for name, value in whole["weights"].items():
+        np.testing.assert_array_equal(resumed["weights"][name], value, err_msg=name)
+
+
+def test_sample_prints_many_names_as_they_come_in_chunks(monkeypatch, capsys):
+    import minialign.cli as cli
+
+    monkeypatch.setattr(cli, "SAMPLE_CHUNK", 3)
+    assert main(["sample", "-n", "7", "--seed", "5"]) == 0
+    seven = [l for l in capsys.readouterr().out.splitlines() if "log π" in l]
+    monkeypatch.setattr(cli, "SAMPLE_CHUNK", 4096)
+    assert main(["sample", "-n", "3", "--seed", "5"]) == 0
+    assert len(seven) == 7 and seven[:3] == [l for l in capsys.readouterr().out.splitlines() if "log π" in l]

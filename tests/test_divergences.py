@@ -718,7 +718,7 @@ def _bump_fits():
     return fits
 
 
-def test_reverse_kl_fit_picks_one_mode_forward_kl_covers_both():
+def test_kl_pi_p_fit_picks_one_mode_kl_p_pi_covers_both():
     fits = _bump_fits()
     mu, width, value = fits["reverse"]  # argmin KL(π‖p)
     assert abs(abs(mu) - 2.5) <= 0.1 and width < 1.0

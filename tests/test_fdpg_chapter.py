@@ -11,7 +11,7 @@
 * the divergence study's first step (7.12)–(7.13): on the constraint target every f has the same first
   gradient direction and Adam takes the same first step; the study's learning rate makes the first step a
   descent where one is possible; where a hides a mode, the first step moves away for reasons that are not
-  the optimiser's; with exact gradients the forward KL never gives up the neglected mode;
+  the optimiser's; with exact gradients KL(p‖π) never gives up the neglected mode;
 * seed 000, §3–4: its objective (two θ-dependent distributions, no fixed target) and its derivative used as
   a pseudo-reward, next to the right ones.
 """
@@ -267,7 +267,7 @@ def test_seed000_objective_is_minimised_by_a_model_that_prefers_nothing():
 
 def test_seed000_derivative_as_a_pseudo_reward_trains_the_other_kl():
     """Seed 000 (§4.2) gives ∂/∂π₁ Σπ₁log(π₁/π₂) = 1 − π₂/π₁. Used as f' in the gradient identity with π₁ = π_θ
-    and π₂ = p, it gives Σ_x (π − p)∇log π = ∇KL(p‖π): the gradient of the forward KL (DPG), not of the
+    and π₂ = p, it gives Σ_x (π − p)∇log π = ∇KL(p‖π): the gradient of KL(p‖π) (DPG), not of the
     KL(π‖p) the seed writes down. The correct derivative log(π/p) + 1 gives ∇KL(π‖p)."""
     model = lab_model(16, vocab_size=3, block_size=4, scale=1.0)
     lab = ExactLab.for_model(model)
@@ -444,7 +444,7 @@ def test_where_a_hides_a_mode_the_first_step_moves_away_for_a_reason_that_is_not
     assert exact["kl"]["kl_after"] > exact["kl"]["kl_before"] and exact["js"]["kl_after"] > exact["js"]["kl_before"]
 
 
-def test_with_exact_gradients_the_forward_kl_keeps_the_neglected_mode_and_the_reverse_kl_gives_it_up():
+def test_with_exact_gradients_kl_p_pi_keeps_the_neglected_mode_and_kl_pi_p_gives_it_up():
     """Chapter 07 §8, exact arm (every step's gradient is ∇D_f itself), two-mode target of seed 0: along
     KL(p‖π)'s path the mass on the mode a under-covers never falls below its value at π = a, while along
     KL(π‖p)'s path it falls more than five-fold before the mode is found (measured over 300 steps: 0.131 →

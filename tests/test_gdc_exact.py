@@ -36,7 +36,7 @@ def ebm_target(lab, a, pointwise=True, lam=0.0):
     return log_scores, log_p, log_z, b, phi
 
 
-def test_dpg_drives_the_exact_forward_kl_to_the_target_below_threshold():
+def test_dpg_drives_the_exact_kl_p_pi_below_threshold():
     """From π = a, DPG with the KL-adaptive proposal takes KL(p‖π) from about half a nat to below 0.05 nats
     in 200 steps of 64 samples. At that
     batch size the gradient noise near the optimum keeps KL(p‖π) at the order of 10⁻²; 0.05 leaves a

@@ -141,7 +141,7 @@ def test_bad_token_input_raises_clear_errors():
         model(np.zeros((1, 5), dtype=np.int64))
     with pytest.raises(ValueError, match="row 1 of x has no end-of-sequence token"):
         model.sequence_logprob(np.array([[1, 0, 0], [1, 2, 3]]))
-    with pytest.raises(ValueError, match="temperature must be positive"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         model.generate(2, temperature=0.0)
 
 

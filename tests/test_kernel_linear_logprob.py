@@ -16,7 +16,9 @@ if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
     from minialign.kernels.linear_logprob import (
         default_chunk_size,
         linear_logprob,
+        linear_logprob_backward,
         linear_logprob_fdiv,
+        linear_logprob_forward,
         linear_logprob_reference,
     )
 
@@ -75,6 +77,23 @@ def test_without_reference_and_a_ragged_large_vocabulary():
     assert rel_err(out.logp, stats.logp) <= tol(torch.float32)
     assert rel_err(out.d_hidden, gh) <= tol(torch.float32)
     assert rel_err(out.d_weight, gW) <= tol(torch.float32)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4])
+def test_forward_then_backward_with_recomputed_chunks_matches_full_logits(chunk_size):
+    """The engine's form of Eq. (8.15): the forward keeps log pi(y) and LSE only; the backward, given the
+    weights later, recomputes each chunk's logits. Same gradients as the one-pass form and the float64 oracle."""
+    h, W, y, w, _, _, _ = make(11, 16, 300, seed=5, with_ref=False)
+    logp, lse = linear_logprob_forward(h, W, y, chunk_size=chunk_size)
+    _, stats, gh, gW = reference(h, W, y, w, None, None, None, "kl")
+    assert rel_err(logp, stats.logp) <= tol(torch.float32)
+    assert rel_err(lse, torch.logsumexp(h.double() @ W.double().T, -1)) <= tol(torch.float32)
+    d_hidden, d_weight = linear_logprob_backward(h, W, y, lse, w, chunk_size=chunk_size)
+    assert rel_err(d_hidden, gh) <= tol(torch.float32) and rel_err(d_weight, gW) <= tol(torch.float32)
+    one_pass = linear_logprob_fdiv(h, W, y, w, chunk_size=chunk_size)
+    assert torch.allclose(d_hidden, one_pass.d_hidden, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match=r"lse must be the forward's \[N\] = \(11,\) row log-sum-exps"):
+        linear_logprob_backward(h, W, y, lse[:3], w)
 
 
 def test_bf16_inputs():

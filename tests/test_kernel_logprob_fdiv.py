@@ -36,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("triton")
 DEVICE = "cuda" if KERNELS and torch.cuda.is_available() else "cpu"
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
 F_NAMES = ("kl", "reverse_kl", "js", "tv")  # the kernel's members; test_the_kernel_offers_these_members checks it
-FIELDS = ("logp", "ref_logp", "entropy", "div", "lse", "ref_lse", "row_scalar")
+FIELDS = ("logp", "ref_logp", "entropy", "div", "lse", "ref_lse", "row_scalar", "ref_row_scalar")
 
 # (N, V, block_v): V = 37 is one masked block; V = 1000 with 128-wide blocks runs the vocabulary loop
 # eight times with a ragged tail; V = 50_257 (GPT-2) is a large vocabulary with the default blocks.
@@ -73,6 +73,13 @@ def reference_grad(z, r, y, f, w, u):
     if r is not None:
         loss = loss + (u.double() * ref.div).sum()
     loss.backward()
+    return leaf.grad
+
+
+def reference_ref_grad(z, r, y, f, u):
+    """d/dr of sum_n u_n D_f(pi_n || a_n) by autograd through the float64 reference."""
+    leaf = r.detach().double().requires_grad_()
+    (u.double() * logprob_fdiv_reference(z, leaf, y, f=f).div).sum().backward()
     return leaf.grad
 
 
@@ -115,9 +122,63 @@ def test_backward_matches_autograd_of_reference(f, n, v, block_v):
     assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= tol(torch.float32)
 
 
+@pytest.mark.parametrize("n,v,block_v", SIZES[:2])
+@pytest.mark.parametrize("f", F_NAMES)
+def test_reference_gradient_matches_autograd_of_reference(f, n, v, block_v):
+    """Eq. (8.16): dL/dr_k = u a_k (g(t_k) - G), written beside dL/dz in the same pass; dz is unchanged by it."""
+    z, r, y = make_inputs(n, v, seed=31)
+    gen = torch.Generator().manual_seed(32)
+    w, u = torch.randn(n, generator=gen).to(DEVICE), torch.randn(n, generator=gen).to(DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=block_v)
+    dz, dr = logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=block_v, ref_grad=True)
+    assert dr.shape == r.shape and dr.dtype == r.dtype
+    assert torch.equal(dz, logprob_fdiv_backward(z, r, y, out, w, u, f=f, block_v=block_v))
+    assert rel_err(dr, reference_ref_grad(z, r, y, f, u)) <= tol(torch.float32)
+    assert dr.sum(-1).abs().max().item() <= 1e-5  # a shift of all of a row's logits changes nothing
+
+
+@pytest.mark.parametrize("f", F_NAMES)
+def test_reference_gradient_matches_central_finite_differences(f):
+    n, v = 2, 19
+    z, r, y = make_inputs(n, v, seed=33, n_ignored=0)
+    u = torch.tensor([0.9, -1.4], device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=16)
+    _, dr = logprob_fdiv_backward(z, r, y, out, torch.zeros(n, device=DEVICE), u, f=f, block_v=16, ref_grad=True)
+
+    def loss(rr):
+        return (u.double() * logprob_fdiv_reference(z, rr, y, f=f).div).sum().item()
+
+    h, r64 = 1e-6, r.double()
+    fd = torch.zeros(n, v, dtype=torch.float64)
+    for i in range(n):
+        for k in range(v):
+            e = torch.zeros_like(r64)
+            e[i, k] = h
+            fd[i, k] = (loss(r64 + e) - loss(r64 - e)) / (2 * h)
+    assert rel_err(dr.double().cpu(), fd) <= 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_reference_gradient_needs_a_reference_and_refuses_infinite_rows():
+    z, r, y = _disjoint_rows()
+    out = logprob_fdiv_forward(z, None, y)
+    with pytest.raises(ValueError, match="ref_grad=True asks for the gradient with respect to ref_logits"):
+        logprob_fdiv_backward(z, None, y, out, torch.ones(2, device=DEVICE), None, ref_grad=True)
+    # reverse_kl on disjoint supports: dz is finite (S = -1), the reference side is not
+    out = logprob_fdiv_forward(z, r, y, f="reverse_kl")
+    w, u = torch.zeros(2, device=DEVICE), torch.ones(2, device=DEVICE)
+    assert torch.isfinite(logprob_fdiv_backward(z, r, y, out, w, u, f="reverse_kl")).all()
+    with pytest.raises(ValueError, match=r"infinite in rows \[0\]"):
+        logprob_fdiv_backward(z, r, y, out, w, u, f="reverse_kl", ref_grad=True)
+    _, dr = logprob_fdiv_backward(z, r, y, out, w, torch.tensor([0.0, 1.0], device=DEVICE), f="reverse_kl",
+                                  ref_grad=True)
+    assert torch.count_nonzero(dr[0]) == 0 and torch.isfinite(dr).all()
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("f", ["kl", "js"])
 def test_backward_in_16_bit(f, dtype):
+    """(Both gradients: the reference's, Eq. 8.16, is stored in the reference's dtype.)"""
     dtype = getattr(torch, dtype)
     z, r, y = make_inputs(4, 300, dtype=dtype, seed=5)
     w, u = torch.ones(4, device=DEVICE), torch.full((4,), 0.5, device=DEVICE)
@@ -125,6 +186,9 @@ def test_backward_in_16_bit(f, dtype):
     dz = logprob_fdiv_backward(z, r, y, out, w, u, f=f)
     assert dz.dtype == dtype
     assert rel_err(dz, reference_grad(z, r, y, f, w, u)) <= tol(dtype)
+    dz2, dr = logprob_fdiv_backward(z, r, y, out, w, u, f=f, ref_grad=True)
+    assert torch.equal(dz2, dz) and dr.dtype == dtype
+    assert rel_err(dr, reference_ref_grad(z, r, y, f, u)) <= tol(dtype)
 
 
 def test_large_vocabulary_backward():
@@ -180,7 +244,7 @@ def test_without_reference_only_logp_entropy_and_lse():
     ref = logprob_fdiv_reference(z, None, y)
     for name in ("logp", "entropy", "lse"):
         assert rel_err(getattr(out, name), getattr(ref, name)) <= tol(torch.float32)
-    for name in ("ref_logp", "div", "ref_lse", "row_scalar"):
+    for name in ("ref_logp", "div", "ref_lse", "row_scalar", "ref_row_scalar"):
         assert torch.count_nonzero(getattr(out, name)) == 0
     w = torch.linspace(-1, 1, 5, device=DEVICE)
     dz = logprob_fdiv_backward(z, None, y, out, w, None)
@@ -299,6 +363,10 @@ def test_autograd_wrapper_matches_reference_gradient(f):
     ref = logprob_fdiv_reference(z, r, y, f=f)
     assert loss.item() == pytest.approx(((w.double() * ref.logp).sum() + (u.double() * ref.div).sum()).item(), rel=1e-5)
     assert rel_err(leaf.grad, 3.0 * reference_grad(z, r, y, f, w, u)) <= tol(torch.float32)
+    both, ref_leaf = z.clone().requires_grad_(), r.clone().requires_grad_()
+    (3.0 * logprob_fdiv(both, ref_leaf, y, f, w, u)).backward()
+    assert torch.equal(both.grad, leaf.grad)
+    assert rel_err(ref_leaf.grad, 3.0 * reference_ref_grad(z, r, y, f, u)) <= tol(torch.float32)
 
 
 @pytest.mark.parametrize("f", F_NAMES)

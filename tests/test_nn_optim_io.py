@@ -34,10 +34,10 @@ def test_load_state_dict_checks_names_and_shapes():
     state["a.weight"] = np.zeros((4, 3), dtype=np.float32)
     m.load_state_dict(state)
     np.testing.assert_array_equal(m.a.weight.data, 0)
-    with pytest.raises(ValueError, match=r"missing \['a.bias'\]"):
+    with pytest.raises(ValueError, match=r"1 missing \(a.bias\)"):
         m.load_state_dict({k: v for k, v in state.items() if k != "a.bias"})
     state["a.weight"] = np.zeros((3, 3))
-    with pytest.raises(ValueError, match=r"'a.weight' has shape \(4, 3\); the state_dict gives \(3, 3\)"):
+    with pytest.raises(ValueError, match=r"'a.weight' has shape \(4, 3\); the weights give \(3, 3\)"):
         m.load_state_dict(state)
 
 
@@ -157,3 +157,18 @@ def test_checkpoints_never_hold_pickles(tmp_path):
         load(tmp_path / "evil.npz")
     with pytest.raises(ValueError, match=r"checkpoints are .npz files"):
         save(tmp_path / "c.pkl", {"x": np.ones(1)})
+
+
+def test_a_save_removes_the_temporary_files_of_earlier_killed_writes_and_only_those(tmp_path):
+    from minialign.io import atomic_write
+
+    stale = tmp_path / "ck.npz.k2j4x9.tmp"  # what a write killed between its temporary file and the rename leaves
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / "other.npz.k2j4x9.tmp"  # another file's: not this save's business
+    other.write_bytes(b"x")
+    save(tmp_path / "ck.npz", {"a": np.arange(3)})
+    assert not stale.exists() and other.exists()
+    with pytest.raises(RuntimeError):  # a write that fails half-way leaves the earlier file whole, and no temporary
+        atomic_write(tmp_path / "ck.npz", lambda fh: (fh.write(b"PK"), (_ for _ in ()).throw(RuntimeError("killed"))))
+    np.testing.assert_array_equal(load(tmp_path / "ck.npz")["a"], np.arange(3))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.npz", "other.npz.k2j4x9.tmp"]

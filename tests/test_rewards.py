@@ -333,7 +333,8 @@ def test_reward_model_reads_the_hidden_state_after_the_whole_name():
 # ------------------------------------------------------------------------------ pairs on disk
 
 
-@given(st.lists(st.tuples(names_strategy, names_strategy), min_size=1, max_size=30))
+@given(st.lists(st.tuples(names_strategy, names_strategy).filter(lambda r: r[0] != r[1]), min_size=2, max_size=30)
+       .filter(lambda rows: len(set(rows)) >= 2))
 def test_pairs_survive_a_csv_round_trip(rows):
     import tempfile
     from pathlib import Path
@@ -354,14 +355,27 @@ def test_pairs_survive_a_csv_round_trip(rows):
     ("chosen,rejected\nanna,bob\nann-a,bob\n", r"line 3, column chosen: name 'ann-a' has characters '-'"),
     ("chosen,rejected\nanna,Bob\n", r"line 2, column rejected: name 'Bob' has characters 'B'"),
     ("chosen,rejected\nanna,bob\neve,maximilianus\n",
-     r"line 3, column rejected: name 'maximilianus' has 12 letters; .* needs 13 positions but block_size is 12"),
+     r"line 3, column rejected: name 'maximilianus' has 12 letters; .* needs 13 positions but the model reads at "
+     r"most 12"),
+    ("chosen,rejected\nanna,anna\nbob,bob\n", "in every one of its 2 pairs the chosen name is the same as the rejected"),
+    ("chosen,rejected\nanna,bob\n", "has 1 pair; at least 2 are needed"),
+    ("chosen,rejected\nanna,bob\nanna,bob\neve,eve\n", r"holds one pair \(anna over bob\) 2 times"),
+    (b"PK\x03\x04\x00\xff\xfe", "is not a text CSV file"),
     ("chosen,rejected\nanna,bob,eve\n", r"line 2 has 3 fields; expected 2"),
 ])
 def test_bad_pair_files_are_refused_with_the_reason(tmp_path, text, match):
     path = tmp_path / "pairs.csv"
-    path.write_text(text)
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
     with pytest.raises(ValueError, match=match):
         load_pairs(path)
+
+
+def test_a_few_ties_are_kept_with_a_warning_and_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("\ufeffchosen,rejected\nanna,bob\nella,mark\neve,eve\n\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="1 of 3 pairs have the same name chosen and rejected"):
+        pairs = load_pairs(path)
+    assert pairs == PreferencePairs(("anna", "ella", "eve"), ("bob", "mark", "eve"))
 
 
 def test_a_missing_pair_file_is_reported(tmp_path):

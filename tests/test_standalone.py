@@ -85,3 +85,37 @@ def test_the_checks_catch_what_they_forbid():
     assert notebook_reaches_into_tests(bad) == ["line 3: imports test_trainers_exact",
                                                 "line 2: sys.path.insert(0, str(ROOT / 'tests'))"]
     assert notebook_reaches_into_tests("from minialign.experiments.rlhf_lab import tiny_lab\n") == []
+
+
+# ---------------------------------------------------------------- no test reads outside the repository
+SETTINGS = {"HYPOTHESIS_PROFILE"}  # environment variables a test may read: settings, never places
+
+
+def outside_reads(source):
+    """Lines that read an environment variable other than a setting (a folder named by the environment is a
+    file outside the repository), or open an absolute path or one that climbs out with '..'."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            name = ast.unparse(node.func)
+            args = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            if name in ("os.environ.get", "os.getenv") and args and args[0] not in SETTINGS:
+                problems.append(f"line {node.lineno}: reads ${args[0]}")
+            if name.split(".")[-1] in ("Path", "open") and any(a.startswith(("/", "~")) or ".." in a for a in args):
+                problems.append(f"line {node.lineno}: {ast.unparse(node)}")
+        elif (isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load)
+              and ast.unparse(node.value) == "os.environ"):
+            problems.append(f"line {node.lineno}: reads {ast.unparse(node)}")
+    return problems
+
+
+def test_the_outside_read_check_sees_environment_folders_and_absolute_paths():
+    assert len(outside_reads('import os\nS = Path(os.environ["SEEDS"])\nT = os.environ.get("X")\n'
+                             'U = open("/work/x.txt")\nV = Path("../x")\n')) == 4
+    assert outside_reads('import os\nos.environ.get("HYPOTHESIS_PROFILE", "ci")\nenv = {**os.environ}\n') == []
+
+
+@pytest.mark.parametrize("path", sorted(TESTS.glob("*.py")), ids=lambda p: p.name)
+def test_no_test_reads_a_file_outside_the_repository(path):
+    problems = outside_reads(path.read_text())
+    assert not problems, f"{path.name}: " + "; ".join(problems) + " (a test needs only the repository)"

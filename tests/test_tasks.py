@@ -67,6 +67,7 @@ def test_diversity_metrics():
 
 @pytest.mark.parametrize("argv", [
     ["align", "rlhf", "--reward", "true", "--kl", "k3_loss"],
+    ["align", "rlhf", "--reward", "true", "--kl", "full_token"],
     ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--baseline", "--compare-reinforce",
      "--eval-samples", "100"],
     ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--calibrate", "0.1", "--eval-samples", "100"],
@@ -99,7 +100,7 @@ def exit_code(args) -> int:
 
 def test_align_reports_bad_input_clearly(tmp_path, capsys):
     assert exit_code(["align", "rlhf", "--beta", "0", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
-    assert "argument --beta: expected a number > 0; got '0'" in capsys.readouterr().err
+    assert "argument --beta: expected a finite number > 0; got '0'" in capsys.readouterr().err
     assert exit_code(["align", "gdc", "--constraint", "nosuch=0.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "nosuch" in capsys.readouterr().err
     assert exit_code(["align", "gdc", "--constraint", "female=1.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
@@ -144,3 +145,13 @@ def test_self_bleu_equals_the_textbook_computation():
     for _ in range(20):
         names = ["".join(rng.choice(list("abcde"), size=rng.integers(1, 7))) for _ in range(rng.integers(2, 12))]
         assert self_bleu(names) == pytest.approx(naive(names), abs=1e-12), names
+
+
+def test_many_samples_are_drawn_in_chunks_that_keep_the_first_ones(base, monkeypatch):
+    """Samples come CHUNK at a time from one generator: as many as asked, in bounded memory, and the first CHUNK
+    are those of a smaller request with the same seed."""
+    monkeypatch.setattr(tasks, "CHUNK", 4)
+    ten = tasks.samples(base, 10, seed=3)
+    assert len(ten) == 10 and ten[:4] == tasks.samples(base, 4, seed=3)
+    names, kl, se = tasks.fresh_samples(base, base, 10, seed=3)
+    assert names == ten and abs(kl) < 1e-5 and se < 1e-5  # π = a: every log-ratio is 0 (to float32 rounding)

@@ -34,10 +34,12 @@ def test_best_objective_is_beta_log_z_reached_at_the_tilted_optimum():
         assert j <= best + 1e-12
 
 
-def test_rloo_drives_the_policy_to_the_kl_control_optimum():
-    """From the base model, RLOO with the k1 penalty in the reward brings the exact KL(π*‖π_θ) from above
-    1 nat to below 0.05 nats. The threshold leaves room for Monte-Carlo noise at batch 64 with a small
-    learning rate: the remaining KL is what the last steps' gradient noise keeps stirring."""
+@pytest.mark.parametrize("kl", ["k1_seq", "full_token"])
+def test_rloo_drives_the_policy_to_the_kl_control_optimum(kl):
+    """From the base model, RLOO with the k1 penalty in the reward (or the analytic per-token KL with its
+    score-function part, Eq. 5.17) brings the exact KL(π*‖π_θ) from above 1 nat to below 0.05 nats. The
+    threshold leaves room for Monte-Carlo noise at batch 64 with a small learning rate: the remaining KL is
+    what the last steps' gradient noise keeps stirring."""
     a, _, lab, r, beta = tiny_lab(2, beta=0.5, scale=0.3)
     r = 2.0 * (lab.sequences[:, 0] == 1) - 1.0 * (lab.lengths > 2)  # a taste a reader can state
     policy = frozen_copy(a)
@@ -45,7 +47,7 @@ def test_rloo_drives_the_policy_to_the_kl_control_optimum():
         p.requires_grad = True
     log_star, _ = kl_control_optimum(np.log(lab.distribution(a)), r, beta)
     start = lab.divergence("kl", np.exp(log_star), lab.distribution(policy))
-    method = RLHF(a, lab_fn(lab, r), beta=beta, kl="k1_seq", algo="rloo")
+    method = RLHF(a, lab_fn(lab, r), beta=beta, kl=kl, algo="rloo")
     train(method, policy, TrainConfig(steps=150, batch_size=64, lr=3e-2, seed=0), progress=False)
     end = lab.divergence("kl", np.exp(log_star), lab.distribution(policy))
     assert start > 1.0 and end < 0.05, (start, end)
@@ -77,19 +79,32 @@ def test_kl_estimator_gradients_on_sequences():
     assert errors["k2_loss"] > 0.05 and errors["k3_loss"] > 0.05, errors
 
 
+def test_full_token_kl_is_unbiased_and_its_loss_part_alone_has_k2s_expectation():
+    """Eq. (5.16)–(5.17) measured exactly on sequences: the analytic per-token KL with the future KLs credited to
+    each token's score (full_token) is unbiased for ∇KL(π‖a); its loss term alone misses the change of which
+    prefixes are reached and has exactly the expected gradient of k2 in the loss (E_{x_t}[∇½ log²(π_t/a_t)] =
+    ∇KL_t at the fixed prefix) — the same bias."""
+    a, policy, lab, _, beta = tiny_lab(4, block_size=4)
+    grads, truth, _ = kl_penalty_gradients(lab, a, policy, beta)
+    assert relative_error(grads["full_token"], truth) < 1e-8
+    assert relative_error(grads["full_token_loss_only"], grads["k2_loss"]) < 1e-10
+    assert relative_error(grads["full_token_loss_only"], truth) > 0.05
+
+
 def test_kl_estimator_gradients_on_one_categorical_step():
     """With one free step (horizon 2: a token, then the forced EOS) the classic picture of chapter 03, §9 holds:
-    k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π), the forward KL."""
+    k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π)."""
     a, policy, lab, _, beta = tiny_lab(5, vocab_size=5, block_size=2)
     grads, truth, forward = kl_penalty_gradients(lab, a, policy, beta)
     assert relative_error(grads["k1_seq"], truth) < 1e-8
     assert relative_error(grads["k2_loss"], truth) < 1e-8
+    assert relative_error(grads["full_token"], truth) < 1e-8
     assert relative_error(grads["k3_loss"], forward) < 1e-8
     assert relative_error(grads["k3_loss"], truth) > 0.05
 
 
 # ------------------------------------------------------------------------------------------- unification (chapter 07)
-def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
+def test_fdpg_with_f_kl_minimises_kl_pi_p_as_kl_control_rlhf_does_scaled_by_one_over_beta():
     """(a) f = kl (D_f(π‖p) = KL(π‖p)) with p ∝ a e^{r/β}: its gradient is 1/β times the gradient of the
     RLHF loss (the negated KL-control objective) with the sequence-level k1 penalty in the reward."""
     a, policy, lab, r, beta = tiny_lab(6)
@@ -101,7 +116,7 @@ def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
     assert not close(g_f, g_r, rel=1e-2)  # the scale matters: β = 0.5 here
 
 
-def test_fdpg_forward_kl_is_dpg():
+def test_fdpg_with_f_reverse_kl_minimises_kl_p_pi_as_dpg_does():
     """(b) f = reverse_kl (D_f(π‖p) = KL(p‖π)): the f-DPG gradient is GDC's DPG gradient, exactly."""
     a, policy, lab, r, _ = tiny_lab(7)
     log_scores = np.log(lab.distribution(a)) + 1.5 * (lab.lengths == 2)  # an EBM a·e^{λφ}

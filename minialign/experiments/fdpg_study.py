@@ -674,9 +674,8 @@ def fdpg_study(out="runs/fdpg_study", quick=False, progress=True, names=True, lr
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minialign.experiments", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m minialign.experiments fdpg_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("study", choices=["fdpg_study"])
     parser.add_argument("--out", default="runs/fdpg_study")
     parser.add_argument("--quick", action="store_true", help="one seed, few steps (for tests)")
     parser.add_argument("--no-names", action="store_true", help="only the exact-lab part")

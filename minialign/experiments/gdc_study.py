@@ -346,7 +346,7 @@ def gdc_study(out="runs/gdc_study", quick=False, part="all", progress=True, comp
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minialign.experiments.gdc_study", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m minialign.experiments gdc_study", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/gdc_study")
     parser.add_argument("--quick", action="store_true", help="tiny settings (seconds), for tests")

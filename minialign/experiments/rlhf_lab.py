@@ -5,7 +5,8 @@ a dot product and every expected gradient is one backward pass. Here:
 
 * ``tiny_lab``: a base model a, a policy π_θ near it, the lab and a random reward — the setting of §3–5;
 * ``kl_penalty_gradients`` / ``kl_gradient_survey``: the exact expected gradient of each place the KL term can
-  go (Eqs. 5.8–5.9) against β∇KL(π‖a) and β∇KL(a‖π), over random pairs (π, a) — the table of §5;
+  go (Eqs. 5.8–5.9, 5.17) against β∇KL(π‖a) and β∇KL(a‖π), over random pairs (π, a) — the table of §5;
+* ``kl_gradient_variance`` / ``kl_variance_survey``: the exact variance of each choice's one-sample gradient;
 * ``goodhart_curve``: the optimum π*_β (Eq. 5.6) of a misspecified reward as β falls — §8;
 * ``dpo_lab``: the lab of DPO's fixed point (Eqs. 5.12–5.13) — §9;
 * seed 002 (§11): ``elbo_terms`` (Eq. 5.14) on the worked example ``WORKED_PRIOR``, ``WORKED_LIKELIHOOD``,
@@ -16,10 +17,14 @@ from __future__ import annotations
 import numpy as np
 
 from ..lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_model
-from ..trainers.common import exact_batch
-from ..trainers.rlhf import RLHF, kl_control_optimum
+from ..trainers.common import Batch, exact_batch
+from ..trainers.policy_gradient import token_kl_terms, weighted_sum
+from ..trainers.rlhf import KL_MODES, RLHF, kl_control_optimum
 
-KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss")
+# the rows of §5's table: the trainer's KL modes, and the analytic per-token KL in the loss alone (full_token
+# without its score-function part), to show what that part is for
+ANALYTIC_IN_LOSS = "full_token_loss_only"
+TABLE_ROWS = KL_MODES + (ANALYTIC_IN_LOSS,)
 
 # the two settings of the chapter's KL-gradient table: sequences of up to three letters, and one categorical step
 SEQUENCES = dict(vocab_size=3, block_size=4)
@@ -51,17 +56,45 @@ def tiny_lab(seed=0, vocab_size=3, block_size=4, beta=0.5, scale=1.0):
 # ------------------------------------------------------------------------------ where the KL term goes (§5)
 def kl_penalty_gradients(lab, a, policy, beta):
     """The exact expected gradient of each KL choice of ``RLHF`` (reward 0): k1 in the reward per sequence or
-    per token (Eq. 5.8), k2 or k3 per token in the loss (Eq. 5.9), each on an exact batch.
+    per token (Eq. 5.8), k2 or k3 per token in the loss (Eq. 5.9), the analytic per-token KL with its
+    score-function part (full_token, Eq. 5.17) and without it (β Σ_t KL_t in the loss alone), each on an
+    exact batch.
 
-    Returns ({mode: gradient}, β∇KL(π‖a), β∇KL(a‖π)), the last two by autograd through the enumeration.
+    Returns ({row: gradient}, β∇KL(π‖a), β∇KL(a‖π)), the last two by autograd through the enumeration.
     """
-    zero = lambda batch: np.zeros(len(batch))  # noqa: E731
     batch = exact_batch(lab, policy, ref=a)
     log_a = np.log(lab.distribution(a))
     reverse = beta * autograd_of(policy, lambda: fdiv_to_target("kl", lab.log_probs(policy), log_a))
     forward = beta * autograd_of(policy, lambda: fdiv_to_target("reverse_kl", lab.log_probs(policy), log_a))
-    grads = {kl: exact_grad(RLHF(a, zero, beta=beta, kl=kl, algo="reinforce"), policy, batch) for kl in KL_MODES}
+    grads = {kl: exact_grad(_kl_only(a, beta, kl), policy, batch) for kl in KL_MODES}
+    grads[ANALYTIC_IN_LOSS] = autograd_of(policy, lambda: _analytic_kl_in_loss(a, policy, batch, beta))
     return grads, reverse, forward
+
+
+def _kl_only(a, beta, kl):
+    """RLHF with reward 0 and no baseline: its gradient is the KL term's alone."""
+    return RLHF(a, lambda batch: np.zeros(len(batch)), beta=beta, kl=kl, algo="reinforce")
+
+
+def _analytic_kl_in_loss(a, policy, batch, beta):
+    """β Σ_i w_i Σ_t KL_t(x_i,<t): the analytic per-token KL as a loss term, prefixes not differentiated."""
+    return beta * weighted_sum(token_kl_terms(policy, a, batch.tokens)[1].sum(axis=1), batch.weights)
+
+
+def kl_gradient_variance(lab, a, policy, beta):
+    """The exact variance of each KL choice's one-sample gradient estimate (reward 0, no baseline):
+    tr Cov = Σ_x π(x) ‖g(x)‖² − ‖Σ_x π(x) g(x)‖², with g(x) the gradient of the loss on the batch {x} alone.
+    Returns {mode: trace of the covariance}."""
+    p = lab.distribution(policy)
+    log_q, log_a = np.log(p), np.log(lab.distribution(a))
+    out = {}
+    for kl in KL_MODES:
+        method = _kl_only(a, beta, kl)
+        g = np.array([exact_grad(method, policy, Batch(lab.sequences[i:i + 1], np.ones(1), log_q[i:i + 1],
+                                                       log_a[i:i + 1])) for i in range(len(lab))])
+        mean = p @ g
+        out[kl] = float(p @ np.sum(g * g, axis=1) - mean @ mean)
+    return out
 
 
 def relative_error(g, truth) -> float:
@@ -70,8 +103,8 @@ def relative_error(g, truth) -> float:
 
 
 def kl_gradient_table(seed, vocab_size, block_size, scale=0.3):
-    """Relative error of each KL choice's exact expected gradient against β∇KL(π‖a) ("reverse") and
-    against β∇KL(a‖π) ("forward"), on one random pair (π, a) of tiny GPTs. Returns {mode: (reverse, forward)}.
+    """Relative error of each KL choice's exact expected gradient against β∇KL(π‖a) and
+    against β∇KL(a‖π), on one random pair (π, a) of tiny GPTs. Returns {mode: (error against ∇KL(π‖a), error against ∇KL(a‖π))}.
 
     scale 0.3 keeps the models stochastic at every step (entropies of 0.3–2.3 nats over the enumeration);
     with larger weights many random GPTs are nearly deterministic after the first token, and a sequence
@@ -82,10 +115,21 @@ def kl_gradient_table(seed, vocab_size, block_size, scale=0.3):
 
 
 def kl_gradient_survey(setting, seeds=SURVEY_SEEDS):
-    """{mode: array [len(seeds), 2]} of (reverse, forward) relative errors over random pairs (π, a);
+    """{row: array [len(seeds), 2]} of (reverse, forward) relative errors over random pairs (π, a);
     ``setting`` is ``SEQUENCES`` or ``ONE_STEP`` (the lab's vocabulary size and horizon)."""
     tables = [kl_gradient_table(s, **setting) for s in seeds]
-    return {k: np.array([t[k] for t in tables]) for k in KL_MODES}
+    return {k: np.array([t[k] for t in tables]) for k in TABLE_ROWS}
+
+
+def kl_variance_survey(setting, seeds=SURVEY_SEEDS, scale=0.3):
+    """{mode: array [len(seeds)]} of each KL choice's one-sample gradient variance divided by k1_seq's, over
+    the random pairs of :func:`kl_gradient_survey`."""
+    ratios = []
+    for seed in seeds:
+        a, policy, lab, _, beta = tiny_lab(seed, scale=scale, **setting)
+        var = kl_gradient_variance(lab, a, policy, beta)
+        ratios.append({k: v / var["k1_seq"] for k, v in var.items()})
+    return {k: np.array([r[k] for r in ratios]) for k in KL_MODES}
 
 
 # ------------------------------------------------------------------------------ over-optimisation (§8)

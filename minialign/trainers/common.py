@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -80,6 +81,7 @@ class Method:
     name = "method"
     ref = None        # the frozen reference model a
     tokenizer = None  # decodes rows into names for name tasks
+    leave_one_out = False  # whether its advantage subtracts a leave-one-out baseline (a batch of 1 leaves it none)
 
     def draw(self, policy, n, rng) -> Batch:
         """The next batch; by default n samples from the policy itself (on-policy)."""
@@ -116,6 +118,21 @@ class TrainConfig:
     checkpoint_every: int = 50
     log_every: int = 1
 
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "seed"):
+            v = getattr(self, name)
+            least = 0 if name == "seed" else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < least:
+                raise ValueError(f"TrainConfig.{name} must be a whole number ≥ {least}; got {v!r}")
+        for name in ("lr", "grad_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float, np.number)) and np.isfinite(v) and v > 0):
+                raise ValueError(f"TrainConfig.{name} must be a finite number > 0; got {v!r}")
+
+    def identity(self) -> dict:
+        """The settings that define a run (how long it runs and how often it is saved do not)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("steps", "checkpoint_every", "log_every")}
+
 
 def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_log_p=None, corpus=None,
           progress: bool = True, log_fn=None, metrics_fn=None, stop_fn=None, identity: dict | None = None,
@@ -132,8 +149,11 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
     policy.eval()  # dropout off: every estimator here needs the model's own log π(x), not a thinned one
     opt = AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     p_ref = lab.distribution(method.ref) if lab is not None and method.ref is not None else None
-    run = {"kind": "align", "method": method.name, **method.settings(), **(identity or {}),
-           **{k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_every", "log_every")}}
+    run = {"kind": "align", "method": method.name, **method.settings(), **(identity or {}), **cfg.identity()}
+    if cfg.batch_size < 2 and method.leave_one_out:
+        warnings.warn(f"a batch of {cfg.batch_size} sample leaves {method.name}'s leave-one-out baseline nothing to "
+                      "average, so it trains without one (plain REINFORCE, a much noisier gradient); use a batch of "
+                      "2 or more (--batch-size)", stacklevel=2)
     t0 = time.perf_counter()
 
     def step(i):
@@ -161,6 +181,9 @@ def _one_step(method, policy, opt, cfg, step, corpus, metrics_fn, lab, p_ref, ta
     opt.zero_grad()
     loss.backward()
     metrics["grad_norm"] = clip_grad_norm(policy.parameters(), cfg.grad_clip)
+    if not (np.isfinite(metrics["grad_norm"]) and np.isfinite(loss.item())):
+        raise FloatingPointError(f"{method.name} diverged at step {step + 1}: the loss is {loss.item():.4g} and the "
+                                 f"gradient norm {metrics['grad_norm']:.4g}; lower the learning rate (now {cfg.lr:g})")
     opt.step()
     metrics["loss"] = loss.item()
     if batch.names is not None:

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import functional as F
 from .common import Batch, Method, logprobs
-from ..tensor import Tensor
+from ..tensor import constant
 
 
 class DPO(Method):
@@ -37,7 +37,7 @@ class DPO(Method):
     def loss(self, policy, batch: Batch):
         n = len(batch) // 2
         logp = policy.sequence_logprob(batch.tokens)
-        ratio = logp - Tensor(batch.log_ref.astype(logp.dtype))  # log π/a
+        ratio = logp - constant(batch.log_ref, like=logp)  # log π/a
         margin = (ratio[:n] - ratio[n:]) * self.beta
         loss = -F.log_sigmoid(margin).mean()
         m = margin.numpy()

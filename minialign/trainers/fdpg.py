@@ -33,6 +33,11 @@ class FDPG(ProposalMethod):
         self.baseline, self.log_t_max = baseline, log_t_max
         self.name = f"fdpg-{self.f}"
 
+    @property
+    def leave_one_out(self) -> bool:
+        """Whether the pseudo-rewards are centred by the weighted leave-one-out baseline."""
+        return self.baseline
+
     def pseudo_reward(self, logp_pi, log_p, log_z) -> np.ndarray:
         """R(x) = −f'(t), t = Z π(x)/P(x), from log t (no overflow); points with P(x) = 0 get the limit
         −lim_{t→∞} f'(t), which is −∞ for f = kl: then ``log_t_max`` (if set) caps log t."""

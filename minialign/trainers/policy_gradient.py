@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..tensor import Tensor, no_grad
+from .. import functional as F
+from ..tensor import Tensor, constant, no_grad
 
 
 def weighted_surrogate(logp: Tensor, coefficients) -> Tensor:
@@ -19,7 +20,7 @@ def weighted_surrogate(logp: Tensor, coefficients) -> Tensor:
         bad = tuple(int(i) for i in np.argwhere(~np.isfinite(c))[0])
         raise FloatingPointError(f"a policy-gradient coefficient is {c[bad]} (sample {bad[0]}); "
                                  "check the rewards or the target's log-scores for NaN or inf")
-    return -(logp * Tensor(c.astype(logp.dtype))).sum()
+    return -(logp * constant(c, like=logp)).sum()
 
 
 def checked_rewards(reward_fn, batch) -> np.ndarray:
@@ -90,6 +91,36 @@ def kl_loss(logp_tok: Tensor, ref_tok, weights, kind: str) -> Tensor:
     differentiated through log π_t (the prefixes are not)."""
     if kind not in ("k2_loss", "k3_loss"):
         raise ValueError(f"a KL term in the loss is 'k2_loss' or 'k3_loss'; got {kind!r}")
-    d = Tensor(ref_tok.astype(logp_tok.dtype)) - logp_tok  # log ρ_t = log a_t − log π_t
+    d = constant(ref_tok, like=logp_tok) - logp_tok  # log ρ_t = log a_t − log π_t
     per_token = 0.5 * d * d if kind == "k2_loss" else d.exp() - 1.0 - d  # 0 at padding, where d = 0
-    return (per_token.sum(axis=1) * Tensor(np.asarray(weights).astype(logp_tok.dtype))).sum()
+    return (per_token.sum(axis=1) * constant(weights, like=logp_tok)).sum()
+
+
+def token_fdiv_terms(policy, ref, tokens, f: str) -> tuple[Tensor, Tensor]:
+    """From one forward of π over rows ``tokens [B, L]``: log π(x_t | x_<t) ``[B, L]``, and the per-token
+    D_f(π(·|x_<t) ‖ a(·|x_<t)) = Σ_v a f(π/a) ``[B, L]`` over the whole vocabulary at every visited prefix,
+    differentiable through π's next-token distribution at the fixed prefix (``F.token_fdiv``: the fused
+    kernel on the torch backend); the frozen ``ref`` is read without a graph. Both are 0 at padding and at
+    the forced EOS."""
+    logits, targets = policy.next_token_logits(tokens)
+    with no_grad():
+        ref_logits, _ = ref.next_token_logits(tokens)
+    logp = -F.cross_entropy(logits, targets, ignore_index=-100, reduction="none")
+    return logp, F.token_fdiv(logits, ref_logits, f, targets != -100)
+
+
+def token_kl_terms(policy, ref, tokens) -> tuple[Tensor, Tensor]:
+    """:func:`token_fdiv_terms` with f = kl: log π(x_t | x_<t) and the analytic per-token KL_t of Eq. (5.16)."""
+    return token_fdiv_terms(policy, ref, tokens, "kl")
+
+
+def kl_after(kl_tok: Tensor) -> np.ndarray:
+    """Σ_{t' > t} KL_t' for every token t (strictly after t): the future KL that the choice of token t leads to,
+    which its score-function coefficient carries in the full-token estimator (Eq. 5.17)."""
+    k = kl_tok.numpy().astype(np.float64)
+    return np.cumsum(k[:, ::-1], axis=1)[:, ::-1] - k
+
+
+def weighted_sum(per_sequence: Tensor, weights) -> Tensor:
+    """Σ_i w_i v_i for a per-sequence Tensor v ``[B]`` and fixed weights w."""
+    return (per_sequence * constant(weights, like=per_sequence)).sum()

@@ -1,20 +1,22 @@
 """RLHF: maximise E_π[r(x)] − β·KL(π‖a) with the reference a frozen (chapter 05).
 
 Policy gradient with a leave-one-out baseline (RLOO) or PPO-clip epochs over each batch; the KL term in the
-reward (k1, per sequence or per token) or in the loss (k2 or k3 per token); β fixed or adapted by the
-controller of Ziegler et al. (2019). The pieces are the shared ones of ``policy_gradient.py``.
+reward (k1, per sequence or per token), in the loss (k2 or k3 per token), or analytic over the vocabulary at
+every visited prefix (full_token); β fixed or adapted by the controller of Ziegler et al. (2019). The pieces are the shared ones of ``policy_gradient.py``.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from ..divergences import divergence
 from ..logspace import log_normalise
 from ..metrics import kl_estimates
 from .common import Batch, Method
-from .policy_gradient import (checked_rewards, kl_loss, kl_to_go, leave_one_out_baseline, ppo_clip_coefficients,
-                              ref_token_logprobs, weighted_surrogate, whiten)
+from .policy_gradient import (checked_rewards, kl_after, kl_loss, kl_to_go, leave_one_out_baseline,
+                              ppo_clip_coefficients, ref_token_logprobs, token_kl_terms, weighted_sum,
+                              weighted_surrogate, whiten)
 
-KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss")
+KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss", "full_token")
 ALGOS = ("rloo", "reinforce", "ppo")
 
 
@@ -36,6 +38,12 @@ class RLHF(Method):
             raise ValueError("PPO here takes the KL penalty in the reward per sequence (kl='k1_seq')")
         if kl_target is not None and not (kl_target > 0 and np.isfinite(kl_target)):
             raise ValueError(f"kl_target (the adaptive β's target KL) must be a finite number > 0; got {kl_target}")
+        if isinstance(ppo_epochs, bool) or not isinstance(ppo_epochs, (int, np.integer)) or ppo_epochs < 1:
+            raise ValueError(f"ppo_epochs must be a whole number ≥ 1; got {ppo_epochs!r}")
+        if not (0 < clip < 1):  # NaN fails this too
+            raise ValueError(f"clip (PPO's ε: ratios are clipped to [1 − ε, 1 + ε]) must be in (0, 1); got {clip!r}")
+        if not (horizon_k > 0 and np.isfinite(horizon_k)):
+            raise ValueError(f"horizon_k (the adaptive β's gain) must be a finite number > 0; got {horizon_k!r}")
         self.ref, self.reward_fn, self.beta, self.kl, self.algo = ref, reward_fn, float(beta), kl, algo
         self.ppo_epochs, self.clip, self.kl_target, self.horizon_k = ppo_epochs, clip, kl_target, horizon_k
         self.tokenizer = tokenizer
@@ -50,6 +58,11 @@ class RLHF(Method):
         self._ppo_left -= 1
         return self._ppo_batch
 
+    @property
+    def leave_one_out(self) -> bool:
+        """Whether the advantage subtracts the leave-one-out baseline (every algorithm but plain REINFORCE)."""
+        return self.algo != "reinforce"
+
     def _baseline(self, values, batch):
         if batch.exact or self.algo == "reinforce":
             return np.zeros_like(values)
@@ -61,6 +74,8 @@ class RLHF(Method):
         metrics = {"reward": float(np.sum(w * r)), "beta": self.beta, "entropy_est": float(-np.sum(w * batch.log_q))}
         if not batch.exact:
             metrics.update(kl_estimates(batch.log_q, batch.log_ref))
+        if self.kl == "full_token":
+            return self._full_token_loss(policy, batch, r, metrics)
         logp_tok = policy.token_logprobs(batch.tokens)  # one forward for every term
         if self.kl == "k1_token":  # token t is credited with r − β Σ_{t' ≥ t} (log π_t' − log a_t')
             returns = r[:, None] - self.beta * kl_to_go(logp_tok, ref_token_logprobs(self.ref, batch))
@@ -78,6 +93,15 @@ class RLHF(Method):
         if self.kl != "k1_seq":
             loss = loss + self.beta * kl_loss(logp_tok, ref_token_logprobs(self.ref, batch), w, self.kl)
         return loss, metrics
+
+    def _full_token_loss(self, policy, batch, r, metrics):
+        """Eq. (5.17): β Σ_t KL_t at the visited prefixes, and token t credited with r − β Σ_{t' > t} KL_t'."""
+        w, (logp_tok, kl_tok) = batch.weights, token_kl_terms(policy, self.ref, batch.tokens)
+        returns = r[:, None] - self.beta * kl_after(kl_tok)
+        adv = returns - self._baseline(returns[:, 0], batch)[:, None]
+        kl_seq = kl_tok.sum(axis=1)
+        metrics["kl_full_token"] = float(np.sum(w * kl_seq.numpy()))  # E_π Σ_t KL_t = KL(π‖a) (Eq. 5.16)
+        return weighted_surrogate(logp_tok, w[:, None] * adv) + self.beta * weighted_sum(kl_seq, w), metrics
 
     def after_step(self, policy, batch, metrics):
         """Ziegler et al. (2019): β ← β(1 + K·clip(KL/KL_target − 1, −0.2, 0.2)) once per batch (under PPO,
@@ -117,6 +141,7 @@ class Reinforce(Method):
     the reward-maximisation contrast to GDC in chapter 06."""
 
     name = "reinforce"
+    leave_one_out = True
 
     def __init__(self, ref, reward_fn, tokenizer=None):
         self.ref, self.reward_fn, self.tokenizer = ref, reward_fn, tokenizer
@@ -130,6 +155,8 @@ class Reinforce(Method):
 
 def kl_control_optimum(log_ref, rewards, beta):
     """Eq. (5.6)–(5.7): π* = a·e^{r/β}/Z exactly on an enumeration; returns (log π*, β log Z = max J)."""
+    if not (beta > 0 and np.isfinite(beta)):
+        raise ValueError(f"beta must be a finite number > 0; got {beta}")
     log_ref, rewards = np.asarray(log_ref, np.float64), np.asarray(rewards, np.float64)
     log_pi_star, log_z = log_normalise(log_ref + rewards / beta)
     return log_pi_star, beta * float(log_z)
@@ -137,6 +164,4 @@ def kl_control_optimum(log_ref, rewards, beta):
 
 def kl_control_objective(p, p_ref, rewards, beta) -> float:
     """Eq. (5.5) exactly: J(π) = Σ π r − β KL(π‖a)."""
-    from ..divergences import divergence
-
     return float(np.sum(p * rewards) - beta * divergence("kl", p, p_ref))
