@@ -6,8 +6,8 @@ from __future__ import annotations
 
 BYTES_PER_ENTRY = {"bf16": 2, "fp16": 2, "fp32": 4}
 # the fused forward returns, per row, the float32 fields of logprob_fdiv.LogprobFdivOutput:
-# logp, ref_logp, entropy, div, lse, ref_lse, row_scalar
-FUSED_ROW_STATS = 7
+# logp, ref_logp, entropy, div, lse, ref_lse, row_scalar (S) and ref_row_scalar (G)
+FUSED_ROW_STATS = 8
 # forward plus backward over one [N, V] array: read z and r (forward), read z and r and write dL/dz (backward)
 COMPULSORY_PASSES = 5
 
@@ -26,7 +26,7 @@ def logits_bytes(n: int, v: int, dtype: str = "bf16") -> int:
 
 
 def fused_state_bytes(n: int) -> int:
-    """Bytes the fused forward writes for ``N`` rows: seven float32 statistics per row, whatever ``V`` is."""
+    """Bytes the fused forward writes for ``N`` rows: eight float32 statistics per row, whatever ``V`` is."""
     _check(n)
     return FUSED_ROW_STATS * BYTES_PER_ENTRY["fp32"] * int(n)
 

@@ -19,15 +19,15 @@ def test_logits_bytes_equal_numpys_nbytes_for_each_width(n, v):
 
 @pytest.mark.parametrize("n, v", SHAPES)
 def test_the_fused_state_grows_with_n_only(n, v):
-    assert fused_state_bytes(n) == np.empty((7, n), np.float32).nbytes
+    assert fused_state_bytes(n) == np.empty((FUSED_ROW_STATS, n), np.float32).nbytes
     assert fused_state_bytes(2 * n) == 2 * fused_state_bytes(n)
     assert compulsory_traffic_bytes(n, v) == COMPULSORY_PASSES * np.empty((n, v), np.float16).nbytes
 
 
 def test_the_chapters_example_the_logits_dwarf_the_fused_state():
-    """N = 16 384 positions, the GPT-2 vocabulary: the ratio of the two is V·2/28, independent of N."""
+    """N = 16 384 positions, the GPT-2 vocabulary: the ratio of the two is 2V/(4·FUSED_ROW_STATS), independent of N."""
     n, v = 16 * 1024, 50_257
-    assert logits_bytes(n, v, "bf16") / fused_state_bytes(n) == pytest.approx(v * 2 / 28)
+    assert logits_bytes(n, v, "bf16") / fused_state_bytes(n) == pytest.approx(2 * v / (4 * FUSED_ROW_STATS))
     assert logits_bytes(n, v, "fp32") == 2 * logits_bytes(n, v, "bf16")
 
 
