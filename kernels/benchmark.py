@@ -25,6 +25,8 @@ import math
 import os
 import time
 
+from .memory import COMPULSORY_PASSES
+
 GOALS = {"fused_vs_eager": 3.0, "fused_vs_copy_bandwidth": 0.85, "fused_vs_liger": 1.0, "attention_vs_sdpa": 0.8}
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
@@ -206,7 +208,7 @@ def _fdiv_case(torch, run, args, liger, z, r, y, w, u, zero, f, logits_bytes, co
     else:
         out["Liger"] = run.measure(_liger_path(torch, liger[liger_name], liger_name, z, r, u))
     ref_ms = out["fused (Triton)"][0] if not isinstance(out["fused (Triton)"], str) else float("nan")
-    fused_bytes = 5 * logits_bytes  # read z, r (forward); read z, r and write dz (backward)
+    fused_bytes = COMPULSORY_PASSES * logits_bytes  # read z, r (forward); read z, r and write dz (backward)
     out["copy_fraction"] = fused_bytes / (ref_ms * 1e-3) / copy_bw
     out["error"] = _grad_error(torch, fused, autograd_path(loss_of))
     print(f"  N = {n}, V = {v}, {str(z.dtype).removeprefix('torch.')}, f = {f}: "
