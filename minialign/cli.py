@@ -69,9 +69,11 @@ def _align(args):
     if spec.check is not None:
         spec.check(opts)
     out = args.out or R.output_file(".npz")(f"runs/{args.method}.npz")
-    base = tasks.load_base(args.base)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
+    if spec.check_train is not None:
+        spec.check_train(opts, cfg)
+    base = tasks.load_base(args.base)
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
     ingredients = R.prepare(spec, opts, base, args.seed, progress=not args.quiet)
     result = spec.run(ingredients, opts, cfg, base, out, args.fresh, not args.quiet,
