@@ -70,37 +70,44 @@ def reward_std(plab, p, r) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ GRPO's gradient (§12)
-def grpo_gradients(plab, a, policy, r, beta, k, clip=0.2):
+def grpo_gradients(plab, a, policy, r, beta, k, clip=0.2, which=None):
     """GRPO's exact expected loss gradient (Eq. 5.19) next to the truths it is compared with, all flattened.
 
-    Returns a dict: ``grpo`` (as published: std, k3 in the loss), ``grpo_no_std`` (k3, no division),
-    ``grpo_k1`` (std, k1 in the reward), ``grpo_k1_no_std``; their reward parts ``reward_std`` and
-    ``reward_no_std`` (β = 0) and KL part ``kl_k3`` (reward 0); and the truths by autograd through the
-    enumeration: ``true`` = −∇J (J of Eq. 5.17), ``true_reward`` = −∇ Σ_x ρ E_π[r], ``true_kl`` = β∇ Σ_x ρ KL(π‖a),
-    ``true_kl_forward`` = β∇ Σ_x ρ KL(a‖π), and ``sigma_reward`` = −∇ Σ_x ρ(x) E_π[r]/σ_π(x) with σ held fixed.
+    Returns a dict (only the keys in ``which``, if given): ``grpo`` (as published: std, k3 in the loss),
+    ``grpo_no_std`` (k3, no division), ``grpo_k1`` (std, k1 in the reward), ``grpo_k1_no_std``; their reward
+    parts ``reward_std`` and ``reward_no_std`` (β = 0) and KL part ``kl_k3`` (reward 0); and the truths by
+    autograd through the enumeration: ``true`` = −∇J (J of Eq. 5.17), ``true_reward`` = −∇ Σ_x ρ E_π[r],
+    ``true_kl`` = β∇ Σ_x ρ KL(π‖a), ``true_kl_forward`` = β∇ Σ_x ρ KL(a‖π), and ``sigma_reward`` =
+    −∇ Σ_x ρ(x) E_π[r]/σ_π(x) with σ held fixed (Eq. 5.22).
     """
     batch = exact_batch(plab, policy, ref=a)
     reward, zero = lab_fn(plab, r), (lambda b: np.zeros(len(b)))
     log_a = np.log(plab.distribution(a))
-
-    def grad(reward_fn, beta_, kl, scale):
-        return exact_grad(GRPO(a, reward_fn, plab.prompts, k, beta=beta_, clip=clip, kl=kl, scale=scale), policy, batch)
-
     sigma = reward_std(plab, plab.distribution(policy), r)
     row_rho = Tensor(plab.row_prompt_probs)
-    out = {
-        "grpo": grad(reward, beta, "k3_loss", True), "grpo_no_std": grad(reward, beta, "k3_loss", False),
-        "grpo_k1": grad(reward, beta, "k1_reward", True), "grpo_k1_no_std": grad(reward, beta, "k1_reward", False),
-        "reward_std": grad(reward, 0.0, "k3_loss", True), "reward_no_std": grad(reward, 0.0, "k3_loss", False),
-        "kl_k3": grad(zero, beta, "k3_loss", True),
-        "true_reward": autograd_of(policy, lambda: -(plab.log_probs(policy).exp() * row_rho * Tensor(r)).sum()),
-        "sigma_reward": autograd_of(policy, lambda: -(plab.log_probs(policy).exp() * row_rho
-                                                      * Tensor(r / sigma[plab.group])).sum()),
-        "true_kl": beta * autograd_of(policy, lambda: plab.mean_fdiv("kl", plab.log_probs(policy), log_a)),
-        "true_kl_forward": beta * autograd_of(policy, lambda: plab.mean_fdiv("reverse_kl", plab.log_probs(policy),
-                                                                            log_a)),
+
+    def grpo(reward_fn, beta_, kl, scale):
+        return lambda: exact_grad(GRPO(a, reward_fn, plab.prompts, k, beta=beta_, clip=clip, kl=kl, scale=scale),
+                                  policy, batch)
+
+    def expected(values):  # −∇ Σ_x ρ(x) Σ_y π(y|x) values(x, y)
+        return lambda: autograd_of(policy, lambda: -(plab.log_probs(policy).exp() * row_rho * Tensor(values)).sum())
+
+    def kl(name):
+        return lambda: beta * autograd_of(policy, lambda: plab.mean_fdiv(name, plab.log_probs(policy), log_a))
+
+    recipes = {
+        "grpo": grpo(reward, beta, "k3_loss", True), "grpo_no_std": grpo(reward, beta, "k3_loss", False),
+        "grpo_k1": grpo(reward, beta, "k1_reward", True), "grpo_k1_no_std": grpo(reward, beta, "k1_reward", False),
+        "reward_std": grpo(reward, 0.0, "k3_loss", True), "reward_no_std": grpo(reward, 0.0, "k3_loss", False),
+        "kl_k3": grpo(zero, beta, "k3_loss", True), "true_reward": expected(r),
+        "sigma_reward": expected(r / sigma[plab.group]), "true_kl": kl("kl"), "true_kl_forward": kl("reverse_kl"),
     }
-    out["true"] = out["true_reward"] + out["true_kl"]
+    wanted = set(recipes) | {"true"} if which is None else set(which)
+    out = {key: recipes[key]() for key in recipes if key in wanted or (key in ("true_reward", "true_kl")
+                                                                       and "true" in wanted)}
+    if "true" in wanted:
+        out["true"] = out["true_reward"] + out["true_kl"]
     return out
 
 
