@@ -165,7 +165,7 @@ def run_rlhf(reward, beta=0.1, kl="k1_seq", algo="rloo", kl_target=None, cfg: Tr
 def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False,
             identity=None, prompt_length: int = 0):
     """DPO (chapter 05) on preference pairs of names; with ``prompt_length`` k > 0, on triples: each pair shares
-    its first k letters, the prompt, and the log-ratios are those of the completions (Eq. 5.20)."""
+    its first k letters, the prompt, and the log-ratios are those of the completions (Eq. 5.18)."""
     from .trainers.dpo import DPO
 
     base = base or load_base()

@@ -194,7 +194,7 @@ def test_conditional_rloo_drives_the_mean_kl_to_the_optimum_below_005():
     assert j_star - 1e-12 <= j_star and j > j_star - 0.05
 
 
-# ------------------------------------------------------------------------------ DPO on triples (Eq. 5.20)
+# ------------------------------------------------------------------------------ DPO on triples (Eq. 5.18)
 class ConditionalTabular:
     """π(y|x) = softmax of one logit per (x, y) row within each prompt's group: any conditional distribution."""
 
@@ -258,7 +258,7 @@ def expected_conditional_dpo_gradient(a, plab, r, beta, policy):
 
 
 def test_conditional_dpo_expected_gradient_vanishes_at_the_conditional_optimum_and_only_there():
-    """Eq. (5.20): with triples (x, y_w, y_l), the expected DPO gradient is zero at π*(·|x) ∝ a(·|x) e^{r/β} for every
+    """Eq. (5.18): with triples (x, y_w, y_l), the expected DPO gradient is zero at π*(·|x) ∝ a(·|x) e^{r/β} for every
     prompt, and not at a, nor at the optimum for 2β."""
     a, _, plab, r, beta = prompted_lab(4, block_size=4)
     log_a = np.log(plab.distribution(a))

@@ -12,9 +12,9 @@ from minialign.trainers.grpo import GRPO
 from minialign.trainers.policy_gradient import expected_group_advantage, group_normalised_advantages
 
 
-# ------------------------------------------------------------------------------ the advantage (Eqs. 5.18–5.19)
+# ------------------------------------------------------------------------------ the advantage (Eqs. 5.19–5.20)
 def test_group_normalised_advantages_by_hand():
-    """Eq. (5.18): (r − mean)/(std + 1e-4) within each group, std with the k − 1 divisor; equal rewards give 0."""
+    """Eq. (5.19): (r − mean)/(std + 1e-4) within each group, std with the k − 1 divisor; equal rewards give 0."""
     r = np.array([1.0, 2.0, 3.0, 5.0, 5.0, 0.0, 4.0])
     g = np.array([0, 0, 0, 1, 1, 2, 2])
     a = group_normalised_advantages(r, g)
@@ -28,7 +28,7 @@ def test_group_normalised_advantages_by_hand():
 
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_expected_group_advantage_matches_monte_carlo(k):
-    """Eq. (5.19): ā(y) = E[A_1 | y_1 = y], by enumerating the other k − 1 responses, against 40 000 simulated
+    """Eq. (5.20): ā(y) = E[A_1 | y_1 = y], by enumerating the other k − 1 responses, against 40 000 simulated
     groups per response (each estimate within 5 of its standard errors)."""
     rng = np.random.default_rng(k)
     p, r = rng.dirichlet(np.ones(5)), rng.normal(size=5)
@@ -53,7 +53,7 @@ def test_without_the_std_the_expected_advantage_is_the_centred_reward_times_k_mi
 
 
 def test_grpo_exact_batch_gradient_is_the_expectation_of_its_monte_carlo_gradient():
-    """The loss on an exact batch of the prompted lab (advantages of Eq. 5.19, k3 in the loss) has as gradient the
+    """The loss on an exact batch of the prompted lab (advantages of Eq. 5.20, k3 in the loss) has as gradient the
     mean of GRPO's gradient over sampled batches of groups: 400 batches of 16 groups of 4, every coordinate within 5
     standard errors (and the two vectors within 5% of each other)."""
     a, policy, plab, r, beta = prompted_lab(1, block_size=4)
@@ -120,7 +120,7 @@ def test_grpo_expected_updates_reach_the_predicted_fixed_point(scale):
 
 def test_with_the_std_grpo_ignores_how_large_each_prompts_rewards_are():
     """Dividing by the group's std makes the advantage, and so the fixed point, invariant to rescaling r(x,·) by
-    any c(x) > 0 (up to the ε of Eq. 5.18, which leaves a KL of 7e-6 here): the KL-control optimum is not, nor is
+    any c(x) > 0 (up to the ε of Eq. 5.19, which leaves a KL of 7e-6 here): the KL-control optimum is not, nor is
     GRPO without the std (both move by more than 0.05 nats)."""
     a, _, plab, r, beta = prompted_lab(3, block_size=4)
     log_a = np.log(plab.distribution(a))

@@ -6,7 +6,7 @@ a trainer's loss on an exact batch has as gradient the exact expectation of its 
 
 * ``prompted_lab``: a base model a, a policy π near it, the prompted lab (ρ not uniform), a reward r(x, y);
 * ``conditional_optimum`` / ``conditional_objective``: Eqs. (5.16)–(5.17) per prompt;
-* ``grpo_gradients``: GRPO's exact expected gradient (Eq. 5.19) against the true KL-control gradient, split into
+* ``grpo_gradients``: GRPO's exact expected gradient (Eq. 5.20) against the true KL-control gradient, split into
   its reward part and its KL part, with and without the division by the group's std — the table of §12;
 * ``grpo_fixed_point``: where GRPO's expected update vanishes for a policy that can represent anything
   (Eq. 5.21): π(y|x) ∝ a(y|x) e^{ā_π(x,y)/β}, with ā the expected group advantage;
@@ -71,7 +71,7 @@ def reward_std(plab, p, r) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ GRPO's gradient (§12)
 def grpo_gradients(plab, a, policy, r, beta, k, clip=0.2, which=None):
-    """GRPO's exact expected loss gradient (Eq. 5.19) next to the truths it is compared with, all flattened.
+    """GRPO's exact expected loss gradient (Eq. 5.20) next to the truths it is compared with, all flattened.
 
     Returns a dict (only the keys in ``which``, if given): ``grpo`` (as published: std, k3 in the loss),
     ``grpo_no_std`` (k3, no division), ``grpo_k1`` (std, k1 in the reward), ``grpo_k1_no_std``; their reward
@@ -149,7 +149,7 @@ def grpo_gradient_survey(seeds=GRPO_SEEDS, k=4, **lab_kwargs) -> dict:
 def grpo_fixed_point(plab, log_a, r, beta, k, scale=True, damping=0.5, tol=1e-12, max_iter=10_000):
     """Eq. (5.21): the conditional distribution at which GRPO's expected update (k1 in the reward, or any exact
     KL gradient) vanishes for a policy that can represent every π(·|x): π(y|x) ∝ a(y|x) exp(ā_π(x, y)/β), with
-    ā_π the expected group advantage of Eq. (5.19) under π itself. Found by damped fixed-point iteration in
+    ā_π the expected group advantage of Eq. (5.20) under π itself. Found by damped fixed-point iteration in
     log space. Returns log π over the rows.
 
     Without the division by the std, ā = (k−1)/k·(r − E_π r) and the fixed point is π* at β·k/(k−1); with it,

@@ -1,7 +1,7 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): group-relative policy optimisation (chapter 05, §12).
 
 For each prompt x, k responses y_1..y_k are drawn from π_old(·|x) and scored; a response's advantage is its
-reward standardised within its group, A_i = (r_i − mean r)/(std r + ε) (Eq. 5.18) — the other responses to
+reward standardised within its group, A_i = (r_i − mean r)/(std r + ε) (Eq. 5.19) — the other responses to
 the same prompt are the baseline, with no value network. π is updated by PPO-clip on π(y|x)/π_old(y|x)
 (Eq. 5.10), with the KL to the reference a in the loss as k3 per token (Eq. 5.9), as published; or, as an
 option, with the sampled k1 = log π_old(y|x) − log a(y|x) in the reward, after the normalisation (so that β
@@ -9,7 +9,7 @@ keeps its meaning as the weight of KL(π‖a)). ``scale=False`` leaves out the d
 
 As in the rest of the course a whole response is one action (one ratio per sequence), and a response's
 token terms are summed, not averaged over its length. On an exact batch of the prompted lab the advantage
-is its exact expectation over the other k − 1 responses (Eq. 5.19), so the loss's gradient is the exact
+is its exact expectation over the other k − 1 responses (Eq. 5.20), so the loss's gradient is the exact
 expectation of the Monte-Carlo gradient (``experiments/conditional_lab.py`` measures it).
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ KL_MODES = ("k3_loss", "k1_reward")
 
 
 class GRPO(Method):
-    """Eq. (5.18)–(5.19): group-normalised advantages, PPO-clip, and β·KL(π‖a) by k3 in the loss or k1 in the reward.
+    """Eq. (5.19)–(5.20): group-normalised advantages, PPO-clip, and β·KL(π‖a) by k3 in the loss or k1 in the reward.
 
     ``prompts`` None means the one empty prompt: groups of k unconditional samples."""
 
@@ -58,7 +58,7 @@ class GRPO(Method):
         return self._batch
 
     def advantages(self, r, batch: Batch) -> np.ndarray:
-        """Eq. (5.18) on a sampled batch; on an exact batch its expectation given the response, Eq. (5.19)."""
+        """Eq. (5.19) on a sampled batch; on an exact batch its expectation given the response, Eq. (5.20)."""
         if not batch.exact:
             return group_normalised_advantages(r, batch.group, scale=self.scale)
         adv = np.zeros(len(batch))
