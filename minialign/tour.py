@@ -176,33 +176,41 @@ def fdpg_stage(t: Tour) -> list:
 
 
 def conditional_stage(t: Tour) -> list:
-    """GRPO with prompts: each name's first letter is given, the model completes it (chapter 05, §12)."""
+    """Prompts: each name's first letter is given and the model completes it; RLOO with the baseline within each
+    prompt's group, and GRPO (chapter 05, §12)."""
     from .metrics import mean_se
     from .prompts import first_letters
     from .rewards import true_reward
 
-    spec, prompts = R.METHODS["grpo"], first_letters(1)
-    cfg = TrainConfig(steps=4 if t.quick else 30, batch_size=16 if t.quick else 64, lr=1e-3, seed=0,
+    prompts = first_letters(1)
+    cfg = TrainConfig(steps=4 if t.quick else 30, batch_size=16 if t.quick else 64, lr=3e-4, seed=0,
                       checkpoint_every=10**9)
-    result = spec.run(R.Ingredients(reward=t.runs["reward"].score), spec.defaults(prompts="first1", group_size=4,
-                                                                                    beta=0.1), cfg, t.base, None,
-                      False, not t.quick, {})
+    ingredients = R.Ingredients(reward=t.runs["reward"].score)
+    models, hists = {"base a": t.base}, {}
+    for name, method in (("RLOO, k1 in the reward", "rlhf"), ("GRPO (std, k3 in the loss)", "grpo")):
+        spec = R.METHODS[method]
+        result = spec.run(ingredients, spec.defaults(prompts="first1", group_size=4, beta=0.1), cfg, t.base, None,
+                          False, not t.quick, {})
+        models[name], hists[name] = result.policy, result.history
+    t.runs["conditional"] = hists
     n = 200 if t.quick else 1000
     rows = []
-    for name, model in (("base a", t.base), ("GRPO", result.policy)):
+    for name, model in models.items():
         names, kl, se = tasks.fresh_prompted_samples(model, t.base, prompts, n, seed=1)
-        rm, rs = t.runs["reward"].score(names), true_reward(names)
-        rows.append(f"| {name} | {mean_se(rm)} | {mean_se(rs)} | {kl:.3f} ± {se:.3f} |")
-    t.runs["conditional"] = result.history
-    completions = tasks.prompted_samples(result.policy, prompts, top=3, n=6, seed=0)
-    lines = ["## Prompts: GRPO completing first letters", "",
+        rows.append(f"| {name} | {mean_se(t.runs['reward'].score(names))} | {mean_se(true_reward(names))} | "
+                    f"{kl:.3f} ± {se:.3f} |")
+    lines = ["## Prompts: completing first letters", "",
              f"The prompt is a name's first letter, drawn with the share of corpus names that begin with it; the "
-             f"model completes it. GRPO (Shao et al. 2024): 4 completions per prompt, rewards standardised within "
-             f"each group, PPO-clip, β = 0.1 with k3 in the loss; {cfg.steps} steps of {cfg.batch_size // 4} prompts, "
-             f"against the reward model. {n} fresh completions of prompts drawn from ρ (± one standard error):", "",
+             f"model completes it, against the reward model, β = 0.1, 4 completions per prompt, {cfg.steps} steps of "
+             f"{cfg.batch_size // 4} prompts. RLOO takes each completion's baseline from the other completions of its "
+             f"prompt; GRPO (Shao et al. 2024) standardises the rewards within each group, with PPO-clip and k3 in "
+             f"the loss. {n} fresh completions of prompts drawn from ρ (± one standard error):", "",
              "| model | reward model | true reward r* | KL(π‖a) given the prompt, mean over ρ |", "|---|---|---|---|",
              *rows, ""]
-    return lines + [f"- {x}…: " + ", ".join(names) for x, names in completions.items()] + [""]
+    for name in hists:
+        completions = tasks.prompted_samples(models[name], prompts, top=3, n=6, seed=0)
+        lines.append(f"- {name}: " + "; ".join(f"{x}… → {', '.join(v)}" for x, v in completions.items()))
+    return lines + [""]
 
 
 def report_stage(t: Tour, lines: list) -> None:
@@ -220,7 +228,7 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False) -> in
     lines = ["# minialign tour report", ""]
     for name, fn in (("base model", base_stage), ("reward model", reward_stage),
                      ("RLHF (RLOO, k1 in the reward)", rlhf_stage), ("DPO", dpo_stage), ("GDC: 50% female", gdc_stage),
-                     ("f-DPG (JS), same target", fdpg_stage), ("prompts: GRPO", conditional_stage)):
+                     ("f-DPG (JS), same target", fdpg_stage), ("prompts: RLOO and GRPO", conditional_stage)):
         lines += t.stage(name, fn)
     t.stage("report", lambda t: report_stage(t, lines))
     print(f"\ntour finished in {sum(t.seconds.values()):.0f} s; report: {t.out / 'report.md'}")

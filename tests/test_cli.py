@@ -40,13 +40,13 @@ def test_tour_quick_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert main(["tour", "--out", str(tmp_path), "--quick"]) == 0
     report = (tmp_path / "report.md").read_text()
     for section in ("## Base model", "## Preferences and the reward model", "## RLHF", "## DPO", "## GDC",
-                    "## f-DPG with Jensen–Shannon", "## Prompts: GRPO completing first letters", "## Timings"):
+                    "## f-DPG with Jensen–Shannon", "## Prompts: completing first letters", "## Timings"):
         assert section in report, section
     for png in ("pretrain_loss.png", "reward_kl.png", "constraint.png", "kl_p_pi.png", "dpo.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
     printed = capsys.readouterr().out
     assert "stage base model" in printed and "stage f-DPG (JS), same target" in printed
-    assert "stage prompts: GRPO" in printed
+    assert "stage prompts: RLOO and GRPO" in printed
 
 
 def test_grpo_and_the_conditional_variants_run_on_names(tmp_path, capsys):

@@ -151,8 +151,8 @@ class Method:
 
     def set_prompts(self, prompts, group_size: int = 1) -> None:
         """Make the method conditional: draw ``group_size`` responses per prompt of ``prompts``."""
-        if prompts is not None:
-            check_group_batch(group_size, group_size)
+        if prompts is not None and (int(group_size) != group_size or group_size < 1):
+            raise ValueError(f"the group size (responses per prompt) must be a whole number ≥ 1; got {group_size}")
         self.prompts, self.group_size = prompts, int(group_size)
 
     def loss(self, policy, batch: Batch) -> tuple[Tensor, dict]:

@@ -2,7 +2,8 @@
 
 Policy gradient with a leave-one-out baseline (RLOO) or PPO-clip epochs over each batch; the KL term in the
 reward (k1, per sequence or per token) or in the loss (k2 or k3 per token); β fixed or adapted by the
-controller of Ziegler et al. (2019). The pieces are the shared ones of ``policy_gradient.py``.
+controller of Ziegler et al. (2019). The pieces are the shared ones of ``policy_gradient.py``. With prompts
+(chapter 05, §12) the objective is averaged over them and RLOO's baseline is taken within each prompt's group.
 """
 from __future__ import annotations
 
