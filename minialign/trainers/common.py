@@ -58,17 +58,22 @@ class Batch:
 
     def logprob(self, model):
         """log π(x), or log π(y|x) with prompts, of every row: a differentiable Tensor ``[B]``."""
+        if self.prompt_len is None:  # any model with sequence_logprob(tokens) will do
+            return model.sequence_logprob(self.tokens)
         return model.sequence_logprob(self.tokens, self.prompt_len)
 
     def token_logprobs(self, model):
         """log π(x_t | x_<t) of every row's counted tokens (the response's, with prompts): a Tensor ``[B, L]``."""
+        if self.prompt_len is None:
+            return model.token_logprobs(self.tokens)
         return model.token_logprobs(self.tokens, self.prompt_len)
 
 
 def logprobs(model, tokens, prompt_len=None) -> np.ndarray:
     """log π(x) per row (log π(y|x) with ``prompt_len``), without a graph (float64)."""
     with no_grad():
-        return np.asarray(model.sequence_logprob(tokens, prompt_len).numpy(), dtype=np.float64)
+        logp = model.sequence_logprob(tokens) if prompt_len is None else model.sequence_logprob(tokens, prompt_len)
+        return np.asarray(logp.numpy(), dtype=np.float64)
 
 
 def sample_batch(sampler, n: int, rng, ref=None, tokenizer=None, prompts=None, group_size: int = 1) -> Batch:
