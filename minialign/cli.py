@@ -88,13 +88,15 @@ def _align(args):
         spec.check(opts)
     backend = _backend(args)
     out = args.out or R.output_file(".npz")(f"runs/{args.method}.npz")
+    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      checkpoint_every=args.checkpoint_every)
+    if spec.check_train is not None:
+        spec.check_train(opts, cfg)
     base_path = args.base or tasks.BASE_CHECKPOINT
     if out.resolve() == base_path.resolve():
         raise ValueError(f"--out {out} is the --base checkpoint; a run must not overwrite its own base model: "
                          "choose another --out")
     base = tasks.load_base(base_path, backend=backend)
-    cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      checkpoint_every=args.checkpoint_every)
     check_resumable(out, {"kind": "align", "base": fingerprint(base), **spec.identity(opts), **cfg.identity()},
                     args.fresh)  # before any work: a damaged checkpoint or another run's is refused now
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))

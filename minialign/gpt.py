@@ -7,6 +7,11 @@ Finite horizon: a sequence is at most ``block_size`` tokens long, its EOS includ
 (index ``block_size − 1``) the EOS is forced: the model's distribution there is a point mass on EOS. So
 ``generate``, ``sequence_logprob`` and the exact enumeration of the lab agree, and the probabilities of all
 EOS-terminated sequences of length ≤ ``block_size`` sum to exactly 1 (Eq. 2.8).
+
+Prompts (chapter 05, §12): a prompt x is a prefix of a row, P tokens none of which is EOS; the response y is
+the rest of the row, its EOS included. ``prompt_len`` leaves the prompt's tokens out of the sum, so that
+``sequence_logprob(rows, prompt_len)`` is log π(y | x) (Eq. 5.18), and ``generate(n, prompts=...)`` primes the
+KV cache on BOS and the prompt and samples y. Without a prompt (``prompt_len`` None or 0) nothing changes.
 """
 from __future__ import annotations
 
@@ -171,44 +176,89 @@ class GPT(Module):
                              "every row must end in EOS")
         return x, is_eos.argmax(axis=1)
 
-    def _shift(self, x):
-        """Inputs (BOS then x without its last column), targets x, and the mask of counted positions."""
+    def _shift(self, x, prompt_len=None):
+        """Inputs (BOS then x without its last column), targets x, and the mask of counted positions (the
+        prompt's positions excluded when ``prompt_len`` is given)."""
         x, first_eos = self.check_rows(x)
         cfg = self.config
         b, length = x.shape
         t = np.arange(length)
         counted = (t[None, :] <= first_eos[:, None]) & (t[None, :] < cfg.block_size - 1)
+        if prompt_len is not None:
+            counted &= t[None, :] >= self.check_prompt_len(prompt_len, first_eos)[:, None]
         inp = np.concatenate([np.full((b, 1), cfg.bos_id, dtype=x.dtype), x[:, :-1]], axis=1)
         return inp, x, counted
 
-    def token_logprobs(self, x) -> Tensor:
+    def check_prompt_len(self, prompt_len, first_eos) -> np.ndarray:
+        """``prompt_len [B]``: whole numbers with 0 ≤ P ≤ the row's first EOS (a prompt holds no EOS) and
+        P ≤ block_size − 1 (the response needs the position of its EOS)."""
+        arr = np.asarray(prompt_len)
+        if arr.dtype.kind not in "iu" or arr.shape != first_eos.shape:
+            raise ValueError(f"prompt_len must be whole numbers, one per row, shape {first_eos.shape}; got dtype "
+                             f"{arr.dtype}, shape {arr.shape}")
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > self.config.block_size - 1):
+            raise ValueError(f"prompt lengths must lie in [0, {self.config.block_size - 1}] (block_size − 1: the "
+                             f"response needs room for its EOS); got values in [{int(arr.min())}, {int(arr.max())}]")
+        if (arr > first_eos).any():
+            row = int(np.flatnonzero(arr > first_eos)[0])
+            raise ValueError(f"row {row}: its prompt of {int(arr[row])} tokens runs past the row's end-of-sequence "
+                             f"token at position {int(first_eos[row])}; a prompt cannot contain EOS")
+        return arr.astype(np.int64)
+
+    def check_prompts(self, prompts, n: int) -> np.ndarray:
+        """Prompts for :meth:`generate`: token ids ``[n, P]`` (or ``[P]``, the same prompt for every row), no EOS
+        among them, and P ≤ block_size − 1."""
+        arr = np.asarray(prompts)
+        if arr.ndim == 1:
+            arr = np.broadcast_to(arr, (n, arr.shape[0]))
+        if arr.size == 0 and arr.ndim == 2 and arr.shape[0] == n:
+            arr = arr.astype(np.int64)
+        arr = np.asarray(self._check_ids(arr, "prompts"))
+        if arr.shape[0] != n:
+            raise ValueError(f"prompts must have one row per sample ({n}); got shape {arr.shape}")
+        if arr.shape[1] > self.config.block_size - 1:
+            raise ValueError(f"a prompt of {arr.shape[1]} tokens leaves no room for the response's EOS: prompts "
+                             f"may hold at most block_size − 1 = {self.config.block_size - 1} tokens")
+        if (arr == self.config.eos_id).any():
+            raise ValueError(f"a prompt is a prefix of a sequence and cannot contain the EOS token (id "
+                             f"{self.config.eos_id})")
+        return arr.astype(np.int64)
+
+    def token_logprobs(self, x, prompt_len=None) -> Tensor:
         """log π(x_t | x_<t) for every position of rows ``x [B, L]``: a Tensor ``[B, L]`` that is zero at padding
-        and at the forced EOS (log 1), so that its row sums are Eq. (2.7)."""
-        inp, targets, counted = self._shift(x)
+        and at the forced EOS (log 1), so that its row sums are Eq. (2.7); zero too at the first
+        ``prompt_len[b]`` positions of row b when given, so that the row sums are log π(y | x), Eq. (5.18)."""
+        inp, targets, counted = self._shift(x, prompt_len)
         # the head and the log-probabilities in one op: a backend with the chunked kernel never holds all logits
         return F.linear_logprobs(self.hidden_states(inp), self.wte.weight, np.where(counted, targets, -100))
 
-    def next_token_logits(self, x):
+    def next_token_logits(self, x, prompt_len=None):
         """The logits ``[B, L, V]`` of every next-token distribution along rows ``x [B, L]`` (position t is
-        π(· | x_<t)) and the targets ``[B, L]``: x_t where it counts, −100 at padding and at the forced EOS."""
-        inp, targets, counted = self._shift(x)
+        π(· | x_<t)) and the targets ``[B, L]``: x_t where it counts, −100 at padding, at the forced EOS and in the
+        prompt (the first ``prompt_len[b]`` positions of row b, when given)."""
+        inp, targets, counted = self._shift(x, prompt_len)
         return self(inp), np.where(counted, targets, -100)
 
-    def sequence_logprob(self, x) -> Tensor:
+    def sequence_logprob(self, x, prompt_len=None) -> Tensor:
         """Eq. (2.7): log π(x) = Σ_t log π(x_t | x_<t) over each row's tokens up to and including its first
         EOS (later columns are padding); the forced EOS at position block_size − 1 contributes log 1 = 0.
+        With ``prompt_len [B]``, Eq. (5.18): log π(y | x), the sum from position ``prompt_len[b]`` on.
 
         Differentiable: returns a Tensor ``[B]``.
         """
-        return self.token_logprobs(x).sum(axis=1)
+        return self.token_logprobs(x, prompt_len).sum(axis=1)
 
     # ------------------------------------------------------------------ sampling
-    def generate(self, num_samples: int, rng=None, temperature: float = 1.0, top_k=None, use_cache: bool = True):
+    def generate(self, num_samples: int, rng=None, temperature: float = 1.0, top_k=None, use_cache: bool = True,
+                 prompts=None):
         """Sample ``num_samples`` sequences; returns (tokens ``[B, block_size]`` padded with EOS, log π(x) ``[B]``).
 
         Each step draws u ~ U(0,1) per row and takes the token where the cumulative probability passes u, so the
         same seed gives the same samples with and without the KV cache. The returned log-probabilities are the
         model's own (temperature 1, no top-k), accumulated step by step: they equal :meth:`sequence_logprob`.
+
+        ``prompts`` (ids ``[B, P]``, see :meth:`check_prompts`): each row starts with its prompt, the KV cache is
+        primed on BOS and the prompt in one pass, and the returned log-probability is log π(y | x), Eq. (5.18).
         """
         cfg = self.config
         if not _whole(num_samples) or num_samples < 1:
@@ -221,19 +271,23 @@ class GPT(Module):
         was_training = self.training
         self.eval()
         n, horizon = num_samples, cfg.block_size
+        prompts = np.zeros((n, 0), dtype=np.int64) if prompts is None else self.check_prompts(prompts, n)
         out = np.full((n, horizon), cfg.eos_id, dtype=np.int64)
+        out[:, :prompts.shape[1]] = prompts
         logprob = np.zeros(n, dtype=np.float64)
         done = np.zeros(n, dtype=bool)
         cache = self.new_cache() if use_cache else None
-        inp = np.full((n, 1), cfg.bos_id, dtype=np.int64)
+        inp = np.concatenate([np.full((n, 1), cfg.bos_id, dtype=np.int64), prompts], axis=1)
+        fed = 0  # positions already in the cache
         try:
             with no_grad():
-                for t in range(horizon):
+                for t in range(prompts.shape[1], horizon):
                     u = rng.random(n)
                     if t == horizon - 1:
                         break  # EOS forced at the last position: out already holds it
                     if use_cache:
-                        logits = self(inp[:, -1:], cache=cache, start=t).numpy()[:, -1]
+                        logits = self(inp[:, fed:], cache=cache, start=fed).numpy()[:, -1]
+                        fed = inp.shape[1]
                     else:
                         logits = self(inp).numpy()[:, -1]
                     logits = logits.astype(np.float64)

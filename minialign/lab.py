@@ -146,6 +146,111 @@ class ExactLab:
             raise ValueError("a row is not an EOS-terminated sequence of the lab") from e
 
 
+class PromptedLab:
+    """The exact lab with prompts (chapter 05, §12): for each prompt x of a distribution ρ (a
+    ``prompts.Prompts``), every response y — the lab's sequences that begin with x — enumerated.
+
+    The (x, y) pairs are the rows of ``sequences`` (prompt and response, padded with EOS), grouped by prompt:
+    ``group[i]`` is the prompt of row i, ``prompt_len[i]`` its length, ``row_prompt_probs[i]`` its ρ(x). On
+    them a model is a conditional distribution π(y|x) that sums to 1 within each group (Eq. 5.18), and every
+    per-prompt quantity — Z(x), the optimum π*(·|x), divergences averaged over ρ — is a finite sum.
+    """
+
+    def __init__(self, lab: ExactLab, prompts):
+        if prompts.eos_id != lab.eos_id or int(prompts.tokens.max()) >= lab.vocab_size:
+            raise ValueError(f"the prompts (EOS id {prompts.eos_id}, ids up to {int(prompts.tokens.max())}) do not fit "
+                             f"the lab (EOS id {lab.eos_id}, vocabulary {lab.vocab_size})")
+        if prompts.length > lab.horizon - 1:
+            raise ValueError(f"prompts of {prompts.length} tokens leave no room for a response's EOS in a horizon of "
+                             f"{lab.horizon}")
+        self.lab, self.prompts = lab, prompts
+        length = prompts.length
+        members = [np.flatnonzero((lab.sequences[:, :length] == x).all(axis=1)) for x in prompts.tokens]
+        self.rows_of = np.concatenate(members)  # index into the lab's enumeration of each (x, y) row
+        self.sequences = lab.sequences[self.rows_of]
+        self.group = np.concatenate([np.full(len(m), i) for i, m in enumerate(members)])
+        self.prompt_len = np.full(len(self.sequences), length, dtype=np.int64)
+        self.row_prompt_probs = prompts.probs[self.group]
+        self.vocab_size, self.horizon, self.eos_id = lab.vocab_size, lab.horizon, lab.eos_id
+        self._pair = np.full(len(lab), -1)
+        self._pair[self.rows_of] = np.arange(len(self.rows_of))
+
+    @classmethod
+    def first_tokens(cls, model, length: int = 1, weights=None) -> "PromptedLab":
+        """Every prompt of ``length`` non-EOS tokens on the model's lab, with ρ ∝ ``weights`` (uniform if None)."""
+        from .prompts import Prompts
+
+        lab = ExactLab.for_model(model)
+        tokens = [t for t in range(lab.vocab_size) if t != lab.eos_id]
+        rows = np.array(list(itertools.product(tokens, repeat=length)), dtype=np.int64)
+        return cls(lab, Prompts(rows, weights, name=f"first{length}", eos_id=lab.eos_id, vocab_size=lab.vocab_size))
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.prompts)
+
+    def log_probs(self, model) -> Tensor:
+        """log π(y|x) for every (x, y) row, differentiable (a Tensor ``[N]``)."""
+        self.lab._check_model(model)
+        return model.sequence_logprob(self.sequences, self.prompt_len)
+
+    def distribution(self, model) -> np.ndarray:
+        """π(y|x) for every row, float64; it must sum to 1 within each prompt's group."""
+        p = np.exp(np.asarray(self.log_probs(model).numpy(), dtype=np.float64))
+        sums = self.group_sum(p)
+        tol = 1e-9 if model.parameters()[0].dtype == np.float64 else 1e-4
+        if np.abs(sums - 1).max() > tol:
+            raise ValueError(f"the model's conditional probabilities sum to {sums[np.abs(sums - 1).argmax()]:.12f} "
+                             "for some prompt, not 1")
+        return p
+
+    def group_sum(self, values) -> np.ndarray:
+        """Σ_y values(x, y) for each prompt x: ``[m]``."""
+        return np.bincount(self.group, weights=np.asarray(values, dtype=np.float64), minlength=self.n_prompts)
+
+    def normalise(self, log_scores):
+        """A conditional target from log-scores log P(x, y) over the rows: (log p(y|x) ``[N]``, log Z(x) ``[m]``),
+        Z(x) = Σ_y P(x, y) (Eq. 6.14). −inf marks zero mass; a prompt with no mass at all is an error."""
+        log_scores = np.asarray(log_scores, dtype=np.float64)
+        if log_scores.shape != (len(self),):
+            raise ValueError(f"log-scores must have one entry per (prompt, response) row, shape ({len(self)},); got "
+                             f"{log_scores.shape}")
+        if np.isnan(log_scores).any() or np.isposinf(log_scores).any():
+            raise ValueError("log-scores contain NaN or +inf")
+        log_z = np.array([log_normalise(log_scores[self.group == i])[1] if np.isfinite(log_scores[self.group == i]).any()
+                          else -np.inf for i in range(self.n_prompts)])
+        if np.isneginf(log_z).any():
+            raise ValueError(f"the target has no mass on any response of prompt {self.prompts.tokens[np.isneginf(log_z)][0]}")
+        return log_scores - log_z[self.group], log_z
+
+    def mean_divergence(self, name: str, p, q) -> float:
+        """Σ_x ρ(x) D_f(p(·|x) ‖ q(·|x)) between two conditional distributions given row by row."""
+        p, q = np.asarray(p, np.float64), np.asarray(q, np.float64)
+        return float(sum(rho * divergences.divergence(name, p[self.group == i], q[self.group == i])
+                         for i, rho in enumerate(self.prompts.probs)))
+
+    def mean_fdiv(self, name: str, log_pi: Tensor, log_p) -> Tensor:
+        """Σ_x ρ(x) D_f(π(·|x) ‖ p(·|x)) as a differentiable function of log π(y|x) over the rows (Eq. 3.1 per
+        prompt, ``fdiv_to_target``), for autograd's exact gradients."""
+        log_p = np.asarray(log_p, dtype=np.float64)
+        total = None
+        for i, rho in enumerate(self.prompts.probs):
+            at = np.flatnonzero(self.group == i)
+            term = fdiv_to_target(name, log_pi[at], log_p[at]) * float(rho)
+            total = term if total is None else total + term
+        return total
+
+    def index_of(self, rows) -> np.ndarray:
+        """Row indices (into ``sequences``) of token rows that begin with one of the prompts."""
+        pair = self._pair[self.lab.index_of(rows)]
+        if (pair < 0).any():
+            raise ValueError("a row does not begin with any of the lab's prompts")
+        return pair
+
+
 def fdiv_to_target(name: str, log_pi: Tensor, log_p) -> Tensor:
     """Eq. (3.1) with P = π, Q = p: D_f(π‖p) = Σ_x p(x) f(π(x)/p(x)) as a differentiable function of log π (a Tensor).
 
@@ -209,8 +314,8 @@ def lab_model(seed: int = 0, vocab_size: int = 3, block_size: int = 4, scale: fl
 
 
 def lab_fn(lab: ExactLab, values):
-    """A reward or log-score given as a vector over the enumeration, as a function of a batch: each batch
-    row (``batch.tokens``) reads its sequence's entry."""
+    """A reward or log-score given as a vector over the enumeration (of an ExactLab, or of a PromptedLab's
+    (x, y) rows), as a function of a batch: each batch row (``batch.tokens``) reads its sequence's entry."""
     values = np.asarray(values)
     if values.shape != (len(lab),):
         raise ValueError(f"values must have one entry per enumerated sequence, shape ({len(lab)},); "

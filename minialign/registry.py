@@ -66,6 +66,30 @@ def learning_rate(text) -> float:
     return _parse(text, float, lambda v: 0 < v <= 1, "a learning rate, a number in (0, 1]")
 
 
+def group_size(text) -> int:
+    """Responses per prompt for a group-normalised method: at least 2 (one reward has no standard deviation)."""
+    value = _number(text, int)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 2 (a group of one response has no standard "
+                                         f"deviation); got {text!r}")
+    return value
+
+
+def clip_range(text) -> float:
+    """PPO's clip ε: a number in (0, 1)."""
+    value = _number(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
+    return value
+
+
+def nonnegative_float(text) -> float:
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}")
+    return value
+
+
 def unit_interval(text) -> float:
     """A number in [0, 1) (a dropout probability)."""
     return _parse(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
@@ -209,6 +233,7 @@ class MethodSpec:
     options: tuple        # Option, …
     run: Callable         # (Ingredients, options dict, TrainConfig, base, out, fresh, progress) → Result
     check: Callable | None = None  # (options dict) → None or raises ValueError: cross-option checks
+    check_train: Callable | None = None  # (options dict, TrainConfig) → None or raises: checks against --batch-size
 
     def defaults(self, **overrides) -> dict:
         """The method's options at their defaults, with ``overrides`` (by option name) applied."""
@@ -246,6 +271,32 @@ CONSTRAINT_OPTIONS = (
 )
 
 
+def _prompt_options(default="none", group=4, group_type=None):
+    """--prompts and --group-size: the conditional setting on names (chapter 05, §12)."""
+    from .prompts import KINDS
+
+    return (Option("--prompts", dict(choices=list(KINDS), default=default,
+                                     help="prompts the model completes: none, the first letter (first1) or the first "
+                                          f"two letters (first2) of corpus names, ρ ∝ names per prefix (default: "
+                                          f"{default})")),
+            Option("--group-size", dict(type=group_type or positive_int, default=group,
+                                        help="completions per prompt in a batch, with prompts; --batch-size must be a "
+                                             f"multiple (default: {group})")))
+
+
+def _check_groups(opts, cfg):
+    """With prompts, a batch is whole groups: --batch-size a multiple of --group-size."""
+    if opts.get("prompts", "none") != "none":
+        _check_grpo_groups(opts, cfg)
+
+
+def _check_grpo_groups(opts, cfg):
+    """GRPO's batches are whole groups, with prompts or without."""
+    from .trainers.common import check_group_batch
+
+    check_group_batch(cfg.batch_size, opts["group_size"])
+
+
 def _beta(default, what):
     return Option("--beta", dict(type=positive_float, default=default, metavar="X", help=what))
 
@@ -274,6 +325,7 @@ def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=p
     accuracy, the EBM's fit)."""
     from . import tasks
     from .ebm import fit_names_ebm, parse_constraint
+    from .prompts import names_prompts
     from .rewards import load_pairs, simulate_preferences, true_reward
 
     out = Ingredients()
@@ -289,6 +341,9 @@ def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=p
             out.identity["pairs_sha256"] = hashlib.sha256(Path(opts["pairs"]).read_bytes()).hexdigest()[:16]
         else:
             pairs = None
+        if "pairs" in needs and pairs is None and opts.get("prompts", "none") != "none":  # triples: (x, y_w, y_l)
+            pairs = tasks.simulate_conditional_preferences(base, names_prompts(opts["prompts"]), opts["n_pairs"],
+                                                           seed=seed)
         if "pairs" in needs or opts.get("reward") == "model":
             pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed,
                                                                                  progress=progress)
@@ -315,22 +370,52 @@ def _summary(history, keys, k=10) -> str:
     return f"over the last {min(k, len(next(iter(history.values()))))} steps: " + "  ".join(parts)
 
 
+def _prompts(opts):
+    from .prompts import names_prompts
+
+    return names_prompts(opts.get("prompts", "none"))
+
+
+def _prompted_lines(policy, prompts, seed) -> list:
+    """Completions of the likeliest prompts, for a conditional run's report."""
+    from . import tasks
+
+    if prompts is None or prompts.length == 0:
+        return []
+    samples = tasks.prompted_samples(policy, prompts, seed=seed)
+    return ["completions: " + "; ".join(f"{x}… → {', '.join(names)}" for x, names in samples.items())]
+
+
 def _run_rlhf(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     from . import tasks
 
+    prompts = _prompts(opts)
     policy, hist = tasks.run_rlhf(ing.reward, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
                                   kl_target=opts["kl_target"], cfg=cfg, base=base, out=out, progress=progress,
-                                  fresh=fresh, identity=identity)
+                                  fresh=fresh, identity=identity, prompts=prompts, group_size=opts["group_size"])
     return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est",
-                                                 "distinct_2", "in_corpus"])])
+                                                 "distinct_2", "in_corpus"])] + _prompted_lines(policy, prompts, cfg.seed))
+
+
+def _run_grpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+    from . import tasks
+
+    prompts = _prompts(opts)
+    policy, hist = tasks.run_grpo(ing.reward, prompts, opts["group_size"], beta=opts["beta"], clip=opts["clip"],
+                                  kl=opts["kl"], scale=opts["scale"] == "group", epochs=opts["epochs"], cfg=cfg,
+                                  base=base, out=out, progress=progress, fresh=fresh, identity=identity)
+    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "clip_fraction", "distinct_2",
+                                                 "in_corpus"])] + _prompted_lines(policy, prompts, cfg.seed))
 
 
 def _run_dpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     from . import tasks
 
+    prompts = _prompts(opts)
     policy, hist = tasks.run_dpo(ing.pairs, beta=opts["beta"], cfg=cfg, base=base, out=out, progress=progress,
-                                 fresh=fresh, identity=identity)
-    return Result(policy, hist, [_summary(hist, ["loss", "pair_accuracy", "margin"])])
+                                 fresh=fresh, identity=identity, prompt_length=0 if prompts is None else prompts.length)
+    return Result(policy, hist, [_summary(hist, ["loss", "pair_accuracy", "margin"])]
+                  + _prompted_lines(policy, prompts, cfg.seed))
 
 
 def constraint_report(ebm, policy, base, history, n, seed):
@@ -356,9 +441,12 @@ def constraint_report(ebm, policy, base, history, n, seed):
 def _run_gdc(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     from . import tasks
 
+    prompts = _prompts(opts)
     policy, hist = tasks.run_gdc(ing.ebm, proposal=opts["proposal"], baseline=opts["baseline"],
                                  calibrate=opts["calibrate"], cfg=cfg, base=base, out=out, progress=progress,
-                                 fresh=fresh, identity=identity)
+                                 fresh=fresh, identity=identity, prompts=prompts, group_size=opts["group_size"])
+    if prompts is not None:
+        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, cfg.seed))
     lines, checks, (names, kl, se) = constraint_report(ing.ebm, policy, base, hist, opts["eval_samples"], cfg.seed)
     missed = not all(c.met for c in checks)
     if missed and opts["calibrate"] is None:
@@ -374,6 +462,23 @@ def _run_gdc(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     lines.append(_summary(hist, [k for k in hist if k.startswith("E[")] + ["satisfied", "kl_p_pi_est", "kl_pi_a_est",
                                                                         "self_bleu", "distinct_2", "in_corpus"]))
     return Result(policy, hist, lines, {"checks": checks, "fresh": (names, kl, se)})
+
+
+def _conditional_constraint_lines(ebm, policy, base, prompts, hist, opts, seed) -> list:
+    """Each pointwise constraint's satisfaction on fresh completions of prompts drawn from ρ (± one standard
+    error), the mean conditional KL on the same samples, the run's last steps, and completions of the top prompts."""
+    from . import tasks
+
+    n = opts.get("eval_samples", 1000)
+    names, kl, se = tasks.fresh_prompted_samples(policy, base, prompts, n, seed + 1)
+    lines = []
+    for c in ebm.pointwise:
+        frac = float(np.mean(c(names)))
+        lines.append(f"pointwise {c.name}: satisfied by {frac:.3f} ± {np.sqrt(frac * (1 - frac) / n):.3f} of {n} fresh "
+                     f"completions (prompts drawn from ρ: {prompts.name})")
+    lines.append(f"E_ρ KL(π(·|x)‖a(·|x)) on the same samples: {kl:.3f} ± {se:.3f}")
+    lines.append(_summary(hist, ["satisfied", "kl_p_pi_est", "kl_pi_a_est", "self_bleu", "distinct_2", "in_corpus"]))
+    return lines + _prompted_lines(policy, prompts, seed)
 
 
 def _reinforce_at(feature, reached, base, n, cfg, hist, kl, se, progress) -> list:
@@ -395,11 +500,15 @@ def _run_fdpg(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
     from . import tasks
 
     reward = ing.reward if opts["target"] == "reward" else None
+    prompts = _prompts(opts)
     policy, hist = tasks.run_fdpg(opts["f"], ing.target, ebm=ing.ebm, reward=reward, proposal=opts["proposal"],
-                                  cfg=cfg, base=base, out=out, progress=progress, fresh=fresh, identity=identity)
+                                  cfg=cfg, base=base, out=out, progress=progress, fresh=fresh, identity=identity,
+                                  prompts=prompts, group_size=opts["group_size"])
+    if prompts is not None and ing.ebm is not None:
+        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, cfg.seed))
     keys = [k for k in hist if k.startswith("E[")] + ["satisfied", "reward_est", "kl_p_pi_est", "kl_pi_a_est",
                                                       "self_bleu", "distinct_2", "in_corpus"]
-    return Result(policy, hist, [_summary(hist, keys)])
+    return Result(policy, hist, [_summary(hist, keys)] + _prompted_lines(policy, prompts, cfg.seed))
 
 
 def _check_constraints(opts):
@@ -420,8 +529,15 @@ def _check_rlhf(opts):
                          f"with it; got --kl {opts['kl']}")
 
 
+def _check_conditional_constraints(opts):
+    if opts.get("prompts", "none") != "none" and any("=" in c for c in opts.get("constraint", [])):
+        raise ValueError("with --prompts, give pointwise constraints only (e.g. --constraint contains:z): a "
+                         "distributional one such as female=0.5 would need its own λ for every prompt")
+
+
 def _check_gdc(opts):
     _check_constraints(opts)
+    _check_conditional_constraints(opts)
     if opts["calibrate"] is not None and not any("=" in c for c in opts["constraint"]):
         raise ValueError("--calibrate moves λ towards distributional targets; give one, e.g. --constraint female=0.5")
 
@@ -430,6 +546,7 @@ def _check_fdpg(opts):
     if opts["target"] != "constraints":
         return
     _check_constraints(opts)
+    _check_conditional_constraints(opts)
     fd = divergences.get(opts["f"])
     if not math.isfinite(fd.slope_at_infinity) and any("=" not in c for c in opts["constraint"]):
         raise ValueError(f"--f {opts['f']} has f'(t) → ∞ as t → ∞, so samples outside a pointwise constraint "
@@ -452,15 +569,17 @@ METHODS = {
                                   help="RLOO, PPO-clip, or REINFORCE without a baseline (default: rloo)")),
             Option("--kl-target", dict(type=positive_float, default=None, metavar="KL",
                                        help="adapt β towards this KL(π‖a) (Ziegler et al. 2019)")),
-        ), _run_rlhf, _check_rlhf),
+        ) + _prompt_options(), _run_rlhf, _check_rlhf, check_train=_check_groups),
     "dpo": MethodSpec(
         "dpo", "DPO: the KL-control optimum fitted to preference pairs directly (chapter 05)", ("pairs",),
-        REWARD_OPTIONS[1:] + (_beta(0.1, "KL coefficient β of the implicit reward"),), _run_dpo),
+        REWARD_OPTIONS[1:] + (_beta(0.1, "KL coefficient β of the implicit reward"),) + _prompt_options()[:1],
+        _run_dpo),
     "gdc": MethodSpec(
         "gdc", "GDC: DPG towards the EBM that meets the constraints (chapter 06)", ("constraints",),
         CONSTRAINT_OPTIONS + (
             _proposal("adaptive"),
             Option("--baseline", dict(action="store_true", help="GDC++'s baseline (Korbak et al. 2022)")),
+            *_prompt_options(),
             Option("--calibrate", dict(type=positive_float, default=None, metavar="RATE",
                                        help="move λ by dual ascent on the policy's own moments at this rate (e.g. "
                                             "0.1), so that π, not only p, meets the distributional constraints "
@@ -468,7 +587,7 @@ METHODS = {
             Option("--compare-reinforce", dict(action="store_true",
                                                help="also run REINFORCE with the first feature as the reward, to the "
                                                     "same fraction, and print both KLs"), defines_run=False),
-        ), _run_gdc, _check_gdc),
+        ), _run_gdc, _check_gdc, _check_groups),
     "fdpg": MethodSpec(
         "fdpg", "f-DPG: minimise D_f(π‖p) for any f (chapter 07)", ("target",),
         REWARD_OPTIONS + CONSTRAINT_OPTIONS[:2] + (
@@ -479,5 +598,19 @@ METHODS = {
                                     help="p ∝ a·e^{r/β} (reward) or the EBM of the constraints (default: constraints)")),
             _beta(0.1, "temperature β of the reward target p ∝ a·e^{r/β}"),
             _proposal("policy"),
-        ), _run_fdpg, _check_fdpg),
+        ) + _prompt_options(), _run_fdpg, _check_fdpg, _check_groups),
+    "grpo": MethodSpec(
+        "grpo", "GRPO: group-normalised advantages, PPO-clip and a KL to a (chapter 05, §12)", ("reward",),
+        REWARD_OPTIONS + _prompt_options("first1", 4, group_size) + (
+            _beta(0.04, "KL coefficient β"),
+            Option("--clip", dict(type=clip_range, default=0.2, help="PPO's clip ε (default: 0.2)")),
+            Option("--kl", dict(choices=["k3_loss", "k1_reward"], default="k3_loss",
+                                help="k3 per token in the loss (as published) or k1 per sequence in the reward, after "
+                                     "the normalisation (default: k3_loss)")),
+            Option("--scale", dict(choices=["group", "none"], default="group",
+                                   help="divide each advantage by its group's standard deviation (as published), or "
+                                        "not (default: group)")),
+            Option("--epochs", dict(type=positive_int, default=1,
+                                    help="optimizer steps on each batch (PPO-clip keeps them near π_old; default: 1)")),
+        ), _run_grpo, check_train=_check_grpo_groups),
 }

@@ -167,8 +167,10 @@ def _train(method, policy, cfg, base, out, metrics_fn, progress, fresh, identity
 
 
 def run_rlhf(reward, beta=0.1, kl="k1_seq", algo="rloo", kl_target=None, cfg: TrainConfig | None = None,
-             base=None, out=None, progress=True, fresh=False, identity=None):
-    """RLHF (chapter 05) against ``reward`` (names → rewards) on the base model."""
+             base=None, out=None, progress=True, fresh=False, identity=None, prompts=None, group_size=4):
+    """RLHF (chapter 05) against ``reward`` (names → rewards) on the base model; with ``prompts`` (a
+    ``prompts.Prompts``) conditional, ``group_size`` completions per prompt, RLOO's baseline within each group
+    (chapter 05, §12). The reward is that of the whole name, prompt included."""
     from .trainers.rlhf import RLHF
 
     base = base or load_base()
@@ -177,21 +179,23 @@ def run_rlhf(reward, beta=0.1, kl="k1_seq", algo="rloo", kl_target=None, cfg: Tr
         check_same_vocabulary(owner, base)
     policy = trainable_copy(base)
     method = RLHF(base, names_reward(reward), beta=beta, kl=kl, algo=algo, kl_target=kl_target,
-                  tokenizer=CharTokenizer())
+                  tokenizer=CharTokenizer(), prompts=prompts, group_size=group_size if prompts is not None else 1)
     history = _train(method, policy, cfg, base, out, constraint_metrics(reward=reward), progress, fresh, identity)
     return policy, history
 
 
 def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False,
-            identity=None):
-    """DPO (chapter 05) on preference pairs of names."""
+            identity=None, prompt_length: int = 0):
+    """DPO (chapter 05) on preference pairs of names; with ``prompt_length`` k > 0, on triples: each pair shares
+    its first k letters, the prompt, and the log-ratios are those of the completions (Eq. 5.20)."""
     from .trainers.dpo import DPO
 
     base = base or load_base()
     tok = CharTokenizer()
     length = base.config.block_size
+    prompt_len = np.full(len(pairs), prompt_length, dtype=np.int64) if prompt_length else None
     method = DPO(base, tok.encode_batch(list(pairs.chosen), length), tok.encode_batch(list(pairs.rejected), length),
-                 beta=beta)
+                 beta=beta, prompt_len=prompt_len)
     policy = trainable_copy(base)
     run = {"base": fingerprint(base), **(identity or {})}
     history = train(method, policy, cfg or TrainConfig(), out=out, progress=progress, identity=run, fresh=fresh)
@@ -199,30 +203,91 @@ def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None
 
 
 def run_gdc(ebm, proposal="adaptive", baseline=False, calibrate: float | None = None, cfg: TrainConfig | None = None,
-            base=None, out=None, progress=True, fresh=False, identity=None):
+            base=None, out=None, progress=True, fresh=False, identity=None, prompts=None, group_size=4):
     """GDC towards the EBM; with ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.11) and the
-    history records it as ``lambda_i``."""
+    history records it as ``lambda_i``. With ``prompts``, CDPG (chapter 06, §10): the target p(y|x) ∝ a(y|x) b(x, y)
+    per prompt, each with its own Z(x); pointwise constraints only."""
     from .trainers.gdc import DPG
 
+    check_conditional_ebm(ebm, prompts, calibrate)
     base = base or load_base()
     policy = trainable_copy(base)
     target = ebm_target(ebm) if calibrate is None else calibrated_target(ebm, calibrate)
-    method = DPG(base, policy, target, proposal=proposal, baseline=baseline, tokenizer=CharTokenizer())
+    method = DPG(base, policy, target, proposal=proposal, baseline=baseline, tokenizer=CharTokenizer(), prompts=prompts,
+                 group_size=group_size if prompts is not None else 1)
     history = _train(method, policy, cfg, base, out, constraint_metrics(ebm=ebm), progress, fresh, identity)
     return policy, history
 
 
 def run_fdpg(f, target_fn, ebm=None, reward=None, proposal="policy", cfg: TrainConfig | None = None, base=None,
-             out=None, progress=True, fresh=False, identity=None):
-    """f-DPG (chapter 07) towards ``target_fn`` (batch → log P)."""
+             out=None, progress=True, fresh=False, identity=None, prompts=None, group_size=4):
+    """f-DPG (chapter 07) towards ``target_fn`` (batch → log P); with ``prompts``, conditional (one Z(x) per
+    prompt, chapter 06, §10)."""
     from .trainers.fdpg import FDPG
 
+    if ebm is not None:
+        check_conditional_ebm(ebm, prompts)
     base = base or load_base()
     policy = trainable_copy(base)
-    method = FDPG(base, policy, target_fn, f=f, proposal=proposal, tokenizer=CharTokenizer())
+    method = FDPG(base, policy, target_fn, f=f, proposal=proposal, tokenizer=CharTokenizer(), prompts=prompts,
+                  group_size=group_size if prompts is not None else 1)
     history = _train(method, policy, cfg, base, out, constraint_metrics(ebm=ebm, reward=reward), progress, fresh,
                      identity)
     return policy, history
+
+
+def run_grpo(reward, prompts=None, group_size=4, beta=0.04, clip=0.2, kl="k3_loss", scale=True, epochs=1,
+             cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False, identity=None):
+    """GRPO (chapter 05, §12) against ``reward`` (names → rewards, of the whole name), ``group_size`` completions
+    per prompt of ``prompts`` (None: the empty prompt, groups of unconditional samples)."""
+    from .trainers.grpo import GRPO
+
+    base = base or load_base()
+    owner = getattr(reward, "__self__", None)
+    if owner is not None and hasattr(owner, "config"):
+        check_same_vocabulary(owner, base)
+    policy = trainable_copy(base)
+    method = GRPO(base, names_reward(reward), prompts, group_size, beta=beta, clip=clip, kl=kl, scale=scale,
+                  epochs=epochs, tokenizer=CharTokenizer())
+    history = _train(method, policy, cfg, base, out, constraint_metrics(reward=reward), progress, fresh, identity)
+    return policy, history
+
+
+def check_conditional_ebm(ebm, prompts, calibrate=None) -> None:
+    """With prompts the EBM's target is per prompt, p(y|x) ∝ a(y|x) b(x, y): only pointwise constraints have that
+    meaning without a λ per prompt."""
+    if prompts is not None and (ebm.k or calibrate is not None):
+        raise ValueError("with prompts, give pointwise constraints only (e.g. contains:z): a distributional constraint "
+                         "such as female=0.5 would need its own λ for every prompt")
+
+
+def simulate_conditional_preferences(base, prompts, n_pairs: int, seed: int = 0, reward=None):
+    """Triples for conditional DPO: for each pair a prompt x ∼ ρ, two completions y ∼ a(·|x), and the annotator's
+    choice between the two whole names (Eq. 5.2). Returns ``PreferencePairs`` of whole names; every pair shares
+    its first ``prompts.length`` letters."""
+    from .rewards import PreferencePairs, annotate, true_reward
+
+    if n_pairs < 1:
+        raise ValueError(f"n_pairs must be positive; got {n_pairs}")
+    rng = np.random.default_rng(seed)
+    which = prompts.sample(n_pairs, rng)
+    tok = CharTokenizer()
+    ids, _ = base.generate(2 * n_pairs, rng=rng, prompts=np.concatenate([prompts.tokens[which]] * 2))
+    names = tok.decode_batch(ids)
+    first, second = names[:n_pairs], names[n_pairs:]
+    wins = annotate(first, second, np.random.default_rng([seed, 1]), reward or true_reward)
+    return PreferencePairs(tuple(x if w else y for x, y, w in zip(first, second, wins)),
+                           tuple(y if w else x for x, y, w in zip(first, second, wins)))
+
+
+def prompted_samples(model, prompts, top=3, n=4, seed=0) -> dict:
+    """``n`` completions of each of the ``top`` likeliest prompts of ``prompts``: prompt text → names."""
+    tok = CharTokenizer()
+    out = {}
+    for i in np.argsort(-prompts.probs, kind="stable")[:top]:
+        ids, _ = model.generate(n, rng=seed, prompts=prompts.tokens[i])
+        out[tok.decode(np.append(prompts.tokens[i], tok.eos_id))] = tok.decode_batch(ids)
+    return out
 
 
 def run_reinforce_on_feature(feature, sign=1.0, until=None, cfg: TrainConfig | None = None, base=None,
@@ -230,7 +295,7 @@ def run_reinforce_on_feature(feature, sign=1.0, until=None, cfg: TrainConfig | N
     """REINFORCE (RLOO baseline, no KL term) with the feature itself as the reward, sign·φ(x): the
     reward-maximisation contrast of GDC. Stops early once E[φ] crosses ``until`` (if given): on the training
     batch, or, with ``check_samples``, on that many fresh samples, drawn once the batch is within 0.1 of it."""
-    from .trainers.rlhf import Reinforce
+    from .trainers.reinforce import Reinforce
 
     base = base or load_base()
     policy = trainable_copy(base)
@@ -326,6 +391,16 @@ def evaluate(policy, base, n: int = 1000, seed: int = 1, rewards: dict | None = 
         {f.name: mean_se(f(names)) for f in features},
         distinct_n(names[:DIVERSITY_N], 2), self_bleu(names, max_refs=SELF_BLEU_N), len(set(names)) / n,
         float(np.mean([s in corpus for s in names])))
+
+
+def fresh_prompted_samples(policy, base, prompts, n=1000, seed=0):
+    """n fresh completions of prompts drawn from ρ, as whole names, with the Monte-Carlo estimate of the mean
+    conditional KL, E_ρ KL(π(·|x)‖a(·|x)) = E[log π(y|x) − log a(y|x)], and its standard error: ``(names, kl, se)``."""
+    rng = np.random.default_rng(seed)
+    x = prompts.tokens[prompts.sample(n, rng)]
+    ids, log_pi = policy.generate(n, rng=rng, prompts=x)
+    diff = np.asarray(log_pi, np.float64) - logprobs(base, ids, np.full(n, prompts.length))
+    return CharTokenizer().decode_batch(ids), float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(n))
 
 
 def samples(model, n=20, seed=0) -> list[str]:

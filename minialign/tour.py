@@ -1,5 +1,5 @@
-"""The tour: the course's main job in one run — base model, reward model, RLHF, DPO, GDC and f-DPG on names —
-writing ``report.md`` with its plots and printing how long each stage took.
+"""The tour: the course's main job in one run — base model, reward model, RLHF, DPO, GDC, f-DPG and, with prompts,
+RLOO and GRPO on names — writing ``report.md`` with its plots and printing how long each stage took.
 
 One function per stage; each returns the lines it adds to the report. The methods run through the registry,
 as on the command line. Every figure in the report is measured in this run: policies are compared on fresh
@@ -195,6 +195,44 @@ def fdpg_stage(t: Tour) -> list:
             "", "![constraint](constraint.png)", "", "![KL(p‖π)](kl_p_pi.png)", ""]
 
 
+def conditional_stage(t: Tour) -> list:
+    """Prompts: each name's first letter is given and the model completes it; RLOO with the baseline within each
+    prompt's group, and GRPO (chapter 05, §12)."""
+    from .metrics import mean_se
+    from .prompts import first_letters
+    from .rewards import true_reward
+
+    prompts = first_letters(1)
+    cfg = TrainConfig(steps=4 if t.quick else 30, batch_size=16 if t.quick else 64, lr=3e-4, seed=0,
+                      checkpoint_every=10**9)
+    ingredients = R.Ingredients(reward=t.runs["reward"].score)
+    models, hists = {"base a": t.base}, {}
+    for name, method in (("RLOO, k1 in the reward", "rlhf"), ("GRPO (std, k3 in the loss)", "grpo")):
+        spec = R.METHODS[method]
+        result = spec.run(ingredients, spec.defaults(prompts="first1", group_size=4, beta=0.1), cfg, t.base, None,
+                          False, not t.quick, {})
+        models[name], hists[name] = result.policy, result.history
+    t.runs["conditional"] = hists
+    n = 200 if t.quick else 1000
+    rows = []
+    for name, model in models.items():
+        names, kl, se = tasks.fresh_prompted_samples(model, t.base, prompts, n, seed=1)
+        rows.append(f"| {name} | {mean_se(t.runs['reward'].score(names))} | {mean_se(true_reward(names))} | "
+                    f"{kl:.3f} ± {se:.3f} |")
+    lines = ["## Prompts: completing first letters", "",
+             f"The prompt is a name's first letter, drawn with the share of corpus names that begin with it; the "
+             f"model completes it, against the reward model, β = 0.1, 4 completions per prompt, {cfg.steps} steps of "
+             f"{cfg.batch_size // 4} prompts. RLOO takes each completion's baseline from the other completions of its "
+             f"prompt; GRPO (Shao et al. 2024) standardises the rewards within each group, with PPO-clip and k3 in "
+             f"the loss. {n} fresh completions of prompts drawn from ρ (± one standard error):", "",
+             "| model | reward model | true reward r* | KL(π‖a) given the prompt, mean over ρ |", "|---|---|---|---|",
+             *rows, ""]
+    for name in hists:
+        completions = tasks.prompted_samples(models[name], prompts, top=3, n=6, seed=0)
+        lines.append(f"- {name}: " + "; ".join(f"{x}… → {', '.join(v)}" for x, v in completions.items()))
+    return lines + [""]
+
+
 def report_stage(t: Tour, lines: list) -> None:
     from .plots import tour_plots
 
@@ -213,7 +251,7 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False, backe
     lines = ["# minialign tour report", ""]
     for name, fn in (("base model", base_stage), ("reward model", reward_stage),
                      ("RLHF (RLOO, k1 in the reward)", rlhf_stage), ("DPO", dpo_stage), ("GDC: 50% female", gdc_stage),
-                     ("f-DPG (JS), same target", fdpg_stage)):
+                     ("f-DPG (JS), same target", fdpg_stage), ("prompts: RLOO and GRPO", conditional_stage)):
         lines += t.stage(name, fn)
     t.stage("report", lambda t: report_stage(t, lines))
     print(f"\ntour finished in {sum(t.seconds.values()):.0f} s; report: {t.out / 'report.md'}")

@@ -103,3 +103,25 @@ def test_the_checker_rejects_missing_and_dangling_references():
     good = "$$\nx \\tag{1.3}\n$$\n> code: `minialign/tensor.py::unbroadcast` · test: `tests/test_tensor.py::test_unbroadcast_sums_back_to_the_input_shape`\n"
     (label, code, tests), = equation_references(good)
     assert check_reference(code[0], "code") is None and check_reference(tests[0], "test") is None
+
+
+TEXT_FILES = CHAPTERS + sorted((ROOT / "notebooks").glob("*.ipynb")) + [ROOT / "README.md", ROOT / "ARCHITECTURE.md"]
+
+
+@pytest.mark.parametrize("path", TEXT_FILES, ids=lambda p: p.name)
+def test_text_holds_no_control_characters(path):
+    """A LaTeX command written through a non-raw string loses its backslash to an escape (\\tag → tab + "ag",
+    \\frac → form feed + "rac", \\beta → backspace + "eta"): the equation then renders wrong and its \\tag escapes
+    the reference check. Chapters, notebooks and the READMEs hold no control character but the newline."""
+    text = path.read_text(encoding="utf-8")
+    bad = sorted({f"{ord(c):#04x}" for c in text if ord(c) < 32 and c != "\n"})
+    assert not bad, f"{path.name} contains control characters {bad}"
+    broken = re.findall(r"\n(?:abla|eq|ot|u)\\", text) if path.suffix == ".md" else []
+    assert not broken, f"{path.name}: a line starts where a '\\n…' LaTeX command was split: {broken}"
+
+
+def test_the_control_character_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.md"
+    bad.write_text("$$ x \tag{1.1} $$\n", encoding="utf-8")
+    with pytest.raises(AssertionError, match="0x09"):
+        test_text_holds_no_control_characters(bad)

@@ -40,12 +40,51 @@ def test_tour_quick_runs_every_stage_and_writes_its_report(tmp_path, capsys):
     assert main(["tour", "--out", str(tmp_path), "--quick"]) == 0
     report = (tmp_path / "report.md").read_text()
     for section in ("## Base model", "## Preferences and the reward model", "## RLHF", "## DPO", "## GDC",
-                    "## f-DPG with Jensen–Shannon", "## Timings"):
+                    "## f-DPG with Jensen–Shannon", "## Prompts: completing first letters", "## Timings"):
         assert section in report, section
     for png in ("pretrain_loss.png", "reward_kl.png", "constraint.png", "kl_p_pi.png", "dpo.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
     printed = capsys.readouterr().out
     assert "stage base model" in printed and "stage f-DPG (JS), same target" in printed
+    assert "stage prompts: RLOO and GRPO" in printed
+
+
+def test_grpo_and_the_conditional_variants_run_on_names(tmp_path, capsys):
+    """`align grpo` and --prompts on rlhf, dpo, gdc and f-DPG: a few steps each, with completions of the likeliest
+    prompts in the report; GRPO resumes from its checkpoint."""
+    run = ["--steps", "2", "--batch-size", "8", "--quiet"]
+    grpo = ["align", "grpo", "--reward", "true", "--out", str(tmp_path / "grpo.npz")] + run
+    assert main(grpo) == 0
+    out = capsys.readouterr().out
+    assert "clip_fraction" in out and "completions: m… →" in out
+    assert main(grpo[:-5] + ["--steps", "3", "--batch-size", "8", "--quiet"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    for method in (["rlhf", "--reward", "true", "--prompts", "first2"], ["dpo", "--prompts", "first1", "--n-pairs", "40"],
+                   ["gdc", "--prompts", "first1", "--constraint", "contains:z", "--ebm-samples", "300",
+                    "--eval-samples", "50"],
+                   ["fdpg", "--prompts", "first1", "--target", "reward", "--reward", "true"]):
+        assert main(["align", *method, "--out", str(tmp_path / f"{method[0]}.npz"), *run]) == 0, method
+        out = capsys.readouterr().out
+        assert "completions: " in out, method
+    assert "satisfied by" not in out  # f-DPG towards a reward target reports no constraint
+
+
+def test_conditional_options_are_checked_before_any_work(tmp_path, capsys):
+    out = ["--out", str(tmp_path / "x.npz")]
+    for args, message in ((["grpo", "--group-size", "1"], "argument --group-size: expected a whole number ≥ 2"),
+                          (["grpo", "--clip", "0"], "argument --clip: expected a number in (0, 1)"),
+                          (["rlhf", "--prompts", "first3"], "argument --prompts: invalid choice"),
+                          (["grpo", "--scale", "batch"], "argument --scale: invalid choice")):
+        with pytest.raises(SystemExit):
+            main(["align", *args, *out])
+        assert message in capsys.readouterr().err, args
+    assert main(["align", "grpo", "--batch-size", "30", *out]) == 2
+    assert "cannot be cut into groups of 4" in capsys.readouterr().err
+    assert main(["align", "rlhf", "--prompts", "first1", "--group-size", "5", *out]) == 2
+    assert "cannot be cut into groups of 5" in capsys.readouterr().err
+    assert main(["align", "gdc", "--prompts", "first1", "--constraint", "female=0.5", *out]) == 2
+    assert "pointwise constraints only" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
 
 
 @pytest.mark.skipif(not BASE.exists(), reason="no committed base checkpoint")

@@ -10,7 +10,7 @@ from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sam
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 from minialign.trainers.proposal import MomentCalibration
-from minialign.trainers.rlhf import Reinforce
+from minialign.trainers.reinforce import Reinforce
 
 
 def base(seed=0):

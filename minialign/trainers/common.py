@@ -5,6 +5,10 @@ method's gradient estimate. Everything else — sampling with log-probabilities,
 log-probabilities (the same ``sequence_logprob`` code path for policy and reference), the optimizer,
 metrics, progress, checkpoints and resume (``minialign.loop``) — lives here.
 
+Prompts (chapter 05, §12): a method with ``prompts`` (a ``prompts.Prompts``) draws groups of ``group_size``
+responses per prompt; its batches carry each row's prompt length (``prompt_len``, so that every log-probability
+is log π(y|x)) and its group (``group``, for baselines and normalisations within a prompt's group).
+
 Every batch carries per-sequence weights. A Monte-Carlo batch of n samples has weights 1/n; an *exact*
 batch (:func:`exact_batch`) holds every sequence of the exact lab with its probability under the sampling
 distribution as its weight. The same loss code then gives, for the exact batch, the exact expectation of
@@ -36,6 +40,8 @@ class Batch:
     log_ref  [B]    log a(x) under the frozen reference (base) model
     names    decoded rows (for name tasks), or None
     exact    True when the batch is the whole enumeration of the exact lab
+    prompt_len [B]  the prompt's length in each row (None: no prompts); log_q and log_ref are then log q(y|x)
+    group    [B]    the group of each row (rows drawn for the same prompt draw), or None
     """
 
     tokens: np.ndarray
@@ -45,33 +51,92 @@ class Batch:
     names: list | None = None
     exact: bool = False
     extra: dict = field(default_factory=dict)
+    prompt_len: np.ndarray | None = None
+    group: np.ndarray | None = None
 
     def __len__(self):
         return len(self.tokens)
 
+    def logprob(self, model):
+        """log π(x), or log π(y|x) with prompts, of every row: a differentiable Tensor ``[B]``."""
+        if self.prompt_len is None:  # any model with sequence_logprob(tokens) will do
+            return model.sequence_logprob(self.tokens)
+        return model.sequence_logprob(self.tokens, self.prompt_len)
 
-def logprobs(model, tokens) -> np.ndarray:
-    """log π(x) per row, without a graph (float64)."""
+    def token_logprobs(self, model):
+        """log π(x_t | x_<t) of every row's counted tokens (the response's, with prompts): a Tensor ``[B, L]``."""
+        if self.prompt_len is None:
+            return model.token_logprobs(self.tokens)
+        return model.token_logprobs(self.tokens, self.prompt_len)
+
+
+def logprobs(model, tokens, prompt_len=None) -> np.ndarray:
+    """log π(x) per row (log π(y|x) with ``prompt_len``), without a graph (float64)."""
     with no_grad():
-        return np.asarray(model.sequence_logprob(tokens).numpy(), dtype=np.float64)
+        logp = model.sequence_logprob(tokens) if prompt_len is None else model.sequence_logprob(tokens, prompt_len)
+        return np.asarray(logp.numpy(), dtype=np.float64)
 
 
-def sample_batch(sampler, n: int, rng, ref=None, tokenizer=None) -> Batch:
+def sample_batch(sampler, n: int, rng, ref=None, tokenizer=None, prompts=None, group_size: int = 1) -> Batch:
     """n samples from ``sampler`` (temperature 1, no top-k) with their exact log-probabilities under the
-    sampler and, if given, under the reference model ``ref``."""
-    tokens, log_q = sampler.generate(n, rng=rng)
-    log_ref = logprobs(ref, tokens) if ref is not None else np.zeros(n)
+    sampler and, if given, under the reference model ``ref``.
+
+    With ``prompts`` (a ``prompts.Prompts``): n / ``group_size`` prompts drawn from ρ, and ``group_size``
+    responses to each (Eq. 5.19's groups); the log-probabilities are then log q(y|x) and log a(y|x)."""
+    if prompts is None:
+        tokens, log_q = sampler.generate(n, rng=rng)
+        prompt_len = group = None
+    else:
+        groups = check_group_batch(n, group_size)
+        which = prompts.sample(groups, rng)
+        group = np.repeat(np.arange(groups), group_size)
+        tokens, log_q = sampler.generate(n, rng=rng, prompts=prompts.tokens[which[group]])
+        prompt_len = np.full(n, prompts.length, dtype=np.int64)
+    log_ref = logprobs(ref, tokens, prompt_len) if ref is not None else np.zeros(n)
     names = tokenizer.decode_batch(tokens) if tokenizer is not None else None
-    return Batch(tokens, np.full(n, 1.0 / n), np.asarray(log_q, np.float64), log_ref, names)
+    return Batch(tokens, np.full(n, 1.0 / n), np.asarray(log_q, np.float64), log_ref, names, prompt_len=prompt_len,
+                 group=group)
+
+
+def check_group_batch(n: int, group_size: int) -> int:
+    """The number of groups in a batch of n responses, ``group_size`` per prompt; n must be a multiple."""
+    if int(group_size) != group_size or group_size < 1:
+        raise ValueError(f"the group size (responses per prompt) must be a whole number ≥ 1; got {group_size}")
+    if n < group_size or n % group_size:
+        raise ValueError(f"a batch of {n} responses cannot be cut into groups of {group_size} responses per prompt: "
+                         "the batch size must be a multiple of the group size")
+    return n // group_size
 
 
 def exact_batch(lab, sampler, ref=None, tokenizer=None) -> Batch:
     """The whole enumeration of ``lab`` weighted by the sampler's exact probabilities: a loss built on it
-    has as its gradient the exact expectation of the Monte-Carlo gradient under that sampler."""
-    log_q = logprobs(sampler, lab.sequences)
-    log_ref = logprobs(ref, lab.sequences) if ref is not None else np.zeros(len(lab))
+    has as its gradient the exact expectation of the Monte-Carlo gradient under that sampler.
+
+    On a ``lab.PromptedLab`` the rows are every (x, y), weighted by ρ(x) q(y|x), grouped by prompt."""
+    prompt_len = getattr(lab, "prompt_len", None)
+    log_q = logprobs(sampler, lab.sequences, prompt_len)
+    log_ref = logprobs(ref, lab.sequences, prompt_len) if ref is not None else np.zeros(len(lab))
     names = tokenizer.decode_batch(lab.sequences) if tokenizer is not None else None
-    return Batch(lab.sequences, np.exp(log_q), log_q, log_ref, names, exact=True)
+    weights = np.exp(log_q) if prompt_len is None else lab.row_prompt_probs * np.exp(log_q)
+    return Batch(lab.sequences, weights, log_q, log_ref, names, exact=True, prompt_len=prompt_len,
+                 group=getattr(lab, "group", None))
+
+
+def batch_state(batch: Batch) -> dict:
+    """The arrays of a batch, for a method's checkpointed state (a batch reused over several steps)."""
+    out = {"tokens": batch.tokens, "weights": batch.weights, "log_q": batch.log_q, "log_ref": batch.log_ref}
+    if batch.prompt_len is not None:
+        out.update(prompt_len=batch.prompt_len, group=batch.group)
+    return out
+
+
+def batch_from_state(state: dict, tokenizer=None) -> Batch:
+    """The batch :func:`batch_state` saved."""
+    tokens = np.asarray(state["tokens"])
+    names = tokenizer.decode_batch(tokens) if tokenizer is not None else None
+    prompts = {k: np.asarray(state[k]) for k in ("prompt_len", "group") if k in state}
+    return Batch(tokens, np.asarray(state["weights"]), np.asarray(state["log_q"]), np.asarray(state["log_ref"]), names,
+                 **prompts)
 
 
 # ---------------------------------------------------------------------------------------------- methods
@@ -82,10 +147,20 @@ class Method:
     ref = None        # the frozen reference model a
     tokenizer = None  # decodes rows into names for name tasks
     leave_one_out = False  # whether its advantage subtracts a leave-one-out baseline (a batch of 1 leaves it none)
+    prompts = None    # a prompts.Prompts: the conditional setting (groups of group_size responses per prompt)
+    group_size = 1
 
     def draw(self, policy, n, rng) -> Batch:
-        """The next batch; by default n samples from the policy itself (on-policy)."""
-        return sample_batch(policy, n, rng, ref=self.ref, tokenizer=self.tokenizer)
+        """The next batch; by default n samples from the policy itself (on-policy), in groups of
+        ``group_size`` responses per prompt when the method has prompts."""
+        return sample_batch(policy, n, rng, ref=self.ref, tokenizer=self.tokenizer, prompts=self.prompts,
+                            group_size=self.group_size)
+
+    def set_prompts(self, prompts, group_size: int = 1) -> None:
+        """Make the method conditional: draw ``group_size`` responses per prompt of ``prompts``."""
+        if prompts is not None and (int(group_size) != group_size or group_size < 1):
+            raise ValueError(f"the group size (responses per prompt) must be a whole number ≥ 1; got {group_size}")
+        self.prompts, self.group_size = prompts, int(group_size)
 
     def loss(self, policy, batch: Batch) -> tuple[Tensor, dict]:
         raise NotImplementedError
@@ -149,7 +224,9 @@ def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_l
     policy.eval()  # dropout off: every estimator here needs the model's own log π(x), not a thinned one
     opt = AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     p_ref = lab.distribution(method.ref) if lab is not None and method.ref is not None else None
-    run = {"kind": "align", "method": method.name, **method.settings(), **(identity or {}), **cfg.identity()}
+    conditional = {} if method.prompts is None else {**method.prompts.describe(), "group_size": method.group_size}
+    run = {"kind": "align", "method": method.name, **method.settings(), **conditional, **(identity or {}),
+           **cfg.identity()}
     if cfg.batch_size < 2 and method.leave_one_out:
         warnings.warn(f"a batch of {cfg.batch_size} sample leaves {method.name}'s leave-one-out baseline nothing to "
                       "average, so it trains without one (plain REINFORCE, a much noisier gradient); use a batch of "

@@ -14,7 +14,7 @@ import numpy as np
 from .. import divergences
 from .common import Batch
 from .policy_gradient import leave_one_out_weighted_baseline, weighted_surrogate
-from .proposal import MomentCalibration, ProposalMethod
+from .proposal import MomentCalibration, ProposalMethod, target_ratio
 
 
 class FDPG(ProposalMethod):
@@ -23,13 +23,14 @@ class FDPG(ProposalMethod):
     name = "fdpg"
 
     def __init__(self, ref, policy_init, target_fn, f: str = "js", proposal: str = "policy",
-                 baseline: bool = True, log_z: float | None = None, tokenizer=None, log_t_max: float | None = None):
+                 baseline: bool = True, log_z: float | None = None, tokenizer=None, log_t_max: float | None = None,
+                 prompts=None, group_size: int = 1):
         # a registry name (an unknown one raises, listing the known ones) or an FDivergence of one's own
         self.fd = f if isinstance(f, divergences.FDivergence) else divergences.get(f)
         self.f = self.fd.name
         if isinstance(target_fn, MomentCalibration):
             raise TypeError("λ calibration is implemented for GDC (DPG) only; give f-DPG a fixed target")
-        super().__init__(ref, policy_init, target_fn, proposal, log_z, tokenizer)
+        super().__init__(ref, policy_init, target_fn, proposal, log_z, tokenizer, prompts, group_size)
         self.baseline, self.log_t_max = baseline, log_t_max
         self.name = f"fdpg-{self.f}"
 
@@ -56,13 +57,15 @@ class FDPG(ProposalMethod):
     def coefficients(self, policy, batch: Batch):
         """The batch scored against the target, each sample's coefficient w·(π/q)·(R − b), and R − b."""
         s = self.score(policy, batch)
-        if not np.isfinite(s.log_z):  # no mass seen yet: this batch carries no signal
+        known, _ = target_ratio(s, batch)  # where Z (with prompts: the row's Z(x)) is known
+        if not known.any():  # no mass seen yet: this batch carries no signal
             return s, np.zeros(len(batch)), np.zeros(len(batch))
-        reward = self.pseudo_reward(s.logp_pi, s.log_p, s.log_z)
+        reward = np.zeros(len(batch))
+        reward[known] = self.pseudo_reward(s.logp_pi[known], s.log_p[known], s.row_log_z()[known])
         rho = np.exp(s.logp_pi - batch.log_q)  # π(x)/q(x): 1 on-policy
-        if self.baseline and not batch.exact and len(reward) > 1:
-            reward = reward - leave_one_out_weighted_baseline(reward, rho)
-        return s, batch.weights * rho * reward, reward
+        if self.baseline and not batch.exact and len(reward) > 1:  # within each prompt's group, with prompts
+            reward = reward - leave_one_out_weighted_baseline(reward, rho, batch.group)
+        return s, np.where(known, batch.weights * rho * reward, 0.0), reward
 
     def loss(self, policy, batch: Batch):
         s, coef, reward = self.coefficients(policy, batch)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .common import Batch
 from .policy_gradient import weighted_surrogate
-from .proposal import ProposalMethod
+from .proposal import ProposalMethod, target_ratio
 
 
 class DPG(ProposalMethod):
@@ -23,23 +23,24 @@ class DPG(ProposalMethod):
     (P(x)/Z − π(x))/q(x)) on samples of q.
 
     ``target_fn(batch)`` gives log P(x); a :class:`~minialign.trainers.proposal.MomentCalibration` may stand in
-    for it, and then λ follows the policy's moments (Eq. 6.11)."""
+    for it, and then λ follows the policy's moments (Eq. 6.11). With ``prompts``, CDPG (Korbak et al. 2022):
+    the same coefficients with each prompt's Z(x), Eq. (6.16)."""
 
     name = "gdc"
 
     def __init__(self, ref, policy_init, target_fn, proposal: str = "adaptive", baseline: bool = False,
-                 log_z: float | None = None, tokenizer=None):
-        super().__init__(ref, policy_init, target_fn, proposal, log_z, tokenizer)
+                 log_z: float | None = None, tokenizer=None, prompts=None, group_size: int = 1):
+        super().__init__(ref, policy_init, target_fn, proposal, log_z, tokenizer, prompts, group_size)
         self.baseline = baseline
 
     def coefficients(self, policy, batch: Batch):
         """The batch scored against the target, and each sample's coefficient w·P/(Zq) (− w·π/q with GDC++)."""
         s = self.score(policy, batch)
-        if not np.isfinite(s.log_z):  # no mass seen yet: this batch carries no signal
+        known, weight = target_ratio(s, batch)  # p(x)/q(x) where Z (or the prompt's Z(x)) is known
+        if not known.any():  # no mass seen yet: this batch carries no signal
             return s, np.zeros(len(batch))
-        weight = np.exp(s.log_p - s.log_z - batch.log_q)  # p(x)/q(x)
         if self.baseline:
-            weight = weight - np.exp(s.logp_pi - batch.log_q)  # − π(x)/q(x)
+            weight = weight - np.where(known, np.exp(s.logp_pi - batch.log_q), 0.0)  # − π(x)/q(x)
         return s, batch.weights * weight
 
     def loss(self, policy, batch: Batch):

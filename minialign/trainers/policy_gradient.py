@@ -6,6 +6,9 @@ the pieces below are the ways the course's methods make it.
 """
 from __future__ import annotations
 
+import itertools
+import math
+
 import numpy as np
 
 from .. import functional as F
@@ -33,19 +36,84 @@ def checked_rewards(reward_fn, batch) -> np.ndarray:
     return r
 
 
-def leave_one_out_baseline(values) -> np.ndarray:
-    """Eq. (4.4), RLOO (Ahmadian et al. 2024): b_i = mean of the other samples' values (0 for a single sample)."""
+def leave_one_out_baseline(values, group=None) -> np.ndarray:
+    """Eq. (4.4), RLOO (Ahmadian et al. 2024): b_i = mean of the other samples' values (0 for a single sample).
+
+    With ``group`` (one id per sample), Eq. (5.19): the mean of the other samples *of the same group* — the other
+    responses to the same prompt — so that the baseline does not depend on y_i but does on x."""
     values = np.asarray(values, dtype=np.float64)
+    if group is not None:
+        return _per_group(leave_one_out_baseline, values, group)
     n = len(values)
     if n < 2:
         return np.zeros(n)
     return (values.sum() - values) / (n - 1)
 
 
-def leave_one_out_weighted_baseline(values, rho) -> np.ndarray:
+def leave_one_out_weighted_baseline(values, rho, group=None) -> np.ndarray:
     """b_i = Σ_{j≠i} ρ_j v_j / Σ_{j≠i} ρ_j: the leave-one-out mean with importance weights ρ = π/q, which does not
-    depend on x_i and so keeps an off-policy gradient's expectation (chapter 07)."""
+    depend on x_i and so keeps an off-policy gradient's expectation (chapter 07); within each group if given."""
+    if group is not None:
+        return _per_group(leave_one_out_weighted_baseline, np.asarray(values, np.float64), group, np.asarray(rho))
     return _others_sum(np.asarray(rho) * values) / np.maximum(_others_sum(rho), 1e-300)
+
+
+def _per_group(fn, values, group, *more) -> np.ndarray:
+    """``fn`` applied to each group's values (and the matching entries of ``more``) separately."""
+    group = np.asarray(group)
+    if group.shape != values.shape:
+        raise ValueError(f"one group id per value: got {group.shape} ids for {values.shape} values")
+    out = np.zeros_like(values)
+    for g in np.unique(group):
+        at = group == g
+        out[at] = fn(values[at], *[m[at] for m in more])
+    return out
+
+
+def group_normalised_advantages(values, group, scale: bool = True, eps: float = 1e-4) -> np.ndarray:
+    """Eq. (5.21), GRPO (Shao et al. 2024): A_i = (r_i − mean_g r) / (std_g r + ε) within each prompt's group g
+    (std with the k − 1 divisor; ε = 1e-4 keeps a group of equal rewards at A = 0). ``scale=False`` leaves out
+    the division: A_i = r_i − mean_g r. A group of one response has no standard deviation: an error."""
+    values, group = np.asarray(values, dtype=np.float64), np.asarray(group)
+    sizes = np.unique(group, return_counts=True)[1]
+    if (sizes < 2).any():
+        raise ValueError(f"group normalisation needs at least 2 responses per prompt (a group of 1 has no standard "
+                         f"deviation); got a group of {int(sizes.min())}")
+
+    def normalise(v):
+        centred = v - v.mean()
+        return centred / (v.std(ddof=1) + eps) if scale else centred
+
+    return _per_group(normalise, values, group)
+
+
+def expected_group_advantage(probs, values, k: int, scale: bool = True, eps: float = 1e-4,
+                             max_multisets: int = 2_000_000) -> np.ndarray:
+    """Eq. (5.22), exactly: ā(y) = E[A_1 | y_1 = y] for a group of k responses y_1..y_k drawn independently from
+    ``probs`` (one prompt's distribution over its responses, with ``values`` r(y)), A from
+    :func:`group_normalised_advantages`. By exchangeability the expected GRPO gradient is Σ_y π(y) ā(y) ∇log π(y).
+
+    The other k − 1 responses are enumerated as multisets with their multinomial probabilities."""
+    probs, values = np.asarray(probs, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if k < 2:
+        raise ValueError(f"group normalisation needs groups of at least 2 responses; got k = {k}")
+    support = np.flatnonzero(probs > 0)
+    count = math.comb(len(support) + k - 2, k - 1)
+    if count > max_multisets:
+        raise ValueError(f"{count:,} multisets of {k - 1} responses out of {len(support)}: too many to enumerate")
+    others = np.array(list(itertools.combinations_with_replacement(range(len(support)), k - 1)), dtype=np.int64)
+    counts = np.stack([np.bincount(row, minlength=len(support)) for row in others])  # [M, S]
+    log_coef = math.lgamma(k) - np.sum([[math.lgamma(c + 1) for c in row] for row in counts], axis=1)
+    log_p = np.log(probs[support])
+    weight = np.exp(log_coef + counts @ log_p)  # multinomial probability of each multiset
+    v = values[support]
+    s1, s2 = counts @ v, counts @ (v * v)  # Σ and Σ² of the others' values
+    mean = (values[:, None] + s1[None, :]) / k  # [Y, M]
+    centred = values[:, None] - mean
+    if scale:
+        var = (values[:, None] ** 2 + s2[None, :] - k * mean ** 2) / (k - 1)
+        centred = centred / (np.sqrt(np.maximum(var, 0.0)) + eps)
+    return centred @ weight
 
 
 def _others_sum(v) -> np.ndarray:
@@ -76,7 +144,7 @@ def ref_token_logprobs(ref, batch) -> np.ndarray:
     """log a(x_t | x_<t) of every token of the batch under the frozen reference, computed once per batch."""
     if "ref_tok" not in batch.extra:
         with no_grad():
-            batch.extra["ref_tok"] = np.asarray(ref.token_logprobs(batch.tokens).numpy(), np.float64)
+            batch.extra["ref_tok"] = np.asarray(batch.token_logprobs(ref).numpy(), np.float64)
     return batch.extra["ref_tok"]
 
 
@@ -96,22 +164,22 @@ def kl_loss(logp_tok: Tensor, ref_tok, weights, kind: str) -> Tensor:
     return (per_token.sum(axis=1) * constant(weights, like=logp_tok)).sum()
 
 
-def token_fdiv_terms(policy, ref, tokens, f: str) -> tuple[Tensor, Tensor]:
+def token_fdiv_terms(policy, ref, tokens, f: str, prompt_len=None) -> tuple[Tensor, Tensor]:
     """From one forward of π over rows ``tokens [B, L]``: log π(x_t | x_<t) ``[B, L]``, and the per-token
     D_f(π(·|x_<t) ‖ a(·|x_<t)) = Σ_v a f(π/a) ``[B, L]`` over the whole vocabulary at every visited prefix,
     differentiable through π's next-token distribution at the fixed prefix (``F.token_fdiv``: the fused
     kernel on the torch backend); the frozen ``ref`` is read without a graph. Both are 0 at padding and at
-    the forced EOS."""
-    logits, targets = policy.next_token_logits(tokens)
+    the forced EOS, and in the prompt when ``prompt_len`` is given (the response's tokens only)."""
+    logits, targets = policy.next_token_logits(tokens, prompt_len)
     with no_grad():
-        ref_logits, _ = ref.next_token_logits(tokens)
+        ref_logits, _ = ref.next_token_logits(tokens, prompt_len)
     logp = -F.cross_entropy(logits, targets, ignore_index=-100, reduction="none")
     return logp, F.token_fdiv(logits, ref_logits, f, targets != -100)
 
 
-def token_kl_terms(policy, ref, tokens) -> tuple[Tensor, Tensor]:
+def token_kl_terms(policy, ref, tokens, prompt_len=None) -> tuple[Tensor, Tensor]:
     """:func:`token_fdiv_terms` with f = kl: log π(x_t | x_<t) and the analytic per-token KL_t of Eq. (5.16)."""
-    return token_fdiv_terms(policy, ref, tokens, "kl")
+    return token_fdiv_terms(policy, ref, tokens, "kl", prompt_len)
 
 
 def kl_after(kl_tok: Tensor) -> np.ndarray:

@@ -5,6 +5,10 @@ from a proposal q (a frozen copy of π_θ, or π_θ itself), estimate Z = E_q[P/
 the same samples, and — Khalifa et al. (ICLR 2021), Algorithm 1 — replace q by π_θ whenever the estimated
 KL(p‖π_θ) falls below KL(p‖q) (the KL-adaptive update). :class:`ProposalMethod` holds that machinery; a
 method on it supplies only its coefficients (gdc.py, fdpg.py).
+
+With prompts (chapter 06, §10; Korbak et al. 2022, CDPG) the target is conditional, p(y|x) = P(x, y)/Z(x), with
+one normaliser per prompt: :class:`PromptLogZ` keeps a running estimate of each Z(x), and an exact batch of the
+prompted lab gives every Z(x) exactly.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..logspace import log_mean_exp
+from ..logspace import log_mean_exp, logsumexp
 from ..tensor import Tensor
 from .common import Batch, Method, frozen_copy, sample_batch
 
@@ -43,6 +47,54 @@ class RunningLogZ:
     @property
     def value(self) -> float:
         return self.exact if self.exact is not None else float(self.log_sum - np.log(max(self.count, 1)))
+
+
+class PromptLogZ:
+    """Eq. (6.15), CDPG's normalisers: one running importance-sampling estimate of
+    log Z(x) = log E_{y∼q(·|x)}[P(x, y)/q(y|x)] per prompt, averaged over every group drawn for x so far.
+
+    A prompt whose groups have shown no mass yet has log Z(x) = −inf: its rows carry no signal. If after
+    ``patience`` batches no prompt has shown any mass, the target has no mass where the proposal samples: an error.
+    """
+
+    def __init__(self, length: int = 0, patience: int = 10):
+        self.length = length  # the prompts' number of tokens
+        self.estimates: dict[bytes, RunningLogZ] = {}
+        self.tokens: dict[bytes, np.ndarray] = {}
+        self.patience, self.batches = patience, 0
+
+    def update(self, batch, log_p_over_q) -> np.ndarray:
+        """Average the batch's groups into their prompts' estimates; returns each row's log Z(x)."""
+        out = np.empty(len(batch))
+        for g in np.unique(batch.group):
+            at = np.flatnonzero(batch.group == g)
+            prompt = batch.tokens[at[0], :batch.prompt_len[at[0]]]
+            key = prompt.tobytes()
+            self.tokens[key] = prompt
+            out[at] = self.estimates.setdefault(key, RunningLogZ(patience=np.inf)).update(log_p_over_q[at])
+        self.batches += 1
+        if self.batches >= self.patience and not any(np.isfinite(e.log_sum) for e in self.estimates.values()):
+            raise FloatingPointError(f"every importance weight P/q has been 0 for {self.batches} batches, for every "
+                                     "prompt: the target has no mass where the proposal samples")
+        return out
+
+    def value(self, prompt) -> float:
+        """The current estimate of log Z(x) for the prompt's tokens (−inf if never seen with mass)."""
+        e = self.estimates.get(np.asarray(prompt, dtype=np.int64).tobytes())
+        return -np.inf if e is None else e.value
+
+    def state(self) -> dict:
+        keys = list(self.estimates)
+        return {"prompts": np.array([self.tokens[k] for k in keys], dtype=np.int64).reshape(len(keys), self.length),
+                "log_sum": np.array([self.estimates[k].log_sum for k in keys]),
+                "count": np.array([self.estimates[k].count for k in keys]), "batches": self.batches}
+
+    def load_state(self, state) -> None:
+        self.estimates, self.tokens = {}, {}
+        for prompt, log_sum, count in zip(np.asarray(state["prompts"], dtype=np.int64), state["log_sum"], state["count"]):
+            e = self.estimates[prompt.tobytes()] = RunningLogZ(patience=np.inf)
+            e.log_sum, e.count, self.tokens[prompt.tobytes()] = float(log_sum), int(count), prompt
+        self.batches = int(state["batches"])
 
 
 class MomentCalibration:
@@ -153,12 +205,24 @@ class MomentCalibration:
 
 
 class Scored(NamedTuple):
-    """A batch scored against the target: log π(x) (differentiable and as float64), log P(x) and log Z."""
+    """A batch scored against the target: log π(x) (differentiable and as float64), log P(x) and log Z (a
+    number; with prompts, each row's log Z(x))."""
 
     logp: Tensor
     logp_pi: np.ndarray
     log_p: np.ndarray
-    log_z: float
+    log_z: float | np.ndarray
+
+    def row_log_z(self) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.log_z, dtype=np.float64), self.log_p.shape)
+
+
+def target_ratio(s: Scored, batch: Batch):
+    """Where the normaliser is known (finite: Z, or the row's Z(x)), and there p(x)/q(x) = P(x)/(Z q(x)); 0 elsewhere.
+    Returns (known ``[B]``, p/q ``[B]``)."""
+    log_z = s.row_log_z()
+    known = np.isfinite(log_z)
+    return known, np.where(known, np.exp(s.log_p - np.where(known, log_z, 0.0) - batch.log_q), 0.0)
 
 
 PROPOSALS = ("adaptive", "fixed", "policy")
@@ -169,15 +233,21 @@ class ProposalMethod(Method):
     estimated KL(p‖π) < KL(p‖q), Eq. 6.9; ``fixed``: the copy is kept; ``policy``: π itself) towards a target
     given by ``target(batch) → log P(x)`` — or by a :class:`MomentCalibration`, whose λ follows π's moments."""
 
-    def __init__(self, ref, policy_init, target, proposal: str, log_z: float | None, tokenizer=None):
+    def __init__(self, ref, policy_init, target, proposal: str, log_z: float | None, tokenizer=None, prompts=None,
+                 group_size: int = 1):
         if proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}; got {proposal!r}")
         self.calibration = target if isinstance(target, MomentCalibration) else None
         if self.calibration is not None and log_z is not None:
             raise ValueError("an exact log Z cannot be given with a moment calibration: Z changes with λ")
+        if prompts is not None and (self.calibration is not None or log_z is not None):
+            raise ValueError("with prompts each prompt has its own Z(x), estimated per prompt (exact on the prompted "
+                             "lab's exact batches): neither one exact log Z nor a λ calibration applies")
         self.ref, self.target_fn, self.proposal, self.tokenizer = ref, target, proposal, tokenizer
+        self.set_prompts(prompts, group_size)
         self.q = frozen_copy(policy_init) if proposal != "policy" else None
         self.log_z = RunningLogZ(log_z)
+        self.prompt_log_z = PromptLogZ(0 if prompts is None else prompts.length)
         self.replacements = 0
 
     def log_target(self, batch: Batch) -> np.ndarray:
@@ -189,16 +259,23 @@ class ProposalMethod(Method):
         return log_p
 
     def draw(self, policy, n, rng) -> Batch:
-        return sample_batch(self.q if self.q is not None else policy, n, rng, ref=self.ref, tokenizer=self.tokenizer)
+        return sample_batch(self.q if self.q is not None else policy, n, rng, ref=self.ref, tokenizer=self.tokenizer,
+                            prompts=self.prompts, group_size=self.group_size)
 
     def score(self, policy, batch: Batch) -> Scored:
-        """log π, log P and log Z of the batch (log Z: exact on exact batches, else the running estimate)."""
-        logp = policy.sequence_logprob(batch.tokens)
+        """log π, log P and log Z of the batch (log Z: exact on exact batches, else the running estimate; with
+        prompts, each row's log Z(x))."""
+        logp = batch.logprob(policy)
         logp_pi = logp.numpy().astype(np.float64)
         batch.extra["logp_pi"] = logp_pi
         log_p = self.log_target(batch)
         if self.calibration is not None:
             log_z = self.calibration.log_z(batch, log_p)
+        elif batch.prompt_len is not None and batch.exact:  # every response of every prompt: Z(x) = Σ_y P(x, y)
+            sums = {g: logsumexp(log_p[batch.group == g]) for g in np.unique(batch.group)}
+            log_z = np.array([sums[g] for g in batch.group])
+        elif batch.prompt_len is not None:
+            log_z = self.prompt_log_z.update(batch, log_p - batch.log_q)
         elif batch.exact:
             log_z = self.log_z.exact
         else:
@@ -207,14 +284,17 @@ class ProposalMethod(Method):
 
     def adapt(self, policy, batch: Batch, s: Scored, metrics: dict) -> None:
         """Eq. (6.9): estimate KL(p‖π) and KL(p‖q) by importance sampling; q ← π if π is closer."""
-        if not np.isfinite(s.log_z):
-            metrics.update(log_z=s.log_z, replacements=self.replacements)
+        known, ratio = target_ratio(s, batch)
+        shown = float(s.log_z) if np.ndim(s.log_z) == 0 else (float(np.mean(s.log_z[known])) if known.any() else -np.inf)
+        if not known.any():
+            metrics.update(log_z=shown, replacements=self.replacements)
             return
-        w = np.exp(s.log_p - s.log_z - batch.log_q) * batch.weights
+        w = ratio * batch.weights  # with prompts: the mean over the batch's prompts of each one's estimate
         log_p = np.where(w > 0, s.log_p, 0.0)  # points of zero target mass contribute 0·log 0 = 0
-        kl_p_pi = float(np.sum(w * (log_p - s.log_z - s.logp_pi)))
-        kl_p_q = float(np.sum(w * (log_p - s.log_z - batch.log_q)))
-        metrics.update(kl_p_pi_est=kl_p_pi, kl_p_q_est=kl_p_q, log_z=s.log_z, replacements=self.replacements)
+        log_z = np.where(known, s.row_log_z(), 0.0)
+        kl_p_pi = float(np.sum(w * (log_p - log_z - s.logp_pi)))
+        kl_p_q = float(np.sum(w * (log_p - log_z - batch.log_q)))
+        metrics.update(kl_p_pi_est=kl_p_pi, kl_p_q_est=kl_p_q, log_z=shown, replacements=self.replacements)
         if self.proposal == "adaptive" and not batch.exact and kl_p_pi < kl_p_q:
             self.q = frozen_copy(policy)
             self.replacements += 1
@@ -230,6 +310,8 @@ class ProposalMethod(Method):
 
     def state(self):
         out = {"log_z_sum": self.log_z.log_sum, "log_z_count": self.log_z.count, "replacements": self.replacements}
+        if self.prompts is not None:
+            out["prompt_log_z"] = self.prompt_log_z.state()
         if self.q is not None:
             out["proposal"] = self.q.state_dict()
         if self.calibration is not None:
@@ -240,6 +322,8 @@ class ProposalMethod(Method):
         self.log_z.log_sum = float(state.get("log_z_sum", self.log_z.log_sum))
         self.log_z.count = int(state.get("log_z_count", self.log_z.count))
         self.replacements = int(state.get("replacements", 0))
+        if "prompt_log_z" in state:
+            self.prompt_log_z.load_state(state["prompt_log_z"])
         if self.q is not None and "proposal" in state:
             self.q.load_state_dict(state["proposal"])
         if ("calibration" in state) != (self.calibration is not None):

@@ -2,7 +2,9 @@
 
 Policy gradient with a leave-one-out baseline (RLOO) or PPO-clip epochs over each batch; the KL term in the
 reward (k1, per sequence or per token), in the loss (k2 or k3 per token), or analytic over the vocabulary at
-every visited prefix (full_token); β fixed or adapted by the controller of Ziegler et al. (2019). The pieces are the shared ones of ``policy_gradient.py``.
+every visited prefix (full_token); β fixed or adapted by the controller of Ziegler et al. (2019). The pieces are
+the shared ones of ``policy_gradient.py``. With prompts (chapter 05, §12) the objective is averaged over them and
+RLOO's baseline is taken within each prompt's group.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import numpy as np
 from ..divergences import divergence
 from ..logspace import log_normalise
 from ..metrics import kl_estimates
-from .common import Batch, Method
+from .common import Batch, Method, batch_from_state, batch_state
 from .policy_gradient import (checked_rewards, kl_after, kl_loss, kl_to_go, leave_one_out_baseline,
                               ppo_clip_coefficients, ref_token_logprobs, token_kl_terms, weighted_sum,
                               weighted_surrogate, whiten)
@@ -27,7 +29,7 @@ class RLHF(Method):
 
     def __init__(self, ref, reward_fn, beta: float = 0.1, kl: str = "k1_seq", algo: str = "rloo",
                  ppo_epochs: int = 4, clip: float = 0.2, kl_target: float | None = None, horizon_k: float = 0.1,
-                 tokenizer=None):
+                 tokenizer=None, prompts=None, group_size: int = 1):
         if not (beta > 0 and np.isfinite(beta)):
             raise ValueError(f"beta must be a finite number > 0; got {beta}")
         if kl not in KL_MODES:
@@ -47,6 +49,7 @@ class RLHF(Method):
         self.ref, self.reward_fn, self.beta, self.kl, self.algo = ref, reward_fn, float(beta), kl, algo
         self.ppo_epochs, self.clip, self.kl_target, self.horizon_k = ppo_epochs, clip, kl_target, horizon_k
         self.tokenizer = tokenizer
+        self.set_prompts(prompts, group_size)  # with prompts, the baseline is taken within each prompt's group
         self._ppo_batch, self._ppo_left = None, 0
 
     def draw(self, policy, n, rng) -> Batch:
@@ -66,7 +69,7 @@ class RLHF(Method):
     def _baseline(self, values, batch):
         if batch.exact or self.algo == "reinforce":
             return np.zeros_like(values)
-        return leave_one_out_baseline(values)
+        return leave_one_out_baseline(values, batch.group)
 
     def loss(self, policy, batch: Batch):
         r = checked_rewards(self.reward_fn, batch)
@@ -76,7 +79,7 @@ class RLHF(Method):
             metrics.update(kl_estimates(batch.log_q, batch.log_ref))
         if self.kl == "full_token":
             return self._full_token_loss(policy, batch, r, metrics)
-        logp_tok = policy.token_logprobs(batch.tokens)  # one forward for every term
+        logp_tok = batch.token_logprobs(policy)  # one forward for every term (the response's tokens only)
         if self.kl == "k1_token":  # token t is credited with r − β Σ_{t' ≥ t} (log π_t' − log a_t')
             returns = r[:, None] - self.beta * kl_to_go(logp_tok, ref_token_logprobs(self.ref, batch))
             adv = returns - self._baseline(returns[:, 0], batch)[:, None]
@@ -96,7 +99,7 @@ class RLHF(Method):
 
     def _full_token_loss(self, policy, batch, r, metrics):
         """Eq. (5.17): β Σ_t KL_t at the visited prefixes, and token t credited with r − β Σ_{t' > t} KL_t'."""
-        w, (logp_tok, kl_tok) = batch.weights, token_kl_terms(policy, self.ref, batch.tokens)
+        w, (logp_tok, kl_tok) = batch.weights, token_kl_terms(policy, self.ref, batch.tokens, batch.prompt_len)
         returns = r[:, None] - self.beta * kl_after(kl_tok)
         adv = returns - self._baseline(returns[:, 0], batch)[:, None]
         kl_seq = kl_tok.sum(axis=1)
@@ -122,35 +125,14 @@ class RLHF(Method):
     def state(self):
         out = {"beta": self.beta, "ppo_left": self._ppo_left}
         if self._ppo_left:  # the batch still being reused by PPO's epochs
-            b = self._ppo_batch
-            out["ppo_batch"] = {"tokens": b.tokens, "weights": b.weights, "log_q": b.log_q, "log_ref": b.log_ref}
+            out["ppo_batch"] = batch_state(self._ppo_batch)
         return out
 
     def load_state(self, state):
         self.beta = float(state.get("beta", self.beta))
         self._ppo_left = int(state.get("ppo_left", 0))
         if self._ppo_left:
-            b = state["ppo_batch"]
-            names = self.tokenizer.decode_batch(b["tokens"]) if self.tokenizer is not None else None
-            self._ppo_batch = Batch(np.asarray(b["tokens"]), np.asarray(b["weights"]), np.asarray(b["log_q"]),
-                                    np.asarray(b["log_ref"]), names)
-
-
-class Reinforce(Method):
-    """Eq. (4.3) alone: maximise E_π[r(x)] by REINFORCE with the leave-one-out baseline and no KL term —
-    the reward-maximisation contrast to GDC in chapter 06."""
-
-    name = "reinforce"
-    leave_one_out = True
-
-    def __init__(self, ref, reward_fn, tokenizer=None):
-        self.ref, self.reward_fn, self.tokenizer = ref, reward_fn, tokenizer
-
-    def loss(self, policy, batch: Batch):
-        r = checked_rewards(self.reward_fn, batch)
-        adv = r if batch.exact else r - leave_one_out_baseline(r)
-        logp = policy.sequence_logprob(batch.tokens)
-        return weighted_surrogate(logp, batch.weights * adv), {"reward": float(np.sum(batch.weights * r))}
+            self._ppo_batch = batch_from_state(state["ppo_batch"], self.tokenizer)
 
 
 def kl_control_optimum(log_ref, rewards, beta):
