@@ -66,28 +66,17 @@ def learning_rate(text) -> float:
     return _parse(text, float, lambda v: 0 < v <= 1, "a learning rate, a number in (0, 1]")
 
 
-def group_size(text) -> int:
-    """Responses per prompt for a group-normalised method: at least 2 (one reward has no standard deviation)."""
-    value = _number(text, int)
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 2 (a group of one response has no standard "
-                                         f"deviation); got {text!r}")
-    return value
+group_size = count(2, why="a group of one response has no standard deviation and no leave-one-out baseline")
+group_size.__doc__ = "Responses per prompt for a group-normalised method: at least 2."
 
 
 def clip_range(text) -> float:
     """PPO's clip ε: a number in (0, 1)."""
-    value = _number(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
-    return value
+    return _parse(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
 def nonnegative_float(text) -> float:
-    value = _number(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number ≥ 0; got {text!r}")
-    return value
+    return _parse(text, float, lambda v: v >= 0, "a finite number ≥ 0")
 
 
 def unit_interval(text) -> float:
@@ -292,9 +281,9 @@ def _check_groups(opts, cfg):
 
 def _check_grpo_groups(opts, cfg):
     """GRPO's batches are whole groups, with prompts or without."""
-    from .trainers.common import check_group_batch
-
-    check_group_batch(cfg.batch_size, opts["group_size"])
+    if cfg.batch_size < opts["group_size"] or cfg.batch_size % opts["group_size"]:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not a multiple of --group-size {opts['group_size']}: a "
+                         "batch is whole groups of completions of one prompt each")
 
 
 def _beta(default, what):

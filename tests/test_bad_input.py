@@ -175,6 +175,7 @@ BAD_NUMBERS = {  # argument kind → (bad values, what the message says is expec
     "positive": (("0", "-1", "-inf", "nan", "inf", "1e400", "fast"), "number"),
     "unit": (("1", "-0.1", "nan", "inf"), "[0, 1)"),
     "rate": (("0", "-1e-3", "nan", "inf", "1e4", "fast"), "learning rate, a number in (0, 1]"),
+    "open": (("0", "1", "-0.1", "nan", "inf", "x"), "number"),
 }
 TRAIN = [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
          ("--checkpoint-every", "count")]
@@ -184,10 +185,15 @@ NUMERIC = {  # command → its numeric flags and their kinds ("" is the global o
                  ("--n-layer", "count"), ("--n-head", "count"), ("--n-embd", "count"), ("--block-size", "count"),
                  ("--dropout", "unit"), ("--seed", "natural"), ("--samples", "natural")],
     "sample": [("-n", "count"), ("--temperature", "positive"), ("--top-k", "count"), ("--seed", "natural")],
-    "align rlhf": TRAIN + [("--n-pairs", "count"), ("--beta", "positive"), ("--kl-target", "positive")],
+    "align rlhf": TRAIN + [("--n-pairs", "count"), ("--beta", "positive"), ("--kl-target", "positive"),
+                          ("--group-size", "count")],
     "align dpo": TRAIN + [("--n-pairs", "count"), ("--beta", "positive")],
-    "align gdc": TRAIN + [("--ebm-samples", "count"), ("--eval-samples", "count"), ("--calibrate", "positive")],
-    "align fdpg": TRAIN + [("--ebm-samples", "count"), ("--n-pairs", "count"), ("--beta", "positive")],
+    "align gdc": TRAIN + [("--ebm-samples", "count"), ("--eval-samples", "count"), ("--calibrate", "positive"),
+                         ("--group-size", "count")],
+    "align fdpg": TRAIN + [("--ebm-samples", "count"), ("--n-pairs", "count"), ("--beta", "positive"),
+                          ("--group-size", "count")],
+    "align grpo": TRAIN + [("--n-pairs", "count"), ("--group-size", "count"), ("--beta", "positive"),
+                          ("--clip", "open"), ("--epochs", "count")],
     "distill": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
                 ("--checkpoint-every", "count"), ("--eval-samples", "count")],
 }
@@ -329,9 +335,18 @@ CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo
            ("distill --teacher {dir}", "--teacher", "folder.npz", "is a directory"),
            ("distill --teacher {empty}", "empty.npz", "the file is empty"),
            ("distill --teacher {ok} --out {dir}", "--out", "is a directory"),
-           ("distill", "--teacher", "required")] + \
+           ("distill", "--teacher", "required"),
+           ("align grpo --group-size 1", "--group-size", "'1'", "2"),
+           ("align grpo --batch-size 10 --group-size 4", "--batch-size", "multiple"),
+           ("align grpo --kl k2_loss", "--kl", "'k2_loss'", "k3_loss"),
+           ("align grpo --scale max", "--scale", "'max'", "group"),
+           ("align grpo --reward human", "--reward", "'human'", "true"),
+           ("align grpo --pairs {missing}", "--pairs", "missing.npz"),
+           ("align rlhf --prompts first1 --batch-size 10", "--batch-size", "multiple")] + \
+    [(f"align {m} --prompts first9", "--prompts", "'first9'", "first1") for m in ("rlhf", "dpo", "gdc", "fdpg", "grpo")] + \
     [(f"{command} --device tpu", "--device", "'tpu'", "cuda")
-     for command in ("pretrain", "align rlhf", "align dpo", "align gdc", "align fdpg", "distill --teacher {ok}", "tour")] + \
+     for command in ("pretrain", "align rlhf", "align dpo", "align gdc", "align fdpg", "align grpo", "distill --teacher {ok}",
+                     "tour")] + \
     ([] if CUDA else [("pretrain --device cuda --steps 1", "--device cuda", "needs")])
 
 
