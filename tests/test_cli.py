@@ -81,7 +81,7 @@ def test_conditional_options_are_checked_before_any_work(tmp_path, capsys):
     assert main(["align", "grpo", "--batch-size", "30", *out]) == 2
     assert "is not a multiple of --group-size 4" in capsys.readouterr().err
     assert main(["align", "rlhf", "--prompts", "first1", "--group-size", "5", *out]) == 2
-    assert "cannot be cut into groups of 5" in capsys.readouterr().err
+    assert "--batch-size 64 is not a multiple of --group-size 5" in capsys.readouterr().err
     assert main(["align", "gdc", "--prompts", "first1", "--constraint", "female=0.5", *out]) == 2
     assert "pointwise constraints only" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
