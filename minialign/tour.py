@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import registry as R
 from . import tasks
-from .metrics import DIVERSITY_N, SELF_BLEU_N, binomial_tolerance, last_steps
+from .metrics import DIVERSITY_N, SELF_BLEU_N, MomentCheck, binomial_tolerance, last_steps
 from .trainers.common import TrainConfig
 
 LAST = 20  # training steps over which a training metric is averaged in the report
@@ -164,8 +164,8 @@ def gdc_stage(t: Tour) -> list:
     t.runs["gdc"], t.runs["gdc_evals"] = hists, evals
     plain = evals["GDC, λ of the I-projection"].fractions["female"]
     cal, cal_hist = evals["GDC, λ on π's moment"].fractions["female"], hists["GDC, λ on π's moment"]
-    tol = binomial_tolerance(t.n_eval)
-    verdict = "within" if abs(calibrated - 0.5) <= tol else "outside"
+    check = MomentCheck("female", calibrated, 0.5, binomial_tolerance(t.n_eval), t.n_eval)
+    tol, verdict = check.tolerance, "within" if check.met else "outside"
     lines = ["## GDC: half the names female", "", "```", str(report), "```", "",
              f"{t.gdc_cfg.steps} DPG steps of {t.gdc_cfg.batch_size} (GDC++ baseline, KL-adaptive proposal). Towards "
              f"the I-projection p the female fraction of {t.n_eval} fresh samples is {plain}; with λ moved by dual "
