@@ -70,6 +70,37 @@ def _time(fn, repeats):
     return float(np.median(times))
 
 
+def training_steps(model, x, device="cpu", backend=None):
+    """One training step (forward, backward, AdamW at lr 1e-3) of ``model`` on rows ``x``, and the same step of the
+    same model written in torch eager on ``device``, from the same weights: two closures (ours, theirs). With
+    ``backend`` our model runs there (the torch backend with the kernels)."""
+    import torch
+
+    params, forward = torch_reference_gpt(model, device=device)
+    if backend is not None:
+        model.to(backend)
+    opt = AdamW(model.parameters(), lr=1e-3)
+    topt = torch.optim.AdamW(list(params.values()), lr=1e-3)
+    inp, targets, counted = model._shift(x)
+    tin = torch.as_tensor(inp, device=device)
+    ttarget = torch.as_tensor(np.where(counted, targets, -100), device=device)
+    v = model.config.vocab_size
+
+    def ours():
+        loss = model.loss(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def theirs():
+        loss = torch.nn.functional.cross_entropy(forward(tin).reshape(-1, v), ttarget.reshape(-1), ignore_index=-100)
+        topt.zero_grad()
+        loss.backward()
+        topt.step()
+
+    return ours, theirs
+
+
 def bench_engine(batch_size=64, repeats=20, config=None, threads=1):
     """Median seconds per training step (forward, backward, AdamW) for ours and torch eager, same weights,
     both limited to the same number of threads (NumPy's BLAS and torch's intra-op pool)."""
@@ -82,32 +113,7 @@ def bench_engine(batch_size=64, repeats=20, config=None, threads=1):
     threadpool_limits(limits=threads, user_api="blas")
     tune_allocator()  # process-wide: it applies to the torch reference measured in the same run too
     cfg = config or GPTConfig()
-    model = GPT(cfg, seed=0)
-    rng = np.random.default_rng(0)
-    lengths = rng.integers(3, cfg.block_size + 1, batch_size)
-    x = rng.integers(1, cfg.vocab_size, (batch_size, cfg.block_size))
-    x[np.arange(cfg.block_size)[None, :] >= (lengths[:, None] - 1)] = cfg.eos_id
-    opt = AdamW(model.parameters(), lr=1e-3)
-
-    def ours():
-        loss = model.loss(x)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    params, forward = torch_reference_gpt(model)
-    topt = torch.optim.AdamW(list(params.values()), lr=1e-3)
-    inp, targets, counted = model._shift(x)
-    tin = torch.as_tensor(inp)
-    ttarget = torch.as_tensor(np.where(counted, targets, -100))
-
-    def theirs():
-        logits = forward(tin)
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), ttarget.reshape(-1), ignore_index=-100)
-        topt.zero_grad()
-        loss.backward()
-        topt.step()
-
+    ours, theirs = training_steps(GPT(cfg, seed=0), _rows(cfg, batch_size))
     t_ours = _time(ours, repeats)
     t_torch = _time(theirs, repeats)
     return cfg, batch_size, t_ours, t_torch
@@ -133,30 +139,7 @@ def bench_gpt_step(run, configs):
     print(f"    {'model':<34} {'batch':>9} {'engine ms':>10} {'eager ms':>9} {'engine/eager':>13}")
     results = {}
     for name, cfg, batch_size in configs:
-        model = GPT(cfg, seed=0)
-        x = _rows(cfg, batch_size)
-        params, forward = torch_reference_gpt(model, device=run.device)
-        model.to(TorchBackend(run.device))
-        opt = AdamW(model.parameters(), lr=1e-3)
-
-        def ours():
-            loss = model.loss(x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        topt = torch.optim.AdamW(list(params.values()), lr=1e-3)
-        inp, targets, counted = model._shift(x)
-        tin = torch.as_tensor(inp, device=run.device)
-        ttarget = torch.as_tensor(np.where(counted, targets, -100), device=run.device)
-
-        def theirs():
-            logits = forward(tin)
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, cfg.vocab_size), ttarget.reshape(-1))
-            topt.zero_grad()
-            loss.backward()
-            topt.step()
-
+        ours, theirs = training_steps(GPT(cfg, seed=0), _rows(cfg, batch_size), run.device, TorchBackend(run.device))
         t_ours, t_torch = run.time(ours), run.time(theirs)
         results[name] = (t_ours, t_torch)
         size = f"{batch_size} x {cfg.block_size}"

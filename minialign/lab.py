@@ -30,6 +30,16 @@ def sequence_count(vocab_size: int, horizon: int, stop_above: int | None = None)
     return total
 
 
+def checked_log_scores(log_scores, n: int, row: str) -> np.ndarray:
+    """Unnormalised log-scores as float64 ``[n]``, one per ``row``: −inf is zero mass; NaN and +inf are errors."""
+    log_scores = np.asarray(log_scores, dtype=np.float64)
+    if log_scores.shape != (n,):
+        raise ValueError(f"log-scores must have one entry per {row}, shape ({n},); got {log_scores.shape}")
+    if np.isnan(log_scores).any() or np.isposinf(log_scores).any():
+        raise ValueError("log-scores contain NaN or +inf")
+    return log_scores
+
+
 class ExactLab:
     """All EOS-terminated sequences of length ≤ ``horizon`` (EOS included), as rows padded with EOS."""
 
@@ -94,12 +104,7 @@ class ExactLab:
 
         −inf marks points of zero mass; NaN, +inf, or no mass at all are errors.
         """
-        log_scores = np.asarray(log_scores, dtype=np.float64)
-        if log_scores.shape != (len(self),):
-            raise ValueError(f"log-scores must have one entry per enumerated sequence, shape ({len(self)},); "
-                             f"got {log_scores.shape}")
-        if np.isnan(log_scores).any() or np.isposinf(log_scores).any():
-            raise ValueError("log-scores contain NaN or +inf")
+        log_scores = checked_log_scores(log_scores, len(self), "enumerated sequence")
         if np.isneginf(log_scores).all():
             raise ValueError("every log-score is -inf: the target has no mass")
         log_p, log_z = log_normalise(log_scores)
@@ -214,12 +219,7 @@ class PromptedLab:
     def normalise(self, log_scores):
         """A conditional target from log-scores log P(x, y) over the rows: (log p(y|x) ``[N]``, log Z(x) ``[m]``),
         Z(x) = Σ_y P(x, y) (Eq. 6.14). −inf marks zero mass; a prompt with no mass at all is an error."""
-        log_scores = np.asarray(log_scores, dtype=np.float64)
-        if log_scores.shape != (len(self),):
-            raise ValueError(f"log-scores must have one entry per (prompt, response) row, shape ({len(self)},); got "
-                             f"{log_scores.shape}")
-        if np.isnan(log_scores).any() or np.isposinf(log_scores).any():
-            raise ValueError("log-scores contain NaN or +inf")
+        log_scores = checked_log_scores(log_scores, len(self), "(prompt, response) row")
         log_z = np.array([log_normalise(log_scores[self.group == i])[1] if np.isfinite(log_scores[self.group == i]).any()
                           else -np.inf for i in range(self.n_prompts)])
         if np.isneginf(log_z).any():
