@@ -37,9 +37,13 @@ class DPG(ProposalMethod):
         s = self.score(policy, batch)
         if not np.isfinite(s.log_z):  # no mass seen yet: this batch carries no signal
             return s, np.zeros(len(batch))
+        # BEGIN SOLUTION dpg
         weight = np.exp(s.log_p - s.log_z - batch.log_q)  # p(x)/q(x)
+        # END SOLUTION
         if self.baseline:
+            # BEGIN SOLUTION gdcpp
             weight = weight - np.exp(s.logp_pi - batch.log_q)  # − π(x)/q(x)
+            # END SOLUTION
         return s, batch.weights * weight
 
     def loss(self, policy, batch: Batch):
