@@ -34,6 +34,7 @@ def test_best_objective_is_beta_log_z_reached_at_the_tilted_optimum():
         assert j <= best + 1e-12
 
 
+@pytest.mark.task5_2
 def test_rloo_drives_the_policy_to_the_kl_control_optimum():
     """From the base model, RLOO with the k1 penalty in the reward brings the exact KL(π*‖π_θ) from above
     1 nat to below 0.05 nats. The threshold leaves room for Monte-Carlo noise at batch 64 with a small
@@ -51,6 +52,7 @@ def test_rloo_drives_the_policy_to_the_kl_control_optimum():
     assert start > 1.0 and end < 0.05, (start, end)
 
 
+@pytest.mark.task5_3
 def test_ppo_clip_improves_the_objective():
     a, _, lab, r, beta = tiny_lab(3, beta=0.5, scale=0.3)
     assert lab.entropy(lab.distribution(a)) > 0.5  # a base model that explores
@@ -77,6 +79,7 @@ def test_kl_estimator_gradients_on_sequences():
     assert errors["k2_loss"] > 0.05 and errors["k3_loss"] > 0.05, errors
 
 
+@pytest.mark.task5_4
 def test_kl_estimator_gradients_on_one_categorical_step():
     """With one free step (horizon 2: a token, then the forced EOS) the classic picture of chapter 03, §9 holds:
     k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π), the forward KL."""
@@ -89,6 +92,7 @@ def test_kl_estimator_gradients_on_one_categorical_step():
 
 
 # ------------------------------------------------------------------------------------------- unification (chapter 07)
+@pytest.mark.task5_2
 def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
     """(a) f = kl (D_f(π‖p) = KL(π‖p)) with p ∝ a e^{r/β}: its gradient is 1/β times the gradient of the
     RLHF loss (the negated KL-control objective) with the sequence-level k1 penalty in the reward."""
@@ -101,6 +105,7 @@ def test_fdpg_reverse_kl_is_kl_control_rlhf_scaled_by_one_over_beta():
     assert not close(g_f, g_r, rel=1e-2)  # the scale matters: β = 0.5 here
 
 
+@pytest.mark.task7_2
 def test_fdpg_forward_kl_is_dpg():
     """(b) f = reverse_kl (D_f(π‖p) = KL(p‖π)): the f-DPG gradient is GDC's DPG gradient, exactly."""
     a, policy, lab, r, _ = tiny_lab(7)
@@ -112,6 +117,7 @@ def test_fdpg_forward_kl_is_dpg():
     assert close(g_f, g_d, rel=1e-10)
 
 
+@pytest.mark.task7_2
 @pytest.mark.parametrize("f", FAMILY)
 def test_fdpg_expected_gradient_equals_autograd_of_the_divergence(f):
     """(c) For every f: the f-DPG estimator's expectation equals ∇_θ D_f(π_θ‖p) by autograd through the
@@ -200,3 +206,31 @@ def test_an_interrupted_run_keeps_its_checkpoint_and_resumes(tmp_path):
     assert state["step"] == 3  # three finished steps were written although no regular checkpoint was due
     hist = train(method, policy, TrainConfig(steps=10, batch_size=8, checkpoint_every=100), out=out, progress=False)
     assert len(hist["loss"]) == 10 and load(out)["step"] == 10
+
+
+@pytest.mark.task5_3
+def test_ppo_clip_coefficients_are_the_gradient_of_the_clipped_objective():
+    """Eq. (5.10): the coefficients are ∂/∂log π_i of Σ_i w_i min(ρ_i A_i, clip(ρ_i, 1−ε, 1+ε) A_i), ρ = e^{log π − log
+    π_old}, by central differences, for ratios on both sides of the clip and advantages of both signs; the
+    clipped fraction counts the samples whose clip is active."""
+    from minialign.tensor import Tensor
+    from minialign.trainers.policy_gradient import ppo_clip_coefficients
+
+    rng = np.random.default_rng(0)
+    n, clip = 64, 0.2
+    log_old = rng.normal(size=n)
+    log_ratio = rng.uniform(-0.6, 0.6, size=n)
+    log_ratio[np.abs(np.exp(log_ratio) - (1 - clip)) < 1e-3] += 0.01  # keep clear of the kinks
+    log_ratio[np.abs(np.exp(log_ratio) - (1 + clip)) < 1e-3] += 0.01
+    adv, w = rng.normal(size=n), rng.uniform(0.5, 1.5, size=n)
+
+    def objective(logp):
+        rho = np.exp(logp - log_old)
+        return np.sum(w * np.minimum(rho * adv, np.clip(rho, 1 - clip, 1 + clip) * adv))
+
+    logp = log_old + log_ratio
+    coef, fraction = ppo_clip_coefficients(Tensor(logp), log_old, adv, w, clip)
+    numeric = np.array([(objective(logp + 1e-6 * e) - objective(logp - 1e-6 * e)) / 2e-6 for e in np.eye(n)])
+    np.testing.assert_allclose(coef, numeric, rtol=1e-6, atol=1e-8)
+    active = np.sum((np.exp(log_ratio) * adv) > (np.clip(np.exp(log_ratio), 1 - clip, 1 + clip) * adv))
+    assert 0 < active < n and fraction == pytest.approx(active / n)
