@@ -488,7 +488,9 @@ def run_tests(tree: Path, args, timeout: float = DEFAULT_TIMEOUT, log=None, unti
         shutil.copy(Path(__file__).with_name("course_plugin.py"), plugin_dir / "_minialign_course_plugin.py")
         env = {k: v for k, v in os.environ.items()
                if k != "PYTHONPATH" and not k.startswith(("PYTEST_", "MINIALIGN_COURSE"))}
-        env.update(PYTHONPATH=f"{tree}{os.pathsep}{plugin_dir}", TRITON_INTERPRET="1", HYPOTHESIS_PROFILE="grading",
+        # Triton interprets on the CPU, with any GPU hidden: the same tests and shapes on every machine.
+        env.update(PYTHONPATH=f"{tree}{os.pathsep}{plugin_dir}", TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="",
+                   HYPOTHESIS_PROFILE="grading",
                    PYTHONDONTWRITEBYTECODE="1", MINIALIGN_COURSE_REPORT=str(report),
                    MINIALIGN_COURSE_UNTIL=",".join(until))
         cmd = [sys.executable, "-m", "pytest", "-p", "_minialign_course_plugin", "-p", "no:cacheprovider",
@@ -538,7 +540,7 @@ class TaskScore:
 
     def failures(self):
         """(name, why) of each test that did not pass; hidden tests by name only, never their source."""
-        out = [(f, "could not be imported") for f in self.unreadable]
+        out = [(f, "could not be imported") if f.endswith(".py") else ("all tests", f) for f in self.unreadable]
         for t in self.tests:
             if t.outcome == "passed":
                 continue
@@ -652,11 +654,20 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
         ws = Path(tmp) / "work"
         taken, hidden_files = grading_workspace(student, a, ws, extra_tests, root)
         files = sorted(set(marked_files(ws, a.markers)) | set(hidden_files))
-        run = run_tests(ws, ["-m", task_expression(a.markers), *files], timeout)
+        try:
+            run = run_tests(ws, ["-m", task_expression(a.markers), *files], timeout)
+        except CourseError as e:  # the tests could not start (a syntax error at import, a timeout): 0, and why
+            return Grade(a, [TaskScore(t, [], set(), [f"the tests did not run: {_last_line(str(e))}"]) for t in a.tasks],
+                         {}, 0.0, taken)
         hidden = {n for n in run.tests if n.split("::")[0] in hidden_files}
         result = score(a, run, hidden, taken)
         result.modules = {k: _inside(v, ws) for k, v in result.modules.items()}
     return result
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else text
 
 
 def _inside(file, tree: Path) -> str:
@@ -924,6 +935,10 @@ def check_assignment(name: str, workdir: Path, root: Path = ROOT, extra_tests=No
     seconds["grade student tree"] = time.perf_counter() - t0
     found, unproven = student_grade_problems(a, student)
     problems += found
+    for module, where in (("minialign", "<grading copy>/minialign/"), ("minialign.kernels", "<grading copy>/kernels/")):
+        if not str(student.modules.get(module)).startswith(where):
+            problems.append(f"the grader imported {module} from {student.modules.get(module)}, not from the "
+                            "student's files in the grading copy")
     t0 = time.perf_counter()
     for task in a.tasks:
         units = [u for u, t in unproven if t is task]
