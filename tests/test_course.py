@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from minialign import course
+from minialign import course, course_check
 from minialign.cli import main
 from minialign.course_plugin import stubs_of
 
@@ -83,7 +83,7 @@ def test_manifests_units_markers_handouts_chapters_and_solutions_agree():
     """Every unit resolves, no two overlap, every region marker is used, the task markers are registered and
     carried by tests, the committed handouts are current, each chapter's Exercises list its assignment, and
     each written question has its instructor solution."""
-    problems = course.static_problems(ROOT)
+    problems = course_check.static_problems(ROOT)
     assert not problems, "\n".join(problems)
 
 
@@ -95,7 +95,7 @@ def test_a_unit_that_no_longer_resolves_is_named_as_an_error(tmp_path):
     manifest.write_text(manifest.read_text().replace("dpo.py::DPO.loss", "dpo.py::DPO.lossy"))
     region = root / "minialign" / "trainers" / "gdc.py"
     region.write_text(region.read_text().replace("# BEGIN SOLUTION gdcpp", "# BEGIN SOLUTION gdc-pp"))
-    problems = "\n".join(course.static_problems(root))
+    problems = "\n".join(course_check.static_problems(root))
     assert "unit minialign/trainers/dpo.py::DPO.lossy does not resolve: no 'lossy' in DPO" in problems
     assert "unit minialign/trainers/gdc.py::DPG.coefficients#gdcpp does not resolve: 0 lines" in problems
     assert "region 'gdc-pp' is marked but no manifest names it" in problems
@@ -236,7 +236,7 @@ def test_make_writes_the_project_the_handout_and_no_instructor_solutions(tmp_pat
 def test_with_every_unit_stubbed_every_test_passes_or_fails_at_a_stub(tmp_path):
     """(b), and (a) across assignments: the whole suite but this file, once, in a tree with the units of all
     eight assignments stubbed."""
-    problems, run = course.check_stub_tree(tmp_path / "stubbed", ROOT)
+    problems, run = course_check.check_stub_tree(tmp_path / "stubbed", ROOT)
     assert not problems, "\n".join(problems)
     task_tests = [t for t in run.tests.values() if t.tasks]
     assert len(task_tests) > 100 and all(t.outcome == "failed" for t in task_tests)
@@ -253,7 +253,7 @@ def test_release_check_of_each_assignment(name, tmp_path):
         extra = tmp_path / "hidden" / "test_hidden_rlhf.py"
         extra.parent.mkdir()
         extra.write_text(HIDDEN_TEST)
-    c = course.check_assignment(name, tmp_path / "check", ROOT, extra_tests=extra)
+    c = course_check.check_assignment(name, tmp_path / "check", ROOT, extra_tests=extra)
     assert not c.problems, "\n".join(c.problems)
     assert c.student_score == 0 and c.solution_score == c.max_score == course.load(name, ROOT).points
 
@@ -279,6 +279,9 @@ def test_grade_shows_names_and_points_never_test_source_and_writes_results_json(
     assert "SENTINEL" not in out + results.read_text()
     assert "0 / 40" in out and "minialign from <grading copy>/minialign/__init__.py" in out
     assert "test_free_points" not in out + results.read_text() and data["tests"][0]["output"].startswith("0 of ")
+    assert main(["course", "restore", str(tree)]) == 0  # the Done-when of the issue: the solution back, N / N
+    assert main(["course", "grade", str(tree), "--extra-tests", str(hidden), "--json", str(results)]) == 0
+    assert "40 / 40" in capsys.readouterr().out and json.loads(results.read_text())["score"] == 40
 
 
 def test_the_grading_copy_takes_only_the_units_files_from_the_student(tmp_path):
