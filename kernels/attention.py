@@ -90,12 +90,14 @@ def _attn_fwd_kernel(
         s = tl.where(allowed, s, float("-inf"))
 
         # Key block 0 is allowed for every row, so m_new is finite from the first block on.
+        # BEGIN SOLUTION online-softmax
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         acc = acc * alpha[:, None] + _mm(p, v, FP32_DOT)
         m_i = m_new
+        # END SOLUTION
 
     acc = acc / l_i[:, None]
     tl.store(O + offs_m[:, None] * stride_ot + offs_d[None, :], acc.to(O.dtype.element_ty),
@@ -209,10 +211,12 @@ def _attn_bwd_dq_kernel(
         allowed = row_ok[:, None] & col_ok[None, :]
         if CAUSAL:
             allowed = allowed & (offs_n[None, :] <= offs_m[:, None])
+        # BEGIN SOLUTION dq
         p = tl.exp(tl.where(allowed, s, float("-inf")) - lse[:, None])
         dp = _mm(do, tl.trans(v), FP32_DOT)
         ds = p * (dp - delta[:, None])
         dq += _mm(ds, k, FP32_DOT)
+        # END SOLUTION
 
     tl.store(DQ + base + offs_m[:, None] * D + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=q_mask)
 

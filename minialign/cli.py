@@ -255,6 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
     _device_option(p)
     p.set_defaults(fn=_tour)
+
+    from .course import add_parser as add_course_parser
+
+    add_course_parser(sub, _fmt)
     return parser
 
 

@@ -36,7 +36,9 @@ def softmax(x, axis: int = -1) -> Tensor:
     y = e / bk.sum(e, axis=axis, keepdims=True)
 
     def backward(g):
+        # BEGIN SOLUTION backward
         x._accumulate(y * (g - bk.sum(g * y, axis=axis, keepdims=True)))
+        # END SOLUTION
 
     return Tensor._result(y, (x,), backward, "softmax")
 
@@ -170,6 +172,7 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
         y = y + bias.data
 
     def backward(g):
+        # BEGIN SOLUTION backward
         if weight is not None and weight.requires_grad:
             weight._accumulate(unbroadcast(g * xhat, weight.shape, bk))
         if bias is not None and bias.requires_grad:
@@ -179,6 +182,7 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
             n = x.shape[-1]
             gx = r * (gx - bk.sum(gx, axis=-1, keepdims=True) / n - xhat * (bk.sum(gx * xhat, axis=-1, keepdims=True) / n))
             x._accumulate(gx)
+        # END SOLUTION
 
     return Tensor._result(y, tuple(parents), backward, "layer_norm")
 
@@ -300,6 +304,7 @@ def scaled_dot_product_attention(q, k, v, causal: bool = True, scale=None) -> Te
             v._accumulate(dv)
 
         return Tensor._result(out, (q, k, v), backward, "flash_attention")
+    # BEGIN SOLUTION attention
     scores = bk.matmul(q.data, bk.swapaxes(k.data, -1, -2)) * s
     if causal:
         scores = bk.where(bk.causal_mask(tq, tk, like=scores), -math.inf, scores)
@@ -317,6 +322,7 @@ def scaled_dot_product_attention(q, k, v, causal: bool = True, scale=None) -> Te
             q._accumulate(bk.matmul(ds, k.data) * s)
         if k.requires_grad:
             k._accumulate(bk.matmul(bk.swapaxes(ds, -1, -2), q.data) * s)
+    # END SOLUTION
 
     return Tensor._result(out, (q, k, v), backward, "attention")
 

@@ -74,10 +74,12 @@ class CausalSelfAttention(Module):
         qkv = self.c_attn(x).reshape(b, t, 3, h, c // h).permute(2, 0, 3, 1, 4)  # [3, B, H, T, D]
         q, k, v = qkv[0], qkv[1], qkv[2]
         if cache is not None:
+            # BEGIN SOLUTION kv-cache
             if "k" in cache:
                 k = concatenate([cache["k"], k], axis=2)
                 v = concatenate([cache["v"], v], axis=2)
             cache["k"], cache["v"] = k.detach(), v.detach()
+            # END SOLUTION
         y = F.scaled_dot_product_attention(q, k, v, causal=True)
         y = y.permute(0, 2, 1, 3).reshape(b, t, c)
         return self.resid_drop(self.c_proj(y))

@@ -235,8 +235,10 @@ def q_learning(
         a = random_action[t] if explore[t] else max(actions, key=row.__getitem__)
         s_next = bisect.bisect_right(cdf[s][a], u_next[t])
         visits[s][a] += 1
+        # BEGIN SOLUTION update
         target = R[s][a][s_next] + gamma * max(q[s_next])
         row[a] += step_size(visits[s][a]) * (target - row[a])  # Eq. (4.7)
+        # END SOLUTION
         s = s_next
     Q[:] = q
     return Q

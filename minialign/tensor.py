@@ -110,6 +110,7 @@ class Tensor:
                 raise ValueError(f"grad must have the tensor's shape {self.shape}; got {tuple(grad.shape)}")
         order = self._topological_order()
         self.grad = grad if self.grad is None else self.grad + grad
+        # BEGIN SOLUTION walk
         for node in reversed(order):
             if node._backward is not None and node.grad is not None:
                 node._backward(node.grad)
@@ -119,6 +120,7 @@ class Tensor:
                 node._backward = None
                 node._parents = ()
                 node._freed = True
+        # END SOLUTION
 
     def _topological_order(self):
         order, seen, stack = [], set(), [(self, False)]
@@ -208,10 +210,12 @@ class Tensor:
         bk = self.bk
 
         def backward(g):
+            # BEGIN SOLUTION backward
             if self.requires_grad:
                 self._accumulate(unbroadcast(g * other.data, self.shape, bk))
             if other.requires_grad:
                 other._accumulate(unbroadcast(g * self.data, other.shape, bk))
+            # END SOLUTION
 
         return Tensor._result(self.data * other.data, (self, other), backward, "*")
 
@@ -220,10 +224,12 @@ class Tensor:
         bk = self.bk
 
         def backward(g):
+            # BEGIN SOLUTION backward
             if self.requires_grad:
                 self._accumulate(unbroadcast(g / other.data, self.shape, bk))
             if other.requires_grad:
                 other._accumulate(unbroadcast(-g * self.data / (other.data * other.data), other.shape, bk))
+            # END SOLUTION
 
         return Tensor._result(self.data / other.data, (self, other), backward, "/")
 
@@ -233,10 +239,12 @@ class Tensor:
         out = self.data**other.data
 
         def backward(g):
+            # BEGIN SOLUTION backward
             if self.requires_grad:
                 self._accumulate(unbroadcast(g * other.data * self.data ** (other.data - 1), self.shape, bk))
             if other.requires_grad:
                 other._accumulate(unbroadcast(g * out * bk.log(self.data), other.shape, bk))
+            # END SOLUTION
 
         return Tensor._result(out, (self, other), backward, "**")
 
@@ -326,9 +334,11 @@ class Tensor:
         axes = normalise_axes(axis, self.ndim)
 
         def backward(g):
+            # BEGIN SOLUTION backward
             if not keepdims:
                 g = bk.reshape(g, _kept_shape(self.shape, axes))
             self._accumulate(bk.broadcast_to(g, self.shape) + bk.zeros_like(self.data))
+            # END SOLUTION
 
         return Tensor._result(bk.sum(self.data, axis=axes, keepdims=keepdims), (self,), backward, "sum")
 
@@ -346,11 +356,13 @@ class Tensor:
         m = bk.max(self.data, axis=axes, keepdims=True)
 
         def backward(g):
+            # BEGIN SOLUTION backward
             if not keepdims:
                 g = bk.reshape(g, _kept_shape(self.shape, axes))
             hit = self.data == m
             hit = hit / bk.sum(hit, axis=axes, keepdims=True)
             self._accumulate(g * hit)
+            # END SOLUTION
 
         out = m if keepdims else bk.reshape(m, tuple(s for i, s in enumerate(self.shape) if i not in axes))
         return Tensor._result(out, (self,), backward, "max")

@@ -5,25 +5,58 @@ import importlib
 import importlib.util
 import os
 import re
+import sys
+from pathlib import Path
 
 import pytest
+
+# The tests prove the tree they live in, whatever copy of minialign is installed (an editable install of
+# another checkout, say, when a course student's tree is tested or graded): this tree comes first on the path,
+# for subprocesses too, and minialign.kernels (the top-level kernels/ folder) is imported from it, since an
+# installed copy's finder would otherwise map it elsewhere.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pin_to_this_tree():
+    sys.path.insert(0, str(ROOT))
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    for name in [n for n in sys.modules if n == "minialign" or n.startswith("minialign.")]:
+        del sys.modules[name]
+    import minialign
+
+    kernels = ROOT / "kernels"
+    spec = importlib.util.spec_from_file_location("minialign.kernels", kernels / "__init__.py",
+                                                  submodule_search_locations=[str(kernels)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["minialign.kernels"] = module
+    spec.loader.exec_module(module)
+    minialign.kernels = module
+    for name, where in (("minialign", ROOT / "minialign"), ("minialign.kernels", kernels)):
+        if Path(sys.modules[name].__file__).resolve().parent != where:
+            raise ImportError(f"{name} was imported from {sys.modules[name].__file__}, not from this tree ({where})")
+
+
+_pin_to_this_tree()
 
 # One BLAS/OpenMP thread per test process: pytest-xdist already runs one process per core, and
 # oversubscribed BLAS threads slow small matrix products down by an order of magnitude.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
-# Triton reads TRITON_INTERPRET when it is imported, so it must be set before any test imports it.
+# Triton reads TRITON_INTERPRET when it is imported, so it must be set before any test imports it. A run that
+# sets it itself (the course grader does) skips importing torch here, which takes seconds; torch, when a test
+# imports it, then takes its one thread from OMP_NUM_THREADS.
 try:
-    import torch as _torch
+    if "TRITON_INTERPRET" not in os.environ:
+        import torch as _torch
 
-    _torch.set_num_threads(1)
-    if not _torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+        _torch.set_num_threads(1)
+        if not _torch.cuda.is_available():
+            os.environ.setdefault("TRITON_INTERPRET", "1")
 except ImportError:  # torch is an optional extra; the tests that need it request the `torch` fixture
     pass
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from minialign.backend import tune_allocator
 
@@ -33,6 +66,10 @@ settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# The course grader's (minialign/course.py): the examples of "ci", without shrinking a failure to its smallest
+# example (a grade needs pass or fail; students see the small example in their own runs).
+settings.register_profile("grading", parent=settings.get_profile("ci"),
+                          phases=[p for p in Phase if p.name not in ("shrink", "explain")])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

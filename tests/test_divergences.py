@@ -63,6 +63,7 @@ def by_hand(name, P, Q):
 # ---------------------------------------------------------------- the definition and the table
 
 
+@pytest.mark.task3_1
 @pytest.mark.parametrize("name", FAMILY)
 @given(pair=distribution_pairs())
 def test_matches_generator_definition(name, pair):
@@ -335,6 +336,7 @@ def test_kl_chain_rule_for_autoregressive_sequences(data):
 # ---------------------------------------------------------------- log space
 
 
+@pytest.mark.task3_2
 @pytest.mark.parametrize("name", FAMILY)
 @given(pair=distribution_pairs(), shift_p=st.floats(-50, 50), shift_q=st.floats(-50, 50))
 def test_log_form_equals_probability_form(name, pair, shift_p, shift_q):
@@ -348,6 +350,7 @@ def test_log_form_equals_probability_form(name, pair, shift_p, shift_q):
 BOUNDED_BY_LOGITS = ["kl", "reverse_kl", "js", "tv", "hellinger", "alpha:0.5"]
 
 
+@pytest.mark.task3_2
 @pytest.mark.parametrize("name", BOUNDED_BY_LOGITS)
 @given(data=st.data())
 def test_log_form_is_finite_for_logits_of_magnitude_1e4(name, data):
@@ -359,6 +362,7 @@ def test_log_form_is_finite_for_logits_of_magnitude_1e4(name, data):
     assert np.isfinite(d) and -1e-9 <= d <= 4.1e4
 
 
+@pytest.mark.task3_2
 @pytest.mark.parametrize("name", FAMILY)
 def test_log_form_on_nearly_disjoint_logits_matches_closed_form(name):
     a = 1e4
@@ -373,6 +377,7 @@ def test_log_form_on_nearly_disjoint_logits_matches_closed_form(name):
     assert_close(d, expected)
 
 
+@pytest.mark.task3_2
 def test_log_form_supports_batches_and_unnormalised_rows():
     rng = np.random.default_rng(3)
     log_p = rng.normal(size=(3, 1, 5)) * 4 + 7
@@ -387,6 +392,7 @@ def test_log_form_supports_batches_and_unnormalised_rows():
             assert_close(got[i, j], dv.divergence("js", P[i, 0], Q[j]), rtol=1e-9)
 
 
+@pytest.mark.task3_1
 def test_batch_axes_broadcast_in_probability_form():
     rng = np.random.default_rng(4)
     P = rng.dirichlet(np.ones(6), size=(2, 1))
@@ -413,6 +419,7 @@ def test_js_matches_square_of_scipy_jensenshannon(pair):
     assert_close(dv.divergence("js", P, Q), jensenshannon(P, Q) ** 2, rtol=1e-8, atol=1e-12)
 
 
+@pytest.mark.task3_1
 def test_zero_mass_conventions_on_disjoint_supports():
     P, Q = np.array([1.0, 0.0]), np.array([0.0, 1.0])
     assert dv.divergence("kl", P, Q) == np.inf
@@ -424,6 +431,7 @@ def test_zero_mass_conventions_on_disjoint_supports():
     assert dv.divergence("alpha:0.5", P, Q) == pytest.approx(4.0, rel=1e-15)
 
 
+@pytest.mark.task3_1
 def test_zero_mass_conventions_when_one_side_is_missing():
     P, Q = np.array([0.5, 0.5]), np.array([1.0, 0.0])  # P has mass where Q has none
     assert dv.divergence("kl", P, Q) == np.inf
@@ -438,6 +446,7 @@ def test_zero_mass_conventions_when_one_side_is_missing():
     assert dv.divergence("kl", Q, P) == pytest.approx(LOG2, rel=1e-14)
 
 
+@pytest.mark.task3_1
 def test_points_without_mass_on_either_side_contribute_nothing():
     P, Q = np.array([0.3, 0.0, 0.7]), np.array([0.6, 0.0, 0.4])
     for name in FAMILY:
@@ -516,6 +525,7 @@ def _exact_sample(counts):
     return np.repeat(np.arange(len(counts)), counts)
 
 
+@pytest.mark.task3_4
 @given(data=st.data())
 def test_k1_and_k3_are_unbiased_by_exact_expectation(data):
     counts, q = data.draw(rational_distributions())
@@ -527,6 +537,7 @@ def test_k1_and_k3_are_unbiased_by_exact_expectation(data):
     assert_close(est.k3.mean(), kl, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.task3_4
 @given(data=st.data())
 def test_k2_bias_equals_its_exact_formula(data):
     counts, q = data.draw(rational_distributions())
@@ -557,11 +568,13 @@ def test_k2_bias_is_third_order_as_p_approaches_q():
     log_q=hnp.arrays(np.float64, 16, elements=st.floats(-30, 0)),
     log_p=hnp.arrays(np.float64, 16, elements=st.floats(-30, 0)),
 )
+@pytest.mark.task3_4
 def test_k2_and_k3_are_nonnegative_samplewise(log_q, log_p):
     assert (dv.k2(log_q, log_p) >= 0).all()
     assert (dv.k3(log_q, log_p) >= 0).all()
 
 
+@pytest.mark.task3_4
 @given(pair=distribution_pairs(min_size=2, allow_zeros=False))
 def test_k1_is_negative_on_some_sample_when_p_differs_from_q(pair):
     q, p = pair
@@ -574,6 +587,7 @@ def test_k1_is_negative_on_some_sample_when_p_differs_from_q(pair):
     g=hnp.arrays(np.float64, 6, elements=st.floats(-1, 1)),
     eps=st.floats(1e-3, 0.1),
 )
+@pytest.mark.task3_4
 def test_k3_has_lower_variance_than_k1_on_near_distributions(q, g, eps):
     assume(np.ptp(g) > 0.2)
     p = q * np.exp(eps * g)
@@ -640,6 +654,7 @@ def test_mc_estimators_reject_bad_arguments():
 # ---------------------------------------------------------------- partial derivatives and the seed audit
 
 
+@pytest.mark.task3_3
 @pytest.mark.parametrize("name", FAMILY)
 def test_partial_derivatives_match_finite_differences(name):
     rng = np.random.default_rng(11)

@@ -64,6 +64,7 @@ def target(lab, log_a, b, phi, lam):
 # ------------------------------------------------------------------------------------ moment matching
 
 
+@pytest.mark.task6_1
 @pytest.mark.parametrize("seed,k,with_b", [(0, 1, True), (1, 2, True), (2, 3, False), (3, 4, True)])
 def test_fitted_lambda_matches_the_moments(seed, k, with_b):
     lab, log_a, b, phi, mu_bar, lam_true = random_instance(seed, k, with_b)
@@ -80,6 +81,7 @@ def test_fitted_lambda_matches_the_moments(seed, k, with_b):
     np.testing.assert_array_equal(fit_lambda_exact(Tensor(log_a), b, phi, mu_bar).lam, fit.lam)
 
 
+@pytest.mark.task6_1
 def test_dual_gradient_is_moment_gap_and_hessian_is_covariance():
     """Eq. (6.4) checked against central differences of L(λ) = log Z(λ) − λ·μ̄."""
     lab, log_a, b, phi, mu_bar, _ = random_instance(5, 3)

@@ -57,6 +57,7 @@ def random_logs(rng, n=400, spread=3.0):
 
 
 # ------------------------------------------------------------------------------ Eq. (7.3), (7.5): pseudo-rewards
+@pytest.mark.task7_1
 @pytest.mark.parametrize("f", list(HAND))
 def test_pseudo_reward_is_minus_f_prime_by_central_differences(f):
     """R(x) = −f'(t) with t = Z π(x)/P(x): the trainer's value against a central difference of the generator
@@ -76,6 +77,7 @@ def test_pseudo_reward_is_minus_f_prime_by_central_differences(f):
     assert np.ptp(log_t) > 6  # the ratios really are spread out (not all near t = 1)
 
 
+@pytest.mark.task7_1
 def test_pseudo_rewards_match_the_closed_forms_of_each_member():
     """Eq. (7.5): the special forms of chapter 07, §3 as identities on arrays (t = Zπ/P)."""
     rng = np.random.default_rng(1)
@@ -92,6 +94,7 @@ def test_pseudo_rewards_match_the_closed_forms_of_each_member():
         np.testing.assert_allclose(pseudo_reward(f, log_pi, log_P, log_z), expected, rtol=1e-12, atol=1e-12, err_msg=f)
 
 
+@pytest.mark.task7_1
 def test_pseudo_reward_ranges_bounded_and_unbounded():
     """TV's pseudo-reward is ±½, JS's is bounded below by −½ log 2 (as t → ∞) and grows like −½ log t as
     t → 0; reverse_kl's is positive; kl's is unbounded both ways, and −∞ where the target has no mass."""
@@ -114,6 +117,7 @@ def test_pseudo_reward_ranges_bounded_and_unbounded():
 
 
 # ------------------------------------------------------------------------------ Eq. (7.6)–(7.8): RLHF and DPG
+@pytest.mark.task7_1
 def test_kl_pseudo_reward_is_the_kl_control_reward_over_beta_plus_a_constant():
     """Eq. (7.6): f = kl, log P = log a + r/β: R = (r − β log(π/a))/β − log Z − 1, sample by sample."""
     rng = np.random.default_rng(2)
@@ -142,6 +146,7 @@ def test_kl_divergence_to_the_tilted_target_is_the_negated_objective_over_beta()
         np.testing.assert_allclose(kl, log_z - kl_control_objective(pi, p_a, r, beta) / beta, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.task6_3
 def test_gdcpp_is_fdpg_reverse_kl_with_the_constant_baseline_one():
     """Eq. (7.9): (π/q)·(P/(Zπ) − 1) = (P/Z − π)/q, GDC++'s weight (Korbak et al. 2022), sample by sample,
     on samples from a proposal q ≠ π."""
@@ -166,6 +171,7 @@ def test_gdcpp_is_fdpg_reverse_kl_with_the_constant_baseline_one():
 
 
 # ------------------------------------------------------------------------------ Eq. (7.4): off-policy and the baseline
+@pytest.mark.task7_2
 @pytest.mark.parametrize("f", ["kl", "reverse_kl", "js", "tv"])
 def test_off_policy_fdpg_has_the_on_policy_expectation(f):
     """Eq. (7.4): with samples from a proposal q (here another model), the weights π/q make the exact
@@ -199,6 +205,7 @@ def expected_update(method, policy, lab, p_sample, n=2):
     return np.concatenate([np.ravel(g[k]) for k, _ in policy.named_parameters()])
 
 
+@pytest.mark.task7_3
 def test_leave_one_out_baseline_keeps_the_on_policy_expectation():
     """The trainer's baseline for sample i is the mean of the other samples' pseudo-rewards, which does not
     depend on x_i: over every batch of n = 2 sequences, weighted by its exact probability, the expected
@@ -286,6 +293,7 @@ def test_seed000_derivative_as_a_pseudo_reward_trains_the_other_kl():
 
 
 # ------------------------------------------------------------------------------ Eq. (7.11): the KL-adaptive proposal
+@pytest.mark.task6_4
 def test_kl_adaptive_proposal_estimates_are_exact_on_exact_batches_and_replace_q_as_pi_improves():
     """Eq. (7.11) for an f other than GDC's: the importance-sampling estimates of KL(p‖π) and KL(p‖q) that
     decide q ← π are exact on an exact batch drawn from q; and f-DPG with f = js, sampling from the adaptive
@@ -325,6 +333,7 @@ def test_kl_adaptive_proposal_estimates_are_exact_on_exact_batches_and_replace_q
     assert hist["replacements"][-1] > 0
 
 
+@pytest.mark.task7_3
 def test_leave_one_out_baseline_keeps_the_off_policy_expectation():
     """Off-policy (batches of two from an unrelated proposal q, weights ρ = π/q), the leave-one-out baseline
     still leaves the expected update equal to ∇D_js exactly. The self-inclusive weighted mean Σρ_jR_j/Σρ_j

@@ -170,7 +170,8 @@ def test_rejection_sampling_cost_grows_as_the_constraint_gets_rarer():
 # ------------------------------------------------------------------------------ DPG and GDC++
 
 
-@pytest.mark.parametrize("baseline", [False, True])
+@pytest.mark.parametrize("baseline", [pytest.param(False, marks=pytest.mark.task6_2),
+                                      pytest.param(True, marks=pytest.mark.task6_3)])
 def test_dpg_expected_gradient_is_minus_grad_kl_p_pi_from_any_proposal(baseline):
     """Eq. (6.7)–(6.8) exactly: on the exact batch of a proposal q (here q = a, while π ≠ a), the DPG loss's
     gradient is Σ_x q(x)·[P(x)/(Z q(x))]·(−∇ log π(x)) = ∇KL(p‖π), and GDC++'s baseline −π/q changes nothing in
@@ -192,6 +193,7 @@ def test_dpg_expected_gradient_is_minus_grad_kl_p_pi_from_any_proposal(baseline)
     assert np.linalg.norm(truth) > 1e-2
 
 
+@pytest.mark.task6_4
 def test_importance_sampling_estimates_of_z_and_kl_p_pi_converge():
     """Eq. (6.10): Ẑ = mean_q[P/q] and KL̂(p‖π) = mean_q[(P/(Ẑq))(log P − log Ẑ − log π)] from samples of q
     (as ProposalMethod.adapt computes them) converge to the exact log Z and KL(p‖π): error within 5 standard

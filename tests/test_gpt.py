@@ -20,7 +20,7 @@ def all_sequences(vocab_size, horizon, eos=0):
     return np.array(rows, dtype=np.int64)
 
 
-@pytest.mark.task2_1
+@pytest.mark.task2_2
 @pytest.mark.parametrize("vocab_size,block_size,seed", [(2, 5, 0), (3, 4, 1), (4, 3, 2), (3, 1, 3)])
 def test_exact_sequence_distribution_sums_to_one(vocab_size, block_size, seed):
     model = lab_model(seed, vocab_size, block_size)
@@ -30,7 +30,7 @@ def test_exact_sequence_distribution_sums_to_one(vocab_size, block_size, seed):
     np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=0, atol=1e-12)
 
 
-@pytest.mark.task2_1
+@pytest.mark.task2_2
 def test_sequence_logprob_is_the_sum_of_next_token_logprobs_up_to_eos():
     model = lab_model(4, vocab_size=4, block_size=5)
     x = np.array([[1, 2, 0, 3, 3], [3, 0, 0, 0, 0], [1, 1, 1, 1, 0]])
@@ -47,7 +47,6 @@ def test_sequence_logprob_is_the_sum_of_next_token_logprobs_up_to_eos():
     np.testing.assert_allclose(model.sequence_logprob(y).numpy(), model.sequence_logprob(x).numpy(), rtol=0)
 
 
-@pytest.mark.task2_1
 def test_logits_and_gradients_match_a_torch_model_with_the_same_weights(torch):
     model = lab_model(5, vocab_size=5, block_size=6, scale=0.3)
     params, forward = torch_reference_gpt(model)
@@ -65,7 +64,7 @@ def test_logits_and_gradients_match_a_torch_model_with_the_same_weights(torch):
         np.testing.assert_allclose(p.grad, params[name].grad.numpy(), rtol=1e-8, atol=1e-12, err_msg=name)
 
 
-@pytest.mark.task2_1
+@pytest.mark.task2_2
 def test_sequence_logprob_gradient_matches_finite_differences():
     model = lab_model(6, vocab_size=3, block_size=3, scale=0.5)
     x = all_sequences(3, 3)
@@ -75,7 +74,7 @@ def test_sequence_logprob_gradient_matches_finite_differences():
     assert gradcheck(lambda _: model.sequence_logprob(x), w)
 
 
-@pytest.mark.task2_1
+@pytest.mark.task2_3
 @pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, None), (1.3, 2)])
 def test_kv_cache_gives_identical_samples_and_logprobs(temperature, top_k):
     model = lab_model(7, vocab_size=5, block_size=7, scale=0.5)
@@ -87,7 +86,7 @@ def test_kv_cache_gives_identical_samples_and_logprobs(temperature, top_k):
     np.testing.assert_allclose(lp_a, model.sequence_logprob(a).numpy(), rtol=1e-10)
 
 
-@pytest.mark.task2_1
+@pytest.mark.task2_3
 def test_cached_incremental_logits_equal_the_full_forward():
     model = lab_model(8, vocab_size=5, block_size=6, scale=0.5)
     x = np.array([[0, 3, 1, 4, 2, 2], [0, 1, 1, 2, 3, 4]])
@@ -97,6 +96,7 @@ def test_cached_incremental_logits_equal_the_full_forward():
     np.testing.assert_allclose(np.stack(steps, axis=1), full, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.task2_4
 def test_samples_follow_the_model_distribution():
     model = lab_model(9, vocab_size=3, block_size=3, scale=1.0)
     x = all_sequences(3, 3)
@@ -109,6 +109,7 @@ def test_samples_follow_the_model_distribution():
     assert np.all(np.abs(counts - n * p) <= 5 * np.sqrt(n * p * (1 - p)) + 1)
 
 
+@pytest.mark.task2_4
 def test_top_k_only_samples_the_k_most_likely_first_tokens():
     model = lab_model(10, vocab_size=6, block_size=3, scale=1.0)
     logits = model(np.zeros((1, 1), dtype=np.int64)).numpy()[0, 0]

@@ -87,6 +87,7 @@ def test_the_kernel_offers_these_members():
     assert tuple(KERNEL_F_NAMES) == F_NAMES
 
 
+@pytest.mark.task8_2
 @pytest.mark.parametrize("n,v,block_v", SIZES)
 @pytest.mark.parametrize("f", F_NAMES)
 def test_forward_matches_reference(f, n, v, block_v):
@@ -238,6 +239,7 @@ def test_backward_matches_central_finite_differences(f):
     assert rel_err(dz, fd) <= 1e-5
 
 
+@pytest.mark.task8_2
 def test_without_reference_only_logp_entropy_and_lse():
     z, _, y = make_inputs(5, 37, seed=9)
     out = logprob_fdiv_forward(z, None, y)

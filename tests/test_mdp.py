@@ -54,6 +54,7 @@ def bellman_residual(mdp, Q):
 # ------------------------------------------------------------------------------- value iteration
 
 
+@pytest.mark.task4_1
 @pytest.mark.parametrize("mdp", [seed004_mdp(), fixed_random_mdp()], ids=["seed004", "random"])
 def test_value_iteration_satisfies_bellman_optimality(mdp):
     Q, V, pi = value_iteration(mdp, tol=1e-12)
@@ -69,6 +70,7 @@ def test_value_iteration_is_a_fixed_point_and_its_greedy_policy_attains_v_star(m
     np.testing.assert_allclose(evaluate_policy(mdp, pi), V, rtol=0, atol=1e-9)
 
 
+@pytest.mark.task4_2
 @given(random_mdps(), st.data())
 def test_no_deterministic_policy_beats_v_star(mdp, data):
     _, V, _ = value_iteration(mdp, tol=1e-12)
@@ -77,6 +79,7 @@ def test_no_deterministic_policy_beats_v_star(mdp, data):
     assert (evaluate_policy(mdp, policy) <= V + 1e-9).all()
 
 
+@pytest.mark.task4_2
 def test_policy_evaluation_on_a_two_state_chain_by_hand():
     # State 0 pays 1 and moves to 1; state 1 pays 0 and stays. V(1) = 0, V(0) = 1.
     # With a self-loop paying 1 in state 1 instead: V(1) = 1/(1-γ) = 2 for γ = 0.5, V(0) = 1 + 0.5·2 = 2.
@@ -97,6 +100,7 @@ def test_repaired_seed_mdp_reads_the_stated_numbers_as_next_state_rows():
     assert mdp.gamma == 0.9
 
 
+@pytest.mark.task4_1
 def test_seed_mdp_true_q_star_is_one_and_u_ties_d_everywhere():
     # Nothing depends on s, so V* is one number v = 0.1·1 + 0.9·v, hence v = 1 and Q* = 0.1 + 0.9·1 = 1.
     Q, V, _ = value_iteration(seed004_mdp(), tol=1e-13)
@@ -114,6 +118,7 @@ def test_seed_stated_values_are_not_the_optimum():
 # --------------------------------------------------------------------------------------- Q-learning
 
 
+@pytest.mark.task4_3
 def test_q_learning_converges_to_q_star_on_the_repaired_seed_mdp():
     mdp = seed004_mdp()
     Q_star, _, _ = value_iteration(mdp)
@@ -123,6 +128,7 @@ def test_q_learning_converges_to_q_star_on_the_repaired_seed_mdp():
     assert np.abs(Q - Q_star).max() < 0.03, Q
 
 
+@pytest.mark.task4_3
 def test_q_learning_recovers_the_optimal_policy_on_a_random_mdp():
     mdp = fixed_random_mdp()
     Q_star, _, pi_star = value_iteration(mdp)
@@ -131,6 +137,7 @@ def test_q_learning_recovers_the_optimal_policy_on_a_random_mdp():
     np.testing.assert_array_equal(greedy_policy(Q), pi_star)
 
 
+@pytest.mark.task4_3
 def test_q_learning_is_reproducible_and_zero_steps_returns_the_start():
     mdp = seed004_mdp()
     a = q_learning(mdp, alpha=0.1, steps=2000, seed=3)
@@ -158,6 +165,7 @@ def test_seed_arithmetic_with_its_own_premise_gives_one_not_point_nine():
     assert SEED004_STATED_Q[1, 1] == 0.9
 
 
+@pytest.mark.task4_3
 def test_worked_example_replayed_from_zero_under_both_rules():
     # Only (2,D)→3, (3,U)→2 and (3,D)→3 can move away from 0; the first three updates see only zeros.
     correct = seed004_worked_example("correct")

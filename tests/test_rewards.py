@@ -181,6 +181,7 @@ def test_ceiling_is_symmetric_in_the_margin_but_realised_accuracy_is_not():
 
 @given(hnp.arrays(np.float64, st.integers(1, 8), elements=st.floats(-700, 700)),
        hnp.arrays(np.float64, st.integers(1, 8), elements=st.floats(-700, 700)))
+@pytest.mark.task5_1
 def test_bradley_terry_loss_equals_the_hand_formula_even_for_huge_margins(w, l):
     n = min(len(w), len(l))
     w, l = w[:n], l[:n]
@@ -190,6 +191,7 @@ def test_bradley_terry_loss_equals_the_hand_formula_even_for_huge_margins(w, l):
     assert loss == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
+@pytest.mark.task5_1
 @given(hnp.arrays(np.float64, 5, elements=st.floats(-30, 30)), hnp.arrays(np.float64, 5, elements=st.floats(-30, 30)))
 def test_bradley_terry_loss_gradient_matches_finite_differences(w, l):
     gradcheck(bradley_terry_loss, Tensor(w, requires_grad=True), Tensor(l, requires_grad=True))
@@ -218,6 +220,7 @@ def test_bradley_terry_loss_and_gradient_match_torch(torch):
     np.testing.assert_allclose(tl.grad, xl.grad.numpy(), rtol=1e-10, atol=1e-15)
 
 
+@pytest.mark.task5_1
 def test_bradley_terry_loss_needs_matching_vectors():
     with pytest.raises(ValueError, match=r"shape \[N\]; got \(3,\) and \(2,\)"):
         bradley_terry_loss(Tensor(np.zeros(3)), Tensor(np.zeros(2)))

@@ -254,6 +254,7 @@ def batch_errors(coef, idx, S, g):
     return np.einsum("ni,ij,nj->n", C, G, C) - 2 * C @ (S @ g) + g @ g, C @ S
 
 
+@pytest.mark.task4_4
 def test_rloo_is_unbiased_and_lowers_the_variance():
     """Eq. (4.4) against plain REINFORCE, k = 4 samples per batch, 20,000 batches (seed 0).
 
@@ -515,3 +516,15 @@ def test_seed004_bellman_with_reward_times_value_has_only_the_zero_solution():
     for _ in range(20):
         V = seed_backup(V)
     assert np.abs(V).max() < 1e-15
+
+
+@pytest.mark.task4_4
+def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
+    """Eq. (4.4) entry by entry: b_i is the plain mean of the other n − 1 values (np.delete), and 0 for a single
+    sample, whatever the scale of the values."""
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 7, 64):
+        values = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4)
+        expected = [np.delete(values, i).mean() for i in range(n)]
+        np.testing.assert_allclose(leave_one_out_baseline(values), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(leave_one_out_baseline([5.0]), [0.0])

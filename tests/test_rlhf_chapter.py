@@ -43,6 +43,7 @@ def test_kl_gradient_table_on_sequences():
     np.testing.assert_allclose(survey["full_token_loss_only"], survey["k2_loss"], rtol=1e-8)
 
 
+@pytest.mark.task5_4
 def test_kl_gradient_table_on_one_categorical_step():
     """With one free step the classic picture holds for every random pair: k1 in the reward and k2 in the
     loss are unbiased for ∇KL(π‖a), and k3 in the loss gives exactly ∇KL(a‖π)."""
@@ -176,6 +177,7 @@ def test_dpo_implicit_reward_is_the_reward_up_to_a_constant_at_the_optimum():
     np.testing.assert_allclose(implicit - r, -best * np.ones(len(lab)), atol=1e-12)
 
 
+@pytest.mark.task5_5
 def test_dpo_expected_gradient_vanishes_at_the_kl_control_optimum_and_only_there():
     """Eq. (5.13), exactly: under Bradley–Terry labels with reward r, the expected DPO gradient is zero at
     π* = a e^{r/β}/Z, and not at the base model, nor at the optimum of another β."""
@@ -190,6 +192,7 @@ def test_dpo_expected_gradient_vanishes_at_the_kl_control_optimum_and_only_there
     assert at_star < 1e-12 * scale * len(lab) ** 2, (at_star, scale)
 
 
+@pytest.mark.task5_5
 def test_minimising_the_expected_dpo_loss_over_a_tabular_policy_recovers_pi_star():
     """The expected DPO loss is convex in the logits (the margins are differences of logits), with minimiser
     π*. L-BFGS from the base model ends within 1e-8 nats of π*; the base model itself is > 0.1 nats away."""
@@ -278,3 +281,37 @@ def test_reparameterisation_gives_the_right_distribution_and_gradients_and_the_s
     mean, std, g_mu, g_ls = results["seed"]
     assert g_mu == 0.0 and abs(mean - log_sigma0) < 0.02 and abs(std - 1.0) < 0.02
     assert abs(g_ls - 2 * sigma**2) > 1.0
+
+
+@pytest.mark.task5_5
+def test_dpo_loss_is_the_logistic_loss_of_the_implicit_reward_margin():
+    """Eq. (5.12) on one batch, by hand: the loss is the mean over pairs of −log σ(β(h_w − h_l)) with
+    h = log π − log a (a wrong β, sign or average fails the value), its gradient in the logits equals central
+    differences of that formula, and the metrics are the pairs' accuracy and mean margin."""
+    a, lab, r, beta = dpo_lab(0)
+    log_a = np.log(lab.distribution(a))
+    rng = np.random.default_rng(4)
+    logits = log_a + rng.normal(size=len(lab))
+    w, l = rng.choice(len(lab), size=(2, 6), replace=True)
+    keep = w != l
+    w, l = w[keep], l[keep]
+    n = len(w)
+    method = DPO(a, lab.sequences[w], lab.sequences[l], beta=beta)
+    batch = Batch(lab.sequences[np.concatenate([w, l])], np.full(2 * n, 1.0 / n), np.zeros(2 * n),
+                  log_a[np.concatenate([w, l])])
+    policy = TabularPolicy(lab, logits)
+    loss, metrics = method.loss(policy, batch)
+
+    def by_hand(theta):
+        h = theta - np.logaddexp.reduce(theta) - log_a
+        margin = beta * (h[w] - h[l])
+        return np.mean(np.logaddexp(0.0, -margin)), margin  # −log σ(m) = log(1 + e^{−m})
+
+    value, margin = by_hand(logits)
+    assert loss.item() == pytest.approx(value, rel=1e-12)
+    assert metrics["margin"] == pytest.approx(margin.mean(), rel=1e-12)
+    assert metrics["pair_accuracy"] == pytest.approx(np.mean(margin > 0))
+    loss.backward()
+    eye = np.eye(len(lab))
+    numeric = [(by_hand(logits + 1e-6 * e)[0] - by_hand(logits - 1e-6 * e)[0]) / 2e-6 for e in eye]
+    np.testing.assert_allclose(policy.logits.grad, numeric, rtol=1e-6, atol=1e-9)

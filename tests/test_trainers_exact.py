@@ -34,6 +34,7 @@ def test_best_objective_is_beta_log_z_reached_at_the_tilted_optimum():
         assert j <= best + 1e-12
 
 
+@pytest.mark.task5_2
 @pytest.mark.parametrize("kl", ["k1_seq", "full_token"])
 def test_rloo_drives_the_policy_to_the_kl_control_optimum(kl):
     """From the base model, RLOO with the k1 penalty in the reward (or the analytic per-token KL with its
@@ -53,6 +54,7 @@ def test_rloo_drives_the_policy_to_the_kl_control_optimum(kl):
     assert start > 1.0 and end < 0.05, (start, end)
 
 
+@pytest.mark.task5_3
 def test_ppo_clip_improves_the_objective():
     a, _, lab, r, beta = tiny_lab(3, beta=0.5, scale=0.3)
     assert lab.entropy(lab.distribution(a)) > 0.5  # a base model that explores
@@ -91,6 +93,7 @@ def test_full_token_kl_is_unbiased_and_its_loss_part_alone_has_k2s_expectation()
     assert relative_error(grads["full_token_loss_only"], truth) > 0.05
 
 
+@pytest.mark.task5_4
 def test_kl_estimator_gradients_on_one_categorical_step():
     """With one free step (horizon 2: a token, then the forced EOS) the classic picture of chapter 03, §9 holds:
     k2 in the loss is unbiased for ∇KL(π‖a), k3 in the loss gives ∇KL(a‖π)."""
@@ -104,6 +107,7 @@ def test_kl_estimator_gradients_on_one_categorical_step():
 
 
 # ------------------------------------------------------------------------------------------- unification (chapter 07)
+@pytest.mark.task5_2
 def test_fdpg_with_f_kl_minimises_kl_pi_p_as_kl_control_rlhf_does_scaled_by_one_over_beta():
     """(a) f = kl (D_f(π‖p) = KL(π‖p)) with p ∝ a e^{r/β}: its gradient is 1/β times the gradient of the
     RLHF loss (the negated KL-control objective) with the sequence-level k1 penalty in the reward."""
@@ -116,6 +120,7 @@ def test_fdpg_with_f_kl_minimises_kl_pi_p_as_kl_control_rlhf_does_scaled_by_one_
     assert not close(g_f, g_r, rel=1e-2)  # the scale matters: β = 0.5 here
 
 
+@pytest.mark.task7_2
 def test_fdpg_with_f_reverse_kl_minimises_kl_p_pi_as_dpg_does():
     """(b) f = reverse_kl (D_f(π‖p) = KL(p‖π)): the f-DPG gradient is GDC's DPG gradient, exactly."""
     a, policy, lab, r, _ = tiny_lab(7)
@@ -127,6 +132,7 @@ def test_fdpg_with_f_reverse_kl_minimises_kl_p_pi_as_dpg_does():
     assert close(g_f, g_d, rel=1e-10)
 
 
+@pytest.mark.task7_2
 @pytest.mark.parametrize("f", FAMILY)
 def test_fdpg_expected_gradient_equals_autograd_of_the_divergence(f):
     """(c) For every f: the f-DPG estimator's expectation equals ∇_θ D_f(π_θ‖p) by autograd through the
@@ -215,3 +221,31 @@ def test_an_interrupted_run_keeps_its_checkpoint_and_resumes(tmp_path):
     assert state["step"] == 3  # three finished steps were written although no regular checkpoint was due
     hist = train(method, policy, TrainConfig(steps=10, batch_size=8, checkpoint_every=100), out=out, progress=False)
     assert len(hist["loss"]) == 10 and load(out)["step"] == 10
+
+
+@pytest.mark.task5_3
+def test_ppo_clip_coefficients_are_the_gradient_of_the_clipped_objective():
+    """Eq. (5.10): the coefficients are ∂/∂log π_i of Σ_i w_i min(ρ_i A_i, clip(ρ_i, 1−ε, 1+ε) A_i), ρ = e^{log π − log
+    π_old}, by central differences, for ratios on both sides of the clip and advantages of both signs; the
+    clipped fraction counts the samples whose clip is active."""
+    from minialign.tensor import Tensor
+    from minialign.trainers.policy_gradient import ppo_clip_coefficients
+
+    rng = np.random.default_rng(0)
+    n, clip = 64, 0.2
+    log_old = rng.normal(size=n)
+    log_ratio = rng.uniform(-0.6, 0.6, size=n)
+    log_ratio[np.abs(np.exp(log_ratio) - (1 - clip)) < 1e-3] += 0.01  # keep clear of the kinks
+    log_ratio[np.abs(np.exp(log_ratio) - (1 + clip)) < 1e-3] += 0.01
+    adv, w = rng.normal(size=n), rng.uniform(0.5, 1.5, size=n)
+
+    def objective(logp):
+        rho = np.exp(logp - log_old)
+        return np.sum(w * np.minimum(rho * adv, np.clip(rho, 1 - clip, 1 + clip) * adv))
+
+    logp = log_old + log_ratio
+    coef, fraction = ppo_clip_coefficients(Tensor(logp), log_old, adv, w, clip)
+    numeric = np.array([(objective(logp + 1e-6 * e) - objective(logp - 1e-6 * e)) / 2e-6 for e in np.eye(n)])
+    np.testing.assert_allclose(coef, numeric, rtol=1e-6, atol=1e-8)
+    active = np.sum((np.exp(log_ratio) * adv) > (np.clip(np.exp(log_ratio), 1 - clip, 1 + clip) * adv))
+    assert 0 < active < n and fraction == pytest.approx(active / n)

@@ -40,7 +40,9 @@ class DPG(ProposalMethod):
         if not known.any():  # no mass seen yet: this batch carries no signal
             return s, np.zeros(len(batch))
         if self.baseline:
+            # BEGIN SOLUTION gdcpp
             weight = weight - np.where(known, np.exp(s.logp_pi - batch.log_q), 0.0)  # − π(x)/q(x)
+            # END SOLUTION
         return s, batch.weights * weight
 
     def loss(self, policy, batch: Batch):

@@ -85,8 +85,10 @@ class RLHF(Method):
             adv = returns - self._baseline(returns[:, 0], batch)[:, None]
             return weighted_surrogate(logp_tok, w[:, None] * adv), metrics
         # Eq. (5.8): the sampled k1 = log π(x) − log a(x) enters the reward
+        # BEGIN SOLUTION kl-in-reward
         returns = r - self.beta * (batch.log_q - batch.log_ref) if self.kl == "k1_seq" else r
         adv = returns - self._baseline(returns, batch)
+        # END SOLUTION
         logp = logp_tok.sum(axis=1)
         if self.algo == "ppo":
             coef, metrics["clip_fraction"] = ppo_clip_coefficients(logp, batch.log_q, adv if batch.exact else whiten(adv),

@@ -1,0 +1,269 @@
+"""The course's release check (``minialign course check``; ``tests/test_course.py`` runs it in CI).
+
+For every assignment of ``course/*.toml``: (a) in the student tree every test of the assignment fails, at one of
+its stubs; (b) with every unit of every assignment stubbed at once, every other test passes or fails at a stub;
+(c) restoring the solution gives the repository back byte for byte; (d) no unit is ungraded — some test of its
+task fails with it stubbed; (e) the grader gives the student tree 0 and the solution full marks. And before any
+test runs: every unit resolves, no two overlap, every region marker is used, the task markers are registered
+and carried by tests, the committed handouts are current, the chapters' Exercises and the written questions'
+solutions are there.
+
+The heavy parts run once: the suite once in the tree with everything stubbed (b); per assignment one grade of
+the student tree and one of the restored solution. (d) needs a tree with a unit stubbed alone only for the
+units that no test of the student tree reached first: a test that fails at unit u before any other stub would
+fail at u with u alone stubbed too, since the code it runs up to u is the same.
+"""
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .course import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, CourseError, Grade, Run, Task,
+                     assignments, cuts_by_file, grade, handout, load, make, marked_files, project_files, region_names,
+                     require_repository, restore, run_tests, split_spec, tomllib, tree_differences, write_tree)
+
+
+# Not run in the tree with every unit stubbed: the release check's own tests (they build such trees themselves).
+NOT_IN_STUB_RUN = (RELEASE_TEST,)
+
+
+def static_problems(root: Path = ROOT) -> list:
+    """What can be checked without running a test: manifests, units, regions, markers, handouts, chapters,
+    solutions. A unit that no longer resolves is named with its manifest."""
+    root = require_repository(root)
+    try:
+        known = assignments(root)
+    except CourseError as e:
+        return [str(e)]
+    problems = []
+    everything = []
+    for a in known.values():
+        try:
+            cuts_by_file(a.units(), root)
+        except CourseError as e:
+            problems.append(f"course/{a.name}.toml: {e}")
+        everything += a.units()
+    ids = [t.id for a in known.values() for t in a.tasks]
+    if len(set(ids)) != len(ids):
+        problems.append(f"task ids repeat across assignments: {sorted(i for i in ids if ids.count(i) > 1)}")
+    if not problems:
+        try:
+            cuts_by_file(everything, root)  # units of different assignments must not overlap either
+        except CourseError as e:
+            problems.append(str(e))
+    used = {(split_spec(u)[0], split_spec(u)[2]) for u, _ in everything if split_spec(u)[2]}
+    for rel in project_files(root):
+        if rel.endswith(".py") and not rel.startswith("tests/"):
+            for line, name in region_names((root / rel).read_text(encoding="utf-8")):
+                if (rel, name) not in used:
+                    problems.append(f"{rel}:{line}: region {name!r} is marked but no manifest names it")
+    problems += _marker_problems(root, known)
+    for a in known.values():
+        problems += _document_problems(root, a)
+    return problems
+
+
+def registered_markers(root: Path) -> dict:
+    """Task markers registered in pyproject.toml's [tool.pytest.ini_options], with their descriptions."""
+    data = tomllib.loads((Path(root) / "pyproject.toml").read_text(encoding="utf-8"))
+    lines = data.get("tool", {}).get("pytest", {}).get("ini_options", {}).get("markers", [])
+    return {m.split(":")[0].strip(): m for m in lines if re.match(r"^task\d+_\d+\b", m)}
+
+
+def _marker_problems(root: Path, known: dict) -> list:
+    wanted = {t.marker for a in known.values() for t in a.tasks}
+    registered = set(registered_markers(root))
+    problems = [f"marker {m} of a manifest is not registered in pyproject.toml" for m in sorted(wanted - registered)]
+    problems += [f"marker {m} is registered in pyproject.toml but no manifest has the task" for m in sorted(registered - wanted)]
+    used = set()
+    for path in sorted((Path(root) / "tests").glob("test_*.py")):
+        if f"tests/{path.name}" == RELEASE_TEST:
+            continue
+        found = set(re.findall(r"\bmark\.(task\d+_\d+)\b", path.read_text(encoding="utf-8")))
+        used |= found
+        problems += [f"tests/{path.name} uses marker {m}, which no manifest has" for m in sorted(found - wanted)]
+    problems += [f"no test carries marker {m}" for m in sorted(wanted - used)]
+    return problems
+
+
+def section(text: str, title: str) -> str:
+    """The Markdown section headed ``## title`` (up to the next ``## ``), or ''."""
+    m = re.search(rf"^## {re.escape(title)}\s*$(.*?)(?=^## |\Z)", text, flags=re.M | re.S)
+    return m.group(1) if m else ""
+
+
+def _document_problems(root: Path, a: Assignment) -> list:
+    problems = []
+    committed = Path(root) / HANDOUTS / f"{a.name}.md"
+    if not committed.is_file() or committed.read_text(encoding="utf-8") != handout(a, root):
+        problems.append(f"{HANDOUTS}/{a.name}.md is missing or differs from the manifest: regenerate it with "
+                        f"`minialign course handouts`")
+    chapter = Path(root) / a.chapter
+    text = section(chapter.read_text(encoding="utf-8"), "Exercises") if chapter.is_file() else ""
+    if not text:
+        problems.append(f"{a.chapter} has no '## Exercises' section")
+    else:
+        for t in a.tasks:
+            if f"{t.id} {t.title}" not in text or f"pytest -m {t.marker}" not in text:
+                problems.append(f"{a.chapter}: its Exercises do not list task {t.id} ({t.title}, pytest -m {t.marker})")
+        for q in a.questions:
+            if q.title not in text:
+                problems.append(f"{a.chapter}: its Exercises do not list question {q.id} ({q.title})")
+    solutions = Path(root) / SOLUTIONS / f"{a.name}.md"
+    body = solutions.read_text(encoding="utf-8") if solutions.is_file() else ""
+    for q in a.questions:
+        if not re.search(rf"^## {re.escape(q.id)}\b", body, flags=re.M):
+            problems.append(f"{SOLUTIONS}/{a.name}.md has no solution '## {q.id}' for question {q.id}")
+    return problems
+
+
+def stub_run_problems(run: Run, known: dict) -> list:
+    """(b) In a tree with every unit stubbed, every test passes or fails because of a stub's
+    NotImplementedError; (a) every task test fails so. Collection errors are problems too."""
+    problems = [f"{e['nodeid']} could not be collected: {e['message']} (code that runs when the module is imported "
+                "must not reach a unit: a collection error stops a student's whole `pytest -m ...` run)"
+                for e in run.collect_errors]
+    task_ids = {t.id for a in known.values() for t in a.tasks}
+    for t in run.tests.values():
+        if t.outcome == "failed" and not t.stubs:
+            problems.append(f"{t.nodeid} fails without reaching a stub: {t.error}: {t.message}")
+        elif t.outcome == "failed" and not set(t.stub_tasks) <= task_ids:
+            problems.append(f"{t.nodeid} fails at a stub of unknown task {t.stub_tasks}")
+        elif t.tasks and t.outcome != "failed":
+            problems.append(f"{t.nodeid} (a test of {', '.join(t.tasks)}) {t.outcome} with every unit stubbed")
+    return problems
+
+
+def student_grade_problems(a: Assignment, g: Grade) -> tuple:
+    """(a) and (e) for a student tree: every test of the assignment fails because of one of its stubs, and
+    the grade is 0. Returns (problems, the units no test was seen failing at first)."""
+    problems = [f"{e['nodeid']} could not be collected in the student tree: {e['message']}" for e in g.run.collect_errors]
+    mine = set(a.task_ids)
+    seen = set()
+    for ts in g.tasks:
+        for t in ts.tests:
+            if t.outcome != "failed":
+                problems.append(f"{t.nodeid} (task {ts.task.id}) {t.outcome} in the student tree: it does not test "
+                                f"the task's code")
+            elif not t.stubs:
+                problems.append(f"{t.nodeid} (task {ts.task.id}) fails in the student tree without reaching a stub: "
+                                f"{t.error}: {t.message}")
+            elif not set(t.stub_tasks) <= mine:
+                problems.append(f"{t.nodeid} fails at a stub of another assignment: {t.stub_tasks}")
+            else:
+                seen |= {s.split(" ", 1)[1] for s in t.stubs if s.split(" ", 1)[0] == ts.task.id}
+    if g.score != 0:
+        problems.append(f"the untouched student tree of {a.name} scores {g.score:g}, not 0")
+    unproven = [(u, t) for u, t in a.units() if u not in seen]
+    return problems, unproven
+
+
+def mutant_problems(units, task: Task, workdir: Path, root: Path = ROOT) -> list:
+    """(d) for units of one task that no test of the student tree reached first: in a tree with only them
+    stubbed, a test of their task must fail at each one (the run stops once every one has). A unit still
+    unseen is then tried alone. Returns the units that no test of their task fails at."""
+    def failing(stubbed, where):
+        tree = write_tree(root, where, [(u, task) for u in stubbed])
+        run = run_tests(tree, ["-m", task.marker, *marked_files(tree, [task.marker])], until=stubbed)
+        return {u for t in run.tests.values() if t.outcome == "failed" for u in t.stub_units}
+
+    workdir = Path(workdir)
+    seen = failing(units, workdir / "together")
+    unseen = [u for u in units if u not in seen]
+    if len(units) > 1:
+        unseen = [u for i, u in enumerate(unseen) if u not in failing([u], workdir / f"alone{i}")]
+    return [f"unit {u} of task {task.id} is ungraded: with it stubbed, no test of {task.marker} fails at it"
+            for u in unseen]
+
+
+@dataclass
+class AssignmentCheck:
+    name: str
+    problems: list
+    seconds: dict           # make, grade (student tree), mutants, restore, grade (solution)
+    student_score: float
+    solution_score: float
+    max_score: float
+    mutants: list           # units that needed a mutant run
+
+
+def check_assignment(name: str, workdir: Path, root: Path = ROOT, extra_tests=None) -> AssignmentCheck:
+    """The release check of one assignment, (a) and (c)–(e): make the student tree, grade it (0, every task test
+    failing at one of its stubs), prove every unit graded, restore the solution (byte-identical to the
+    repository) and grade it again (full marks)."""
+    a = load(name, root)
+    workdir = Path(workdir)
+    seconds, problems = {}, []
+    t0 = time.perf_counter()
+    tree = make(name, workdir / "student", root)
+    seconds["make"] = time.perf_counter() - t0
+    if (tree / SOLUTIONS).exists():
+        problems.append(f"the student tree holds {SOLUTIONS}")
+    t0 = time.perf_counter()
+    student = grade(tree, extra_tests=extra_tests, root=root)
+    seconds["grade student tree"] = time.perf_counter() - t0
+    found, unproven = student_grade_problems(a, student)
+    problems += found
+    for module, where in (("minialign", "<grading copy>/minialign/"), ("minialign.kernels", "<grading copy>/kernels/")):
+        if not str(student.modules.get(module)).startswith(where):
+            problems.append(f"the grader imported {module} from {student.modules.get(module)}, not from the "
+                            "student's files in the grading copy")
+    t0 = time.perf_counter()
+    for task in a.tasks:
+        units = [u for u, t in unproven if t is task]
+        if units:
+            problems += mutant_problems(units, task, workdir / f"mutant-{task.marker}", root)
+    seconds["mutants"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    restore(tree, name, root)
+    problems += [f"restored tree of {name}: {d}" for d in tree_differences(tree, root)]
+    seconds["restore"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    solution = grade(tree, name, extra_tests=extra_tests, root=root)
+    seconds["grade solution"] = time.perf_counter() - t0
+    if solution.score != solution.max_score:
+        problems.append(f"the solution of {name} scores {solution.score:g} of {solution.max_score:g}:\n"
+                        + solution.table())
+    return AssignmentCheck(name, problems, seconds, student.score, solution.score, solution.max_score,
+                           [u for u, _ in unproven])
+
+
+def check_stub_tree(workdir: Path, root: Path = ROOT) -> tuple:
+    """(b): the whole suite (but this release check) in one tree with the units of every assignment stubbed.
+    Returns (problems, the run)."""
+    known = assignments(root)
+    units = [ut for a in known.values() for ut in a.units()]
+    tree = write_tree(root, Path(workdir), units)
+    files = [p for p in sorted(f.relative_to(tree).as_posix() for f in (tree / "tests").glob("test_*.py"))
+             if p not in NOT_IN_STUB_RUN]
+    run = run_tests(tree, files)
+    return stub_run_problems(run, known), run
+
+
+def check(names=None, root: Path = ROOT, out=print) -> list:
+    """The whole release check, for instructors editing manifests; returns the problems found."""
+    root = require_repository(root)
+    known = assignments(root)
+    names = list(known) if not names else names
+    problems = static_problems(root)
+    out(f"static checks: {len(problems)} problems")
+    if problems:
+        return problems
+    with tempfile.TemporaryDirectory(prefix="minialign-check-") as tmp:
+        t0 = time.perf_counter()
+        found, run = check_stub_tree(Path(tmp) / "stubbed", root)
+        out(f"(b) every unit stubbed: {len(run.tests)} tests, {sum(t.outcome == 'passed' for t in run.tests.values())} "
+            f"pass, the others fail at a stub ({time.perf_counter() - t0:.0f} s); {len(found)} problems")
+        problems += found
+        for name in names:
+            c = check_assignment(name, Path(tmp) / name, root)
+            times = ", ".join(f"{k} {v:.1f} s" for k, v in c.seconds.items())
+            out(f"{name}: student tree {c.student_score:g} / {c.max_score:g}, solution {c.solution_score:g} / "
+                f"{c.max_score:g}; mutant runs for {len(c.mutants)} units; {times}; {len(c.problems)} problems")
+            problems += c.problems
+    return problems
+
+

@@ -1,0 +1,335 @@
+"""The course's release check (minialign/course.py), for every assignment of course/*.toml:
+
+(a) in the student tree every test of the assignment fails, and fails at one of its stubs (NotImplementedError,
+    not an import error);
+(b) with every unit of every assignment stubbed at once, every other test still passes or fails at a stub;
+(c) restoring the solution gives the repository back, byte for byte;
+(d) no unit is ungraded: some test of its task fails when it alone is stubbed;
+(e) the grader gives the untouched student tree 0 and the solution full marks.
+
+Budget (the whole suite must stay under 10 minutes on 2 cores): the suite runs once, in one tree with every
+unit stubbed (b); each assignment's check is one test (the eight spread over the workers) that grades the
+student tree and the restored solution once each, and runs mutant trees only for the units that no test of
+the student tree reached first — a test that fails at unit u before any other stub would fail at u with u
+alone stubbed too, so that run already proves (d) for u.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minialign import course, course_check
+from minialign.cli import main
+from minialign.course_plugin import stubs_of
+
+ROOT = Path(__file__).resolve().parent.parent
+ASSIGNMENTS = list(course.assignments(ROOT)) if (ROOT / "course").is_dir() else []
+# In a student tree (made by `minialign course make`) the stubs are the point; the release check runs in the
+# instructor's repository, where every unit is whole.
+STUDENT_TREE = (ROOT / course.HANDOUT).exists()
+instructor_only = pytest.mark.skipif(STUDENT_TREE, reason="a student tree: the release check runs in the "
+                                                          "instructor's repository")
+
+HIDDEN_TEST = '''
+import numpy as np
+import pytest
+
+from minialign import Tensor
+from minialign.rewards import bradley_terry_loss
+
+
+@pytest.mark.task5_1
+@pytest.mark.parametrize("n", [1, 17])
+def test_hidden_bradley_terry_on_other_shapes(n):
+    """SENTINEL-SOURCE-LINE: an instructor's test; its source must never reach a student."""
+    rng = np.random.default_rng(123 + n)
+    w, l = rng.normal(size=n), rng.normal(size=n)
+    expected = np.mean(np.logaddexp(0.0, -(w - l)))
+    assert bradley_terry_loss(Tensor(w), Tensor(l)).item() == pytest.approx(expected, rel=1e-12)
+'''
+
+HIDDEN_FDPG_TEST = '''
+import numpy as np
+import pytest
+
+from minialign.trainers.fdpg import FDPG
+
+
+@pytest.mark.task7_1
+@pytest.mark.parametrize("log_t", [-3.0, 3.0])
+def test_hidden_js_pseudo_reward(log_t):
+    """SENTINEL-SOURCE-LINE: R = -f'(t) = -(1/2) log(2t/(1+t)) for Jensen-Shannon."""
+    t = np.exp(log_t)
+    method = FDPG(None, None, None, f="js", proposal="policy", log_z=0.0)
+    r = method.pseudo_reward(np.array([log_t]), np.array([0.0]), 0.0)
+    assert r[0] == pytest.approx(-0.5 * np.log(2 * t / (1 + t)), rel=1e-12)
+'''
+
+
+# ---------------------------------------------------------------------------------------- static checks
+def test_eight_assignments_one_per_chapter_each_with_three_to_six_tasks():
+    known = course.assignments(ROOT)
+    assert [a.number for a in known.values()] == list(range(1, 9)), list(known)
+    for a in known.values():
+        assert (ROOT / a.chapter).is_file() and a.chapter.startswith(f"chapters/{a.number:02d}-")
+        assert 3 <= len(a.tasks) <= 6 and 2 <= len(a.questions) <= 4, a.name
+
+
+@instructor_only
+def test_manifests_units_markers_handouts_chapters_and_solutions_agree():
+    """Every unit resolves, no two overlap, every region marker is used, the task markers are registered and
+    carried by tests, the committed handouts are current, each chapter's Exercises list its assignment, and
+    each written question has its instructor solution."""
+    problems = course_check.static_problems(ROOT)
+    assert not problems, "\n".join(problems)
+
+
+@instructor_only
+def test_a_unit_that_no_longer_resolves_is_named_as_an_error(tmp_path):
+    """What CI says when a refactoring renames or moves a unit: the release check fails, naming it."""
+    root = course.write_tree(ROOT, tmp_path / "repo", [])
+    manifest = root / "course" / "05-rlhf.toml"
+    manifest.write_text(manifest.read_text().replace("dpo.py::DPO.loss", "dpo.py::DPO.lossy"))
+    region = root / "minialign" / "trainers" / "gdc.py"
+    region.write_text(region.read_text().replace("# BEGIN SOLUTION gdcpp", "# BEGIN SOLUTION gdc-pp"))
+    problems = "\n".join(course_check.static_problems(root))
+    assert "unit minialign/trainers/dpo.py::DPO.lossy does not resolve: no 'lossy' in DPO" in problems
+    assert "unit minialign/trainers/gdc.py::DPG.coefficients#gdcpp does not resolve: 0 lines" in problems
+    assert "region 'gdc-pp' is marked but no manifest names it" in problems
+    with pytest.raises(course.CourseError, match="does not resolve"):
+        course.make("05-rlhf", tmp_path / "student", root)
+
+
+# ---------------------------------------------------------------------------------------- cutting units
+SOURCE = '''import numpy as np
+
+
+def f(x, y):  # a comment on the signature
+    """Eq. (9.9): the docstring stays."""
+    # a comment inside the body goes with it
+    return x + y
+
+
+class A:
+    @staticmethod
+    def g(x):
+        z = x * 2
+        # BEGIN SOLUTION step
+        z = z + 1
+        z = z * 3
+        # END SOLUTION
+        return z    # odd   spacing kept
+
+
+TAIL = 1
+'''
+
+
+def test_a_stub_keeps_signature_docstring_and_everything_else_and_restores_exactly():
+    task = course.Task("9.1", "a title", 10.0, (), "", 10)
+    cuts = sorted([course.locate(SOURCE, "x.py::f", task), course.locate(SOURCE, "x.py::A.g#step", task)],
+                  key=lambda c: c.start)
+    stubbed = course.apply_cuts(SOURCE, cuts)
+    assert stubbed == SOURCE.replace(
+        '    # a comment inside the body goes with it\n    return x + y\n',
+        '    raise NotImplementedError("Task 9.1: x.py::f — a title; see ASSIGNMENT.md")\n').replace(
+        '        # BEGIN SOLUTION step\n        z = z + 1\n        z = z * 3\n        # END SOLUTION\n',
+        '        raise NotImplementedError("Task 9.1: x.py::A.g#step — a title; see ASSIGNMENT.md")\n')
+    assert course.restore_cuts(stubbed, SOURCE, cuts) == SOURCE
+    namespace = {}
+    exec(compile(stubbed, "x.py", "exec"), namespace)
+    with pytest.raises(NotImplementedError, match=r"^Task 9\.1: x\.py::A\.g#step"):
+        namespace["A"].g(1)
+
+
+def test_units_that_cannot_be_cut_are_refused():
+    task = course.Task("9.1", "t", 1.0, (), "", 1)
+    for spec, message in [("x.py::h", "no 'h' in the module"), ("x.py::A", "is a class"),
+                          ("x.py::A.g#other", "0 lines '# BEGIN SOLUTION other'"),
+                          ("x.py::only_doc", "no body to cut")]:
+        with pytest.raises(course.CourseError, match=message):
+            course.locate(SOURCE + 'def only_doc():\n    """Nothing else."""\n', spec, task)
+    with pytest.raises(course.CourseError, match="holds a solution region"):
+        course.locate(SOURCE, "x.py::A.g", task)
+    unclosed = SOURCE.replace("        # END SOLUTION\n", "")
+    with pytest.raises(course.CourseError, match="has no '# END SOLUTION'"):
+        course.locate(unclosed, "x.py::A.g#step", task)
+    with pytest.raises(course.CourseError, match="not of the form"):
+        course.parse_manifest("09-x", 'number = 9\ntitle = "x"\nchapter = "c"\nread = []\n[[task]]\nid = "9.1"\n'
+                                      'title = "t"\npoints = 1\nminutes = 1\ntext = "t"\nunits = ["nope"]\n')
+    with pytest.raises(course.CourseError, match="task id must be '9.M'"):
+        course.parse_manifest("09-x", 'number = 9\ntitle = "x"\nchapter = "c"\nread = []\n[[task]]\nid = "8.1"\n'
+                                      'title = "t"\npoints = 1\nminutes = 1\ntext = "t"\nunits = ["a.py::f"]\n')
+
+
+# ---------------------------------------------------------------------------------------- the plugin and the score
+def test_the_stub_a_test_reached_first_is_found_through_chains_groups_and_text():
+    first = NotImplementedError("Task 5.2: minialign/trainers/rlhf.py::RLHF.loss#kl-in-reward — t; see ASSIGNMENT.md")
+    try:
+        try:
+            raise first
+        except NotImplementedError:
+            raise NotImplementedError("Task 5.5: minialign/trainers/dpo.py::DPO.loss — t; see ASSIGNMENT.md")
+    except NotImplementedError as e:
+        chained = e
+    assert stubs_of(chained) == ["5.2 minialign/trainers/rlhf.py::RLHF.loss#kl-in-reward"]
+    wrapped = RuntimeError("interpreter error")  # Triton's interpreter wraps the kernel's exception like this
+    wrapped.__cause__ = NotImplementedError("Task 8.1: kernels/attention.py::_attn_fwd_kernel#online-softmax — t")
+    assert stubs_of(wrapped) == ["8.1 kernels/attention.py::_attn_fwd_kernel#online-softmax"]
+    group = ExceptionGroup("two examples", [first, ValueError("other")]) if sys.version_info >= (3, 11) else None
+    if group is not None:
+        assert stubs_of(group) == ["5.2 minialign/trainers/rlhf.py::RLHF.loss#kl-in-reward"]
+    text = "CellExecutionError: ... NotImplementedError: Task 1.1: minialign/tensor.py::unbroadcast — t; see ..."
+    assert stubs_of(ValueError("from a notebook"), text) == ["1.1 minialign/tensor.py::unbroadcast"]
+    assert stubs_of(NotImplementedError("not a course stub")) == []
+
+
+def test_points_are_the_fraction_of_a_task_s_tests_that_pass_and_hidden_tests_show_only_their_names():
+    a = course.load("04-rl", ROOT)
+    outcomes = {}
+    for t in a.tasks:
+        for i in range(4):
+            ok = i < {"4.1": 4, "4.2": 2, "4.3": 0, "4.4": 3}[t.id]
+            outcomes[f"tests/x.py::test_{t.marker}_{i}"] = course.TestOutcome(
+                f"tests/x.py::test_{t.marker}_{i}", [t.marker], "passed" if ok else "failed", "call",
+                "AssertionError", "assert secret_value == 3", [])
+    run = course.Run(outcomes, [], {}, 1, 1.0, ROOT)
+    g = course.score(a, run, hidden={"tests/x.py::test_task4_2_3"})
+    assert [ts.score for ts in g.tasks] == [10.0, 5.0, 0.0, 7.5] and g.score == 22.5 and g.max_score == 40
+    results = g.gradescope()
+    assert results["score"] == 22.5 and [t["max_score"] for t in results["tests"]] == [10.0] * 4
+    for text in (json.dumps(results), g.table()):
+        assert "test_task4_2_3 [hidden]: AssertionError" in text
+        assert text.count("assert secret_value == 3") == 6  # the six visible failures' messages, not the hidden one's
+    with pytest.raises(course.CourseError, match="task 4.1 of 04-rl has no tests"):
+        course.score(a, course.Run({}, [], {}, 1, 1.0, ROOT))
+
+
+# ---------------------------------------------------------------------------------------- the command line
+def test_list_shows_the_eight_assignments_with_tasks_and_points(capsys):
+    assert main(["course", "list"]) == 0
+    out = capsys.readouterr().out
+    assert sum(line.startswith(name) for name in ASSIGNMENTS for line in out.splitlines()) == 8
+    assert "5.2" in out and "task5_2" in out and "pts" in out
+
+
+@instructor_only
+def test_make_writes_the_project_the_handout_and_no_instructor_solutions(tmp_path, capsys):
+    assert main(["course", "make", "03-f-divergences", "--out", str(tmp_path / "s")]) == 0
+    tree = tmp_path / "s"
+    handout = (tree / course.HANDOUT).read_text()
+    assert handout == (ROOT / course.HANDOUTS / "03-f-divergences.md").read_text()
+    assert "Problem (task3_2)" in handout and "python -m pytest -m task3_2" in handout
+    assert not (tree / course.SOLUTIONS).exists() and (ROOT / course.SOLUTIONS).is_dir()
+    assert 'raise NotImplementedError("Task 3.4: minialign/divergences.py::k3' in (tree / "minialign/divergences.py").read_text()
+    assert course.assignment_of(tree) == "03-f-divergences"
+    assert main(["course", "make", "03-f-divergences", "--out", str(tree)]) == 2  # not an empty folder
+    assert "is not an empty folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------- the release check
+@instructor_only
+@pytest.mark.slow
+def test_with_every_unit_stubbed_every_test_passes_or_fails_at_a_stub(tmp_path):
+    """(b), and (a) across assignments: the whole suite but this file, once, in a tree with the units of all
+    eight assignments stubbed."""
+    problems, run = course_check.check_stub_tree(tmp_path / "stubbed", ROOT)
+    assert not problems, "\n".join(problems)
+    task_tests = [t for t in run.tests.values() if t.tasks]
+    assert len(task_tests) > 100 and all(t.outcome == "failed" for t in task_tests)
+    assert sum(t.outcome == "passed" for t in run.tests.values()) > 100  # the checks ran, not just collection
+
+
+@instructor_only
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_release_check_of_each_assignment(name, tmp_path):
+    """(a), (c), (d), (e) for one assignment; 05-rlhf is graded with an instructor's hidden test as well."""
+    extra = None
+    if name == "05-rlhf":
+        extra = tmp_path / "hidden" / "test_hidden_rlhf.py"
+        extra.parent.mkdir()
+        extra.write_text(HIDDEN_TEST)
+    c = course_check.check_assignment(name, tmp_path / "check", ROOT, extra_tests=extra)
+    assert not c.problems, "\n".join(c.problems)
+    assert c.student_score == 0 and c.solution_score == c.max_score == course.load(name, ROOT).points
+
+
+@instructor_only
+@pytest.mark.slow
+def test_grade_shows_names_and_points_never_test_source_and_writes_results_json(tmp_path, capsys):
+    tree = course.make("07-f-dpg", tmp_path / "student", ROOT)
+    # what the student's tree holds besides the units' files is never used: not its tests, not its conftest
+    (tree / "tests" / "test_fdpg_chapter.py").write_text(
+        "import pytest\n\n@pytest.mark.task7_1\ndef test_free_points():\n    pass\n")
+    (tree / "tests" / "conftest.py").write_text("raise SystemExit('a student conftest must never run')\n")
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / "test_hidden_fdpg.py").write_text(HIDDEN_FDPG_TEST)
+    results = tmp_path / "results.json"
+    assert main(["course", "grade", str(tree), "--extra-tests", str(hidden), "--json", str(results)]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(results.read_text())
+    assert data["score"] == 0 and [t["number"] for t in data["tests"]] == ["7.1", "7.2", "7.3"]
+    assert "tests/test_hidden_fdpg.py::test_hidden_js_pseudo_reward[3.0] [hidden]" in out
+    assert "2 of them hidden" in data["tests"][0]["output"]
+    assert "SENTINEL" not in out + results.read_text()
+    assert "0 / 40" in out and "minialign from <grading copy>/minialign/__init__.py" in out
+    assert "test_free_points" not in out + results.read_text() and data["tests"][0]["output"].startswith("0 of ")
+    assert main(["course", "restore", str(tree)]) == 0  # the Done-when of the issue: the solution back, N / N
+    assert main(["course", "grade", str(tree), "--extra-tests", str(hidden), "--json", str(results)]) == 0
+    assert "40 / 40" in capsys.readouterr().out and json.loads(results.read_text())["score"] == 40
+
+
+def test_the_grading_copy_takes_only_the_units_files_from_the_student(tmp_path):
+    a = course.load("06-gdc", ROOT)
+    student = course.write_tree(ROOT, tmp_path / "student", a.units())
+    (student / "README.md").write_text("edited by the student")
+    extra = tmp_path / "test_extra_gdc.py"
+    extra.write_text("def test_x():\n    pass\n")
+    taken, hidden = course.grading_workspace(student, a, tmp_path / "work", extra, ROOT)
+    assert taken == ["minialign/ebm.py", "minialign/trainers/gdc.py", "minialign/trainers/proposal.py"]
+    assert hidden == ["tests/test_extra_gdc.py"]
+    work = tmp_path / "work"
+    assert (work / "README.md").read_bytes() == (ROOT / "README.md").read_bytes()
+    assert (work / "minialign/ebm.py").read_bytes() == (student / "minialign/ebm.py").read_bytes()
+    assert not (work / course.SOLUTIONS).exists()
+    clash = tmp_path / "clash" / "test_gpt.py"
+    clash.parent.mkdir()
+    clash.write_text("")
+    with pytest.raises(course.CourseError, match="has the name of a test file of the repository"):
+        course.grading_workspace(student, a, tmp_path / "work2", clash, ROOT)
+    (student / "minialign/ebm.py").unlink()
+    with pytest.raises(course.CourseError, match="has no minialign/ebm.py, which holds units of 06-gdc"):
+        course.grading_workspace(student, a, tmp_path / "work3", None, ROOT)
+
+
+@instructor_only
+@pytest.mark.slow
+def test_a_student_runs_a_task_in_their_tree_against_their_own_code(tmp_path):
+    """`cd tree && pytest -m task5_1` with the instructor's complete minialign installed (editable, in this
+    virtual environment): the student's stub is what runs (tests/conftest.py pins the package to its tree)."""
+    tree = course.make("05-rlhf", tmp_path / "student", ROOT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("PYTEST_")}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-m", "task5_1", "-p", "no:cacheprovider", "-q",
+                          "tests/test_rewards.py"], cwd=tree, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 1, run.stdout[-2000:]
+    assert "NotImplementedError: Task 5.1: minialign/rewards.py::bradley_terry_loss" in run.stdout
+    assert "3 failed" in run.stdout
+
+
+@instructor_only
+@pytest.mark.slow
+def test_a_tree_whose_tests_cannot_start_scores_zero_and_says_why(tmp_path):
+    """A syntax error in a unit's file stops pytest before any test (the engine is imported by the suite's
+    conftest): the grade is still a grade, 0, with the reason, so that an autograder always writes results."""
+    tree = course.make("01-autograd", tmp_path / "student", ROOT)
+    tensor = tree / "minialign" / "tensor.py"
+    tensor.write_text(tensor.read_text() + "\ndef broken(:\n")
+    g = course.grade(tree, root=ROOT)
+    assert g.score == 0 and [t.total for t in g.tasks] == [1] * 5
+    assert "the tests did not run" in g.table() and "SyntaxError" in g.table()
+    assert json.loads(json.dumps(g.gradescope()))["score"] == 0
