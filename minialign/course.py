@@ -366,8 +366,17 @@ def student_files(root: Path) -> list:
 def _empty_target(out: Path) -> Path:
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CourseError(f"{out} exists and is not an empty folder; choose a new one")
-    out.mkdir(parents=True, exist_ok=True)
+        raise CourseError(f"--out {out} exists and is not an empty folder; choose a new one")
+    blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise CourseError(f"--out {out}: {blocked} is a file, not a folder; choose a folder that can hold the repository")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise CourseError(f"--out {out} cannot be created: the folder {existing} is not writable")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CourseError(f"--out {out} cannot be created: {e.strerror or e}") from None
     return out
 
 
@@ -398,6 +407,8 @@ def restore(tree: Path, name: str, root: Path = ROOT) -> None:
     a = load(name, root)
     for path, cuts in cuts_by_file(a.units(), root).items():
         file = Path(tree) / path
+        if not file.is_file():
+            raise CourseError(f"{tree} has no {path}: it is not a student repository of {a.name}")
         file.write_text(restore_cuts(file.read_text(encoding="utf-8"), (Path(root) / path).read_text(encoding="utf-8"),
                                      cuts), encoding="utf-8")
 
@@ -607,6 +618,15 @@ def score(a: Assignment, run: Run, hidden=(), student=()) -> Grade:
     return Grade(a, tasks, run.modules, run.seconds, list(student), run)
 
 
+def extra_test_files(extra_tests) -> list:
+    """The instructor's hidden test files: a test_*.py file, or the test_*.py files of a folder."""
+    extra = Path(extra_tests)
+    files = sorted(extra.glob("test_*.py")) if extra.is_dir() else [extra]
+    if not files or not all(f.is_file() and f.name.startswith("test_") and f.suffix == ".py" for f in files):
+        raise CourseError(f"--extra-tests must be a test_*.py file or a folder holding some; got {extra}")
+    return files
+
+
 def grading_workspace(student: Path, a: Assignment, out: Path, extra_tests=None, root: Path = ROOT):
     """This repository in ``out`` with the student's files of the assignment's units laid over it, and the
     instructor's extra tests in tests/. Returns (the files taken from the student, the hidden tests' files)."""
@@ -619,11 +639,7 @@ def grading_workspace(student: Path, a: Assignment, out: Path, extra_tests=None,
         shutil.copy2(student / rel, Path(out) / rel)
     hidden = []
     if extra_tests is not None:
-        extra = Path(extra_tests)
-        files = sorted(extra.glob("test_*.py")) if extra.is_dir() else [extra]
-        if not files or not all(f.is_file() and f.name.startswith("test_") and f.suffix == ".py" for f in files):
-            raise CourseError(f"--extra-tests must be a test_*.py file or a folder holding some; got {extra}")
-        for f in files:
+        for f in extra_test_files(extra_tests):
             dst = Path(out) / "tests" / f.name
             if dst.exists():
                 raise CourseError(f"the extra test file {f.name} has the name of a test file of the repository; "
@@ -642,6 +658,8 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
     if not student.is_dir():
         raise CourseError(f"no student tree at {student}")
     a = load(name or assignment_of(student), root)
+    if extra_tests is not None:
+        extra_test_files(extra_tests)
     with tempfile.TemporaryDirectory(prefix="minialign-grade-") as tmp:
         ws = Path(tmp) / "work"
         taken, hidden_files = grading_workspace(student, a, ws, extra_tests, root)
@@ -768,6 +786,11 @@ def _cmd_make(args):
 
 
 def _cmd_grade(args):
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir() or not target.parent.is_dir():
+            raise CourseError(f"--json {args.json}: expected a file in an existing folder"
+                              + (" (it is a folder)" if target.is_dir() else f" ({target.parent} is not a folder)"))
     g = grade(Path(args.dir), args.assignment, args.extra_tests, timeout=args.timeout)
     print(g.table())
     print(f"graded in {g.seconds:.1f} s; taken from the student: {', '.join(g.student_files)}; "
@@ -806,6 +829,8 @@ def _cmd_handouts(args):
 
 def add_parser(sub, formatter=None):
     """The ``course`` command of ``minialign``: list, make, grade, restore, check (and handouts, for maintainers)."""
+    from .registry import positive_float
+
     kw = {"formatter_class": formatter()} if formatter else {}
     p = sub.add_parser("course", help="course assignments: list, make a student repository, grade, release check")
     cmds = p.add_subparsers(dest="course_command", required=True, metavar="ACTION")
@@ -820,7 +845,7 @@ def add_parser(sub, formatter=None):
     c.add_argument("--assignment", default=None, help="the assignment (default: read from the tree's handout)")
     c.add_argument("--extra-tests", default=None, help="hidden tests: a test_*.py file or a folder of them")
     c.add_argument("--json", default=None, help="write Gradescope's results.json here")
-    c.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds the tests may run")
+    c.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, help="seconds the tests may run")
     c.set_defaults(fn=_cmd_grade)
     c = cmds.add_parser("restore", help="put the solution back into an untouched student repository", **kw)
     c.add_argument("dir", help="a student repository made by `make`, its stubs untouched")

@@ -247,7 +247,7 @@ def check(names=None, root: Path = ROOT, out=print) -> list:
     """The whole release check, for instructors editing manifests; returns the problems found."""
     root = require_repository(root)
     known = assignments(root)
-    names = list(known) if not names else names
+    names = list(known) if not names else [load(n, root).name for n in names]  # an unknown name fails now
     problems = static_problems(root)
     out(f"static checks: {len(problems)} problems")
     if problems:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _pin_to_this_tree():
     sys.path.insert(0, str(ROOT))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    os.environ["PYTHONPATH"] = str(ROOT)  # subprocesses import this tree; their packages come from the interpreter
     for name in [n for n in sys.modules if n == "minialign" or n.startswith("minialign.")]:
         del sys.modules[name]
     import minialign

@@ -194,6 +194,7 @@ NUMERIC = {  # command → its numeric flags and their kinds ("" is the global o
                           ("--group-size", "count")],
     "align grpo": TRAIN + [("--n-pairs", "count"), ("--group-size", "count"), ("--beta", "positive"),
                           ("--clip", "open"), ("--epochs", "count")],
+    "course grade": [("--timeout", "positive")],
     "distill": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
                 ("--checkpoint-every", "count"), ("--eval-samples", "count")],
 }
@@ -342,7 +343,22 @@ CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo
            ("align grpo --scale max", "--scale", "'max'", "group"),
            ("align grpo --reward human", "--reward", "'human'", "true"),
            ("align grpo --pairs {missing}", "--pairs", "missing.npz"),
-           ("align rlhf --prompts first1 --batch-size 10", "--batch-size", "multiple")] + \
+           ("align rlhf --prompts first1 --batch-size 10", "--batch-size", "multiple"),
+           ("course make 99-x --out {missing}", "no assignment", "'99-x'", "05-rlhf"),
+           ("course make 05-rlhf", "--out", "required"),
+           ("course make 05-rlhf --out {file}", "--out", "plain.txt", "not an empty folder"),
+           ("course make 05-rlhf --out {file}/hw5", "--out", "plain.txt", "is a file"),
+           ("course make 05-rlhf --out {readonly}/hw5", "--out", "readonly", "cannot be created"),
+           ("course grade {missing}", "no student tree", "missing.npz"),
+           ("course grade {readonly}", "ASSIGNMENT.md", "--assignment"),
+           ("course grade {readonly} --assignment 99-x", "no assignment", "'99-x'"),
+           ("course grade {readonly} --assignment 05-rlhf --extra-tests {missing}", "--extra-tests", "missing.npz"),
+           ("course grade {readonly} --assignment 05-rlhf --json {file}/results.json", "--json", "plain.txt"),
+           ("course grade {readonly} --assignment 05-rlhf --json {dir}", "--json", "a folder"),
+           ("course restore {readonly}", "ASSIGNMENT.md", "--assignment"),
+           ("course restore {readonly} --assignment 05-rlhf", "readonly", "not a student repository"),
+           ("course restore {readonly} --assignment 99-x", "no assignment", "'99-x'"),
+           ("course check 99-x", "no assignment", "'99-x'")] + \
     [(f"align {m} --prompts first9", "--prompts", "'first9'", "first1") for m in ("rlhf", "dpo", "gdc", "fdpg", "grpo")] + \
     [(f"{command} --device tpu", "--device", "'tpu'", "cuda")
      for command in ("pretrain", "align rlhf", "align dpo", "align gdc", "align fdpg", "align grpo", "distill --teacher {ok}",

@@ -34,8 +34,7 @@ def test_best_objective_is_beta_log_z_reached_at_the_tilted_optimum():
         assert j <= best + 1e-12
 
 
-@pytest.mark.task5_2
-@pytest.mark.parametrize("kl", ["k1_seq", "full_token"])
+@pytest.mark.parametrize("kl", [pytest.param("k1_seq", marks=pytest.mark.task5_2), "full_token"])
 def test_rloo_drives_the_policy_to_the_kl_control_optimum(kl):
     """From the base model, RLOO with the k1 penalty in the reward (or the analytic per-token KL with its
     score-function part, Eq. 5.17) brings the exact KL(π*‖π_θ) from above 1 nat to below 0.05 nats. The
