@@ -59,19 +59,22 @@ def _online_lse_update(m, l, x):
 
 
 @triton.jit
+def _masses(lp, la):
+    """pi and a from their logs, where each is zero, and finite stand-ins for log 0 (so that no 0 * inf or
+    inf - inf is ever formed: the callers' where's pick the limit)."""
+    p_zero = lp == float("-inf")
+    a_zero = la == float("-inf")
+    return tl.exp(lp), tl.exp(la), p_zero, a_zero, tl.where(p_zero, 0.0, lp), tl.where(a_zero, 0.0, la)
+
+
+@triton.jit
 def _fdiv_terms(lp, la, F: tl.constexpr):
     """Eqs. (8.10) and (8.12): per-entry ``a f(pi/a)`` and ``pi f'(pi/a)`` from ``lp = log pi``, ``la = log a``.
 
     Zero mass follows chapter 03, Eq. (3.4): ``pi = 0 < a`` contributes ``a f(0)``, ``a = 0 < pi`` contributes
     ``pi lim f(t)/t``, and ``0 f(0/0) = 0``. Everything is formed from log-ratios, so no ratio overflows.
     """
-    p = tl.exp(lp)
-    a = tl.exp(la)
-    p_zero = lp == float("-inf")
-    a_zero = la == float("-inf")
-    # Finite stand-ins for log 0, so that no 0 * inf or inf - inf is ever formed (the where's pick the limit).
-    lp_s = tl.where(p_zero, 0.0, lp)
-    la_s = tl.where(a_zero, 0.0, la)
+    p, a, p_zero, a_zero, lp_s, la_s = _masses(lp, la)
     if F == 0:  # kl: f = t log t, f' = log t + 1
         log_t = lp_s - la_s
         term = tl.where(p_zero, 0.0, tl.where(a_zero, float("inf"), p * log_t))
@@ -99,12 +102,7 @@ def _fdiv_ref_terms(lp, la, F: tl.constexpr):
     """Eq. (8.16): per-entry ``a g(pi/a)`` with ``g(t) = f(t) - t f'(t)`` (= d(a f(pi/a))/da), up to a constant
     times ``a`` (which Eq. 8.16 cancels): kl ``-pi``; reverse_kl ``a log(a/pi)``; js ``1/2 a log(a/m)``;
     tv ``-1/2 a sign(pi - a)``. Zero mass as in :func:`_fdiv_terms`."""
-    p = tl.exp(lp)
-    a = tl.exp(la)
-    p_zero = lp == float("-inf")
-    a_zero = la == float("-inf")
-    lp_s = tl.where(p_zero, 0.0, lp)
-    la_s = tl.where(a_zero, 0.0, la)
+    p, a, p_zero, a_zero, lp_s, la_s = _masses(lp, la)
     if F == 0:  # kl: g = -t, so a g = -pi
         agp = -p
     elif F == 1:  # reverse_kl: g = 1 - log t; the constant 1 is dropped

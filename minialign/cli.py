@@ -158,6 +158,16 @@ def _fmt():
     return lambda prog: _Help(prog, max_help_position=34, width=110)
 
 
+def _run_options(p, out, out_help, steps, batch, batch_help, lr, lr_help, seed_help):
+    """The options every training command shares: where its checkpoint goes, and its optimiser's knobs."""
+    p.add_argument("--out", type=R.output_file(".npz"), default=out, metavar="PATH", help=out_help)
+    p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
+    p.add_argument("--steps", type=R.positive_int, metavar="N", default=steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=batch, help=batch_help)
+    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=lr, help=lr_help)
+    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help=seed_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minialign", description="Aligning language models, from scratch.")
     parser.add_argument("--threads", type=R.positive_int, metavar="N", default=1,
@@ -166,12 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("pretrain", help="train the GPT on the census names", formatter_class=_fmt())
-    p.add_argument("--out", type=R.output_file(".npz"), default=DEFAULT_CHECKPOINT, metavar="PATH",
-                   help="checkpoint path (.npz); an existing run there is resumed")
-    p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
-    p.add_argument("--steps", type=R.positive_int, metavar="N", default=1500, help="optimizer steps")
-    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=64, help="names per step")
-    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=3e-3, help="peak learning rate of the cosine schedule")
+    _run_options(p, DEFAULT_CHECKPOINT, "checkpoint path (.npz); an existing run there is resumed", 1500, 64,
+                 "names per step", 3e-3, "peak learning rate of the cosine schedule", "seed of the weights and batches")
     p.add_argument("--eval-every", type=R.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
     p.add_argument("--n-layer", type=R.positive_int, metavar="N", default=4, help="transformer blocks")
     p.add_argument("--n-head", type=R.positive_int, metavar="N", default=4, help="attention heads")
@@ -180,7 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "positions are padding"), metavar="N",
                    default=12, help="positions (at least 12 for names)")
     p.add_argument("--dropout", type=R.unit_interval, metavar="X", default=0.1, help="dropout probability")
-    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of the weights and batches")
     p.add_argument("--samples", type=R.nonnegative_int, metavar="N", default=20, help="names to print at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_option(p)
@@ -200,14 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("run")
     g.add_argument("--base", type=R.input_file(".npz"), default=None, metavar="PATH", help="base checkpoint (default: the committed one)")
-    g.add_argument("--out", type=R.output_file(".npz"), default=None, metavar="PATH",
-                   help="checkpoint path (default: runs/METHOD.npz); an existing run there is resumed")
-    g.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
-    g.add_argument("--steps", type=R.positive_int, metavar="N", default=R.TRAIN_DEFAULTS["steps"], help="optimizer steps")
-    g.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=R.TRAIN_DEFAULTS["batch_size"],
-                   help="samples (or pairs) per step")
-    g.add_argument("--lr", type=R.learning_rate, metavar="X", default=R.TRAIN_DEFAULTS["lr"], help="AdamW learning rate")
-    g.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of every sample drawn")
+    _run_options(g, None, "checkpoint path (default: runs/METHOD.npz); an existing run there is resumed",
+                 R.TRAIN_DEFAULTS["steps"], R.TRAIN_DEFAULTS["batch_size"], "samples (or pairs) per step",
+                 R.TRAIN_DEFAULTS["lr"], "AdamW learning rate", "seed of every sample drawn")
     g.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     _device_option(g)
@@ -234,13 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-config", type=R.gpt_size, default={}, metavar="KEY=N,...",
                    help="the student's size, changed from " + ",".join(f"{k}={v}" for k, v in STUDENT_SIZE.items()) +
                         " (any of n_layer, n_head, n_embd; vocabulary and horizon are the teacher's)")
-    p.add_argument("--out", type=R.output_file(".npz"), default="runs/distill.npz",
-                   help="checkpoint path (.npz); an existing run there is resumed")
-    p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
-    p.add_argument("--steps", type=R.positive_int, metavar="N", default=300, help="optimizer steps")
-    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=64, help="samples per step")
-    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=3e-3, help="AdamW learning rate")
-    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="seed of the student's weights and every sample")
+    _run_options(p, "runs/distill.npz", "checkpoint path (.npz); an existing run there is resumed", 300, 64,
+                 "samples per step", 3e-3, "AdamW learning rate", "seed of the student's weights and every sample")
     p.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=50, help="steps between checkpoints")
     p.add_argument("--eval-samples", type=R.count(2, 1_000_000, "a standard error needs at least two"), metavar="N",
                    default=1000, help="fresh samples for the final report")
