@@ -251,10 +251,119 @@ def build_parser() -> argparse.ArgumentParser:
     _device_option(p)
     p.set_defaults(fn=_tour)
 
-    from .course import add_parser as add_course_parser
-
-    add_course_parser(sub, _fmt)
+    _course_parser(sub)
     return parser
+
+
+# ------------------------------------------------------------------------------------------- minialign course
+def _course_list(args):
+    from .course import assignments
+
+    for a in assignments().values():
+        qpoints = sum(q.points for q in a.questions)
+        print(f"{a.name:<18} {a.title}  ({a.points:g} points in {len(a.tasks)} tasks, {qpoints:g} in "
+              f"{len(a.questions)} written questions, about {a.hours:g} h)")
+        for t in a.tasks:
+            print(f"    {t.id:<5} {t.points:>4g} pts  {t.marker:<8}  {t.title}")
+    return 0
+
+
+def _course_make(args):
+    import time
+
+    from .course import HANDOUT, load, make, split_spec
+
+    t0 = time.perf_counter()
+    a = load(args.name)
+    tree = make(args.name, args.out)
+    print(f"{tree}: the student repository of {a.name} ({len(a.units())} units stubbed in "
+          f"{len({split_spec(u)[0] for u, _ in a.units()})} files), handout {HANDOUT} "
+          f"({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _course_grade(args):
+    import json
+    from pathlib import Path
+
+    from .course import grade
+
+    if args.json:
+        target = Path(args.json)
+        if target.is_dir() or not target.parent.is_dir():
+            raise ValueError(f"--json {args.json}: expected a file in an existing folder"
+                             + (" (it is a folder)" if target.is_dir() else f" ({target.parent} is not a folder)"))
+    g = grade(Path(args.dir), args.assignment, args.extra_tests, timeout=args.timeout)
+    print(g.table())
+    print(f"graded in {g.seconds:.1f} s; taken from the student: {', '.join(g.student_files)}; "
+          f"minialign from {g.modules.get('minialign')}, minialign.kernels from {g.modules.get('minialign.kernels')}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(g.gradescope(), indent=1, ensure_ascii=False), encoding="utf-8")
+        print(f"results: {args.json}")
+    return 0
+
+
+def _course_restore(args):
+    from .course import assignment_of, restore
+
+    name = args.assignment or assignment_of(args.dir)
+    restore(args.dir, name)
+    print(f"{args.dir}: the solution of {name} is back in place of every stub")
+    return 0
+
+
+def _course_check(args):
+    from .course_check import check
+
+    problems = check(args.names or None)
+    for p in problems:
+        print(f"problem: {p}")
+    print("release check passed" if not problems else f"release check failed: {len(problems)} problems")
+    return 0 if not problems else 1
+
+
+def _course_handouts(args):
+    from .course import HANDOUTS, ROOT, assignments, handout
+
+    for a in assignments().values():
+        path = ROOT / HANDOUTS / f"{a.name}.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(handout(a), encoding="utf-8")
+        print(path.relative_to(ROOT))
+    return 0
+
+
+def _course_parser(sub):
+    """``minialign course``: list, make, grade, restore, check (and handouts, for maintainers)."""
+    from .course import DEFAULT_TIMEOUT, HANDOUTS
+
+    p = sub.add_parser("course", help="course assignments: list, make a student repository, grade, release check")
+    actions = p.add_subparsers(dest="course_command", required=True, metavar="ACTION")
+    c = actions.add_parser("list", help="the assignments, their tasks and points", formatter_class=_fmt())
+    c.set_defaults(fn=_course_list)
+    c = actions.add_parser("make", help="write a student repository (units stubbed) with its handout",
+                           formatter_class=_fmt())
+    c.add_argument("name", help="an assignment, e.g. 05-rlhf (see `minialign course list`)")
+    c.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    c.set_defaults(fn=_course_make)
+    c = actions.add_parser("grade", help="grade a student repository with this repository's tests", formatter_class=_fmt())
+    c.add_argument("dir", help="the student's repository")
+    c.add_argument("--assignment", default=None, help="the assignment (default: read from the tree's handout)")
+    c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
+    c.add_argument("--json", default=None, metavar="PATH", help="write Gradescope's results.json here")
+    c.add_argument("--timeout", type=R.positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+                   help="seconds the tests may run")
+    c.set_defaults(fn=_course_grade)
+    c = actions.add_parser("restore", help="put the solution back into an untouched student repository",
+                           formatter_class=_fmt())
+    c.add_argument("dir", help="a student repository made by `make`, its stubs untouched")
+    c.add_argument("--assignment", default=None, help="the assignment (default: read from the tree's handout)")
+    c.set_defaults(fn=_course_restore)
+    c = actions.add_parser("check", help="the release check of the manifests (a few minutes)", formatter_class=_fmt())
+    c.add_argument("names", nargs="*", help="assignments to check (default: all)")
+    c.set_defaults(fn=_course_check)
+    c = actions.add_parser("handouts", help=f"regenerate {HANDOUTS}/*.md from the manifests", formatter_class=_fmt())
+    c.set_defaults(fn=_course_handouts)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
