@@ -21,6 +21,29 @@ def installed(*modules) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
+# ---------------------------------------------------------------- kernels against their references
+def torch_device(available: bool) -> str:
+    """Where the torch tests run: the GPU when torch (``available``) sees one, else the CPU (the kernels under
+    Triton's interpreter)."""
+    if not available:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def rel_err(actual, expected, floor: float = 1.0) -> float:
+    """max|actual − expected| / max(max|expected|, floor), in float64: the error relative to the largest reference
+    entry, absolute where every entry is below ``floor``."""
+    expected = expected.double()
+    return (actual.double() - expected).abs().max().item() / max(expected.abs().max().item(), floor)
+
+
+def dtype_tolerance(table: dict, dtype) -> float:
+    """The tolerance of a torch dtype in a table keyed by the dtype's name (so that it exists without torch)."""
+    return table[str(dtype).removeprefix("torch.")]
+
+
 # ---------------------------------------------------------------- the engine against torch autograd
 def t64(a):
     """A float64 leaf Tensor that requires gradients."""

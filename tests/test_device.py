@@ -12,7 +12,7 @@ Python: a few seconds a run.
 import numpy as np
 import pytest
 
-from helpers import installed
+from helpers import installed, torch_device
 from minialign import device, tasks
 from minialign.backend import NUMPY
 from minialign.cli import main
@@ -25,7 +25,7 @@ if KERNELS:
     import torch
 
     from minialign.torch_backend import TorchBackend
-DEVICE = "cuda" if KERNELS and torch.cuda.is_available() else "cpu"
+DEVICE = torch_device(KERNELS)
 TINY = dict(n_layer=1, n_head=1, n_embd=16)
 STEPS = TrainConfig(steps=2, batch_size=2, lr=3e-3, seed=0, checkpoint_every=10**9)
 

@@ -8,10 +8,11 @@ the same (rounded) inputs: fp32 1e-5, fp16 2e-3, bf16 2e-2. The low-precision bu
 output to 8 or 11 mantissa bits and, on a GPU, 16-bit products inside the tensor-core matmuls.
 """
 import math
+from functools import partial
 
 import pytest
 
-from helpers import installed
+from helpers import dtype_tolerance, installed, rel_err as relative_error, torch_device
 
 KERNELS = installed("torch", "triton")
 if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
@@ -25,8 +26,9 @@ if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
     )
 
 pytestmark = pytest.mark.usefixtures("triton")
-DEVICE = "cuda" if KERNELS and torch.cuda.is_available() else "cpu"
+DEVICE = torch_device(KERNELS)
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
+tol = partial(dtype_tolerance, TOL)  # the tolerance of a torch dtype
 DTYPES = list(TOL)
 
 # (B, H, T, D): T = 1, 7, 33 and 40 are not multiples of the 16-row blocks used under the interpreter.
@@ -36,15 +38,8 @@ if DEVICE == "cuda":
 
 
 def rel_err(actual, expected):
-    """Largest absolute error, relative to the largest reference entry (absolute when that is below 1e-3)."""
-    expected = expected.double()
-    scale = max(expected.abs().max().item(), 1e-3)
-    return (actual.double() - expected).abs().max().item() / scale
-
-
-def tol(dtype):
-    """The tolerance of a torch dtype (the table is keyed by name, so that it exists without torch)."""
-    return TOL[str(dtype).removeprefix("torch.")]
+    """Relative to the largest reference entry; absolute where every entry is below 1e-3."""
+    return relative_error(actual, expected, floor=1e-3)
 
 
 def make_qkv(shape, dtype, seed=0):

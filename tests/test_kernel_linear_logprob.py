@@ -5,9 +5,11 @@ Tolerances, as ``max|kernel - reference| / max(max|reference|, 1)``: fp32 1e-5 a
 reference computed in float64 from the same (rounded) inputs. In bf16 the chunk's logits and their
 gradient are themselves rounded to bf16 before the matrix products, so the bf16 budget covers two roundings.
 """
+from functools import partial
+
 import pytest
 
-from helpers import installed
+from helpers import dtype_tolerance, installed, rel_err, torch_device
 
 KERNELS = installed("torch", "triton")
 if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
@@ -23,18 +25,9 @@ if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
     )
 
 pytestmark = pytest.mark.usefixtures("triton")
-DEVICE = "cuda" if KERNELS and torch.cuda.is_available() else "cpu"
+DEVICE = torch_device(KERNELS)
 TOL = {"float32": 1e-5, "bfloat16": 2e-2}
-
-
-def rel_err(actual, expected):
-    expected = expected.double()
-    return (actual.double() - expected).abs().max().item() / max(expected.abs().max().item(), 1.0)
-
-
-def tol(dtype):
-    """The tolerance of a torch dtype (the table is keyed by name, so that it exists without torch)."""
-    return TOL[str(dtype).removeprefix("torch.")]
+tol = partial(dtype_tolerance, TOL)  # the tolerance of a torch dtype
 
 
 def make(n, d, v, dtype=None, seed=0, with_ref=True):

@@ -12,11 +12,12 @@ For logits of size |z| the float32 inputs themselves are only known to about 6e-
 logits of 1e4 scale the absolute tolerance by the largest |z|.
 """
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 
-from helpers import installed
+from helpers import dtype_tolerance, installed, rel_err, torch_device
 from minialign import divergences
 
 KERNELS = installed("torch", "triton")
@@ -33,8 +34,9 @@ if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
     )
 
 pytestmark = pytest.mark.usefixtures("triton")
-DEVICE = "cuda" if KERNELS and torch.cuda.is_available() else "cpu"
+DEVICE = torch_device(KERNELS)
 TOL = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
+tol = partial(dtype_tolerance, TOL)  # the tolerance of a torch dtype
 F_NAMES = ("kl", "reverse_kl", "js", "tv")  # the kernel's members; test_the_kernel_offers_these_members checks it
 FIELDS = ("logp", "ref_logp", "entropy", "div", "lse", "ref_lse", "row_scalar", "ref_row_scalar")
 
@@ -43,17 +45,6 @@ FIELDS = ("logp", "ref_logp", "entropy", "div", "lse", "ref_lse", "row_scalar", 
 SIZES = [(5, 37, None), (4, 1000, 128), (2, 50_257, None)]
 if DEVICE == "cuda":
     SIZES += [(512, 50_257, None), (64, 128_256, None)]
-
-
-def rel_err(actual, expected):
-    expected = expected.double()
-    scale = max(expected.abs().max().item(), 1.0)
-    return (actual.double() - expected).abs().max().item() / scale
-
-
-def tol(dtype):
-    """The tolerance of a torch dtype (the table is keyed by name, so that it exists without torch)."""
-    return TOL[str(dtype).removeprefix("torch.")]
 
 
 def make_inputs(n, v, dtype=None, seed=0, spread=3.0, n_ignored=1):

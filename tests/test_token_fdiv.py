@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from helpers import check_against_torch, installed, t64
+from helpers import check_against_torch, installed, t64, torch_device
 from minialign import Tensor, divergences, functional as F, gradcheck
 from minialign.gpt import GPT, GPTConfig
 from strategies import float_arrays
@@ -22,7 +22,7 @@ if KERNELS:
     import torch
 
     from minialign.torch_backend import TorchBackend
-DEVICE = "cuda" if KERNELS and torch.cuda.is_available() else "cpu"
+DEVICE = torch_device(KERNELS)
 
 
 def logits(shape, seed, spread=2.0):

@@ -6,7 +6,7 @@ is exercised on the CPU; the same tests run unchanged on a GPU.
 import numpy as np
 import pytest
 
-from helpers import installed
+from helpers import installed, torch_device
 from minialign import functional as F
 from minialign.gpt import GPT, GPTConfig
 from minialign.optim import AdamW
@@ -18,7 +18,7 @@ if TORCH:  # without it, the `torch` fixture skips (or fails) each test
 
     from minialign.torch_backend import TorchBackend
 
-DEVICE = "cuda" if TORCH and torch.cuda.is_available() else "cpu"
+DEVICE = torch_device(TORCH)
 CFG = GPTConfig(n_layer=2, n_head=2, n_embd=32)  # head dim 16, the smallest the attention kernel takes
 
 

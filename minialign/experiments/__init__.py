@@ -8,3 +8,17 @@ STUDIES = {
     "gdc_study": "chapter 06: GDC against KL-penalised RLHF at the equivalent β, budgets, distillation onto p",
     "fdpg_study": "chapter 07: f-DPG with each f on the exact lab and on names",
 }
+
+
+def study_parser(name: str, doc: str, quick_help: str):
+    """The command line of a study: ``--out`` (default ``runs/NAME``) and ``--quick``; the study adds its own
+    options, with the checked argument types of the main command line (``registry.py``)."""
+    import argparse
+
+    from .. import registry as R
+
+    parser = argparse.ArgumentParser(prog=f"python -m minialign.experiments {name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=R.output_dir, default=f"runs/{name}", metavar="DIR", help="folder for the results")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    return parser

@@ -15,7 +15,6 @@ targets (Eq. 7.12–7.13). Then the same comparison by Monte Carlo on the names 
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import time
@@ -674,13 +673,13 @@ def fdpg_study(out="runs/fdpg_study", quick=False, progress=True, names=True, lr
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minialign.experiments fdpg_study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/fdpg_study")
-    parser.add_argument("--quick", action="store_true", help="one seed, few steps (for tests)")
+    from .. import registry as R
+    from . import study_parser
+
+    parser = study_parser("fdpg_study", __doc__, "one seed, few steps (for tests)")
     parser.add_argument("--no-names", action="store_true", help="only the exact-lab part")
-    parser.add_argument("--lr", type=float, default=LR, help=f"AdamW learning rate of the paths (default {LR:g})")
-    parser.add_argument("--steps", type=int, default=None, help=f"steps per path (default {STEPS}; 20 with --quick)")
+    parser.add_argument("--lr", type=R.learning_rate, default=LR, help=f"AdamW learning rate of the paths (default {LR:g})")
+    parser.add_argument("--steps", type=R.positive_int, default=None, help=f"steps per path (default {STEPS}; 20 with --quick)")
     args = parser.parse_args(argv)
     fdpg_study(args.out, quick=args.quick, names=not args.no_names, lr=args.lr, steps=args.steps)
     return 0

@@ -18,7 +18,6 @@ of fresh samples are measured along the way.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -346,15 +345,15 @@ def gdc_study(out="runs/gdc_study", quick=False, part="all", progress=True, comp
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minialign.experiments gdc_study", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/gdc_study")
-    parser.add_argument("--quick", action="store_true", help="tiny settings (seconds), for tests")
+    from .. import registry as R
+    from . import study_parser
+
+    parser = study_parser("gdc_study", __doc__, "tiny settings (seconds), for tests")
     parser.add_argument("--part", choices=("compare", "budgets", "distill", "all"), default="all")
-    parser.add_argument("--steps", type=int, help="training steps (compare: per run; distill: in all)")
     # --steps, --batch-size and --lr apply to compare and distill; budgets runs its own list (BUDGETS)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--lr", type=float)
+    parser.add_argument("--steps", type=R.positive_int, help="training steps (compare: per run; distill: in all)")
+    parser.add_argument("--batch-size", type=R.positive_int, help="samples per step")
+    parser.add_argument("--lr", type=R.learning_rate, help="AdamW learning rate")
     args = parser.parse_args(argv)
     kw = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     gdc_study(args.out, quick=args.quick, part=args.part, compare_kw=kw, distill_kw=kw)
