@@ -632,6 +632,7 @@ def grading_workspace(student: Path, a: Assignment, out: Path, extra_tests=None,
     """This repository in ``out`` with the student's files of the assignment's units laid over it, and the
     instructor's extra tests in tests/. Returns (the files taken from the student, the hidden tests' files)."""
     student = Path(student)
+    extra = [] if extra_tests is None else extra_test_files(extra_tests)  # refused before any copying
     write_tree(root, out, [])
     taken = sorted({split_spec(spec)[0] for spec, _ in a.units()})
     for rel in taken:
@@ -639,14 +640,12 @@ def grading_workspace(student: Path, a: Assignment, out: Path, extra_tests=None,
             raise CourseError(f"the student tree {student} has no {rel}, which holds units of {a.name}")
         shutil.copy2(student / rel, Path(out) / rel)
     hidden = []
-    if extra_tests is not None:
-        for f in extra_test_files(extra_tests):
-            dst = Path(out) / "tests" / f.name
-            if dst.exists():
-                raise CourseError(f"the extra test file {f.name} has the name of a test file of the repository; "
-                                  "rename it")
-            shutil.copy2(f, dst)
-            hidden.append(dst.relative_to(out).as_posix())
+    for f in extra:
+        dst = Path(out) / "tests" / f.name
+        if dst.exists():
+            raise CourseError(f"the extra test file {f.name} has the name of a test file of the repository; rename it")
+        shutil.copy2(f, dst)
+        hidden.append(dst.relative_to(out).as_posix())
     return taken, hidden
 
 
@@ -659,8 +658,6 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
     if not student.is_dir():
         raise CourseError(f"no student tree at {student}")
     a = load(name or assignment_of(student), root)
-    if extra_tests is not None:
-        extra_test_files(extra_tests)
     with tempfile.TemporaryDirectory(prefix="minialign-grade-") as tmp:
         ws = Path(tmp) / "work"
         taken, hidden_files = grading_workspace(student, a, ws, extra_tests, root)

@@ -75,10 +75,6 @@ def clip_range(text) -> float:
     return _parse(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
 
 
-def nonnegative_float(text) -> float:
-    return _parse(text, float, lambda v: v >= 0, "a finite number ≥ 0")
-
-
 def unit_interval(text) -> float:
     """A number in [0, 1) (a dropout probability)."""
     return _parse(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
