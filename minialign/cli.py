@@ -9,6 +9,8 @@ import argparse
 import sys
 import warnings
 
+from . import argtypes as A
+
 from . import registry as R
 
 DEFAULT_CHECKPOINT = "runs/base.npz"
@@ -30,10 +32,10 @@ def _pretrain(args):
     backend = _backend(args)
     if args.n_embd % args.n_head:
         raise ValueError(f"--n-embd ({args.n_embd}) must be divisible by --n-head ({args.n_head})")
-    size = R.gpt_parameters(args.n_layer, args.n_embd, args.block_size)
-    if size > R.PARAMETER_LIMIT:
+    size = A.gpt_parameters(args.n_layer, args.n_embd, args.block_size)
+    if size > A.PARAMETER_LIMIT:
         raise ValueError(f"--n-layer {args.n_layer} and --n-embd {args.n_embd} make a model of {size:,} parameters; "
-                         f"this engine trains at most {R.PARAMETER_LIMIT:,} (lower --n-layer or --n-embd)")
+                         f"this engine trains at most {A.PARAMETER_LIMIT:,} (lower --n-layer or --n-embd)")
     model_cfg = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                           block_size=args.block_size, dropout=args.dropout)
     cfg = PretrainConfig(model=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
@@ -87,7 +89,7 @@ def _align(args):
     if spec.check is not None:
         spec.check(opts)
     backend = _backend(args)
-    out = args.out or R.output_file(".npz")(f"runs/{args.method}.npz")
+    out = args.out or A.output_file(".npz")(f"runs/{args.method}.npz")
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
     if spec.check_train is not None:
@@ -160,17 +162,17 @@ def _fmt():
 
 def _run_options(p, out, out_help, steps, batch, batch_help, lr, lr_help, seed_help):
     """The options every training command shares: where its checkpoint goes, and its optimiser's knobs."""
-    p.add_argument("--out", type=R.output_file(".npz"), default=out, metavar="PATH", help=out_help)
+    p.add_argument("--out", type=A.output_file(".npz"), default=out, metavar="PATH", help=out_help)
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
-    p.add_argument("--steps", type=R.positive_int, metavar="N", default=steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=R.count(1, R.BATCH_LIMIT), metavar="N", default=batch, help=batch_help)
-    p.add_argument("--lr", type=R.learning_rate, metavar="X", default=lr, help=lr_help)
-    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help=seed_help)
+    p.add_argument("--steps", type=A.positive_int, metavar="N", default=steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=A.count(1, R.BATCH_LIMIT), metavar="N", default=batch, help=batch_help)
+    p.add_argument("--lr", type=A.learning_rate, metavar="X", default=lr, help=lr_help)
+    p.add_argument("--seed", type=A.seed, metavar="N", default=0, help=seed_help)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minialign", description="Aligning language models, from scratch.")
-    parser.add_argument("--threads", type=R.positive_int, metavar="N", default=1,
+    parser.add_argument("--threads", type=A.positive_int, metavar="N", default=1,
                         help="BLAS threads (1: the model's matrices are small, and extra threads on a busy machine "
                              "slow every product down)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -178,37 +180,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train the GPT on the census names", formatter_class=_fmt())
     _run_options(p, DEFAULT_CHECKPOINT, "checkpoint path (.npz); an existing run there is resumed", 1500, 64,
                  "names per step", 3e-3, "peak learning rate of the cosine schedule", "seed of the weights and batches")
-    p.add_argument("--eval-every", type=R.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
-    p.add_argument("--n-layer", type=R.positive_int, metavar="N", default=4, help="transformer blocks")
-    p.add_argument("--n-head", type=R.positive_int, metavar="N", default=4, help="attention heads")
-    p.add_argument("--n-embd", type=R.positive_int, metavar="N", default=64, help="embedding width")
-    p.add_argument("--block-size", type=R.count(12, 256, "the longest name has 11 letters, and its EOS; more "
+    p.add_argument("--eval-every", type=A.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
+    p.add_argument("--n-layer", type=A.positive_int, metavar="N", default=4, help="transformer blocks")
+    p.add_argument("--n-head", type=A.positive_int, metavar="N", default=4, help="attention heads")
+    p.add_argument("--n-embd", type=A.positive_int, metavar="N", default=64, help="embedding width")
+    p.add_argument("--block-size", type=A.count(12, 256, "the longest name has 11 letters, and its EOS; more "
                                                  "positions are padding"), metavar="N",
                    default=12, help="positions (at least 12 for names)")
-    p.add_argument("--dropout", type=R.unit_interval, metavar="X", default=0.1, help="dropout probability")
-    p.add_argument("--samples", type=R.nonnegative_int, metavar="N", default=20, help="names to print at the end")
+    p.add_argument("--dropout", type=A.unit_interval, metavar="X", default=0.1, help="dropout probability")
+    p.add_argument("--samples", type=A.nonnegative_int, metavar="N", default=20, help="names to print at the end")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_option(p)
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("sample", help="sample names from a checkpoint", formatter_class=_fmt())
-    p.add_argument("--checkpoint", type=R.input_file(".npz"), default=None, metavar="PATH",
+    p.add_argument("--checkpoint", type=A.input_file(".npz"), default=None, metavar="PATH",
                    help="a GPT checkpoint (default: the committed base model)")
-    p.add_argument("-n", type=R.positive_int, metavar="N", default=20, help="how many names")
-    p.add_argument("--temperature", type=R.positive_float, metavar="X", default=1.0, help="softmax temperature")
-    p.add_argument("--top-k", type=R.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
-    p.add_argument("--seed", type=R.seed, metavar="N", default=0, help="sampling seed")
+    p.add_argument("-n", type=A.positive_int, metavar="N", default=20, help="how many names")
+    p.add_argument("--temperature", type=A.positive_float, metavar="X", default=1.0, help="softmax temperature")
+    p.add_argument("--top-k", type=A.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
+    p.add_argument("--seed", type=A.seed, metavar="N", default=0, help="sampling seed")
     p.set_defaults(fn=_sample)
 
     p = sub.add_parser("align", help="align the base model: " + ", ".join(R.METHODS))
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("run")
-    g.add_argument("--base", type=R.input_file(".npz"), default=None, metavar="PATH", help="base checkpoint (default: the committed one)")
+    g.add_argument("--base", type=A.input_file(".npz"), default=None, metavar="PATH", help="base checkpoint (default: the committed one)")
     _run_options(g, None, "checkpoint path (default: runs/METHOD.npz); an existing run there is resumed",
                  R.TRAIN_DEFAULTS["steps"], R.TRAIN_DEFAULTS["batch_size"], "samples (or pairs) per step",
                  R.TRAIN_DEFAULTS["lr"], "AdamW learning rate", "seed of every sample drawn")
-    g.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=25, help="steps between checkpoints")
+    g.add_argument("--checkpoint-every", type=A.positive_int, metavar="N", default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     _device_option(g)
     for spec in R.METHODS.values():
@@ -225,19 +227,19 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Token-level f-divergence distillation (chapter 07, §9): minimise "
                                    "Σ_t D_f(π_t‖p_t) over the vocabulary at every position of the teacher's (or the "
                                    "student's own) samples.", formatter_class=_fmt())
-    p.add_argument("--teacher", type=R.input_file(".npz"), required=True,
+    p.add_argument("--teacher", type=A.input_file(".npz"), required=True,
                    help="the teacher's checkpoint (e.g. runs/rlhf.npz from minialign align rlhf)")
     p.add_argument("--f", choices=["kl", "reverse_kl", "js", "tv"], default="js",
                    help="D_f(π‖p) per token: kl is KL(student‖teacher), reverse_kl is KL(teacher‖student)")
     p.add_argument("--samples", choices=["teacher", "student"], default="teacher",
                    help="whose samples give the prefixes: the teacher's (off-policy) or the student's own (on-policy)")
-    p.add_argument("--student-config", type=R.gpt_size, default={}, metavar="KEY=N,...",
+    p.add_argument("--student-config", type=A.gpt_size, default={}, metavar="KEY=N,...",
                    help="the student's size, changed from " + ",".join(f"{k}={v}" for k, v in STUDENT_SIZE.items()) +
                         " (any of n_layer, n_head, n_embd; vocabulary and horizon are the teacher's)")
     _run_options(p, "runs/distill.npz", "checkpoint path (.npz); an existing run there is resumed", 300, 64,
                  "samples per step", 3e-3, "AdamW learning rate", "seed of the student's weights and every sample")
-    p.add_argument("--checkpoint-every", type=R.positive_int, metavar="N", default=50, help="steps between checkpoints")
-    p.add_argument("--eval-samples", type=R.count(2, 1_000_000, "a standard error needs at least two"), metavar="N",
+    p.add_argument("--checkpoint-every", type=A.positive_int, metavar="N", default=50, help="steps between checkpoints")
+    p.add_argument("--eval-samples", type=A.count(2, 1_000_000, "a standard error needs at least two"), metavar="N",
                    default=1000, help="fresh samples for the final report")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _device_option(p)
@@ -245,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tour", help="the whole course in one run: base model, reward model, RLHF, DPO, GDC, f-DPG",
                        formatter_class=_fmt())
-    p.add_argument("--out", type=R.output_dir, default="runs/tour", metavar="DIR", help="folder for report.md and its plots")
+    p.add_argument("--out", type=A.output_dir, default="runs/tour", metavar="DIR", help="folder for report.md and its plots")
     p.add_argument("--pretrain", action="store_true", help="pretrain the base model instead of loading the committed one")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
     _device_option(p)
@@ -313,7 +315,7 @@ def _course_restore(args):
 
 
 def _course_check(args):
-    from .course_check import check
+    from .course.check import check
 
     problems = check(args.names or None)
     for p in problems:
@@ -351,7 +353,7 @@ def _course_parser(sub):
     c.add_argument("--assignment", default=None, help="the assignment (default: read from the tree's handout)")
     c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
     c.add_argument("--json", default=None, metavar="PATH", help="write Gradescope's results.json here")
-    c.add_argument("--timeout", type=R.positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+    c.add_argument("--timeout", type=A.positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                    help="seconds the tests may run")
     c.set_defaults(fn=_course_grade)
     c = actions.add_parser("restore", help="put the solution back into an untouched student repository",

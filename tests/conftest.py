@@ -66,7 +66,7 @@ settings.register_profile(
     "ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 settings.register_profile("dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-# The course grader's (minialign/course.py): the examples of "ci", without shrinking a failure to its smallest
+# The course grader's (minialign/course/grade.py): the examples of "ci", without shrinking a failure to its smallest
 # example (a grade needs pass or fail; students see the small example in their own runs).
 settings.register_profile("grading", parent=settings.get_profile("ci"),
                           phases=[p for p in Phase if p.name not in ("shrink", "explain")])

@@ -1,4 +1,4 @@
-"""The course's release check (minialign/course.py), for every assignment of course/*.toml:
+"""The course's release check (minialign/course/), for every assignment of course/*.toml:
 
 (a) in the student tree every test of the assignment fails, and fails at one of its stubs (NotImplementedError,
     not an import error);
@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from minialign import course, course_check
+from minialign import course
+from minialign.course import check as course_check
 from minialign.cli import main
-from minialign.course_plugin import stubs_of
+from minialign.course.plugin import stubs_of
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENTS = list(course.assignments(ROOT)) if (ROOT / "course").is_dir() else []

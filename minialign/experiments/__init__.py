@@ -15,10 +15,10 @@ def study_parser(name: str, doc: str, quick_help: str):
     options, with the checked argument types of the main command line (``registry.py``)."""
     import argparse
 
-    from .. import registry as R
+    from .. import argtypes as A
 
     parser = argparse.ArgumentParser(prog=f"python -m minialign.experiments {name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=R.output_dir, default=f"runs/{name}", metavar="DIR", help="folder for the results")
+    parser.add_argument("--out", type=A.output_dir, default=f"runs/{name}", metavar="DIR", help="folder for the results")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     return parser

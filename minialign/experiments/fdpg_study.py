@@ -673,13 +673,13 @@ def fdpg_study(out="runs/fdpg_study", quick=False, progress=True, names=True, lr
 
 
 def main(argv=None):
-    from .. import registry as R
+    from .. import argtypes as A
     from . import study_parser
 
     parser = study_parser("fdpg_study", __doc__, "one seed, few steps (for tests)")
     parser.add_argument("--no-names", action="store_true", help="only the exact-lab part")
-    parser.add_argument("--lr", type=R.learning_rate, default=LR, help=f"AdamW learning rate of the paths (default {LR:g})")
-    parser.add_argument("--steps", type=R.positive_int, default=None, help=f"steps per path (default {STEPS}; 20 with --quick)")
+    parser.add_argument("--lr", type=A.learning_rate, default=LR, help=f"AdamW learning rate of the paths (default {LR:g})")
+    parser.add_argument("--steps", type=A.positive_int, default=None, help=f"steps per path (default {STEPS}; 20 with --quick)")
     args = parser.parse_args(argv)
     fdpg_study(args.out, quick=args.quick, names=not args.no_names, lr=args.lr, steps=args.steps)
     return 0

@@ -345,15 +345,15 @@ def gdc_study(out="runs/gdc_study", quick=False, part="all", progress=True, comp
 
 
 def main(argv=None):
-    from .. import registry as R
+    from .. import argtypes as A
     from . import study_parser
 
     parser = study_parser("gdc_study", __doc__, "tiny settings (seconds), for tests")
     parser.add_argument("--part", choices=("compare", "budgets", "distill", "all"), default="all")
     # --steps, --batch-size and --lr apply to compare and distill; budgets runs its own list (BUDGETS)
-    parser.add_argument("--steps", type=R.positive_int, help="training steps (compare: per run; distill: in all)")
-    parser.add_argument("--batch-size", type=R.positive_int, help="samples per step")
-    parser.add_argument("--lr", type=R.learning_rate, help="AdamW learning rate")
+    parser.add_argument("--steps", type=A.positive_int, help="training steps (compare: per run; distill: in all)")
+    parser.add_argument("--batch-size", type=A.positive_int, help="samples per step")
+    parser.add_argument("--lr", type=A.learning_rate, help="AdamW learning rate")
     args = parser.parse_args(argv)
     kw = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     gdc_study(args.out, quick=args.quick, part=args.part, compare_kw=kw, distill_kw=kw)

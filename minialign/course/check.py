@@ -21,9 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .course import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, CourseError, Grade, Run, Task,
-                     assignments, cuts_by_file, grade, handout, load, make, marked_files, project_files, region_names,
-                     require_repository, restore, run_tests, split_spec, tomllib, tree_differences, write_tree)
+from .cut import cuts_by_file, region_names, split_spec
+from .grade import Grade, Run, grade, run_tests
+from .handout import handout
+from .manifest import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, CourseError, Task, assignments, load,
+                       marked_files, require_repository, tomllib)
+from .tree import make, project_files, restore, tree_differences, write_tree
 
 
 # Not run in the tree with every unit stubbed: the release check's own tests (they build such trees themselves).

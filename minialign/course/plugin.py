@@ -1,6 +1,6 @@
 """The course grader's pytest plugin: it records, for every test, its task markers, its outcome and — for a
 failure — which course stub's ``NotImplementedError`` caused it, and writes them as JSON to the file named by
-``$MINIALIGN_COURSE_REPORT`` (``minialign/course.py`` reads it).
+``$MINIALIGN_COURSE_REPORT`` (``minialign/course/grade.py`` reads it).
 
 It imports nothing from minialign: the grader loads it from the instructor's copy before the tree under test
 is on the path. A record holds test names, outcomes, exception types and the first line of an exception's
