@@ -84,6 +84,8 @@ def gpt_size(text) -> dict:
         if not sep or key.strip() not in GPT_SIZE_FIELDS:
             raise argparse.ArgumentTypeError(f"expected KEY=VALUE pairs with KEY in {', '.join(GPT_SIZE_FIELDS)}, "
                                              f"separated by commas; got {part!r}")
+        if key.strip() in out:
+            raise argparse.ArgumentTypeError(f"{key.strip()} is given twice in {text!r}; give each size once")
         out[key.strip()] = positive_int(value.strip())
     if "n_embd" in out and "n_head" in out and out["n_embd"] % out["n_head"]:
         raise argparse.ArgumentTypeError(f"n_embd ({out['n_embd']}) must be a multiple of n_head ({out['n_head']})")
@@ -168,3 +170,91 @@ def gpt_parameters(n_layer: int, n_embd: int, block_size: int, vocab_size: int =
     """The number of weights of a GPT of this shape (embeddings, blocks and the final LayerNorm)."""
     per_block = 12 * n_embd * n_embd + 13 * n_embd
     return (vocab_size + block_size) * n_embd + n_layer * per_block + 2 * n_embd
+
+
+# ------------------------------------------------------------------------------------------- budgets
+ENGINE_FLOPS = 1e10  # floating-point operations per second of the NumPy engine on one core, as measured here
+TIME_LIMIT = 3600.0  # seconds a run may be estimated to take before it is refused (unless --i-know)
+I_KNOW = "--i-know"
+
+
+def memory_limit() -> float:
+    """Bytes a run may use: 80 % of the memory this machine has available now (8 GB where that is unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return 0.8 * int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return 0.4 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8e9
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:,.1f} GB" if n >= 1e8 else f"{n / 1e6:,.0f} MB"
+
+
+def _duration(s: float) -> str:
+    return f"{s / 3600:,.1f} h" if s >= 3600 else f"{s / 60:,.0f} min" if s >= 60 else f"{s:.0f} s"
+
+
+class OverBudget(ValueError):
+    """A run that would not fit in this machine's memory or would take hours, refused before any work."""
+
+
+def gpt_activation_bytes(n_layer: int, n_head: int, n_embd: int, block_size: int, vocab_size: int = 27) -> float:
+    """Bytes one sequence keeps for the backward pass (float32): per layer about 64·d values a position (a measured
+    bound: attention, MLP and LayerNorm inputs and outputs) and H·T attention weights, and the logits."""
+    return 4.0 * block_size * (n_layer * (64 * n_embd + 3 * n_head * block_size) + 4 * vocab_size)
+
+
+def check_budget(what: str, seconds: float, memory: float, lower: str, i_know: bool = False) -> None:
+    """Refuse (:class:`OverBudget`) work estimated to take more than :data:`TIME_LIMIT` or more memory than
+    :func:`memory_limit` allows, with a line that gives the estimate, the limit, what to lower and ``--i-know``."""
+    if i_know:
+        return
+    limit = memory_limit()
+    if memory > limit:
+        raise OverBudget(f"{what} needs about {_gb(memory)} of memory, and this machine has {_gb(limit)} to give: "
+                         f"lower {lower}, or add {I_KNOW} to try anyway")
+    if seconds > TIME_LIMIT:
+        raise OverBudget(f"{what} would take about {_duration(seconds)} on this engine (at ~{ENGINE_FLOPS / 1e9:g} "
+                         f"GFLOP/s; the limit without {I_KNOW} is {_duration(TIME_LIMIT)}): lower {lower}, or add "
+                         f"{I_KNOW} to run it anyway")
+
+
+def gpt_flops(cfg, sequences: float, passes: float) -> float:
+    """Operations of ``passes`` passes over ``sequences`` sequences of a GPT of config ``cfg`` (2 per weight and
+    token forward; a training step is 6: forward and backward)."""
+    params = gpt_parameters(cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size)
+    return passes * params * sequences * cfg.block_size
+
+
+def generation_bytes(cfg, n: float) -> float:
+    """Peak bytes of sampling (or scoring without gradients) ``n`` sequences at once: the KV cache, one layer's
+    values and the logits, float32."""
+    return 4.0 * n * cfg.block_size * (2 * cfg.n_layer * cfg.n_embd + 16 * cfg.n_embd + 4 * cfg.vocab_size)
+
+
+def train_bytes(cfg, batch: float) -> float:
+    """Bytes of a training step on ``batch`` sequences: weights, gradients and AdamW's moments, and activations."""
+    params = gpt_parameters(cfg.n_layer, cfg.n_embd, cfg.block_size, cfg.vocab_size)
+    return 16.0 * params + batch * gpt_activation_bytes(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size,
+                                                        cfg.vocab_size)
+
+
+def shape_nxv(text) -> str:
+    """A logits shape ``NxV`` (rows × vocabulary, positive whole numbers), e.g. 4096x32000."""
+    n, sep, v = str(text).lower().partition("x")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected a shape NxV such as 4096x32000; got {text!r}")
+    try:
+        rows, vocab = int(n), int(v)
+    except ValueError:
+        rows = vocab = 0
+    if not (1 <= rows <= 1 << 24 and 1 <= vocab <= 1 << 24):
+        raise argparse.ArgumentTypeError(f"expected a shape NxV of whole numbers from 1 to {1 << 24:,}; got {text!r}")
+    return f"{rows}x{vocab}"

@@ -23,6 +23,23 @@ def _backend(args):
     return backend_for(args.device)
 
 
+def _claim(out):
+    """Before any work: no other run writes ``--out`` (its lock is held until this process ends), and a file can be
+    made beside it; an error names the flag and the user's path."""
+    from .lock import Locked, acquire
+
+    try:
+        acquire(out)
+    except Locked:
+        raise
+    except OSError as e:
+        raise ValueError(f"argument --out: {e}") from None
+
+
+def _budget(args, what, seconds, memory, lower):
+    A.check_budget(what, seconds, memory, lower, i_know=args.i_know)
+
+
 def _pretrain(args):
     import time
 
@@ -38,6 +55,11 @@ def _pretrain(args):
                          f"this engine trains at most {A.PARAMETER_LIMIT:,} (lower --n-layer or --n-embd)")
     model_cfg = GPTConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
                           block_size=args.block_size, dropout=args.dropout)
+    _budget(args, f"pretraining {size:,} parameters for {args.steps:,} steps of {args.batch_size:,} names",
+            (A.gpt_flops(model_cfg, args.steps * args.batch_size, 6) + A.gpt_flops(model_cfg, args.samples, 2))
+            / A.ENGINE_FLOPS, max(A.train_bytes(model_cfg, args.batch_size), A.generation_bytes(model_cfg, 4096)),
+            "--steps, --batch-size, --n-layer or --n-embd")
+    _claim(args.out)
     cfg = PretrainConfig(model=model_cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          eval_every=args.eval_every, seed=args.seed)
     t0 = time.perf_counter()
@@ -55,6 +77,8 @@ def _sample(args):
     model = load_base(args.checkpoint)
     if args.top_k is not None and args.top_k > model.config.vocab_size:
         raise ValueError(f"--top-k must be at most the vocabulary size ({model.config.vocab_size}); got {args.top_k}")
+    _budget(args, f"sampling {args.n:,} names", A.gpt_flops(model.config, args.n, 2) / A.ENGINE_FLOPS,
+            A.generation_bytes(model.config, min(args.n, SAMPLE_CHUNK)), "-n")
     _print_samples(model, args.n, args.seed, args.temperature, args.top_k)
     return 0
 
@@ -95,12 +119,18 @@ def _align(args):
     if spec.check_train is not None:
         spec.check_train(opts, cfg)
     base_path = args.base or tasks.BASE_CHECKPOINT
-    if out.resolve() == base_path.resolve():
-        raise ValueError(f"--out {out} is the --base checkpoint; a run must not overwrite its own base model: "
-                         "choose another --out")
+    _claim_inputs(out, base=base_path, pairs=opts.get("pairs"))
     base = tasks.load_base(base_path, backend=backend)
-    check_resumable(out, {"kind": "align", "base": fingerprint(base), **spec.identity(opts), **cfg.identity()},
-                    args.fresh)  # before any work: a damaged checkpoint or another run's is refused now
+    _align_budget(args, spec, opts, base.config)
+    _claim(out)
+    done = check_resumable(out, {"kind": "align", "base": fingerprint(base), **spec.identity(opts), **cfg.identity()},
+                           args.fresh)  # before any work: a damaged checkpoint or another run's is refused now
+    if done is not None and done >= args.steps:  # said before the reward model or the EBM is made again
+        print(f"{out}: this run is already complete ({done} of {args.steps} steps); nothing to do (more --steps "
+              "continues it, --fresh starts it again)")
+        print(f"checkpoint: {out}")
+        print("aligned samples:", ", ".join(tasks.samples(tasks.load_base(out, backend=backend), 12, args.seed)))
+        return 0
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
     ingredients = R.prepare(spec, opts, base, args.seed, progress=not args.quiet)
     result = spec.run(ingredients, opts, cfg, base, out, args.fresh, not args.quiet,
@@ -112,12 +142,68 @@ def _align(args):
     return 0
 
 
+def _claim_inputs(out, **inputs):
+    """``--out`` is none of the run's inputs (checked before they are read)."""
+    from pathlib import Path
+
+    why = {"teacher": "it is the teacher, and the student would be written over it",
+           "base": "a run must not overwrite its own base model"}
+    for flag, path in inputs.items():
+        if path is not None and Path(out).resolve() == Path(path).resolve():
+            raise ValueError(f"--out {out} is the --{flag} file: {why.get(flag, 'an input of this run')}; choose "
+                             "another --out")
+
+
+def _align_budget(args, spec, opts, base_cfg):
+    """Time and memory of an alignment run, estimated before any work: its ingredients (simulated pairs, the
+    reward model's data, the EBM's samples), its steps (sampling, the reference, the policy's forward and
+    backward ``--epochs`` times) and the final fresh samples."""
+    epochs = opts.get("epochs") or 1
+    b, steps = args.batch_size, args.steps
+    ops = A.gpt_flops(base_cfg, steps * b, 2 + 2 + 6 * epochs)  # sample, reference, train
+    peak = 2 * A.train_bytes(base_cfg, b)
+    lower = "--steps, --batch-size"
+    if "epochs" in opts:
+        lower += ", --epochs"
+    for flag, dest, passes in (("--n-pairs", "n_pairs", 4), ("--ebm-samples", "ebm_samples", 2),
+                               ("--eval-samples", "eval_samples", 4)):
+        n = opts.get(dest)
+        if n is not None:
+            ops += A.gpt_flops(base_cfg, n, passes)
+            peak = max(peak, A.generation_bytes(base_cfg, n))
+            lower += f", {flag}"
+    _budget(args, f"align {spec.name} ({steps:,} steps of {b:,} samples"
+            + (f", {epochs:,} epochs each" if epochs > 1 else "") + ")", ops / A.ENGINE_FLOPS, peak, lower)
+
+
 def _distill(args):
     from . import tasks
+    from .gpt import GPTConfig
     from .trainers.common import TrainConfig
+    from .trainers.distill import STUDENT_SIZE
 
+    _claim_inputs(args.out, teacher=args.teacher)
     backend = _backend(args)
     teacher = tasks.load_base(args.teacher, backend=backend)
+    t = teacher.config
+    size = {**STUDENT_SIZE, **args.student_config}
+    if size["n_embd"] % size["n_head"]:
+        raise ValueError(f"argument --student-config: n_embd ({size['n_embd']}) must be a multiple of n_head "
+                         f"({size['n_head']})")
+    student = GPTConfig(**size, vocab_size=t.vocab_size, block_size=t.block_size)
+    params = A.gpt_parameters(student.n_layer, student.n_embd, student.block_size, student.vocab_size)
+    if params > A.PARAMETER_LIMIT:
+        raise ValueError(f"argument --student-config: {','.join(f'{k}={v}' for k, v in size.items())} makes a student "
+                         f"of {params:,} parameters; this engine trains at most {A.PARAMETER_LIMIT:,} (lower n_layer "
+                         "or n_embd)")
+    ops = A.gpt_flops(t, args.steps * args.batch_size, 4) + A.gpt_flops(student, args.steps * args.batch_size, 8) \
+        + A.gpt_flops(t, args.eval_samples, 6) + A.gpt_flops(student, args.eval_samples, 6)
+    peak = max(A.train_bytes(student, args.batch_size) + A.generation_bytes(t, args.batch_size),
+               A.generation_bytes(t, args.eval_samples) + A.generation_bytes(student, args.eval_samples))
+    _budget(args, f"distill ({params:,} student parameters, {args.steps:,} steps of {args.batch_size:,} samples, "
+            f"{args.eval_samples:,} fresh samples)", ops / A.ENGINE_FLOPS, peak,
+            "--steps, --batch-size, --eval-samples or --student-config")
+    _claim(args.out)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
     print("teacher samples:", ", ".join(tasks.samples(teacher, 12, args.seed)))
@@ -132,7 +218,11 @@ def _distill(args):
 
 
 def _tour(args):
+    from pathlib import Path
+
     from .tour import run_tour
+
+    _claim(Path(args.out) / "tour")  # one tour at a time in a folder: the lock is DIR/tour.lock
 
     return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain, backend=_backend(args))
 
@@ -160,8 +250,16 @@ def _fmt():
     return lambda prog: _Help(prog, max_help_position=34, width=110)
 
 
+def _i_know(p):
+    p.add_argument(A.I_KNOW, action="store_true",
+                   help="run even when the estimate says it would not fit in memory or would take more than "
+                        f"{A.TIME_LIMIT / 3600:g} h")
+
+
 def _run_options(p, out, out_help, steps, batch, batch_help, lr, lr_help, seed_help):
-    """The options every training command shares: where its checkpoint goes, and its optimiser's knobs."""
+    """The options every training command shares: where its checkpoint goes, its optimiser's knobs, and
+    ``--i-know`` (past the budget check)."""
+    _i_know(p)
     p.add_argument("--out", type=A.output_file(".npz"), default=out, metavar="PATH", help=out_help)
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     p.add_argument("--steps", type=A.positive_int, metavar="N", default=steps, help="optimizer steps")
@@ -200,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=A.positive_float, metavar="X", default=1.0, help="softmax temperature")
     p.add_argument("--top-k", type=A.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
     p.add_argument("--seed", type=A.seed, metavar="N", default=0, help="sampling seed")
+    _i_know(p)
     p.set_defaults(fn=_sample)
 
     p = sub.add_parser("align", help="align the base model: " + ", ".join(R.METHODS))
@@ -374,10 +473,14 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 
 def main(argv=None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("once")  # a warning is shown once per run, however often it is raised
-        warnings.showwarning = _one_line_warning
-        return _main(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("once")  # a warning is shown once per run, however often it is raised
+            warnings.showwarning = _one_line_warning
+            return _main(argv)
+    except KeyboardInterrupt:  # a Ctrl-C that lands between the command's own handlers: still status 130
+        _ignore_interrupts()
+        return 130
 
 
 def _main(argv):
@@ -385,6 +488,7 @@ def _main(argv):
     from threadpoolctl import threadpool_limits
 
     from .backend import tune_allocator
+    from .lock import Locked, release_all
     from .loop import Interrupted
 
     threadpool_limits(limits=args.threads, user_api="blas")
@@ -393,18 +497,34 @@ def _main(argv):
     try:
         return args.fn(args)
     except Interrupted as e:
+        _ignore_interrupts()
         print(f"minialign {command}: {e}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print(f"minialign {command}: interrupted before training started; nothing was saved", file=sys.stderr)
+        _ignore_interrupts()
+        print(f"minialign {command}: interrupted; any checkpoint at --out is as it was before", file=sys.stderr)
         return 130
     except MemoryError as e:
         print(f"minialign {command}: error: out of memory ({e or 'an allocation failed'}); use smaller sizes "
               "(--batch-size, the model's, or the number of samples)", file=sys.stderr)
         return 2
+    except Locked as e:
+        print(f"minialign {command}: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, FloatingPointError) as e:
         print(f"minialign {command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        release_all()
+
+
+def _ignore_interrupts():
+    """After an interrupt, more Ctrl-C only repeat it: the run ends with its message and status 130."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

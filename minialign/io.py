@@ -52,12 +52,18 @@ def save(path, state: dict) -> Path:
 
 def atomic_write(path, write, binary: bool = True) -> Path:
     """Call ``write(fh)`` on a temporary file beside ``path``, then rename it over ``path``: the file
-    appears whole or not at all, and an interrupted write leaves any earlier file intact."""
+    appears whole or not at all, and an interrupted write leaves any earlier file intact.
+
+    The temporary file's name carries this process's id (``PATH.PID.XXXX.tmp``): each writer has its own, and
+    the only ones removed here are those whose writer is gone (killed during a write). An error names ``path``,
+    never the temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for stale in path.parent.glob(path.name + ".*.tmp"):  # left by a write that was killed
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp")
+    except OSError as e:
+        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
             write(fh)
@@ -67,11 +73,23 @@ def atomic_write(path, write, binary: bool = True) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
         raise
     return path
+
+
+def _remove_orphans(path: Path) -> None:
+    """Remove the temporary files of ``path`` left by writers that no longer run (never a live writer's)."""
+    from .lock import pid_alive
+
+    for stale in path.parent.glob(path.name + ".*.tmp"):
+        pid = stale.name[len(path.name) + 1:].split(".", 1)[0]
+        if not pid.isdigit() or (int(pid) != os.getpid() and not pid_alive(int(pid))):  # no pid: an older version's
+            stale.unlink(missing_ok=True)
 
 
 class NotACheckpoint(ValueError):

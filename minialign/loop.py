@@ -50,12 +50,49 @@ def _json(x) -> str:
     return json.dumps(x, sort_keys=True, default=float)
 
 
+FLAGS = {"base": "--base (its weights)", "teacher": "--teacher (its weights)", "teacher_path": "--teacher",
+         "pairs_sha256": "--pairs (its contents)", "model": "", **{k: k for k in ("command", "kind", "method")}}
+SHOWN = 3  # differences named in a refusal; the others are counted
+
+
+def _flag(key: str) -> str:
+    """The command-line flag of an identity key (``beta`` → ``--beta``; a nested key under its parent's)."""
+    parent, _, leaf = key.rpartition(".")
+    if parent:
+        head = _flag(parent)
+        return f"{head} {leaf}" if head else f"--{leaf.replace('_', '-')}"
+    return FLAGS.get(key, f"--{key.replace('_', '-')}")
+
+
+def _flat(identity: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in identity.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _short(value) -> str:
+    text = value if isinstance(value, str) else _json(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _differences(saved: dict, now: dict) -> list[str]:
+    """The settings that differ, by flag: a different command or kind of run alone, since the rest follows."""
+    saved, now = _flat(saved), _flat(now)
+    for key in ("kind", "command", "method"):
+        a, b = str(saved.get(key, "")), str(now.get(key, ""))
+        if a and b and a != b and (key != "method" or a.split("-")[0] != b.split("-")[0]):
+            return [f"{key}: {a} in the checkpoint, {b} now"]
     out = []
-    for key in sorted(set(saved) | set(now)):
+    for key in sorted((set(saved) | set(now)) - {"method"}):
         a, b = saved.get(key, "(not set)"), now.get(key, "(not set)")
         if _json(a) != _json(b):
-            out.append(f"{key}: {a} in the checkpoint, {b} now")
+            out.append(f"{_flag(key)}: {_short(a)} in the checkpoint, {_short(b)} now")
+    if len(out) > SHOWN:
+        out = out[:SHOWN] + [f"and {len(out) - SHOWN} more"]
     return out
 
 
@@ -103,6 +140,22 @@ def _deferred_interrupts():
         signal.signal(signal.SIGINT, previous)
 
 
+def _one_writer(fn):
+    """``fn`` runs holding the lock of its checkpoint path (``out=``, or a config's ``.out``): a second run on the
+    same path is refused at once (:class:`~minialign.lock.Locked`) instead of writing over this one."""
+    import functools
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        from .lock import hold
+
+        out = kwargs.get("out", next((getattr(a, "out") for a in args if hasattr(a, "out")), None))
+        with hold(out):
+            return fn(*args, **kwargs)
+    return locked
+
+
+@_one_writer
 def fit(step, steps: int, *, model, optimizer, out=None, identity: dict | None = None, rngs: dict | None = None,
         state=None, history: dict | None = None, checkpoint_every: int | None = None, fresh: bool = False,
         progress: bool = True, desc: str = "train", show=None, on_step=None, stop=None, say=print) -> dict:
@@ -178,6 +231,8 @@ def fit(step, steps: int, *, model, optimizer, out=None, identity: dict | None =
         except Interrupted:
             raise
         except KeyboardInterrupt:  # a second Ctrl-C, inside a step: keep the last finished one
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a third Ctrl-C must not cut this save short
             save(saved)
             raise Interrupted(done, out) from None
         finally:
@@ -209,18 +264,20 @@ def _refuse_other_runs(out, saved_identity: dict, identity: dict, only_known: bo
         saved_identity = {k: v for k, v in saved_identity.items() if k in now}
     diffs = _differences(saved_identity, now)
     if diffs:
-        raise RunMismatch(f"{out} was written by a different run ({'; '.join(diffs)}). Rerun with the checkpoint's "
-                          "settings to resume it, or start afresh: --fresh (overwrites it) or another --out")
+        raise RunMismatch(f"{out} was written by a different run ({'; '.join(diffs)}): rerun with its settings to "
+                          "resume it, or start afresh with --fresh (overwrites it) or another --out")
 
 
-def check_resumable(out, identity: dict | None = None, fresh: bool = False) -> None:
+def check_resumable(out, identity: dict | None = None, fresh: bool = False) -> int | None:
     """Before any work: refuse (RunMismatch) a checkpoint at ``out`` that :func:`fit` could not resume — a damaged
     file, a model without a record of its run, or a run whose identity differs in any of the settings given in
-    ``identity`` (a part of the full identity is enough: the others are checked when the run starts)."""
+    ``identity`` (a part of the full identity is enough: the others are checked when the run starts). Returns the
+    steps the checkpoint has finished (None when there is none to resume)."""
     if fresh or out is None or not Path(out).exists():
-        return
-    _, run = _saved_run(out)
+        return None
+    saved, run = _saved_run(out)
     _refuse_other_runs(out, run["identity"], identity or {}, only_known=True)
+    return int(saved["step"])
 
 
 def _resume(out, steps, model, optimizer, identity, rngs, dropout, state, history) -> int:
