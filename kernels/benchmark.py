@@ -16,7 +16,7 @@
 
 ``--smoke`` runs every section at tiny sizes — on the CPU through Triton's interpreter when there is no CUDA
 device — so that CI proves the code paths; its timings mean nothing and it says so. Without CUDA and without
-``--smoke`` nothing is measured: a message says so and the exit status is 0.
+``--smoke`` nothing is measured: a line says so and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -27,32 +27,60 @@ import time
 
 from .memory import COMPULSORY_PASSES
 
+DESCRIPTION = """The Triton kernels against what a user would pick instead, each a ratio measured in one run on a CUDA
+device: (a) fdiv, the fused log-prob + f-divergence kernels vs torch eager, torch.compile and Liger-Kernel;
+(b) linear, the chunked output head vs the written-out one; (c) attention, flash attention vs SDPA-flash;
+(d) gpt, a GPT training step, engine + kernels vs torch eager; (e) tour, the names tour on the GPU vs the CPU
+(only when named in --only). --smoke runs every section at tiny sizes, on the CPU through Triton's interpreter
+(its timings mean nothing)."""
 GOALS = {"fused_vs_eager": 3.0, "fused_vs_copy_bandwidth": 0.85, "fused_vs_liger": 1.0, "attention_vs_sdpa": 0.8}
 DTYPES = {"bf16": "bfloat16", "fp32": "float32"}
 
 
-def _parse(argv):
-    parser = argparse.ArgumentParser(prog="python -m minialign.bench kernels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_options(parser):
+    """The options of ``python -m minialign.bench kernels``, with the checked value types of the main command line."""
+    from minialign import argtypes as A
+
+    sizes = A.count(1, 1 << 20)
     parser.add_argument("--only", nargs="+", choices=["fdiv", "linear", "attention", "gpt", "tour"], default=None,
-                        help="sections to run (default: fdiv linear attention gpt; tour only when named)")
-    parser.add_argument("--cases", nargs="+", default=["4096x32000", "16384x50257", "32768x128256"],
-                        help="(a) logits shapes NxV")
-    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"], help="(a) dtypes")
+                        metavar="SECTION", help="sections to run: fdiv, linear, attention, gpt, tour (default: fdiv "
+                                                "linear attention gpt; tour only when named)")
+    parser.add_argument("--cases", nargs="+", type=A.shape_nxv, default=["4096x32000", "16384x50257", "32768x128256"],
+                        metavar="NxV", help="(a) logits shapes, rows x vocabulary (default: 4096x32000 16384x50257 "
+                                            "32768x128256)")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["bf16", "fp32"], metavar="DTYPE",
+                        help="(a) dtypes: bf16, fp32 (default: bf16 fp32)")
     parser.add_argument("--fs", nargs="+", choices=["kl", "reverse_kl", "js", "tv"], default=["js", "reverse_kl"],
-                        help="(a) members (js and reverse_kl are the ones Liger also has)")
-    parser.add_argument("--linear-vocabs", type=int, nargs="+", default=[4096, 8192, 16384, 32768, 50257, 131072],
-                        help="(b) vocabularies of the head crossover")
-    parser.add_argument("--linear-tokens", type=int, default=16384, help="(b) rows N")
-    parser.add_argument("--linear-dim", type=int, default=768, help="(b) hidden size d")
-    parser.add_argument("--seq", type=int, nargs="+", default=[1024, 2048, 4096, 8192], help="(c) lengths T")
-    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128], help="(c) head dims")
-    parser.add_argument("--attn-tokens", type=int, default=16 * 1024, help="(c) B*T per run")
-    parser.add_argument("--attn-width", type=int, default=1024, help="(c) heads x head dim")
-    parser.add_argument("--rep", type=int, default=100, help="milliseconds of timed repetitions per case (CUDA)")
+                        metavar="F", help="(a) members: kl, reverse_kl, js, tv (default: js reverse_kl, the ones Liger "
+                                          "also has)")
+    parser.add_argument("--linear-vocabs", type=A.count(2, 1 << 20), nargs="+",
+                        default=[4096, 8192, 16384, 32768, 50257, 131072], metavar="V",
+                        help="(b) vocabularies of the head crossover (default: 4096 … 131072)")
+    parser.add_argument("--linear-tokens", type=sizes, default=16384, metavar="N", help="(b) rows N (default: 16384)")
+    parser.add_argument("--linear-dim", type=sizes, default=768, metavar="D", help="(b) hidden size d (default: 768)")
+    parser.add_argument("--seq", type=sizes, nargs="+", default=[1024, 2048, 4096, 8192], metavar="T",
+                        help="(c) lengths T (default: 1024 2048 4096 8192)")
+    parser.add_argument("--head-dims", type=A.count(1, 256), nargs="+", default=[64, 128], metavar="D",
+                        help="(c) head dims (default: 64 128)")
+    parser.add_argument("--attn-tokens", type=sizes, default=16 * 1024, metavar="N",
+                        help="(c) B·T per run (default: 16384)")
+    parser.add_argument("--attn-width", type=sizes, default=1024, metavar="N",
+                        help="(c) heads × head dim (default: 1024)")
+    parser.add_argument("--rep", type=A.count(1, 60_000), default=100, metavar="MS",
+                        help="milliseconds of timed repetitions per case on CUDA (default: 100)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes; on the CPU through the interpreter")
-    return parser.parse_args(argv)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; on the CPU through Triton's interpreter")
+    return parser
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(prog="python -m minialign.bench kernels", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return add_options(parser).parse_args(argv)
+
+
+NO_DEVICE = ("the kernel benchmarks need a CUDA device, and there is none here: nothing was measured (--smoke runs "
+             "every section at tiny sizes through Triton's interpreter, to check the code)")
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -430,13 +458,13 @@ def run_sections(args, device, sections):
 
 def main(argv=None):
     """The kernel-level sections alone (``minialign.bench kernels`` adds the GPT step and the tour)."""
+    import sys
+
     args = _parse(argv)
     device = device_for(args.smoke)
     if device is None:
-        print("The kernel benchmarks need a CUDA device; none is available here, so nothing was measured. "
-              "(`--smoke` runs every section at tiny sizes through Triton's interpreter, to check the code; the "
-              "kernels themselves are tested on the CPU: pytest tests/test_kernel_*.py tests/test_token_fdiv.py.)")
-        return 0
+        print(f"python -m minialign.bench kernels: error: {NO_DEVICE}", file=sys.stderr)
+        return 1
     if args.smoke:
         smoke_args(args)
     run_sections(args, device, args.only or ["fdiv", "linear", "attention"])

@@ -180,16 +180,19 @@ GPT_CONFIGS = [("names GPT (4 layers, 64 wide, V 27)", GPTConfig(), 64),
 SMOKE_GPT = [("tiny GPT (1 layer, 16 wide)", GPTConfig(n_layer=1, n_head=1, n_embd=16), 2)]
 
 
-def bench_kernels(argv):
-    """``python -m minialign.bench kernels``: the kernel sections (kernels/benchmark.py), the GPT step and the tour."""
+def bench_kernels(args):
+    """``python -m minialign.bench kernels``: the kernel sections (kernels/benchmark.py), the GPT step and the tour.
+    Without a CUDA device (and without ``--smoke``) nothing is measured: None."""
+    import sys
+
     from threadpoolctl import threadpool_limits
 
     from .kernels import benchmark as kb
 
-    args = kb._parse(argv)
     device = kb.device_for(args.smoke)
     if device is None:
-        return kb.main(argv)
+        print(f"python -m minialign.bench kernels: error: {kb.NO_DEVICE}", file=sys.stderr)
+        return None
     import torch
 
     threadpool_limits(limits=1, user_api="blas")
@@ -207,23 +210,58 @@ def bench_kernels(argv):
     return out
 
 
+def build_parser():
+    """``python -m minialign.bench engine|kernels``, with the checked value types of the main command line."""
+    import os
+
+    from . import argtypes as A
+    from .cli import _fmt, _i_know
+    from .kernels import benchmark as kb
+
+    parser = argparse.ArgumentParser(prog="python -m minialign.bench", formatter_class=_fmt(),
+                                     description="Benchmarks, printed as ratios against a reference measured in the "
+                                                 "same run.")
+    sub = parser.add_subparsers(dest="what", required=True, metavar="BENCH")
+    e = sub.add_parser("engine", formatter_class=_fmt(),
+                       help="a GPT training step on our engine vs the same model in torch eager (CPU)",
+                       description="A GPT training step (forward, backward, AdamW) of the names model on the NumPy "
+                                   "engine vs the same model in torch eager on the CPU, same weights, same threads: "
+                                   "the median of --repeats steps of each, and their ratio.")
+    e.add_argument("--batch-size", type=A.count(1, 4096), default=64, metavar="N", help="names per step")
+    e.add_argument("--repeats", type=A.count(1, 10_000), default=20, metavar="N",
+                   help="timed steps of each (the median is printed)")
+    e.add_argument("--threads", type=A.count(1, os.cpu_count() or 1, "the cores of this machine"), default=1,
+                   metavar="N", help="threads for both NumPy's BLAS and torch")
+    _i_know(e)
+    k = sub.add_parser("kernels", formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=110),
+                       help="the Triton kernels vs torch eager, torch.compile and Liger-Kernel (CUDA; --smoke on the "
+                            "CPU)", description=kb.DESCRIPTION)
+    kb.add_options(k)
+    return parser
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m minialign.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["engine", "kernels"])
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=1, help="threads for both NumPy's BLAS and torch")
-    args, rest = parser.parse_known_args(argv)
+    import sys
+
+    from . import argtypes as A
+
+    args = build_parser().parse_args(argv)
     if args.what == "kernels":
-        bench_kernels(rest)
-        return 0
+        return 0 if bench_kernels(args) is not None else 1
+    cfg = GPTConfig()
+    try:
+        A.check_budget(f"bench engine ({args.repeats:,} steps of {args.batch_size:,} names, twice)",
+                       A.gpt_flops(cfg, 2 * (args.repeats + 1) * args.batch_size, 6) / A.ENGINE_FLOPS,
+                       2 * A.train_bytes(cfg, args.batch_size), "--repeats or --batch-size", args.i_know)
+    except A.OverBudget as e:
+        print(f"python -m minialign.bench engine: error: {e}", file=sys.stderr)
+        return 2
     cfg, b, t_ours, t_torch = bench_engine(args.batch_size, args.repeats, threads=args.threads)
     print(f"GPT training step (forward + backward + AdamW), CPU, {args.threads} thread(s), batch {b} x "
           f"{cfg.block_size} tokens, {cfg.n_layer} layers, {cfg.n_head} heads, n_embd {cfg.n_embd}, "
           f"vocab {cfg.vocab_size}")
-    print(f"  minialign engine : {t_ours * 1e3:8.2f} ms/step")
-    print(f"  torch eager      : {t_torch * 1e3:8.2f} ms/step")
+    print(f"  minialign engine : {t_ours * 1e3:8.2f} ms/step (median of {args.repeats})")
+    print(f"  torch eager      : {t_torch * 1e3:8.2f} ms/step (median of {args.repeats})")
     print(f"  ratio ours/torch : {t_ours / t_torch:8.3f}  (<= 1.0 means at least as fast as torch eager)")
     return 0
 

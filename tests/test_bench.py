@@ -26,12 +26,16 @@ def test_the_kernel_benchmark_runs_every_section_in_smoke_mode(capsys, triton):
 
 
 @pytest.mark.parametrize("argv", [[], ["--only", "attention"]])
-def test_without_cuda_and_without_smoke_nothing_is_measured(argv, capsys, triton):
+def test_without_cuda_and_without_smoke_nothing_is_measured_and_the_exit_status_says_so(argv, capsys, triton):
     import torch
 
     from minialign.bench import main
+    from minialign.kernels.benchmark import main as kernels_main
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device: the benchmark would measure")
-    assert main(["kernels"] + argv) == 0
-    assert "nothing was measured" in capsys.readouterr().out
+    assert main(["kernels"] + argv) == 1
+    err = capsys.readouterr().err
+    assert "nothing was measured" in err and "CUDA" in err and len(err.strip().splitlines()) == 1
+    assert kernels_main(argv) == 1
+    assert "nothing was measured" in capsys.readouterr().err
