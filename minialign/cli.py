@@ -162,18 +162,17 @@ def _align_budget(args, spec, opts, base_cfg):
     b, steps = args.batch_size, args.steps
     ops = A.gpt_flops(base_cfg, steps * b, 2 + 2 + 6 * epochs)  # sample, reference, train
     peak = 2 * A.train_bytes(base_cfg, b)
-    lower = "--steps, --batch-size"
-    if "epochs" in opts:
-        lower += ", --epochs"
+    lower = ["--steps", "--batch-size"] + (["--epochs"] if "epochs" in opts else [])
     for flag, dest, passes in (("--n-pairs", "n_pairs", 4), ("--ebm-samples", "ebm_samples", 2),
                                ("--eval-samples", "eval_samples", 4)):
         n = opts.get(dest)
         if n is not None:
             ops += A.gpt_flops(base_cfg, n, passes)
             peak = max(peak, A.generation_bytes(base_cfg, n))
-            lower += f", {flag}"
-    _budget(args, f"align {spec.name} ({steps:,} steps of {b:,} samples"
-            + (f", {epochs:,} epochs each" if epochs > 1 else "") + ")", ops / A.ENGINE_FLOPS, peak, lower)
+            lower.append(flag)
+    _budget(args, f"align {spec.name} ({steps:,} step{'s' * (steps > 1)} of {b:,} samples"
+            + (f", {epochs:,} epochs each" if epochs > 1 else "") + ")", ops / A.ENGINE_FLOPS, peak,
+            ", ".join(lower[:-1]) + " or " + lower[-1])
 
 
 def _distill(args):

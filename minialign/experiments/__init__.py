@@ -10,15 +10,44 @@ STUDIES = {
 }
 
 
-def study_parser(name: str, doc: str, quick_help: str):
+def plain(doc: str) -> str:
+    """A module docstring as a --help description: without its usage line and without Markdown or RST markup."""
+    import re
+
+    lines = [line for line in doc.strip().splitlines() if not line.startswith("``python -m")]
+    text = "\n".join(lines)
+    text = re.sub(r"\*\*(.+?)\*\*", r"\1", text)
+    text = re.sub(r"``(.+?)``", r"\1", text)
+    text = re.sub(r"(?<![\w*])\*([^*\n]+?)\*(?![\w*])", r"\1", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+def study_parser(name: str, doc: str, quick_help: str, parser=None):
     """The command line of a study: ``--out`` (default ``runs/NAME``) and ``--quick``; the study adds its own
-    options, with the checked argument types of the main command line (``registry.py``)."""
+    options, with the checked argument types of the main command line (``argtypes.py``). ``parser`` is a
+    subcommand's parser of ``python -m minialign.experiments`` (a new parser when None)."""
     import argparse
 
     from .. import argtypes as A
 
-    parser = argparse.ArgumentParser(prog=f"python -m minialign.experiments {name}", description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=A.output_dir, default=f"runs/{name}", metavar="DIR", help="folder for the results")
+    if parser is None:
+        parser = argparse.ArgumentParser(prog=f"python -m minialign.experiments {name}", description=plain(doc),
+                                         formatter_class=formatter)
+    parser.add_argument("--out", type=A.output_dir, default=f"runs/{name}", metavar="DIR",
+                        help="folder for the results")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     return parser
+
+
+def formatter(prog):
+    """Paragraphs of the description kept, every option's default written "(default: X)"."""
+    import argparse
+
+    class Help(argparse.RawDescriptionHelpFormatter):
+        def _get_help_string(self, action):
+            text = action.help or ""
+            if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+                return text
+            return f"{text} (default: {action.default})"
+
+    return Help(prog, max_help_position=34, width=110)

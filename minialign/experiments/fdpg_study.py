@@ -672,17 +672,27 @@ def fdpg_study(out="runs/fdpg_study", quick=False, progress=True, names=True, lr
     return records
 
 
-def main(argv=None):
+def options(parser=None):
+    """The study's command line (``parser``: its subcommand of ``python -m minialign.experiments``, or a new one)."""
     from .. import argtypes as A
     from . import study_parser
 
-    parser = study_parser("fdpg_study", __doc__, "one seed, few steps (for tests)")
+    parser = study_parser("fdpg_study", __doc__, "one seed, few steps (for tests)", parser)
     parser.add_argument("--no-names", action="store_true", help="only the exact-lab part")
-    parser.add_argument("--lr", type=A.learning_rate, default=LR, help=f"AdamW learning rate of the paths (default {LR:g})")
-    parser.add_argument("--steps", type=A.positive_int, default=None, help=f"steps per path (default {STEPS}; 20 with --quick)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--lr", type=A.learning_rate, default=LR, metavar="X", help="AdamW learning rate of the paths")
+    parser.add_argument("--steps", type=A.count(1, 100_000), default=None, metavar="N",
+                        help=f"steps per path (default: {STEPS}; 20 with --quick)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args):
     fdpg_study(args.out, quick=args.quick, names=not args.no_names, lr=args.lr, steps=args.steps)
     return 0
+
+
+def main(argv=None):
+    return run(options().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -344,20 +344,33 @@ def gdc_study(out="runs/gdc_study", quick=False, part="all", progress=True, comp
     return result
 
 
-def main(argv=None):
+def options(parser=None):
+    """The study's command line (``parser``: its subcommand of ``python -m minialign.experiments``, or a new one)."""
     from .. import argtypes as A
+    from ..registry import BATCH_LIMIT
     from . import study_parser
 
-    parser = study_parser("gdc_study", __doc__, "tiny settings (seconds), for tests")
-    parser.add_argument("--part", choices=("compare", "budgets", "distill", "all"), default="all")
+    parser = study_parser("gdc_study", __doc__, "tiny settings (seconds), for tests", parser)
+    parser.add_argument("--part", choices=("compare", "budgets", "distill", "all"), default="all", metavar="PART",
+                        help="compare, budgets, distill or all")
     # --steps, --batch-size and --lr apply to compare and distill; budgets runs its own list (BUDGETS)
-    parser.add_argument("--steps", type=A.positive_int, help="training steps (compare: per run; distill: in all)")
-    parser.add_argument("--batch-size", type=A.positive_int, help="samples per step")
-    parser.add_argument("--lr", type=A.learning_rate, help="AdamW learning rate")
-    args = parser.parse_args(argv)
+    parser.add_argument("--steps", type=A.count(1, 100_000), metavar="N",
+                        help="training steps, per run in compare and in all in distill (default: the study's own)")
+    parser.add_argument("--batch-size", type=A.count(1, BATCH_LIMIT), metavar="N",
+                        help="samples per step (default: the study's own)")
+    parser.add_argument("--lr", type=A.learning_rate, metavar="X", help="AdamW learning rate (default: the study's own)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args):
     kw = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size), ("lr", args.lr)) if v is not None}
     gdc_study(args.out, quick=args.quick, part=args.part, compare_kw=kw, distill_kw=kw)
     return 0
+
+
+def main(argv=None):
+    return run(options().parse_args(argv))
 
 
 if __name__ == "__main__":
