@@ -258,3 +258,25 @@ def shape_nxv(text) -> str:
     if not (1 <= rows <= 1 << 24 and 1 <= vocab <= 1 << 24):
         raise argparse.ArgumentTypeError(f"expected a shape NxV of whole numbers from 1 to {1 << 24:,}; got {text!r}")
     return f"{rows}x{vocab}"
+
+
+# ------------------------------------------------------------------------------------------- help
+def with_default(text: str, default) -> str:
+    """``text`` with its default at the end as "(default: X)", wherever and however the text wrote it."""
+    import re
+
+    said = re.search(r"\s*\(default:? ([^()]*(?:\([^()]*\)[^()]*)*)\)", text)
+    if said:
+        text = text[:said.start()] + text[said.end():]
+    else:
+        said = re.search(r"[;,]\s*default:? ([^()]*?)(\)|$)", text)
+        if said:
+            text = text[:said.start()] + said.group(2) + text[said.end():]
+    if said:
+        phrase = said.group(1).strip()
+    elif default is None or default is False or default == argparse.SUPPRESS or default in ([], {}):
+        return text
+    else:
+        phrase = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+    text = re.sub(r"\s+([;,.])", r"\1", text).strip()
+    return f"{text} (default: {phrase})"

@@ -95,7 +95,7 @@ def _print_samples(model, n, seed, temperature, top_k):
         return
     tok = CharTokenizer()
     rng = np.random.default_rng(seed)
-    print(f"{n} samples (temperature {temperature}, top-k {top_k}):")
+    print(f"{n} samples (temperature {temperature}, " + (f"top-k {top_k}):" if top_k else "every token):"))
     for start in range(0, n, SAMPLE_CHUNK):
         ids, logp = model.generate(min(SAMPLE_CHUNK, n - start), rng=rng, temperature=temperature, top_k=top_k)
         for name, lp in zip(tok.decode_batch(ids), logp):
@@ -235,14 +235,36 @@ def _device_option(parser):
 
 
 class _Help(argparse.HelpFormatter):
-    """Every option's line ends with its default, unless the help already says what the default is."""
+    """One style for every option's line: its default last, written "(default: X)" — taken from the help where the
+    help says it in words, from the option otherwise."""
 
     def _get_help_string(self, action):
-        text = action.help or ""
-        default = action.default
-        if "default" in text or default is None or default is False or default == argparse.SUPPRESS or default == []:
-            return text
-        return f"{text} (default: {default})"
+        return A.with_default(action.help or "", action.default)
+
+
+def _metavar(kwargs: dict) -> dict:
+    """A placeholder in the house style for an option without one: N for whole numbers, X for other numbers."""
+    if "choices" in kwargs or kwargs.get("action") in ("store_true", "store_false"):
+        return kwargs
+    kind = kwargs.get("type")
+    if getattr(kind, "__name__", "") == "whole number":
+        return {**kwargs, "metavar": "N"}
+    if kind in (A.positive_float, A.clip_range, A.unit_interval, A.learning_rate) or "metavar" not in kwargs:
+        return {**kwargs, "metavar": "X"}
+    return kwargs
+
+
+def _describe(parser) -> None:
+    """Every command's --help opens with a description (its one-line help where it has none) in the one style."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                said = helps.get(name) or ""
+                sub.description = sub.description or said[:1].upper() + said[1:] + ("." if said else "")
+                if sub.formatter_class is argparse.HelpFormatter:
+                    sub.formatter_class = _fmt()
+                _describe(sub)
 
 
 def _fmt():
@@ -258,17 +280,18 @@ def _i_know(p):
 def _run_options(p, out, out_help, steps, batch, batch_help, lr, lr_help, seed_help):
     """The options every training command shares: where its checkpoint goes, its optimiser's knobs, and
     ``--i-know`` (past the budget check)."""
-    _i_know(p)
     p.add_argument("--out", type=A.output_file(".npz"), default=out, metavar="PATH", help=out_help)
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     p.add_argument("--steps", type=A.positive_int, metavar="N", default=steps, help="optimizer steps")
     p.add_argument("--batch-size", type=A.count(1, R.BATCH_LIMIT), metavar="N", default=batch, help=batch_help)
     p.add_argument("--lr", type=A.learning_rate, metavar="X", default=lr, help=lr_help)
     p.add_argument("--seed", type=A.seed, metavar="N", default=0, help=seed_help)
+    _i_know(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minialign", description="Aligning language models, from scratch.")
+    parser = argparse.ArgumentParser(prog="minialign", description="Aligning language models, from scratch.",
+                                     formatter_class=_fmt())
     parser.add_argument("--threads", type=A.positive_int, metavar="N", default=1,
                         help="BLAS threads (1: the model's matrices are small, and extra threads on a busy machine "
                              "slow every product down)")
@@ -295,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a GPT checkpoint (default: the committed base model)")
     p.add_argument("-n", type=A.positive_int, metavar="N", default=20, help="how many names")
     p.add_argument("--temperature", type=A.positive_float, metavar="X", default=1.0, help="softmax temperature")
-    p.add_argument("--top-k", type=A.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
+    p.add_argument("--top-k", type=A.positive_int, metavar="N", default=None,
+                   help="sample among the k likeliest tokens only (default: every token)")
     p.add_argument("--seed", type=A.seed, metavar="N", default=0, help="sampling seed")
     _i_know(p)
     p.set_defaults(fn=_sample)
@@ -316,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                                formatter_class=_fmt())
         g = m.add_argument_group(spec.name)
         for o in spec.options:
-            g.add_argument(o.flag, **o.kwargs)
+            g.add_argument(o.flag, **_metavar(o.kwargs))
         m.set_defaults(fn=_align)
 
     from .trainers.distill import STUDENT_SIZE
@@ -325,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Token-level f-divergence distillation (chapter 07, §9): minimise "
                                    "Σ_t D_f(π_t‖p_t) over the vocabulary at every position of the teacher's (or the "
                                    "student's own) samples.", formatter_class=_fmt())
-    p.add_argument("--teacher", type=A.input_file(".npz"), required=True,
+    p.add_argument("--teacher", type=A.input_file(".npz"), required=True, metavar="PATH",
                    help="the teacher's checkpoint (e.g. runs/rlhf.npz from minialign align rlhf)")
     p.add_argument("--f", choices=["kl", "reverse_kl", "js", "tv"], default="js",
                    help="D_f(π‖p) per token: kl is KL(student‖teacher), reverse_kl is KL(teacher‖student)")
@@ -352,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_tour)
 
     _course_parser(sub)
+    _describe(parser)
     return parser
 
 
@@ -448,7 +473,7 @@ def _course_parser(sub):
     c.set_defaults(fn=_course_make)
     c = actions.add_parser("grade", help="grade a student repository with this repository's tests", formatter_class=_fmt())
     c.add_argument("dir", help="the student's repository")
-    c.add_argument("--assignment", default=None, help="the assignment (default: read from the tree's handout)")
+    c.add_argument("--assignment", default=None, metavar="NAME", help="the assignment (default: read from the tree's handout)")
     c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
     c.add_argument("--json", default=None, metavar="PATH", help="write Gradescope's results.json here")
     c.add_argument("--timeout", type=A.positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
@@ -457,7 +482,7 @@ def _course_parser(sub):
     c = actions.add_parser("restore", help="put the solution back into an untouched student repository",
                            formatter_class=_fmt())
     c.add_argument("dir", help="a student repository made by `make`, its stubs untouched")
-    c.add_argument("--assignment", default=None, help="the assignment (default: read from the tree's handout)")
+    c.add_argument("--assignment", default=None, metavar="NAME", help="the assignment (default: read from the tree's handout)")
     c.set_defaults(fn=_course_restore)
     c = actions.add_parser("check", help="the release check of the manifests (a few minutes)", formatter_class=_fmt())
     c.add_argument("names", nargs="*", help="assignments to check (default: all)")

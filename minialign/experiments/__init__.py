@@ -43,11 +43,10 @@ def formatter(prog):
     """Paragraphs of the description kept, every option's default written "(default: X)"."""
     import argparse
 
+    from ..argtypes import with_default
+
     class Help(argparse.RawDescriptionHelpFormatter):
         def _get_help_string(self, action):
-            text = action.help or ""
-            if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
-                return text
-            return f"{text} (default: {action.default})"
+            return with_default(action.help or "", action.default)
 
     return Help(prog, max_help_position=34, width=110)
