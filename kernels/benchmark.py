@@ -75,7 +75,7 @@ def add_options(parser):
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="python -m minialign.bench kernels", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     return add_options(parser).parse_args(argv)
 
 

@@ -237,6 +237,8 @@ def build_parser():
                        help="the Triton kernels vs torch eager, torch.compile and Liger-Kernel (CUDA; --smoke on the "
                             "CPU)", description=kb.DESCRIPTION)
     kb.add_options(k)
+    for p in (parser, e, k):
+        p.allow_abbrev = False  # an abbreviated or misspelt flag is refused, never taken for another
     return parser
 
 

@@ -255,7 +255,9 @@ def _metavar(kwargs: dict) -> dict:
 
 
 def _describe(parser) -> None:
-    """Every command's --help opens with a description (its one-line help where it has none) in the one style."""
+    """Every command's --help opens with a description (its one-line help where it has none) in the one style, and
+    no command takes an abbreviated flag (``--group 4`` is not silently ``--group-size 4``)."""
+    parser.allow_abbrev = False
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             helps = {a.dest: a.help for a in action._choices_actions}

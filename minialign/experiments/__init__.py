@@ -32,6 +32,7 @@ def study_parser(name: str, doc: str, quick_help: str, parser=None):
 
     if parser is None:
         parser = argparse.ArgumentParser(prog=f"python -m minialign.experiments {name}", description=plain(doc),
+                                         allow_abbrev=False,
                                          formatter_class=formatter)
     parser.add_argument("--out", type=A.output_dir, default=f"runs/{name}", metavar="DIR",
                         help="folder for the results")

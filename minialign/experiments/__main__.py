@@ -11,6 +11,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import plain
 
     parser = argparse.ArgumentParser(prog="python -m minialign.experiments", formatter_class=formatter,
+                                     allow_abbrev=False,
                                      description="Studies that produce the course's tables and plots. "
                                                  "`python -m minialign.experiments STUDY --help` lists a study's "
                                                  "options.")
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in STUDIES.items():
         module = import_module(f".{name}", __package__)
         study = module.options(sub.add_parser(name, help=what, description=plain(module.__doc__),
-                                              formatter_class=formatter))
+                                              formatter_class=formatter, allow_abbrev=False))
         usages.append("  " + " ".join(study.format_usage().split()[1:]))
     parser.epilog = "the studies' options:\n" + "\n".join(usages)
     return parser

@@ -358,7 +358,8 @@ def options(parser=None):
                         help="training steps, per run in compare and in all in distill (default: the study's own)")
     parser.add_argument("--batch-size", type=A.count(1, BATCH_LIMIT), metavar="N",
                         help="samples per step (default: the study's own)")
-    parser.add_argument("--lr", type=A.learning_rate, metavar="X", help="AdamW learning rate (default: the study's own)")
+    parser.add_argument("--lr", type=A.learning_rate, metavar="X",
+                        help="AdamW learning rate (default: the study's own)")
     parser.set_defaults(run=run)
     return parser
 
