@@ -156,12 +156,15 @@ def test_a_failed_write_names_the_users_path_never_the_temporary_file(tmp_path, 
     assert not list(tmp_path.iterdir())
 
 
-def test_ctrl_c_twice_exits_130_with_the_checkpoint_intact(tmp_path):
+@pytest.mark.parametrize("gap", [0.0, 0.2], ids=["inside the step", "while the run ends"])
+def test_ctrl_c_twice_exits_130_with_the_checkpoint_intact(gap, tmp_path):
+    """The second Ctrl-C lands inside the step the first one waits for, or while the run prints and exits (it used to
+    end the process by the signal there, status −2)."""
     out = tmp_path / "run.npz"
     run = start(RLHF + ["--steps", "400", "--out", str(out)], tmp_path)
     wait_for(lambda: out.exists(), run)
     run.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(gap)
     run.send_signal(signal.SIGINT)
     _, err = run.communicate(timeout=60)
     assert run.returncode == 130, (run.returncode, err)
@@ -171,14 +174,43 @@ def test_ctrl_c_twice_exits_130_with_the_checkpoint_intact(tmp_path):
 
 
 def test_a_finished_run_says_so_before_preparing_anything(tmp_path, capsys):
-    out = tmp_path / "rlhf.npz"
-    argv = ["align", "rlhf", "--reward", "model", "--n-pairs", "40", "--steps", "2", "--batch-size", "4", "--quiet",
-            "--out", str(out)]
+    out = tmp_path / "gdc.npz"
+    argv = ["align", "gdc", "--constraint", "contains:a", "--ebm-samples", "200", "--eval-samples", "20",
+            "--steps", "2", "--batch-size", "4", "--quiet", "--out", str(out)]
     assert main(argv) == 0
     first = capsys.readouterr().out
-    assert "reward model" in first  # the first run fits one
+    assert "effective sample size" in first  # the first run fits its EBM
     assert main(argv) == 0
     again = capsys.readouterr().out.splitlines()
     assert "already complete (2 of 2 steps)" in again[0]
-    assert not any("reward model" in line or "base samples" in line for line in again), again
+    assert not any("effective sample size" in line or "base samples" in line for line in again), again
+    assert again[1] == f"checkpoint: {out}" and first.splitlines()[-1] == again[-1]  # the same aligned samples
 
+
+@pytest.mark.parametrize("first, second, says", [
+    (["--beta", "0.1"], ["--beta", "0.2"], "--beta: 0.1 in the checkpoint, 0.2 now"),
+    ([], ["--kl", "k3_loss"], "--kl: k1_seq in the checkpoint, k3_loss now"),
+    ([], ["--seed", "1", "--lr", "1e-3"], "--lr: 0.0003 in the checkpoint, 0.001 now; --seed: 0 in the checkpoint"),
+    ([], ["--prompts", "first1"], "--prompts: none in the checkpoint, first1 now"),
+])
+def test_a_resume_of_another_run_is_refused_in_a_short_line_naming_the_flags(first, second, says, tmp_path, capsys):
+    out = tmp_path / "r.npz"
+    base = ["align", "rlhf", "--reward", "true", "--steps", "1", "--batch-size", "4", "--quiet", "--out", str(out)]
+    assert main(base + first) == 0
+    capsys.readouterr()
+    assert main(base + second) == 2
+    err = capsys.readouterr().err.strip()
+    assert says in err and "--fresh" in err and "another --out" in err, err
+    assert len(err.splitlines()) == 1 and len(err) - len(str(out)) < 300, f"{len(err)} characters: {err}"
+
+
+def test_a_checkpoint_of_another_command_is_refused_naming_only_that(tmp_path, capsys):
+    out = tmp_path / "r.npz"
+    assert main(["align", "rlhf", "--reward", "true", "--steps", "1", "--batch-size", "4", "--quiet", "--out",
+                 str(out)]) == 0
+    capsys.readouterr()
+    assert main(["align", "dpo", "--n-pairs", "8", "--steps", "1", "--batch-size", "2", "--quiet", "--out",
+                 str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "command: align rlhf in the checkpoint, align dpo now" in err and "--beta" not in err, err
+    assert len(err) - len(str(out)) < 300
