@@ -108,8 +108,11 @@ def input_file(suffix: str):
         path = Path(text)
         if not path.exists():
             raise argparse.ArgumentTypeError(f"no file at {text}")
-        if not path.is_file():
+        if path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a directory; expected a {suffix} file")
+        if not path.is_file():
+            raise argparse.ArgumentTypeError(f"{text} is not a regular file (a device, a pipe or a socket); expected a "
+                                             f"{suffix} file")
         if path.suffix != suffix:
             raise argparse.ArgumentTypeError(f"expected a {suffix} file; got {text}")
         return path
@@ -173,7 +176,8 @@ def gpt_parameters(n_layer: int, n_embd: int, block_size: int, vocab_size: int =
 
 
 # ------------------------------------------------------------------------------------------- budgets
-ENGINE_FLOPS = 1e10  # floating-point operations per second of the NumPy engine on one core, as measured here
+ENGINE_FLOPS = 1e10  # operations per second of the NumPy engine on one core: pretrain steps of 0.1-3 M parameters
+#                     measured 9-26 GFLOP/s on the development machine, so estimates err towards longer
 TIME_LIMIT = 3600.0  # seconds a run may be estimated to take before it is refused (unless --i-know)
 I_KNOW = "--i-know"
 

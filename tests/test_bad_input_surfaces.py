@@ -64,6 +64,8 @@ def rows():
     r += [row("bad choice", "align grpo --reward maybe", "--reward", "invalid choice"),
           row("missing file", f"{g} --pairs {{tmp}}/none.csv", "--pairs", "no file at"),
           row("wrong suffix", f"{g} --pairs {{base}}", "--pairs", "expected a .csv file"),
+          row("not a regular file", f"{g} --pairs /dev/null", "--pairs", "not a regular file", "/dev/null"),
+          row("not a regular file", "distill --teacher /dev/null", "--teacher", "not a regular file"),
           row("out of range", f"{g} --n-pairs 1", "--n-pairs", "'1'"),
           row("bad choice", f"{g} --prompts first3", "--prompts", "invalid choice", "first3"),
           row("out of range", f"{g} --group-size 1", "--group-size", "≥ 2"),
