@@ -149,7 +149,10 @@ def _one_writer(fn):
     def locked(*args, **kwargs):
         from .lock import hold
 
-        out = kwargs.get("out", next((getattr(a, "out") for a in args if hasattr(a, "out")), None))
+        out = kwargs.get("out")
+        if out is None:  # a run's configuration that carries its checkpoint path
+            out = next((v.out for v in (*args, *kwargs.values()) if isinstance(getattr(v, "out", None), (str, Path))),
+                       None)
         with hold(out):
             return fn(*args, **kwargs)
     return locked

@@ -47,10 +47,10 @@ def identity(path):
 @pytest.mark.parametrize("second", [[], ["--beta", "0.3"]], ids=["same settings", "different beta"])
 def test_a_second_run_on_the_same_out_is_refused_at_once_and_the_first_finishes_untouched(second, tmp_path):
     out = tmp_path / "run.npz"
-    first = start(RLHF + ["--steps", "120", "--out", str(out)], tmp_path)
+    first = start(RLHF + ["--steps", "200", "--out", str(out)], tmp_path)
     wait_for(lambda: lock_path(out).exists() and out.exists(), first)  # running, with a checkpoint on disk
     t0 = time.perf_counter()
-    other = start(RLHF + ["--steps", "120", "--out", str(out)] + second, tmp_path)
+    other = start(RLHF + ["--steps", "200", "--out", str(out)] + second, tmp_path)
     _, err = other.communicate(timeout=60)
     refused_in = time.perf_counter() - t0
     assert first.poll() is None, "the first run had finished: the test proves nothing"
@@ -63,7 +63,7 @@ def test_a_second_run_on_the_same_out_is_refused_at_once_and_the_first_finishes_
     assert first.returncode == 0, err
     assert f"checkpoint: {out}" in stdout
     saved = io.load(out)
-    assert saved["step"] == 120 and identity(out)["beta"] == 0.1
+    assert saved["step"] == 200 and identity(out)["beta"] == 0.1
     assert not lock_path(out).exists(), "the lock outlived its run"
     assert not list(tmp_path.glob("*.tmp")), "a temporary file was left behind"
 
