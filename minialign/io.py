@@ -63,7 +63,7 @@ def atomic_write(path, write, binary: bool = True) -> Path:
         _remove_orphans(path)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp")
     except OSError as e:
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+        raise _naming(path, e) from None
     try:
         with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": ""})) as fh:
             write(fh)
@@ -77,9 +77,16 @@ def atomic_write(path, write, binary: bool = True) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(e, OSError):
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+            raise _naming(path, e) from None
         raise
     return path
+
+
+def _naming(path, e: OSError) -> OSError:
+    """``e`` said of ``path`` (the user's), never of the temporary file beside it; its errno is kept."""
+    error = OSError(f"cannot write {path}: {e.strerror or e}")
+    error.errno = e.errno
+    return error
 
 
 def _remove_orphans(path: Path) -> None:

@@ -117,8 +117,15 @@ def acquire(path) -> None:
         _HELD[key][1] += 1
         return
     lock = lock_path(path)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire_flock(path, lock) if fcntl is not None else _acquire_excl(path, lock)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fd = _acquire_flock(path, lock) if fcntl is not None else _acquire_excl(path, lock)
+    except Locked:
+        raise
+    except OSError as e:  # the folder cannot hold a new file: say so of the user's path, not of the lock's
+        error = OSError(f"cannot write {path}: no file can be made in {lock.parent} ({e.strerror or e})")
+        error.errno = e.errno
+        raise error from None
     _HELD[key] = [fd, 1, lock]
 
 
