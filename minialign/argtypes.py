@@ -179,6 +179,7 @@ def gpt_parameters(n_layer: int, n_embd: int, block_size: int, vocab_size: int =
 ENGINE_FLOPS = 1e10  # operations per second of the NumPy engine on one core: pretrain steps of 0.1-3 M parameters
 #                     measured 9-26 GFLOP/s on the development machine, so estimates err towards longer
 TIME_LIMIT = 3600.0  # seconds a run may be estimated to take before it is refused (unless --i-know)
+LONG_RUN = 600.0  # beyond this estimate a run says, before it starts, about how long it will take
 I_KNOW = "--i-know"
 
 
@@ -218,6 +219,11 @@ def gpt_activation_bytes(n_layer: int, n_head: int, n_embd: int, block_size: int
 def check_budget(what: str, seconds: float, memory: float, lower: str, i_know: bool = False) -> None:
     """Refuse (:class:`OverBudget`) work estimated to take more than :data:`TIME_LIMIT` or more memory than
     :func:`memory_limit` allows, with a line that gives the estimate, the limit, what to lower and ``--i-know``."""
+    if seconds > LONG_RUN and (i_know or seconds <= TIME_LIMIT):
+        import sys
+
+        print(f"minialign: {what} will take about {_duration(seconds)} by the size estimate (at ~"
+              f"{ENGINE_FLOPS / 1e9:g} GFLOP/s)", file=sys.stderr)
     if i_know:
         return
     limit = memory_limit()

@@ -221,9 +221,9 @@ def _tour(args):
 
     from .tour import run_tour
 
+    backend = _backend(args)
     _claim(Path(args.out) / "tour")  # one tour at a time in a folder: the lock is DIR/tour.lock
-
-    return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain, backend=_backend(args))
+    return run_tour(out=args.out, quick=args.quick, pretrain=args.pretrain, backend=backend)
 
 
 def _device_option(parser):
@@ -249,7 +249,7 @@ def _metavar(kwargs: dict) -> dict:
     kind = kwargs.get("type")
     if getattr(kind, "__name__", "") == "whole number":
         return {**kwargs, "metavar": "N"}
-    if kind in (A.positive_float, A.clip_range, A.unit_interval, A.learning_rate) or "metavar" not in kwargs:
+    if kind in (A.positive_float, A.clip_range, A.unit_interval, A.learning_rate):
         return {**kwargs, "metavar": "X"}
     return kwargs
 

@@ -263,3 +263,27 @@ def test_the_table_covers_every_class_and_every_surface(capsys):
                     "minialign.experiments gdc_study", "fdpg_study"):
         assert surface in surfaces, surface
     assert len(classes) >= 12
+
+
+def test_a_long_run_inside_the_limits_says_how_long_before_it_starts(tmp_path, monkeypatch, capsys):
+    from minialign import argtypes
+    from minialign.cli import main
+
+    monkeypatch.setattr(argtypes, "LONG_RUN", 0.0)  # every run is "long": the line must come before any work
+    assert main(["align", "rlhf", "--reward", "true", "--steps", "1", "--batch-size", "2", "--quiet", "--out",
+                 str(tmp_path / "r.npz")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "align rlhf (1 step of 2 samples) will take about" in err[0] and "by the size estimate" in err[0]
+
+
+def test_i_know_runs_what_the_budget_refuses(tmp_path, monkeypatch, capsys):
+    from minialign import argtypes
+    from minialign.cli import main
+
+    monkeypatch.setattr(argtypes, "TIME_LIMIT", 0.0)  # every run is over the limit
+    argv = ["align", "rlhf", "--reward", "true", "--steps", "1", "--batch-size", "2", "--quiet", "--out",
+            str(tmp_path / "r.npz")]
+    assert main(argv) == 2
+    assert "--i-know" in capsys.readouterr().err
+    assert main(argv + ["--i-know"]) == 0
+    assert (tmp_path / "r.npz").exists()
