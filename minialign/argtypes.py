@@ -219,21 +219,19 @@ def gpt_activation_bytes(n_layer: int, n_head: int, n_embd: int, block_size: int
 def check_budget(what: str, seconds: float, memory: float, lower: str, i_know: bool = False) -> None:
     """Refuse (:class:`OverBudget`) work estimated to take more than :data:`TIME_LIMIT` or more memory than
     :func:`memory_limit` allows, with a line that gives the estimate, the limit, what to lower and ``--i-know``."""
-    if seconds > LONG_RUN and (i_know or seconds <= TIME_LIMIT):
+    limit = memory_limit()
+    if memory > limit and not i_know:
+        raise OverBudget(f"{what} needs about {_gb(memory)} of memory, and this machine has {_gb(limit)} to give: "
+                         f"lower {lower}, or add {I_KNOW} to try anyway")
+    if seconds > TIME_LIMIT and not i_know:
+        raise OverBudget(f"{what} would take about {_duration(seconds)} on this engine (at ~{ENGINE_FLOPS / 1e9:g} "
+                         f"GFLOP/s; the limit without {I_KNOW} is {_duration(TIME_LIMIT)}): lower {lower}, or add "
+                         f"{I_KNOW} to run it anyway")
+    if seconds > LONG_RUN:  # it runs: say so before it starts
         import sys
 
         print(f"minialign: {what} will take about {_duration(seconds)} by the size estimate (at ~"
               f"{ENGINE_FLOPS / 1e9:g} GFLOP/s)", file=sys.stderr)
-    if i_know:
-        return
-    limit = memory_limit()
-    if memory > limit:
-        raise OverBudget(f"{what} needs about {_gb(memory)} of memory, and this machine has {_gb(limit)} to give: "
-                         f"lower {lower}, or add {I_KNOW} to try anyway")
-    if seconds > TIME_LIMIT:
-        raise OverBudget(f"{what} would take about {_duration(seconds)} on this engine (at ~{ENGINE_FLOPS / 1e9:g} "
-                         f"GFLOP/s; the limit without {I_KNOW} is {_duration(TIME_LIMIT)}): lower {lower}, or add "
-                         f"{I_KNOW} to run it anyway")
 
 
 def gpt_flops(cfg, sequences: float, passes: float) -> float:
