@@ -10,7 +10,6 @@ import sys
 import warnings
 
 from . import argtypes as A
-
 from . import registry as R
 
 DEFAULT_CHECKPOINT = "runs/base.npz"
@@ -302,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train the GPT on the census names", formatter_class=_fmt())
     _run_options(p, DEFAULT_CHECKPOINT, "checkpoint path (.npz); an existing run there is resumed", 1500, 64,
                  "names per step", 3e-3, "peak learning rate of the cosine schedule", "seed of the weights and batches")
-    p.add_argument("--eval-every", type=A.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
+    p.add_argument("--eval-every", type=A.positive_int, metavar="N", default=250,
+                   help="steps between validation and checkpoint")
     p.add_argument("--n-layer", type=A.positive_int, metavar="N", default=4, help="transformer blocks")
     p.add_argument("--n-head", type=A.positive_int, metavar="N", default=4, help="attention heads")
     p.add_argument("--n-embd", type=A.positive_int, metavar="N", default=64, help="embedding width")
