@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("run")
-    g.add_argument("--base", type=A.input_file(".npz"), default=None, metavar="PATH", help="base checkpoint (default: the committed one)")
+    g.add_argument("--base", type=A.input_file(".npz"), default=None, metavar="PATH",
+                   help="base checkpoint (default: the committed one)")
     _run_options(g, None, "checkpoint path (default: runs/METHOD.npz); an existing run there is resumed",
                  R.TRAIN_DEFAULTS["steps"], R.TRAIN_DEFAULTS["batch_size"], "samples (or pairs) per step",
                  R.TRAIN_DEFAULTS["lr"], "AdamW learning rate", "seed of every sample drawn")
@@ -371,8 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tour", help="the whole course in one run: base model, reward model, RLHF, DPO, GDC, f-DPG",
                        formatter_class=_fmt())
-    p.add_argument("--out", type=A.output_dir, default="runs/tour", metavar="DIR", help="folder for report.md and its plots")
-    p.add_argument("--pretrain", action="store_true", help="pretrain the base model instead of loading the committed one")
+    p.add_argument("--out", type=A.output_dir, default="runs/tour", metavar="DIR",
+                   help="folder for report.md and its plots")
+    p.add_argument("--pretrain", action="store_true",
+                   help="pretrain the base model instead of loading the committed one")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
     _device_option(p)
     p.set_defaults(fn=_tour)
