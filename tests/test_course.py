@@ -104,6 +104,45 @@ def test_a_unit_that_no_longer_resolves_is_named_as_an_error(tmp_path):
         course.make("05-rlhf", tmp_path / "student", root)
 
 
+@instructor_only
+def test_a_stale_task_marker_an_edited_exercises_section_and_a_stale_map_table_are_named(tmp_path):
+    """The chapters' task tables and Exercises are written from the manifests; the release check names a
+    marker no manifest has, a marker range that is not one assignment's, an Exercises section edited by hand
+    and a map row that no longer matches; ``with_exercises``/``with_marker_rows`` put them right."""
+    root = course.write_tree(ROOT, tmp_path / "repo", [])
+    ch01, ch00 = root / "chapters" / "01-autograd.md", root / "chapters" / "00-map.md"
+    text = ch01.read_text()
+    ch01.write_text(text.replace("## 1. The chain rule", "Old table: `task1_9`, `task1_1`–`task1_3`.\n\n## 1. The "
+                                 "chain rule").replace("1.A. **unbroadcasting", "1.A. **broadcasting"))
+    ch00.write_text(ch00.read_text().replace("2.1 causal attention", "2.1 the GPT"))
+    problems = "\n".join(course_check.static_problems(root))
+    assert "chapters/01-autograd.md names task marker task1_9, which no manifest has" in problems
+    assert "the range `task1_1`–`task1_3` is not the tasks of one assignment (chapter 1 has 5)" in problems
+    assert "chapters/01-autograd.md: its Exercises section (its last) differs from course/01-autograd.toml" in problems
+    assert "chapters/00-map.md: its table of task markers differs from the manifests" in problems
+    known = course.assignments(root)
+    ch01.write_text(course.with_exercises(text, known["01-autograd"]))
+    ch00.write_text(course.with_marker_rows(ch00.read_text(), known))
+    assert not [p for p in course_check.static_problems(root) if "chapters/" in p]  # (the tree has no solutions)
+
+
+def test_an_experiment_needs_a_command_and_functions_that_resolve(tmp_path):
+    head = 'number = 9\ntitle = "x"\nchapter = "c"\nread = []\n[[task]]\nid = "9.1"\ntitle = "t"\npoints = 1\n' \
+           'minutes = 1\ntext = "t"\nunits = ["a.py::f"]\n[[experiment]]\nid = "9.E"\ntitle = "e"\npoints = 5\n' \
+           'minutes = 30\ntext = "plot it"\ncommand = "python -m minialign x"\n'
+    a = course.parse_manifest("09-x", head + 'uses = ["minialign/lab.py::ExactLab.distribution"]\n')
+    assert a.experiments[0].uses == ("minialign/lab.py::ExactLab.distribution",) and a.hours == 0.5
+    assert "## Experiment (9.E): e (5 points)" in course.handout(a, ROOT)
+    assert "9.E. **e** (5 points). plot it Run: `python -m minialign x`." in course.exercises(a)
+    with pytest.raises(course.CourseError, match="at least one function it uses"):
+        course.parse_manifest("09-x", head + "uses = []\n")
+    with pytest.raises(course.CourseError, match="not of the form path.py::Qual.name"):
+        course.parse_manifest("09-x", head + 'uses = ["minialign/lab.py::ExactLab.distribution#r"]\n')
+    with pytest.raises(course.CourseError, match="ids repeat"):
+        course.parse_manifest("09-x", head + 'uses = ["a.py::f"]\n[[question]]\nid = "9.E"\ntitle = "q"\n'
+                                             'points = 1\ntext = "q"\n')
+
+
 # ---------------------------------------------------------------------------------------- cutting units
 SOURCE = '''import numpy as np
 
