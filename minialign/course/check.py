@@ -22,9 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cut import cuts_by_file, region_names, split_spec
+from .cut import _find_function, cuts_by_file, region_names, split_spec
 from .grade import Grade, Run, grade, run_tests
-from .cut import _find_function
 from .handout import MAP, exercises, exercises_of, handout, marker_block, marker_rows
 from .manifest import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, CourseError, Task, assignments, load,
                        marked_files, require_repository, tomllib)
