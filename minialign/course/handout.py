@@ -46,14 +46,15 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
             "network.", "",
             "## How to hand in", "",
             "- **Code**: your repository as it stands (a git repository or an archive of it). Only the files named "
-            "in the deliverables are graded, and only the stubbed pieces in them may change; run "
+            "in the deliverables are graded, so keep your changes inside the stubbed pieces; run "
             f'`python -m pytest -m "{all_markers}"` before you hand in.',
             f"- **Written answers and the experiment's report**: one file in the same repository, "
             f"`report/{a.name}.md` (Markdown with LaTeX; or `report/{a.name}.pdf`), with one section per question "
             "and one for the experiment, headed by its number (`## " + ", ## ".join(
                 [q.id for q in a.questions] + [e.id for e in a.experiments]) + "`), and the plots as image files "
             "beside it in `report/`. Written answers are graded on their reasoning: give the derivation, not only the "
-            "result; the experiment's report on the rubric its section states.", ""]
+            "result; the experiment's report on a sound measurement, a readable plot and a paragraph that explains what "
+            "you measured (a wrong prediction costs nothing if the report says why it was wrong).", ""]
     for t in a.tasks:
         files = sorted({split_spec(u)[0] for u in t.units})
         out += [f"## Problem ({t.marker}): {t.title} ({t.points:g} points)", "", t.text, "",
@@ -62,8 +63,8 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
                 f"**Time**: about {t.minutes} minutes. **Files graded**: {', '.join(f'`{f}`' for f in files)}.", ""]
     for e in a.experiments:
         out += [f"## Experiment ({e.id}): {e.title} ({e.points:g} points)", "", e.text, "",
-                f"**Run**: `{e.command}` (it calls {', '.join(f'`{u}`' for u in e.uses)}). "
-                f"**Hand in**: section `## {e.id}` of your report: the plot and the paragraph asked for. "
+                f"**Run**: `{e.command}`, with {', '.join(f'`{u}`' for u in e.uses)} from the library. "
+                f"**Hand in**: section `## {e.id}` of your report: the plot, your prediction and the paragraph. "
                 f"**Time**: about {e.minutes} minutes.", ""]
     if a.questions:
         out += ["## Written questions", "",
