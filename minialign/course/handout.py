@@ -50,11 +50,12 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
             f'`python -m pytest -m "{all_markers}"` before you hand in.',
             f"- **Written answers and the experiment's report**: one file in the same repository, "
             f"`report/{a.name}.md` (Markdown with LaTeX; or `report/{a.name}.pdf`), with one section per question "
-            "and one for the experiment, headed by its number (`## " + ", ## ".join(
-                [q.id for q in a.questions] + [e.id for e in a.experiments]) + "`), and the plots as image files "
-            "beside it in `report/`. Written answers are graded on their reasoning: give the derivation, not only the "
-            "result; the experiment's report on a sound measurement, a readable plot and a paragraph that explains what "
-            "you measured (a wrong prediction costs nothing if the report says why it was wrong).", ""]
+            "and one for the experiment, headed by its number (" + ", ".join(
+                f"`## {i}`" for i in [q.id for q in a.questions] + [e.id for e in a.experiments]) + "), and the plots "
+            "as image files beside it in `report/`. Written answers are graded on their reasoning: give the "
+            "derivation, not only the result; the experiment's report on a sound measurement, a readable plot and a "
+            "paragraph that explains what you measured (a wrong prediction costs nothing if the report says why it "
+            "was wrong).", ""]
     for t in a.tasks:
         files = sorted({split_spec(u)[0] for u in t.units})
         out += [f"## Problem ({t.marker}): {t.title} ({t.points:g} points)", "", t.text, "",
