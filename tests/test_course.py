@@ -126,6 +126,13 @@ def test_a_stale_task_marker_an_edited_exercises_section_and_a_stale_map_table_a
     assert not [p for p in course_check.static_problems(root) if "chapters/" in p]  # (the tree has no solutions)
 
 
+def test_every_assignment_has_one_experiment_and_its_questions_and_experiment_have_distinct_ids():
+    for a in course.assignments(ROOT).values():
+        assert len(a.experiments) == 1, a.name
+        ids = [q.id for q in a.questions] + [e.id for e in a.experiments]
+        assert len(set(ids)) == len(ids) and all(i.startswith(f"{a.number}.") for i in ids), (a.name, ids)
+
+
 def test_an_experiment_needs_a_command_and_functions_that_resolve(tmp_path):
     head = 'number = 9\ntitle = "x"\nchapter = "c"\nread = []\n[[task]]\nid = "9.1"\ntitle = "t"\npoints = 1\n' \
            'minutes = 1\ntext = "t"\nunits = ["a.py::f"]\n[[experiment]]\nid = "9.E"\ntitle = "e"\npoints = 5\n' \
