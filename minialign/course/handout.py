@@ -91,7 +91,9 @@ def exercises(a: Assignment) -> str:
            f"writes a student repository in which each piece of the library named below is cut out (its body "
            f"replaced by a stub that raises `NotImplementedError`), with the handout `course/handouts/{a.name}.md`. "
            "The tests that grade a problem are the ones that prove the library; run them with the command in the "
-           "last column.", "",
+           "last column. The written questions below are set up by the chapter but not answered in it, and the "
+           "experiment is reported as a plot and a paragraph; both are handed in as one report (the handout says "
+           "how).", "",
            "| problem | points | write | test |", "|---|---|---|---|"]
     for t in a.tasks:
         units = ", ".join(f"`{split_spec(u)[0]}::{split_spec(u)[1]}`" + (f" ({split_spec(u)[2]})" if split_spec(u)[2] else "")
