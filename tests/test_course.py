@@ -108,14 +108,16 @@ def test_a_unit_that_no_longer_resolves_is_named_as_an_error(tmp_path):
 def test_a_stale_task_marker_an_edited_exercises_section_and_stale_marker_tables_are_named(tmp_path):
     """The chapters' task tables and Exercises are written from the manifests; the release check names a
     marker no manifest has, a marker range that is not one assignment's, an Exercises section edited by hand,
-    a map row and a pyproject.toml marker description that no longer match; ``with_exercises`` and
-    ``with_marker_rows`` put the chapters right."""
+    a map row and a pyproject.toml marker description that no longer match, and an equation that no chapter
+    has; ``with_exercises`` and ``with_marker_rows`` put the chapters right."""
     root = course.write_tree(ROOT, tmp_path / "repo", [])
     ch01, ch00 = root / "chapters" / "01-autograd.md", root / "chapters" / "00-map.md"
     text = ch01.read_text()
     ch01.write_text(text.replace("## 1. The chain rule", "Old table: `task1_9`, `task1_1`–`task1_3`.\n\n## 1. The "
                                  "chain rule").replace("1.A. **unbroadcasting", "1.A. **broadcasting"))
     ch00.write_text(ch00.read_text().replace("2.1 causal attention", "2.1 the GPT"))
+    manifest = root / "course" / "02-gpt.toml"
+    manifest.write_text(manifest.read_text().replace("Eq. (2.12):", "Eq. (2.99):"))
     pyproject = root / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace("task2_1: course task 2.1, causal attention, forward and "
                                                        "backward", "task2_1: chapter 02, task 1: the GPT"))
@@ -124,11 +126,13 @@ def test_a_stale_task_marker_an_edited_exercises_section_and_stale_marker_tables
     assert "the range `task1_1`–`task1_3` is not the tasks of one assignment (chapter 1 has 5)" in problems
     assert "chapters/01-autograd.md: its Exercises section (its last) differs from course/01-autograd.toml" in problems
     assert "chapters/00-map.md: its table of task markers differs from the manifests" in problems
+    assert "course/02-gpt.toml cites equation (2.99), which no chapter has" in problems
     assert "pyproject.toml describes marker task2_1 as 'task2_1: chapter 02, task 1: the GPT (course/02-gpt" in problems
     known = course.assignments(root)
     ch01.write_text(course.with_exercises(text, known["01-autograd"]))
     ch00.write_text(course.with_marker_rows(ch00.read_text(), known))
-    assert not [p for p in course_check.static_problems(root) if "chapters/" in p]  # (the tree has no solutions)
+    assert not course_check._chapter_marker_problems(root, known)
+    assert not [p for p in course_check._document_problems(root, known["01-autograd"]) if "chapters/" in p]
 
 
 def test_every_assignment_has_one_experiment_and_its_questions_and_experiment_have_distinct_ids():

@@ -68,6 +68,7 @@ def static_problems(root: Path = ROOT) -> list:
     for a in known.values():
         problems += _document_problems(root, a)
     problems += _chapter_marker_problems(root, known)
+    problems += _equation_reference_problems(root, known)
     return problems
 
 
@@ -130,6 +131,22 @@ def _document_problems(root: Path, a: Assignment) -> list:
                 _find_function(ast.parse((Path(root) / path).read_text(encoding="utf-8")), qualname, spec)
             except (OSError, SyntaxError, CourseError) as err:
                 problems.append(f"course/{a.name}.toml, experiment {e.id}: {spec} does not resolve ({err})")
+    return problems
+
+
+EQUATION_REF = re.compile(r"\(([1-8]\.\d{1,2})\)|\bEqs?\.\s*([1-8]\.\d{1,2})\b")
+
+
+def _equation_reference_problems(root: Path, known: dict) -> list:
+    """Every equation a manifest's text cites, "(5.8)" or "Eq. 7.9", is a \\tag of some chapter."""
+    tags = set()
+    for path in (Path(root) / "chapters").glob("*.md"):
+        tags |= set(re.findall(r"\\tag\{(\d+\.\d+)\}", path.read_text(encoding="utf-8")))
+    problems = []
+    for a in known.values():
+        texts = [a.intro, *a.read] + [x.text for x in (*a.tasks, *a.questions, *a.experiments)]
+        cited = {m.group(1) or m.group(2) for text in texts for m in EQUATION_REF.finditer(text)}
+        problems += [f"course/{a.name}.toml cites equation ({n}), which no chapter has" for n in sorted(cited - tags)]
     return problems
 
 
