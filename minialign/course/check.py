@@ -84,7 +84,8 @@ def _marker_problems(root: Path, known: dict) -> list:
     descriptions = registered_markers(root)
     registered = set(descriptions)
     problems = [f"marker {m} of a manifest is not registered in pyproject.toml" for m in sorted(wanted - registered)]
-    problems += [f"marker {m} is registered in pyproject.toml but no manifest has the task" for m in sorted(registered - wanted)]
+    problems += [f"marker {m} is registered in pyproject.toml but no manifest has the task"
+                 for m in sorted(registered - wanted)]
     manifest_says = {t.marker: f"{t.marker}: course task {t.id}, {t.title} (course/{a.name}.toml)"
                      for a in known.values() for t in a.tasks}
     problems += [f"pyproject.toml describes marker {m} as {descriptions[m]!r}; its manifest says {manifest_says[m]!r}"
