@@ -263,10 +263,14 @@ def _course_list(args):
 
     for a in assignments().values():
         qpoints = sum(q.points for q in a.questions)
+        epoints = sum(e.points for e in a.experiments)
         print(f"{a.name:<18} {a.title}  ({a.points:g} points in {len(a.tasks)} tasks, {qpoints:g} in "
-              f"{len(a.questions)} written questions, about {a.hours:g} h)")
+              f"{len(a.questions)} written questions, {epoints:g} in {len(a.experiments)} experiment"
+              f"{'s' if len(a.experiments) != 1 else ''}, about {a.hours:g} h)")
         for t in a.tasks:
             print(f"    {t.id:<5} {t.points:>4g} pts  {t.marker:<8}  {t.title}")
+        for e in a.experiments:
+            print(f"    {e.id:<5} {e.points:>4g} pts  {'report':<8}  {e.title}")
     return 0
 
 

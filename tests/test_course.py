@@ -270,6 +270,7 @@ def test_list_shows_the_eight_assignments_with_tasks_and_points(capsys):
     out = capsys.readouterr().out
     assert sum(line.startswith(name) for name in ASSIGNMENTS for line in out.splitlines()) == 8
     assert "5.2" in out and "task5_2" in out and "pts" in out
+    assert "5.E" in out and "15 in 1 experiment" in out
 
 
 @instructor_only
