@@ -391,10 +391,14 @@ def _course_list(args):
 
     for a in assignments().values():
         qpoints = sum(q.points for q in a.questions)
+        epoints = sum(e.points for e in a.experiments)
         print(f"{a.name:<18} {a.title}  ({a.points:g} points in {len(a.tasks)} tasks, {qpoints:g} in "
-              f"{len(a.questions)} written questions, about {a.hours:g} h)")
+              f"{len(a.questions)} written questions, {epoints:g} in {len(a.experiments)} experiment"
+              f"{'s' if len(a.experiments) != 1 else ''}, about {a.hours:g} h)")
         for t in a.tasks:
             print(f"    {t.id:<5} {t.points:>4g} pts  {t.marker:<8}  {t.title}")
+        for e in a.experiments:
+            print(f"    {e.id:<5} {e.points:>4g} pts  {'report':<8}  {e.title}")
     return 0
 
 
@@ -453,14 +457,27 @@ def _course_check(args):
 
 
 def _course_handouts(args):
-    from .course import HANDOUTS, ROOT, assignments, handout
+    from .course import HANDOUTS, ROOT, assignments, handout, with_exercises, with_marker_rows
+    from .course.handout import MAP
 
-    for a in assignments().values():
+    known = assignments()
+    for a in known.values():
         path = ROOT / HANDOUTS / f"{a.name}.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(handout(a), encoding="utf-8")
         print(path.relative_to(ROOT))
+        _rewrite(ROOT / a.chapter, lambda text, a=a: with_exercises(text, a))
+    _rewrite(ROOT / MAP, lambda text: with_marker_rows(text, known))
     return 0
+
+
+def _rewrite(path, edit):
+    """Write ``edit(text)`` over the file when it changes it (a chapter's Exercises, the map's marker table)."""
+    text = path.read_text(encoding="utf-8")
+    new = edit(text)
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+        print(path.relative_to(path.parent.parent))
 
 
 def _course_parser(sub):
@@ -492,7 +509,9 @@ def _course_parser(sub):
     c = actions.add_parser("check", help="the release check of the manifests (a few minutes)", formatter_class=_fmt())
     c.add_argument("names", nargs="*", help="assignments to check (default: all)")
     c.set_defaults(fn=_course_check)
-    c = actions.add_parser("handouts", help=f"regenerate {HANDOUTS}/*.md from the manifests", formatter_class=_fmt())
+    c = actions.add_parser("handouts", formatter_class=_fmt(),
+                           help=f"regenerate {HANDOUTS}/*.md, the chapters' Exercises and the map's task markers "
+                                "from the manifests")
     c.set_defaults(fn=_course_handouts)
 
 

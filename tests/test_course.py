@@ -104,6 +104,61 @@ def test_a_unit_that_no_longer_resolves_is_named_as_an_error(tmp_path):
         course.make("05-rlhf", tmp_path / "student", root)
 
 
+@instructor_only
+def test_a_stale_task_marker_an_edited_exercises_section_and_stale_marker_tables_are_named(tmp_path):
+    """The chapters' task tables and Exercises are written from the manifests; the release check names a
+    marker no manifest has, a marker range that is not one assignment's, an Exercises section edited by hand,
+    a map row and a pyproject.toml marker description that no longer match, and an equation that no chapter
+    has; ``with_exercises`` and ``with_marker_rows`` put the chapters right."""
+    root = course.write_tree(ROOT, tmp_path / "repo", [])
+    ch01, ch00 = root / "chapters" / "01-autograd.md", root / "chapters" / "00-map.md"
+    text = ch01.read_text()
+    ch01.write_text(text.replace("## 1. The chain rule", "Old table: `task1_9`, `task1_1`–`task1_3`.\n\n## 1. The "
+                                 "chain rule").replace("1.A. **unbroadcasting", "1.A. **broadcasting"))
+    ch00.write_text(ch00.read_text().replace("2.1 causal attention", "2.1 the GPT"))
+    manifest = root / "course" / "02-gpt.toml"
+    manifest.write_text(manifest.read_text().replace("Eq. (2.12):", "Eq. (2.99):"))
+    pyproject = root / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace("task2_1: course task 2.1, causal attention, forward and "
+                                                       "backward", "task2_1: chapter 02, task 1: the GPT"))
+    problems = "\n".join(course_check.static_problems(root))
+    assert "chapters/01-autograd.md names task marker task1_9, which no manifest has" in problems
+    assert "the range `task1_1`–`task1_3` is not the tasks of one assignment (chapter 1 has 5)" in problems
+    assert "chapters/01-autograd.md: its Exercises section (its last) differs from course/01-autograd.toml" in problems
+    assert "chapters/00-map.md: its table of task markers differs from the manifests" in problems
+    assert "course/02-gpt.toml cites equation (2.99), which no chapter has" in problems
+    assert "pyproject.toml describes marker task2_1 as 'task2_1: chapter 02, task 1: the GPT (course/02-gpt" in problems
+    known = course.assignments(root)
+    ch01.write_text(course.with_exercises(text, known["01-autograd"]))
+    ch00.write_text(course.with_marker_rows(ch00.read_text(), known))
+    assert not course_check._chapter_marker_problems(root, known)
+    assert not [p for p in course_check._document_problems(root, known["01-autograd"]) if "chapters/" in p]
+
+
+def test_every_assignment_has_one_experiment_and_its_questions_and_experiment_have_distinct_ids():
+    for a in course.assignments(ROOT).values():
+        assert len(a.experiments) == 1, a.name
+        ids = [q.id for q in a.questions] + [e.id for e in a.experiments]
+        assert len(set(ids)) == len(ids) and all(i.startswith(f"{a.number}.") for i in ids), (a.name, ids)
+
+
+def test_an_experiment_needs_a_command_and_functions_that_resolve(tmp_path):
+    head = 'number = 9\ntitle = "x"\nchapter = "c"\nread = []\n[[task]]\nid = "9.1"\ntitle = "t"\npoints = 1\n' \
+           'minutes = 1\ntext = "t"\nunits = ["a.py::f"]\n[[experiment]]\nid = "9.E"\ntitle = "e"\npoints = 5\n' \
+           'minutes = 30\ntext = "plot it"\ncommand = "python -m minialign x"\n'
+    a = course.parse_manifest("09-x", head + 'uses = ["minialign/lab.py::ExactLab.distribution"]\n')
+    assert a.experiments[0].uses == ("minialign/lab.py::ExactLab.distribution",) and a.hours == 0.5
+    assert "## Experiment (9.E): e (5 points)" in course.handout(a, ROOT)
+    assert "9.E. **e** (5 points). plot it Run: `python -m minialign x`." in course.exercises(a)
+    with pytest.raises(course.CourseError, match="at least one function it uses"):
+        course.parse_manifest("09-x", head + "uses = []\n")
+    with pytest.raises(course.CourseError, match="not of the form path.py::Qual.name"):
+        course.parse_manifest("09-x", head + 'uses = ["minialign/lab.py::ExactLab.distribution#r"]\n')
+    with pytest.raises(course.CourseError, match="ids repeat"):
+        course.parse_manifest("09-x", head + 'uses = ["a.py::f"]\n[[question]]\nid = "9.E"\ntitle = "q"\n'
+                                             'points = 1\ntext = "q"\n')
+
+
 # ---------------------------------------------------------------------------------------- cutting units
 SOURCE = '''import numpy as np
 
@@ -215,6 +270,7 @@ def test_list_shows_the_eight_assignments_with_tasks_and_points(capsys):
     out = capsys.readouterr().out
     assert sum(line.startswith(name) for name in ASSIGNMENTS for line in out.splitlines()) == 8
     assert "5.2" in out and "task5_2" in out and "pts" in out
+    assert "5.E" in out and "15 in 1 experiment" in out
 
 
 @instructor_only

@@ -22,8 +22,8 @@ Tests run in another process through ``course/plugin.py``, which reports each te
 """
 from .cut import Cut, apply_cuts, cuts_by_file, locate, region_names, restore_cuts, split_spec, stub_line
 from .grade import Grade, Run, TaskScore, TestOutcome, extra_test_files, grade, grading_workspace, run_tests, score
-from .handout import exercises, handout, tests_of_task
+from .handout import exercises, handout, marker_rows, tests_of_task, with_exercises, with_marker_rows
 from .manifest import (COURSE, DEFAULT_TIMEOUT, HANDOUT, HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment,
-                       CourseError, Question, Task, assignments, load, marked_files, parse_manifest,
+                       CourseError, Experiment, Question, Task, assignments, load, marked_files, parse_manifest,
                        require_repository, task_expression)
 from .tree import assignment_of, make, project_files, restore, student_files, tree_differences, write_tree

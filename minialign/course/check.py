@@ -15,15 +15,16 @@ fail at u with u alone stubbed too, since the code it runs up to u is the same.
 """
 from __future__ import annotations
 
+import ast
 import re
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cut import cuts_by_file, region_names, split_spec
+from .cut import _find_function, cuts_by_file, region_names, split_spec
 from .grade import Grade, Run, grade, run_tests
-from .handout import handout
+from .handout import MAP, exercises, exercises_of, handout, marker_block, marker_rows
 from .manifest import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, CourseError, Task, assignments, load,
                        marked_files, require_repository, tomllib)
 from .tree import make, project_files, restore, tree_differences, write_tree
@@ -66,6 +67,8 @@ def static_problems(root: Path = ROOT) -> list:
     problems += _marker_problems(root, known)
     for a in known.values():
         problems += _document_problems(root, a)
+    problems += _chapter_marker_problems(root, known)
+    problems += _equation_reference_problems(root, known)
     return problems
 
 
@@ -78,9 +81,15 @@ def registered_markers(root: Path) -> dict:
 
 def _marker_problems(root: Path, known: dict) -> list:
     wanted = {t.marker for a in known.values() for t in a.tasks}
-    registered = set(registered_markers(root))
+    descriptions = registered_markers(root)
+    registered = set(descriptions)
     problems = [f"marker {m} of a manifest is not registered in pyproject.toml" for m in sorted(wanted - registered)]
-    problems += [f"marker {m} is registered in pyproject.toml but no manifest has the task" for m in sorted(registered - wanted)]
+    problems += [f"marker {m} is registered in pyproject.toml but no manifest has the task"
+                 for m in sorted(registered - wanted)]
+    manifest_says = {t.marker: f"{t.marker}: course task {t.id}, {t.title} (course/{a.name}.toml)"
+                     for a in known.values() for t in a.tasks}
+    problems += [f"pyproject.toml describes marker {m} as {descriptions[m]!r}; its manifest says {manifest_says[m]!r}"
+                 for m in sorted(wanted & registered) if descriptions[m] != manifest_says[m]]
     used = set()
     for path in sorted((Path(root) / "tests").glob("test_*.py")):
         if f"tests/{path.name}" == RELEASE_TEST:
@@ -105,21 +114,71 @@ def _document_problems(root: Path, a: Assignment) -> list:
         problems.append(f"{HANDOUTS}/{a.name}.md is missing or differs from the manifest: regenerate it with "
                         f"`minialign course handouts`")
     chapter = Path(root) / a.chapter
-    text = section(chapter.read_text(encoding="utf-8"), "Exercises") if chapter.is_file() else ""
+    text = exercises_of(chapter.read_text(encoding="utf-8")) if chapter.is_file() else ""
     if not text:
         problems.append(f"{a.chapter} has no '## Exercises' section")
-    else:
-        for t in a.tasks:
-            if f"{t.id} {t.title}" not in text or f"pytest -m {t.marker}" not in text:
-                problems.append(f"{a.chapter}: its Exercises do not list task {t.id} ({t.title}, pytest -m {t.marker})")
-        for q in a.questions:
-            if q.title not in text:
-                problems.append(f"{a.chapter}: its Exercises do not list question {q.id} ({q.title})")
+    elif text != exercises(a):
+        problems.append(f"{a.chapter}: its Exercises section (its last) differs from course/{a.name}.toml: "
+                        "regenerate it with `minialign course handouts`")
     solutions = Path(root) / SOLUTIONS / f"{a.name}.md"
     body = solutions.read_text(encoding="utf-8") if solutions.is_file() else ""
-    for q in a.questions:
+    for q in list(a.questions) + list(a.experiments):
         if not re.search(rf"^## {re.escape(q.id)}\b", body, flags=re.M):
-            problems.append(f"{SOLUTIONS}/{a.name}.md has no solution '## {q.id}' for question {q.id}")
+            problems.append(f"{SOLUTIONS}/{a.name}.md has no solution '## {q.id}' for {q.id}")
+    for e in a.experiments:
+        for spec in e.uses:
+            path, qualname, _ = split_spec(spec)
+            try:
+                _find_function(ast.parse((Path(root) / path).read_text(encoding="utf-8")), qualname, spec)
+            except (OSError, SyntaxError, CourseError) as err:
+                problems.append(f"course/{a.name}.toml, experiment {e.id}: {spec} does not resolve ({err})")
+    return problems
+
+
+EQUATION_REF = re.compile(r"\(([1-8]\.\d{1,2})\)|\bEqs?\.\s*([1-8]\.\d{1,2})\b")
+
+
+def _equation_reference_problems(root: Path, known: dict) -> list:
+    """Every equation a manifest's text cites, "(5.8)" or "Eq. 7.9", is a \\tag of some chapter."""
+    tags = set()
+    for path in (Path(root) / "chapters").glob("*.md"):
+        tags |= set(re.findall(r"\\tag\{(\d+\.\d+)\}", path.read_text(encoding="utf-8")))
+    problems = []
+    for a in known.values():
+        texts = [a.intro, *a.read] + [x.text for x in (*a.tasks, *a.questions, *a.experiments)]
+        cited = {m.group(1) or m.group(2) for text in texts for m in EQUATION_REF.finditer(text)}
+        problems += [f"course/{a.name}.toml cites equation ({n}), which no chapter has" for n in sorted(cited - tags)]
+    return problems
+
+
+TASK_RANGE = re.compile(r"`task(\d+)_(\d+)`\s*(?:–|-|…|to)\s*`task(\d+)_(\d+)`")
+
+
+def _chapter_marker_problems(root: Path, known: dict) -> list:
+    """Every task marker a chapter names is a manifest's; a range of markers spans its whole assignment; the
+    map's table of task markers is the one the manifests give."""
+    wanted = {t.marker for a in known.values() for t in a.tasks}
+    last = {a.number: len(a.tasks) for a in known.values()}
+    problems = []
+    for path in sorted((Path(root) / "chapters").glob("*.md")):
+        text = path.read_text(encoding="utf-8")
+        rel = f"chapters/{path.name}"
+        for m in sorted(set(re.findall(r"\btask\d+_\d+\b", text)) - wanted):
+            problems.append(f"{rel} names task marker {m}, which no manifest has")
+        for a_n, a_m, b_n, b_m in TASK_RANGE.findall(text):
+            if a_n != b_n or a_m != "1" or int(b_m) != last.get(int(a_n)):
+                problems.append(f"{rel}: the range `task{a_n}_{a_m}`–`task{b_n}_{b_m}` is not the tasks of one "
+                                f"assignment (chapter {a_n} has {last.get(int(a_n), 0)})")
+    chapter_map = Path(root) / MAP
+    if chapter_map.is_file():
+        text = chapter_map.read_text(encoding="utf-8")
+        try:
+            first, stop = marker_block(text)
+            if text.split("\n")[first:stop] != marker_rows(known):
+                problems.append(f"{MAP}: its table of task markers differs from the manifests: regenerate it with "
+                                "`minialign course handouts`")
+        except CourseError as e:
+            problems.append(str(e))
     return problems
 
 

@@ -1,16 +1,16 @@
-"""The handout (ASSIGNMENT.md) and the chapters' Exercises, written from a manifest."""
+"""The handout (ASSIGNMENT.md), the chapters' Exercises and the map's table of task markers, written from the
+manifests (``minialign course handouts`` writes them; the release check compares them)."""
 from __future__ import annotations
 
-import sys
+import re
 from pathlib import Path
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # Python 3.10: the same parser, packaged (a dependency of minialign on 3.10)
-    pass
-
 from .cut import split_spec
-from .manifest import ROOT, Assignment, Task, marked_files, task_expression
+from .manifest import ROOT, Assignment, CourseError, Task, marked_files, task_expression
+
+MAP = "chapters/00-map.md"      # the course map: its table of task markers is written from the manifests
+MARKER_ROW = re.compile(r"^\| `task\d+_\d+`")
+EXERCISES = "\n## Exercises\n"
 
 
 def tests_of_task(root: Path, task: Task) -> list:
@@ -26,8 +26,10 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
     if a.intro:
         out += [a.intro, ""]
     qpoints = sum(q.points for q in a.questions)
-    out += [f"**Points**: {a.points:g} for code ({len(a.tasks)} problems) and {qpoints:g} for written questions. "
-            f"**Time**: about {a.hours:g} hours.", "",
+    epoints = sum(e.points for e in a.experiments)
+    experiment = f" and {epoints:g} for the experiment" if a.experiments else ""
+    out += [f"**Points**: {a.points:g} for code ({len(a.tasks)} problems), {qpoints:g} for written questions"
+            f"{experiment}. **Time**: about {a.hours:g} hours.", "",
             "## Read first", ""] + [f"- {r}" for r in a.read] + [
             "", "## Setup", "", "```bash",
             f"python3 -m venv .venv && . .venv/bin/activate && {install}",
@@ -41,16 +43,35 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
             "tests, their fixtures and data come from the instructor's copy, and the instructor may add hidden tests "
             "with the same markers (other seeds and shapes). A problem earns its points times the fraction of its "
             "tests that pass. Tolerances are stated in the tests; none depends on the platform, a GPU or the "
-            "network.", ""]
+            "network.", "",
+            "## How to hand in", "",
+            "- **Code**: your repository as it stands (a git repository or an archive of it). Only the files named "
+            "in the deliverables are graded, so keep your changes inside the stubbed pieces; run "
+            f'`python -m pytest -m "{all_markers}"` before you hand in.',
+            f"- **Written answers and the experiment's report**: one file in the same repository, "
+            f"`report/{a.name}.md` (Markdown with LaTeX; or `report/{a.name}.pdf`), with one section per question "
+            "and one for the experiment, headed by its number (" + ", ".join(
+                f"`## {i}`" for i in [q.id for q in a.questions] + [e.id for e in a.experiments]) + "), and the plots "
+            "as image files beside it in `report/`. Written answers are graded on their reasoning: give the "
+            "derivation, not only the result; the experiment's report on a sound measurement, a readable plot and a "
+            "paragraph that explains what you measured (a wrong prediction costs nothing if the report says why it "
+            "was wrong).", ""]
     for t in a.tasks:
         files = sorted({split_spec(u)[0] for u in t.units})
         out += [f"## Problem ({t.marker}): {t.title} ({t.points:g} points)", "", t.text, "",
                 "**Deliverable**: " + "; ".join(_deliverable(u) for u in t.units) + ".", "",
                 f"**Test**: `python -m pytest -m {t.marker}` (in {', '.join(f'`{f}`' for f in tests_of_task(root, t))}). "
                 f"**Time**: about {t.minutes} minutes. **Files graded**: {', '.join(f'`{f}`' for f in files)}.", ""]
+    for e in a.experiments:
+        out += [f"## Experiment ({e.id}): {e.title} ({e.points:g} points)", "", e.text, "",
+                f"**Run**: `{e.command}`, with {', '.join(f'`{u}`' for u in e.uses)} from the library. "
+                f"**Hand in**: section `## {e.id}` of your report: the plot, your prediction and the paragraph. "
+                f"**Time**: about {e.minutes} minutes.", ""]
     if a.questions:
         out += ["## Written questions", "",
-                "Hand these in as a PDF or Markdown file; the chapter sets each one up.", ""]
+                f"Hand these in in `report/{a.name}.md` (see How to hand in). The chapter sets each one up but does "
+                "not answer it: some ask you to predict before you run, some to derive for a case the chapter does "
+                "not treat.", ""]
         for q in a.questions:
             out += [f"### Question {q.id}: {q.title} ({q.points:g} points)", "", q.text, ""]
     return "\n".join(out).rstrip() + "\n"
@@ -70,7 +91,9 @@ def exercises(a: Assignment) -> str:
            f"writes a student repository in which each piece of the library named below is cut out (its body "
            f"replaced by a stub that raises `NotImplementedError`), with the handout `course/handouts/{a.name}.md`. "
            "The tests that grade a problem are the ones that prove the library; run them with the command in the "
-           "last column.", "",
+           "last column. The written questions below are set up by the chapter but not answered in it, and the "
+           "experiment is reported as a plot and a paragraph; both are handed in as one report (the handout says "
+           "how).", "",
            "| problem | points | write | test |", "|---|---|---|---|"]
     for t in a.tasks:
         units = ", ".join(f"`{split_spec(u)[0]}::{split_spec(u)[1]}`" + (f" ({split_spec(u)[2]})" if split_spec(u)[2] else "")
@@ -79,4 +102,46 @@ def exercises(a: Assignment) -> str:
     out += ["", "Written questions:", ""]
     for q in a.questions:
         out += [f"{q.id}. **{q.title}** ({q.points:g} points). " + " ".join(q.text.split()), ""]
+    if a.experiments:
+        out += ["Experiment, with a written report (a plot and a paragraph):", ""]
+    for e in a.experiments:
+        text = " ".join(e.text.split())
+        out += [f"{e.id}. **{e.title}** ({e.points:g} points). {text} Run: `{e.command}`.", ""]
     return "\n".join(out).rstrip() + "\n"
+
+
+def exercises_of(chapter_text: str) -> str:
+    """A chapter's Exercises section as it stands: from its heading to the end (it is the chapter's last), or ''."""
+    i = chapter_text.find(EXERCISES)
+    return chapter_text[i + 1:] if i >= 0 else ""
+
+
+def with_exercises(chapter_text: str, a: Assignment) -> str:
+    """The chapter with its Exercises section (its last) written from the manifest."""
+    i = chapter_text.find(EXERCISES)
+    head = chapter_text[:i + 1] if i >= 0 else chapter_text.rstrip("\n") + "\n\n"
+    return head + exercises(a)
+
+
+def marker_rows(known: dict) -> list:
+    """The map's table rows of task markers, one per assignment."""
+    return [f"| `{a.markers[0]}`–`{a.markers[-1]}` | chapter {a.number:02d}, assignment {a.name}: "
+            + "; ".join(f"{t.id} {t.title}" for t in a.tasks) + " |" for a in known.values()]
+
+
+def marker_block(text: str) -> tuple:
+    """(first, stop) line indices of the contiguous task-marker rows of a table in ``text``."""
+    lines = text.split("\n")
+    rows = [i for i, line in enumerate(lines) if MARKER_ROW.match(line)]
+    if not rows:
+        raise CourseError(f"{MAP} has no table of task markers (rows that start with | `taskN_M`)")
+    if rows != list(range(rows[0], rows[-1] + 1)):
+        raise CourseError(f"{MAP}: its task-marker rows are not one block (lines {[i + 1 for i in rows]})")
+    return rows[0], rows[-1] + 1
+
+
+def with_marker_rows(text: str, known: dict) -> str:
+    """The map with its table of task markers written from the manifests."""
+    first, stop = marker_block(text)
+    lines = text.split("\n")
+    return "\n".join(lines[:first] + marker_rows(known) + lines[stop:])

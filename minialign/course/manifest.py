@@ -54,6 +54,17 @@ class Question:
 
 
 @dataclass(frozen=True)
+class Experiment:
+    id: str                 # "5.E"
+    title: str
+    points: float
+    command: str            # the exact command the student runs
+    uses: tuple             # what it runs, "path.py::Qual.name" (the release check resolves each one)
+    text: str               # what to run, what to plot, what the report answers (Markdown)
+    minutes: int
+
+
+@dataclass(frozen=True)
 class Assignment:
     name: str               # "05-rlhf", the manifest's file name
     number: int
@@ -64,6 +75,7 @@ class Assignment:
     intro: str
     tasks: tuple
     questions: tuple
+    experiments: tuple = ()     # short experiments with a written report, graded by a rubric
 
     @property
     def points(self) -> float:
@@ -75,7 +87,8 @@ class Assignment:
 
     @property
     def hours(self) -> float:
-        return round(sum(t.minutes for t in self.tasks) / 60 + 0.5 * len(self.questions), 1)
+        minutes = sum(t.minutes for t in self.tasks) + sum(e.minutes for e in self.experiments)
+        return round(minutes / 60 + 0.5 * len(self.questions), 1)
 
     def units(self):
         """(unit spec, task) for every unit, in manifest order."""
@@ -133,11 +146,30 @@ def parse_manifest(name: str, text: str) -> Assignment:
                                points=_field(q, "points", float, f"{where}, question {i + 1}"),
                                text=_field(q, "text", str, f"{where}, question {i + 1}").strip())
                       for i, q in enumerate(_field(data, "question", list, where, default=[])))
+    experiments = tuple(_experiment(e, f"{where}, experiment {i + 1}")
+                        for i, e in enumerate(_field(data, "experiment", list, where, default=[])))
+    written = [q.id for q in questions] + [e.id for e in experiments]
+    if len(set(written)) != len(written):
+        raise CourseError(f"{where}: question and experiment ids repeat: {written}")
     return Assignment(name=name, number=number, title=_field(data, "title", str, where),
                       chapter=_field(data, "chapter", str, where), read=tuple(_field(data, "read", list, where)),
                       extras=_field(data, "extras", str, where, default="dev"),
                       intro=_field(data, "intro", str, where, default="").strip(),
-                      tasks=tuple(tasks), questions=questions)
+                      tasks=tuple(tasks), questions=questions, experiments=experiments)
+
+
+def _experiment(e, at) -> Experiment:
+    exp = Experiment(id=_field(e, "id", str, at), title=_field(e, "title", str, at),
+                     points=_field(e, "points", float, at), command=_field(e, "command", str, at).strip(),
+                     uses=tuple(_field(e, "uses", list, at)), text=_field(e, "text", str, at).strip(),
+                     minutes=_field(e, "minutes", int, at))
+    if not exp.points > 0 or not exp.uses or not exp.command:
+        raise CourseError(f"{at}: an experiment needs points > 0, a command and at least one function it uses")
+    for spec in exp.uses:
+        m = UNIT.match(spec) if isinstance(spec, str) else None
+        if not m or m.group("region"):
+            raise CourseError(f"{at}: {spec!r} in 'uses' is not of the form path.py::Qual.name")
+    return exp
 
 
 def require_repository(root: Path = ROOT) -> Path:
