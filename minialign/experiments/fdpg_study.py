@@ -593,7 +593,7 @@ def plot_neglected(records, path):
              Line2D([], [], color="gray", lw=0.8, label=f"covered ({COVERED})")]
     fig.suptitle("two-mode target: the mass on the mode S that each seed's a neglects", fontsize=12)
     _f_legend(fig, extra)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     save_figure(fig, path, dpi=110)
     plt.close(fig)
 
