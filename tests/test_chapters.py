@@ -94,6 +94,29 @@ def test_every_numbered_equation_names_existing_code_and_tests(chapter):
     assert not problems, "\n".join(problems)
 
 
+def out_of_order(text: str):
+    """The equation numbers that appear after a larger one: a chapter numbers its equations as they appear."""
+    minors = [int(minor) for _, minor in TAG.findall(text)]
+    return [f"(.{m}) after (.{max(minors[:i])})" for i, m in enumerate(minors) if i and m < max(minors[:i])]
+
+
+# Chapter 05 is renumbered on another branch (issue 24): drop it from here once that branch is merged.
+RENUMBERED_ELSEWHERE = {"05-rlhf.md"}
+
+
+@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.xfail(reason="renumbered on another branch",
+                                                                             strict=False))
+                                     if c.name in RENUMBERED_ELSEWHERE else c for c in CHAPTERS],
+                         ids=lambda p: p.name)
+def test_equations_are_numbered_in_the_order_they_appear(chapter):
+    assert not out_of_order(chapter.read_text())
+
+
+def test_the_order_check_can_fail():
+    assert out_of_order("$$ a \\tag{8.1} $$ $$ b \\tag{8.16} $$ $$ c \\tag{8.15} $$") == ["(.15) after (.16)"]
+    assert not out_of_order("$$ a \\tag{8.1} $$ $$ b \\tag{8.2} $$ $$ c \\tag{8.10} $$")
+
+
 def test_the_checker_rejects_missing_and_dangling_references():
     """The checker itself must be able to fail."""
     bad = "$$ x = 1 \\tag{1.1} $$\n\nno reference here\n\n$$ y \\tag{1.2} $$\n> code: `minialign/tensor.py::nope` · test: `tests/test_tensor.py::test_nope`\n"
