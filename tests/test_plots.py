@@ -53,8 +53,10 @@ def test_saving_the_same_figure_twice_gives_identical_bytes(plt, monkeypatch, fm
 
 def test_plain_savefig_differs_between_versions_so_the_check_can_fail(plt, monkeypatch):
     """Without the fixed metadata the version string lands in the PNG: the test above would catch it."""
-    first, second = _saved_under_two_versions(plt, monkeypatch, lambda fig, buf, format: fig.savefig(buf, format=format),
-                                              "png")
+    def plain(fig, buf, format):
+        fig.savefig(buf, format=format)
+
+    first, second = _saved_under_two_versions(plt, monkeypatch, plain, "png")
     assert first != second
 
 
