@@ -1,4 +1,4 @@
-"""Output projection fused with the log-prob / f-divergence kernels, chunk by chunk (Eq. 8.15).
+"""Output projection fused with the log-prob / f-divergence kernels, chunk by chunk (Eq. 8.16).
 
 The last layer of a language model turns hidden states ``h`` ``[N, d]`` into logits ``z = h W^T`` ``[N, V]``.
 Even the fused kernel of ``logprob_fdiv.py`` reads a full ``[N, V]`` logits array that somebody had to
@@ -91,7 +91,7 @@ def _chunks(n, v, d, chunk_size):
 
 
 def linear_logprob_forward(hidden, weight, targets, ignore_index=-100, chunk_size=None):
-    """Eq. (8.15)'s forward alone: ``(log pi(y_n), LSE_n)`` ``[N]`` float32 for ``pi = softmax(h W^T)``, with
+    """Eq. (8.16)'s forward alone: ``(log pi(y_n), LSE_n)`` ``[N]`` float32 for ``pi = softmax(h W^T)``, with
     the logits held one chunk at a time. Ignored rows get ``log pi(y) = 0``."""
     _check(hidden, weight, targets, None, None, None, None)
     (n, d), v = hidden.shape, weight.shape[0]
@@ -104,7 +104,7 @@ def linear_logprob_forward(hidden, weight, targets, ignore_index=-100, chunk_siz
 
 
 def linear_logprob_backward(hidden, weight, targets, lse, w, ignore_index=-100, chunk_size=None):
-    """Eq. (8.15)'s gradients of ``L = sum_n w_n log pi(y_n)``: ``(dL/dh, dL/dW)`` in the inputs' dtypes, each
+    """Eq. (8.16)'s gradients of ``L = sum_n w_n log pi(y_n)``: ``(dL/dh, dL/dW)`` in the inputs' dtypes, each
     chunk's logits recomputed from ``h`` and ``W`` and its logit gradient (Eq. 8.14) pushed through the
     projection before the next chunk."""
     _check(hidden, weight, targets, w, None, None, None)
@@ -126,7 +126,7 @@ def linear_logprob_backward(hidden, weight, targets, lse, w, ignore_index=-100, 
 
 def linear_logprob_fdiv(hidden, weight, targets, w, u=None, ref_hidden=None, ref_weight=None, f="kl",
                         ignore_index=-100, chunk_size=None) -> LinearLogprobOutput:
-    """Eq. (8.15): ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` with ``pi = softmax(h W^T)``, chunked.
+    """Eq. (8.16): ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` with ``pi = softmax(h W^T)``, chunked.
 
     The reference distribution, if any, is ``a = softmax(h_ref W_ref^T)`` (frozen: no gradient). Returns the
     per-row statistics, ``L`` and its gradients with respect to ``hidden`` and ``weight`` (their dtypes).
@@ -181,13 +181,13 @@ class LinearLogprob(torch.autograd.Function):
 
 def linear_logprob(hidden, weight, targets, w, u=None, ref_hidden=None, ref_weight=None, f="kl",
                    ignore_index=-100, chunk_size=None):
-    """Differentiable scalar ``L`` of Eq. (8.15) with respect to ``hidden`` and ``weight``."""
+    """Differentiable scalar ``L`` of Eq. (8.16) with respect to ``hidden`` and ``weight``."""
     return LinearLogprob.apply(hidden, weight, targets, w, u, ref_hidden, ref_weight, f, ignore_index, chunk_size)
 
 
 def linear_logprob_reference(hidden, weight, targets, w, u=None, ref_hidden=None, ref_weight=None, f="kl",
                              ignore_index=-100, dtype=torch.float64):
-    """Eq. (8.15) the plain way: the full ``[N, V]`` logits in ``dtype``, then the reference of Eqs. (8.9)-(8.12).
+    """Eq. (8.16) the plain way: the full ``[N, V]`` logits in ``dtype``, then the reference of Eqs. (8.9)-(8.12).
 
     Returns ``(loss, stats)``; differentiable with respect to ``hidden`` and ``weight``.
     """

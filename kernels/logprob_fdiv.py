@@ -12,7 +12,7 @@ without ever writing an ``[N, V]`` probability table. Pass 1 streams the row onc
 log-sum-exps (online max and sum); pass 2 streams it again and forms every term in log space from
 ``log pi_v = z_v - LSE(z)`` and ``log a_v = r_v - LSE(r)``. The backward writes the one ``[N, V]`` array it
 must, the gradient of ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` with respect to ``z`` — and, when
-asked, a second one, its gradient with respect to the reference logits ``r`` (Eq. 8.16).
+asked, a second one, its gradient with respect to the reference logits ``r`` (Eq. 8.15).
 """
 from __future__ import annotations
 
@@ -99,8 +99,8 @@ def _fdiv_terms(lp, la, F: tl.constexpr):
 
 @triton.jit
 def _fdiv_ref_terms(lp, la, F: tl.constexpr):
-    """Eq. (8.16): per-entry ``a g(pi/a)`` with ``g(t) = f(t) - t f'(t)`` (= d(a f(pi/a))/da), up to a constant
-    times ``a`` (which Eq. 8.16 cancels): kl ``-pi``; reverse_kl ``a log(a/pi)``; js ``1/2 a log(a/m)``;
+    """Eq. (8.15): per-entry ``a g(pi/a)`` with ``g(t) = f(t) - t f'(t)`` (= d(a f(pi/a))/da), up to a constant
+    times ``a`` (which Eq. 8.15 cancels): kl ``-pi``; reverse_kl ``a log(a/pi)``; js ``1/2 a log(a/m)``;
     tv ``-1/2 a sign(pi - a)``. Zero mass as in :func:`_fdiv_terms`."""
     p, a, p_zero, a_zero, lp_s, la_s = _masses(lp, la)
     if F == 0:  # kl: g = -t, so a g = -pi
@@ -124,7 +124,7 @@ def _logprob_fdiv_fwd_kernel(
     stride_z, stride_r, V, ignore_index,
     F: tl.constexpr, HAS_REF: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """Eqs. (8.9)-(8.12) and (8.16)'s row scalar for one row: pass 1 the two LSEs, pass 2 every term."""
+    """Eqs. (8.9)-(8.12) and (8.15)'s row scalar for one row: pass 1 the two LSEs, pass 2 every term."""
     row = tl.program_id(0).to(tl.int64)
     Z += row * stride_z
     R += row * stride_r
@@ -191,7 +191,7 @@ def _logprob_fdiv_bwd_kernel(
     F: tl.constexpr, HAS_REF: tl.constexpr, REF_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     """Eqs. (8.13)-(8.14): dL/dz_k = w (1[k=y] - pi_k) + u pi_k (f'(pi_k/a_k) - S) for one row; with
-    ``REF_GRAD`` also Eq. (8.16): dL/dr_k = u a_k (g(t_k) - G)."""
+    ``REF_GRAD`` also Eq. (8.15): dL/dr_k = u a_k (g(t_k) - G)."""
     row = tl.program_id(0).to(tl.int64)
     Z += row * stride_z
     R += row * stride_r
@@ -326,7 +326,7 @@ def logprob_fdiv_backward(logits, ref_logits, targets, saved: LogprobFdivOutput,
     ``w`` and ``u`` are ``[N]`` weights (``u`` is ignored, and may be None, when ``ref_logits`` is None).
     ``saved`` is the forward's output (its ``lse``, ``ref_lse``, ``row_scalar`` and ``ref_row_scalar`` are
     read). With ``ref_grad=True`` (a reference is then required) it returns ``(dL/dlogits, dL/dref_logits)``,
-    the second by Eq. (8.16) in the reference's dtype, written in the same pass over the row.
+    the second by Eq. (8.15) in the reference's dtype, written in the same pass over the row.
     """
     _check_inputs(logits, ref_logits, targets, f, ignore_index)
     n, v = logits.shape
@@ -377,7 +377,7 @@ def logprob_fdiv_backward(logits, ref_logits, targets, saved: LogprobFdivOutput,
 
 class LogprobFdiv(torch.autograd.Function):
     """Autograd wrapper returning the scalar ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)``; the
-    reference logits get a gradient too (Eq. 8.16) when they require one."""
+    reference logits get a gradient too (Eq. 8.15) when they require one."""
 
     @staticmethod
     def forward(ctx, logits, ref_logits, targets, f, w, u, ignore_index=-100):
@@ -402,7 +402,7 @@ class LogprobFdiv(torch.autograd.Function):
 
 
 def logprob_fdiv(logits, ref_logits, targets, f, w, u, ignore_index=-100):
-    """Differentiable ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` (Eqs. 8.9-8.16) via the fused kernels."""
+    """Differentiable ``L = sum_n w_n log pi(y_n) + u_n D_f(pi_n || a_n)`` (Eqs. 8.9-8.15) via the fused kernels."""
     return LogprobFdiv.apply(logits, ref_logits, targets, f, w, u, ignore_index)
 
 
@@ -440,7 +440,7 @@ def _reference_terms(lp, la, f):
 
 
 def _reference_ref_terms(lp, la, f):
-    """Per-entry ``a g(pi/a)`` of Eq. (8.16) in plain PyTorch (the same constants dropped as in the kernel)."""
+    """Per-entry ``a g(pi/a)`` of Eq. (8.15) in plain PyTorch (the same constants dropped as in the kernel)."""
     p, a = lp.exp(), la.exp()
     p_zero, a_zero = torch.isneginf(lp), torch.isneginf(la)
     zero = torch.zeros_like(lp)
@@ -458,7 +458,7 @@ def _reference_ref_terms(lp, la, f):
 
 
 def logprob_fdiv_reference(logits, ref_logits, targets, f="kl", ignore_index=-100, dtype=torch.float64):
-    """Eqs. (8.9)-(8.12) and (8.16)'s row scalar in plain PyTorch: the oracle of :func:`logprob_fdiv_forward`.
+    """Eqs. (8.9)-(8.12) and (8.15)'s row scalar in plain PyTorch: the oracle of :func:`logprob_fdiv_forward`.
 
     Computed with ``log_softmax`` in ``dtype`` (float64 by default) and differentiable with respect to both
     logits; returns the same :class:`LogprobFdivOutput` fields in ``dtype``.

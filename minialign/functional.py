@@ -334,7 +334,7 @@ _LOG2 = math.log(2.0)
 
 def _fdiv_parts(bk, lp, la, f):
     """Per entry, from log π and log a: a·f(π/a) (Eq. 8.10), π·f'(π/a) (Eq. 8.12) and a·g(π/a) with
-    g = f − t f' (Eq. 8.16, up to a constant times a, which the gradient cancels).
+    g = f − t f' (Eq. 8.15, up to a constant times a, which the gradient cancels).
 
     Zero mass follows chapter 03: π = 0 < a costs a f(0), a = 0 < π costs π lim f(t)/t, 0·f(0/0) = 0; finite
     stand-ins replace log 0 before any product, so no 0·∞ is formed.
@@ -388,7 +388,7 @@ def token_fdiv(logits_p, logits_q, f: str = "kl", mask=None) -> Tensor:
     """Per position, D_f(p‖q) = Σ_v q_v f(p_v/q_v) between the next-token distributions p = softmax(logits_p)
     and q = softmax(logits_q) (Eq. 8.10), zero where ``mask`` is False; differentiable in both logits.
 
-    Backward (Eqs. 8.13 and 8.16), with u the incoming gradient of a position, t = p/q, S = Σ p f'(t) and
+    Backward (Eqs. 8.13 and 8.15), with u the incoming gradient of a position, t = p/q, S = Σ p f'(t) and
     G = Σ q g(t), g = f − t f':  d/dz_k = u p_k (f'(t_k) − S),  d/dr_k = u q_k (g(t_k) − G).
     A backend with a fused kernel (the torch backend) computes both without writing an [N, V] softmax; it is
     asked for the second gradient only when ``logits_q`` requires one. A position whose divergence is infinite
@@ -434,7 +434,7 @@ def token_fdiv(logits_p, logits_q, f: str = "kl", mask=None) -> Tensor:
 
 
 def linear_logprobs(x, weight, targets, ignore_index: int = -100) -> Tensor:
-    """log softmax(x Wᵀ)_y at every position (Eq. 8.15 with u = 0): the output head and the token
+    """log softmax(x Wᵀ)_y at every position (Eq. 8.16 with u = 0): the output head and the token
     log-probabilities in one op, zero where the target is ``ignore_index``.
 
     The same as ``−cross_entropy(linear(x, W), y, reduction="none")``, which is what it computes unless the

@@ -25,9 +25,26 @@ def _pyplot():
     return plt
 
 
+# Matplotlib writes its version into every PNG ("Software") and a date into PDF and SVG files: without these
+# keys the same figure gives the same bytes on every run and every machine with the same pixels, so re-running
+# a notebook leaves an unchanged figure unchanged in git.
+_FIXED_METADATA = {"png": {"Software": None}, "pdf": {"Creator": None, "Producer": None, "CreationDate": None},
+                   "svg": {"Creator": None, "Date": None}}
+
+
+def save_figure(fig, path, dpi: int = DPI, **kwargs):
+    """``fig.savefig`` with metadata that do not change between runs (no software version, no date)."""
+    from pathlib import Path
+
+    fmt = kwargs.get("format") or Path(str(path)).suffix.lstrip(".").lower() or "png"
+    meta = dict(_FIXED_METADATA.get(fmt, {}))
+    meta.update(kwargs.pop("metadata", None) or {})
+    fig.savefig(path, dpi=dpi, metadata=meta or None, **kwargs)
+
+
 def _save(fig, path):
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
+    save_figure(fig, path)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -85,7 +102,7 @@ def tour_plots(t) -> dict:
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(out / "constraint.png", dpi=DPI)
+    save_figure(fig, out / "constraint.png")
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.6))

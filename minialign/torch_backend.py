@@ -198,7 +198,7 @@ class TorchBackend(NumpyBackend):
 
     def token_fdiv(self, logits_p, logits_q, f, ref_grad):
         """D_f(softmax(z)‖softmax(r)) per row by the fused Triton kernel: (D [N], backward(u [N]) -> (dz, dr or
-        None)); the reference gradient (Eq. 8.16) is written in the same pass when ``ref_grad``."""
+        None)); the reference gradient (Eq. 8.15) is written in the same pass when ``ref_grad``."""
         if not self._kernels_take(logits_p, logits_q):
             return None
         from .kernels.logprob_fdiv import logprob_fdiv_backward, logprob_fdiv_forward

@@ -94,6 +94,29 @@ def test_every_numbered_equation_names_existing_code_and_tests(chapter):
     assert not problems, "\n".join(problems)
 
 
+def out_of_order(text: str):
+    """The equation numbers that appear after a larger one: a chapter numbers its equations as they appear."""
+    minors = [int(minor) for _, minor in TAG.findall(text)]
+    return [f"(.{m}) after (.{max(minors[:i])})" for i, m in enumerate(minors) if i and m < max(minors[:i])]
+
+
+# Chapter 05 is renumbered on another branch (issue 24): drop it from here once that branch is merged.
+RENUMBERED_ELSEWHERE = {"05-rlhf.md"}
+
+
+@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.xfail(reason="renumbered on another branch",
+                                                                             strict=False))
+                                     if c.name in RENUMBERED_ELSEWHERE else c for c in CHAPTERS],
+                         ids=lambda p: p.name)
+def test_equations_are_numbered_in_the_order_they_appear(chapter):
+    assert not out_of_order(chapter.read_text())
+
+
+def test_the_order_check_can_fail():
+    assert out_of_order("$$ a \\tag{8.1} $$ $$ b \\tag{8.16} $$ $$ c \\tag{8.15} $$") == ["(.15) after (.16)"]
+    assert not out_of_order("$$ a \\tag{8.1} $$ $$ b \\tag{8.2} $$ $$ c \\tag{8.10} $$")
+
+
 def test_the_checker_rejects_missing_and_dangling_references():
     """The checker itself must be able to fail."""
     bad = "$$ x = 1 \\tag{1.1} $$\n\nno reference here\n\n$$ y \\tag{1.2} $$\n> code: `minialign/tensor.py::nope` · test: `tests/test_tensor.py::test_nope`\n"
@@ -125,3 +148,97 @@ def test_the_control_character_check_can_fail(tmp_path):
     bad.write_text("$$ x \tag{1.1} $$\n", encoding="utf-8")
     with pytest.raises(AssertionError, match="0x09"):
         test_text_holds_no_control_characters(bad)
+
+
+# ---------------------------------------------------------------------------------------------- one notation
+# the words right before a symbol that is being defined
+INTRODUCED = re.compile(r"\b(?:where|with|let|here|and|call|write|denote|ratio|weight|rate|baseline)\s+$")
+DEFINES = re.compile(r"\$(?P<sym>[^$=]{1,30}?)\s*(?:=(?P<value>[^$]{0,40}))?\$"
+                     r"\s*(?:(?P<verb>is|be|the|denotes|as)\b)?(?P<what>[^.;:\n$]{0,80})")
+RETIRED = re.compile(r"^\s*\$?(\\[a-z]+|[^\s$]+)\$?\s+is used for nothing", re.M)
+NEIGHBOURHOOD = 8  # lines either side of a \tag line
+
+
+def _symbol(latex: str) -> str:
+    """`\\tau(c)` → `\\tau`, `P(x)` → `P`, `B_i` stays `B_i`: the symbol without its argument."""
+    return re.sub(r"\(.*\)$", "", latex.strip()).strip()
+
+
+def notation_box(text: str):
+    """{symbol: its meaning} from the notation table of chapter 00, and the symbols it retires."""
+    box, lines = {}, text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| symbol | meaning"))
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for latex in re.findall(r"\$([^$]+)\$", cells[0]):
+            for part in latex.split(","):
+                if _symbol(part) and "\\lvert" not in part:
+                    box[_symbol(part)] = cells[1]
+    retired = {m.group(1).strip("$") for m in RETIRED.finditer(text)}
+    return box, retired
+
+
+def _words(text: str) -> set:
+    return {w.lower() for w in re.findall(r"[A-Za-z]{5,}", text)}
+
+
+def redefinitions(text: str, box: dict, retired: set):
+    """Any use of a symbol the box retires (ρ), and definitions ("where $β$ is …", "let $P$ be …", "with $B_i$ the …")
+    within NEIGHBOURHOOD lines of a \\tag line of a box symbol whose defining words share none with its meaning
+    there."""
+    lines = text.splitlines()
+    near = {j for i, line in enumerate(lines) if TAG.search(line)
+            for j in range(max(0, i - NEIGHBOURHOOD), min(len(lines), i + NEIGHBOURHOOD + 1))}
+    greek = {"ρ": "\\rho", "β": "\\beta", "τ": "\\tau", "κ": "\\kappa", "π": "\\pi", "λ": "\\lambda"}
+    retired_latex = {greek.get(r, r) for r in retired}
+    found = []
+    for j, line in enumerate(lines):  # a retired symbol is used for nothing, anywhere
+        if line.startswith("> code:") or RETIRED.match(line):
+            continue
+        if any(r in line for r in retired | retired_latex):
+            found.append(f"line {j + 1}: a symbol the notation box retires ({', '.join(sorted(retired))}): "
+                         f"{line.strip()[:80]!r}")
+    for j in sorted(near):
+        for m in DEFINES.finditer(lines[j]):
+            sym, what = _symbol(m.group("sym")), m.group("what")
+            if sym not in box and sym not in retired_latex:
+                sym = re.sub(r"_.*$", "", sym)  # $\\rho_j$ is ρ, $b_i$ is b, unless the box has the subscripted one
+            if not INTRODUCED.search(lines[j][:m.start()]) or not (m.group("verb") or m.group("value") is not None):
+                continue  # "with $x$" alone defines nothing
+            if sym in box and m.group("value") is None and not (_words(what) & _words(box[sym])):
+                found.append(f"line {j + 1}: ${sym}$ means {box[sym][:60]!r} in the box: {m.group(0)!r}")
+    return found
+
+
+BOX = notation_box((ROOT / "chapters" / "00-map.md").read_text())
+
+
+def test_the_notation_box_defines_the_symbols_the_chapters_share():
+    box, retired = BOX
+    for sym in ("x", "c", "\\tau", "G", "w", "\\kappa", "M", "B_i", "\\beta", "P", "b"):
+        assert sym in box, f"the notation box has no row for ${sym}$"
+    assert "ρ" in retired
+
+
+@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.xfail(reason="renotated on another branch",
+                                                                             strict=False))
+                                     if c.name in RENUMBERED_ELSEWHERE else c for c in CHAPTERS],
+                         ids=lambda p: p.name)
+def test_no_symbol_of_the_notation_box_is_redefined_near_an_equation(chapter):
+    problems = redefinitions(chapter.read_text(), *BOX)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_notation_check_can_fail():
+    planted = ("$$ m \\leftarrow (1-\\kappa)\\,m \\tag{6.11} $$\n> code: x · test: y\n\n"
+               "with $\\kappa = 0.1$ the rate, where $\\beta$ is the constant of quasi-rejection sampling,\n"
+               "and let $P$ be the length of the prompt.\n")
+    problems = redefinitions(planted, *BOX)
+    assert len(problems) == 2 and "$\\beta$" in problems[0] and "$P$" in problems[1], problems
+    assert not redefinitions(planted.replace("\\tag{6.11}", ""), *BOX)  # far from any equation: not checked
+    retired = planted.replace("\\kappa", "\\rho")
+    assert sum("retires" in q for q in redefinitions(retired.replace("\\tag{6.11}", ""), *BOX)) == 2  # ρ: anywhere
+    fine = "$$ x \\tag{6.13} $$\n($B_i$ the leave-one-out baseline, with $\\beta$ the KL coefficient).\n"
+    assert not redefinitions(fine, *BOX)

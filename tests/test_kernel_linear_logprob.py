@@ -1,4 +1,4 @@
-"""Chunked output projection + fused log-prob / f-divergence (chapter 08, Eq. 8.15).
+"""Chunked output projection + fused log-prob / f-divergence (chapter 08, Eq. 8.16).
 
 Oracle: the full ``[N, V]`` logits in float64 and torch autograd through the log-prob reference.
 Tolerances, as ``max|kernel - reference| / max(max|reference|, 1)``: fp32 1e-5 and bf16 2e-2, against the
@@ -74,7 +74,7 @@ def test_without_reference_and_a_ragged_large_vocabulary():
 
 @pytest.mark.parametrize("chunk_size", [None, 4])
 def test_forward_then_backward_with_recomputed_chunks_matches_full_logits(chunk_size):
-    """The engine's form of Eq. (8.15): the forward keeps log pi(y) and LSE only; the backward, given the
+    """The engine's form of Eq. (8.16): the forward keeps log pi(y) and LSE only; the backward, given the
     weights later, recomputes each chunk's logits. Same gradients as the one-pass form and the float64 oracle."""
     h, W, y, w, _, _, _ = make(11, 16, 300, seed=5, with_ref=False)
     logp, lse = linear_logprob_forward(h, W, y, chunk_size=chunk_size)

@@ -117,7 +117,7 @@ def test_backward_matches_autograd_of_reference(f, n, v, block_v):
 @pytest.mark.parametrize("n,v,block_v", SIZES[:2])
 @pytest.mark.parametrize("f", F_NAMES)
 def test_reference_gradient_matches_autograd_of_reference(f, n, v, block_v):
-    """Eq. (8.16): dL/dr_k = u a_k (g(t_k) - G), written beside dL/dz in the same pass; dz is unchanged by it."""
+    """Eq. (8.15): dL/dr_k = u a_k (g(t_k) - G), written beside dL/dz in the same pass; dz is unchanged by it."""
     z, r, y = make_inputs(n, v, seed=31)
     gen = torch.Generator().manual_seed(32)
     w, u = torch.randn(n, generator=gen).to(DEVICE), torch.randn(n, generator=gen).to(DEVICE)
@@ -170,7 +170,7 @@ def test_reference_gradient_needs_a_reference_and_refuses_infinite_rows():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("f", ["kl", "js"])
 def test_backward_in_16_bit(f, dtype):
-    """(Both gradients: the reference's, Eq. 8.16, is stored in the reference's dtype.)"""
+    """(Both gradients: the reference's, Eq. 8.15, is stored in the reference's dtype.)"""
     dtype = getattr(torch, dtype)
     z, r, y = make_inputs(4, 300, dtype=dtype, seed=5)
     w, u = torch.ones(4, device=DEVICE), torch.full((4,), 0.5, device=DEVICE)

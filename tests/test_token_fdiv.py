@@ -1,5 +1,5 @@
-"""The token-level f-divergence op, F.token_fdiv (chapter 08, Eqs. 8.10, 8.13 and 8.16), and the head fused with
-the log-probabilities, F.linear_logprobs (Eq. 8.15).
+"""The token-level f-divergence op, F.token_fdiv (chapter 08, Eqs. 8.10, 8.13 and 8.15), and the head fused with
+the log-probabilities, F.linear_logprobs (Eq. 8.16).
 
 Oracles: central finite differences in float64 (``gradcheck``), torch autograd through the plain formulas,
 ``minialign.divergences`` on the softmaxes, and — for the torch backend — the NumPy engine itself: the fused
@@ -54,7 +54,7 @@ def test_the_op_offers_the_kernels_members(triton):
 # ------------------------------------------------------------------------------- the NumPy engine
 @pytest.mark.parametrize("f", F_NAMES)
 def test_gradcheck_in_both_logits_with_a_mask(f):
-    """Eqs. (8.13) and (8.16) against central differences; masked positions get neither value nor gradient."""
+    """Eqs. (8.13) and (8.15) against central differences; masked positions get neither value nor gradient."""
     z, r = t64(logits((2, 3, 5), 0)), t64(logits((2, 3, 5), 1))
     mask = np.array([[True, False, True], [True, True, False]])
     assert gradcheck(lambda a, b: F.token_fdiv(a, b, f, mask), z, r)

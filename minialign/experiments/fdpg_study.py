@@ -41,7 +41,6 @@ STEPS = 300  # per run, both arms
 LAST = 25  # "at the end" = the mean over the last LAST steps
 COVERED = 0.9  # a mode counts as covered once π puts 90% of the target's mass on it
 COLORS = {"kl": "C3", "reverse_kl": "C0", "js": "C2", "tv": "C1"}
-SEED_STYLES = ("-", "--", ":")
 
 
 # ---------------------------------------------------------------------------------------------- the lab problems
@@ -502,78 +501,100 @@ def overall_table(records, last: int = LAST) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- figures
-def _seed_legend(fig, seeds, extra=()):
+F_STYLES = {"kl": "-", "reverse_kl": "--", "js": "-.", "tv": ":"}  # a second cue beside the colour
+
+
+def _f_legend(fig, extra=(), bottom=0.0):
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=COLORS[f], label=STUDY_FS[f]) for f in STUDY_FS]
-    handles += [Line2D([], [], color="gray", ls=SEED_STYLES[i % 3], label=f"seed {s}") for i, s in enumerate(seeds)]
+    handles = [Line2D([], [], color=COLORS[f], ls=F_STYLES[f], lw=1.6, label=STUDY_FS[f]) for f in STUDY_FS]
     handles += list(extra)
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=10, frameon=False,
+               bbox_to_anchor=(0.5, bottom))
+
+
+def _run_of(records, target, f, arm, seed):
+    return next((r for r in records if (r["target"], r["f"], r["arm"], r["seed"]) == (target, f, arm, seed)), None)
 
 
 def plot_lab_curves(records, path, arm="sampled"):
-    """Per-seed curves of one arm: KL(p‖π) (log axis) and H(π) − H(p), step 0 = π = a included."""
+    """One arm's runs, one column per seed and two rows per target — KL(p‖π) (log axis) and H(π) − H(p) —
+    so that a panel holds the four members of one (target, seed) only; step 0 (π = a) included."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    from ..plots import save_figure
+
     seeds = _seeds(records)
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
-    for j, target in enumerate(TARGETS):
-        for r in records:
-            if r["arm"] != arm or r["target"] != target:
-                continue
-            ls = SEED_STYLES[seeds.index(r["seed"]) % 3]
-            c = r["curve"]
-            axes[0, j].plot(c["kl_p_pi"], color=COLORS[r["f"]], ls=ls, lw=0.9, alpha=0.85)
-            axes[1, j].plot(np.array(c["entropy"]) - r["target_entropy"], color=COLORS[r["f"]], ls=ls, lw=0.9,
-                            alpha=0.85)
-        axes[0, j].axhline(THRESHOLD, color="gray", ls="-.", lw=1.0)
-        axes[0, j].set_yscale("log")
-        axes[0, j].set_title(f"{target}: KL(p‖π) per seed ({arm})")
-        axes[1, j].axhline(0.0, color="black", ls="-.", lw=1.0)
-        axes[1, j].set_title(f"{target}: H(π) − H(p) per seed ({arm})")
-        axes[1, j].set_xlabel("step (0: π = a, before any update)")
-    axes[0, 0].set_ylabel("exact KL(p‖π) (nats, log scale)")
-    axes[1, 0].set_ylabel("H(π) − H(p) (nats)")
-    extra = [Line2D([], [], color="gray", ls="-.", lw=1.0, label=f"threshold {THRESHOLD} nats"),
-             Line2D([], [], color="black", ls="-.", lw=1.0, label="H(π) = H(p)")]
-    _seed_legend(fig, seeds, extra)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig, axes = plt.subplots(2 * len(TARGETS), len(seeds), figsize=(4.2 * len(seeds), 2.5 * 2 * len(TARGETS)),
+                             sharex=True, squeeze=False)
+    for i, target in enumerate(TARGETS):
+        for j, seed in enumerate(seeds):
+            ax_kl, ax_h = axes[2 * i, j], axes[2 * i + 1, j]
+            for f in STUDY_FS:
+                r = _run_of(records, target, f, arm, seed)
+                if r is None:
+                    continue
+                c = r["curve"]
+                ax_kl.plot(c["kl_p_pi"], color=COLORS[f], ls=F_STYLES[f], lw=1.3)
+                ax_h.plot(np.array(c["entropy"]) - r["target_entropy"], color=COLORS[f], ls=F_STYLES[f], lw=1.3)
+            ax_kl.axhline(THRESHOLD, color="gray", lw=0.8, alpha=0.7)
+            ax_kl.set_yscale("log")
+            ax_kl.set_title(f"{target}, seed {seed}: KL(p‖π)", fontsize=10)
+            ax_h.axhline(0.0, color="black", lw=0.8, alpha=0.7)
+            ax_h.set_title(f"{target}, seed {seed}: H(π) − H(p)", fontsize=10)
+        axes[2 * i, 0].set_ylabel("KL(p‖π), nats (log)")
+        axes[2 * i + 1, 0].set_ylabel("H(π) − H(p), nats")
+    for ax in axes[-1]:
+        ax.set_xlabel("step (0: π = a)")
+    extra = [Line2D([], [], color="gray", lw=0.8, label=f"KL = {THRESHOLD} nats"),
+             Line2D([], [], color="black", lw=0.8, label="H(π) = H(p)")]
+    fig.suptitle(f"f-DPG on the exact lab, {arm} arm: each panel one target and one seed", fontsize=12)
+    _f_legend(fig, extra)
+    fig.tight_layout(rect=(0, 0.025, 1, 1))
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
 def plot_neglected(records, path):
-    """The two-mode target: π(mode)/p(mode) for the mode each seed's a under-covers, per seed, both arms."""
+    """The two-mode target: π(S)/p(S) for the mode S each seed's a under-covers; one row per arm, one
+    column per seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
 
+    from ..plots import save_figure
+
     rs = [r for r in records if r["target"] == "two_modes"]
     seeds = _seeds(rs)
     arms = [arm for arm in ARMS if any(r["arm"] == arm for r in rs)]
-    fig, axes = plt.subplots(1, len(arms), figsize=(6.5 * len(arms), 4.2), sharey=True, squeeze=False)
-    for ax, arm in zip(axes[0], arms):
-        for r in rs:
-            if r["arm"] == arm:
-                ax.plot(r["curve"]["covered"], color=COLORS[r["f"]], ls=SEED_STYLES[seeds.index(r["seed"]) % 3],
-                        lw=0.9, alpha=0.85)
-        ax.axhline(1.0, color="black", ls="-.", lw=1.0)
-        ax.axhline(COVERED, color="gray", ls="-.", lw=1.0)
-        ax.set_yscale("log")
-        ax.set_title(f"two modes: the neglected mode per seed ({arm} arm)")
-        ax.set_xlabel("step (0: π = a, before any update)")
-    axes[0, 0].set_ylabel("π(neglected mode) / p(neglected mode)")
-    extra = [Line2D([], [], color="black", ls="-.", lw=1.0, label="target (1)"),
-             Line2D([], [], color="gray", ls="-.", lw=1.0, label=f"covered ({COVERED})")]
-    _seed_legend(fig, seeds, extra)
-    fig.tight_layout(rect=(0, 0.09, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig, axes = plt.subplots(len(arms), len(seeds), figsize=(4.2 * len(seeds), 3.2 * len(arms) + 0.6),
+                             sharex=True, sharey=True, squeeze=False)
+    for i, arm in enumerate(arms):
+        for j, seed in enumerate(seeds):
+            ax = axes[i, j]
+            for f in STUDY_FS:
+                r = _run_of(rs, "two_modes", f, arm, seed)
+                if r is not None:
+                    ax.plot(r["curve"]["covered"], color=COLORS[f], ls=F_STYLES[f], lw=1.3)
+            ax.axhline(1.0, color="black", lw=0.8, alpha=0.7)
+            ax.axhline(COVERED, color="gray", lw=0.8, alpha=0.7)
+            ax.set_yscale("log")
+            ax.set_title(f"{arm} arm, seed {seed}", fontsize=10)
+        axes[i, 0].set_ylabel("π(S) / p(S)")
+    for ax in axes[-1]:
+        ax.set_xlabel("step (0: π = a)")
+    extra = [Line2D([], [], color="black", lw=0.8, label="target (1)"),
+             Line2D([], [], color="gray", lw=0.8, label=f"covered ({COVERED})")]
+    fig.suptitle("two-mode target: the mass on the mode S that each seed's a neglects", fontsize=12)
+    _f_legend(fig, extra)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 
