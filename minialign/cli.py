@@ -82,7 +82,7 @@ def _align(args):
     from . import tasks
     from .io import fingerprint
     from .loop import check_resumable
-    from .trainers.common import TrainConfig
+    from .trainers.common import RunContext, TrainConfig
 
     spec = R.METHODS[args.method]
     opts = {o.dest: getattr(args, o.dest) for o in spec.options}
@@ -103,8 +103,9 @@ def _align(args):
                     args.fresh)  # before any work: a damaged checkpoint or another run's is refused now
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
     ingredients = R.prepare(spec, opts, base, args.seed, progress=not args.quiet)
-    result = spec.run(ingredients, opts, cfg, base, out, args.fresh, not args.quiet,
-                      {**spec.identity(opts), **ingredients.identity})
+    ctx = RunContext(cfg, base, out, fresh=args.fresh, progress=not args.quiet,
+                     identity={**spec.identity(opts), **ingredients.identity}, backend=backend)
+    result = spec.run(ingredients, opts, ctx)
     for line in result.report:
         print(line)
     print(f"checkpoint: {out}")
@@ -114,16 +115,16 @@ def _align(args):
 
 def _distill(args):
     from . import tasks
-    from .trainers.common import TrainConfig
+    from .trainers.common import RunContext, TrainConfig
 
     backend = _backend(args)
     teacher = tasks.load_base(args.teacher, backend=backend)
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
     print("teacher samples:", ", ".join(tasks.samples(teacher, 12, args.seed)))
-    student, _ = tasks.run_distill(teacher, f=args.f, samples=args.samples, student_config=args.student_config,
-                                   cfg=cfg, out=args.out, progress=not args.quiet, fresh=args.fresh,
-                                   identity={"teacher_path": str(args.teacher)})
+    ctx = RunContext(cfg, out=args.out, fresh=args.fresh, progress=not args.quiet,
+                     identity={"teacher_path": str(args.teacher)}, backend=backend)
+    student, _ = tasks.run_distill(teacher, ctx, student_config=args.student_config, f=args.f, samples=args.samples)
     for line in tasks.distill_report(student, teacher, args.f, n=args.eval_samples, seed=args.seed):
         print(line)
     print(f"checkpoint: {args.out}")

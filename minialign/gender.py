@@ -30,7 +30,7 @@ import numpy as np
 from . import functional as F
 from .data import DATA_DIR, NamesCorpus, load_names, split
 from .io import kind_error, load, save, weights_into
-from .loop import fit
+from .loop import LoopConfig, fit
 from .nn import Module, Parameter
 from .optim import AdamW
 from .tensor import Tensor, no_grad
@@ -137,7 +137,7 @@ class GenderClassifier(Module):
             opt.step()
             return {"loss": loss.item()}
 
-        fit(step, int(steps), model=model, optimizer=opt, progress=progress, desc="gender classifier")
+        fit(step, LoopConfig(int(steps), progress=progress, desc="gender classifier"), model=model, optimizer=opt)
         val_labels = np.array([corpus.is_female(n) for n in val_names], dtype=bool)
         val_pred = model.prob_female(val_names) > 0.5
         model.metrics = {

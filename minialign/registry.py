@@ -57,7 +57,7 @@ class MethodSpec:
     help: str
     needs: tuple          # ingredients: "reward", "pairs", "constraints", "target"
     options: tuple        # Option, …
-    run: Callable         # (Ingredients, options dict, TrainConfig, base, out, fresh, progress) → Result
+    run: Callable         # (Ingredients, options dict, RunContext) → Result
     check: Callable | None = None  # (options dict) → None or raises ValueError: cross-option checks
     check_train: Callable | None = None  # (options dict, TrainConfig) → None or raises: checks against --batch-size
 
@@ -212,36 +212,38 @@ def _prompted_lines(policy, prompts, seed) -> list:
     return ["completions: " + "; ".join(f"{x}… → {', '.join(names)}" for x, names in samples.items())]
 
 
-def _run_rlhf(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+def _run_rlhf(ing, opts, ctx) -> Result:
     from . import tasks
 
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_rlhf(ing.reward, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
-                                  kl_target=opts["kl_target"], cfg=cfg, base=base, out=out, progress=progress,
-                                  fresh=fresh, identity=identity, prompts=prompts, group_size=opts["group_size"])
+    policy, hist = tasks.run_rlhf(ing.reward, ctx, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
+                                  kl_target=opts["kl_target"], prompts=prompts, group_size=opts["group_size"])
     return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est",
-                                                 "distinct_2", "in_corpus"])] + _prompted_lines(policy, prompts, cfg.seed))
+                                                 "distinct_2", "in_corpus"])] + _prompted_lines(policy, prompts, ctx.seed))
 
 
-def _run_grpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+def _run_grpo(ing, opts, ctx) -> Result:
     from . import tasks
 
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_grpo(ing.reward, prompts, opts["group_size"], beta=opts["beta"], clip=opts["clip"],
-                                  kl=opts["kl"], scale=opts["scale"] == "group", epochs=opts["epochs"], cfg=cfg,
-                                  base=base, out=out, progress=progress, fresh=fresh, identity=identity)
+    policy, hist = tasks.run_grpo(ing.reward, ctx, prompts=prompts, group_size=opts["group_size"], beta=opts["beta"],
+                                  clip=opts["clip"], kl=opts["kl"], scale=opts["scale"] == "group",
+                                  epochs=opts["epochs"])
     return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "clip_fraction", "distinct_2",
-                                                 "in_corpus"])] + _prompted_lines(policy, prompts, cfg.seed))
+                                                 "in_corpus"])] + _prompted_lines(policy, prompts, ctx.seed))
 
 
-def _run_dpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+def _run_dpo(ing, opts, ctx) -> Result:
     from . import tasks
 
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_dpo(ing.pairs, beta=opts["beta"], cfg=cfg, base=base, out=out, progress=progress,
-                                 fresh=fresh, identity=identity, prompt_length=0 if prompts is None else prompts.length)
+    policy, hist = tasks.run_dpo(ing.pairs, ctx, beta=opts["beta"],
+                                 prompt_length=0 if prompts is None else prompts.length)
     return Result(policy, hist, [_summary(hist, ["loss", "pair_accuracy", "margin"])]
-                  + _prompted_lines(policy, prompts, cfg.seed))
+                  + _prompted_lines(policy, prompts, ctx.seed))
 
 
 def constraint_report(ebm, policy, base, history, n, seed):
@@ -264,16 +266,17 @@ def constraint_report(ebm, policy, base, history, n, seed):
     return lines, checks, (names, kl, se)
 
 
-def _run_gdc(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+def _run_gdc(ing, opts, ctx) -> Result:
     from . import tasks
 
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_gdc(ing.ebm, proposal=opts["proposal"], baseline=opts["baseline"],
-                                 calibrate=opts["calibrate"], cfg=cfg, base=base, out=out, progress=progress,
-                                 fresh=fresh, identity=identity, prompts=prompts, group_size=opts["group_size"])
+    policy, hist = tasks.run_gdc(ing.ebm, ctx, calibrate=opts["calibrate"], proposal=opts["proposal"],
+                                 baseline=opts["baseline"], prompts=prompts, group_size=opts["group_size"])
+    base = ctx.base
     if prompts is not None:
-        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, cfg.seed))
-    lines, checks, (names, kl, se) = constraint_report(ing.ebm, policy, base, hist, opts["eval_samples"], cfg.seed)
+        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, ctx.seed))
+    lines, checks, (names, kl, se) = constraint_report(ing.ebm, policy, base, hist, opts["eval_samples"], ctx.seed)
     missed = not all(c.met for c in checks)
     if missed and opts["calibrate"] is None:
         lines.append(f"after {len(hist['loss'])} steps the policy misses μ̄: DPG moves π towards p, and can stop short "
@@ -283,8 +286,7 @@ def _run_gdc(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
         lines.append(f"after {len(hist['loss'])} steps λ has not yet brought π to μ̄: train longer (chapter 06 §7 uses "
                      "--baseline --steps 250 --batch-size 128 --lr 5e-4)")
     if opts["compare_reinforce"] and ing.ebm.k:
-        lines += _reinforce_at(ing.ebm.features[0], checks[0].value, base, opts["eval_samples"], cfg, hist, kl, se,
-                               progress)
+        lines += _reinforce_at(ing.ebm.features[0], checks[0].value, opts["eval_samples"], ctx, hist, (kl, se))
     lines.append(_summary(hist, [k for k in hist if k.startswith("E[")] + ["satisfied", "kl_p_pi_est", "kl_pi_a_est",
                                                                         "self_bleu", "distinct_2", "in_corpus"]))
     return Result(policy, hist, lines, {"checks": checks, "fresh": (names, kl, se)})
@@ -307,12 +309,15 @@ def _conditional_constraint_lines(ebm, policy, base, prompts, hist, opts, seed) 
     return lines + _prompted_lines(policy, prompts, seed)
 
 
-def _reinforce_at(feature, reached, base, n, cfg, hist, kl, se, progress) -> list:
-    """REINFORCE with the feature as the reward, stopped at GDC's fraction; both KLs on fresh samples."""
+def _reinforce_at(feature, reached, n, ctx, hist, gdc_kl) -> list:
+    """REINFORCE with the feature as the reward, stopped at GDC's fraction; both KLs on fresh samples (``gdc_kl``:
+    GDC's KL and its standard error)."""
     from . import tasks
 
-    _, rein, (_, value, rein_kl, rein_se) = tasks.compare_reinforce(feature, reached, base, n_eval=n, seed=cfg.seed,
-                                                                    batch_size=cfg.batch_size, progress=progress)
+    kl, se = gdc_kl
+    _, rein, (_, value, rein_kl, rein_se) = tasks.compare_reinforce(feature, reached, ctx.base, n_eval=n,
+                                                                    seed=ctx.seed, batch_size=ctx.cfg.batch_size,
+                                                                    progress=ctx.progress)
     steps = len(rein["loss"])
     first = (f"REINFORCE with {feature.name} as the reward (lr 1e-4), stopped after {steps} steps when {n} fresh "
              f"samples reached E[{feature.name}] = {reached:.3f}: {value:.3f} on new samples"
@@ -322,19 +327,20 @@ def _reinforce_at(feature, reached, base, n, cfg, hist, kl, se, progress) -> lis
     return [first, f"KL(π‖a) on fresh samples: GDC {kl:.3f} ± {se:.3f} | REINFORCE {rein_kl:.3f} ± {rein_se:.3f}"]
 
 
-def _run_fdpg(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+def _run_fdpg(ing, opts, ctx) -> Result:
     from . import tasks
 
+    ctx = tasks.with_base(ctx)
     reward = ing.reward if opts["target"] == "reward" else None
     prompts = _prompts(opts)
-    policy, hist = tasks.run_fdpg(opts["f"], ing.target, ebm=ing.ebm, reward=reward, proposal=opts["proposal"],
-                                  cfg=cfg, base=base, out=out, progress=progress, fresh=fresh, identity=identity,
+    policy, hist = tasks.run_fdpg(opts["f"], ing.target, ctx, ebm=ing.ebm, reward=reward, proposal=opts["proposal"],
                                   prompts=prompts, group_size=opts["group_size"])
     if prompts is not None and ing.ebm is not None:
-        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, cfg.seed))
+        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, ctx.base, prompts, hist, opts,
+                                                                  ctx.seed))
     keys = [k for k in hist if k.startswith("E[")] + ["satisfied", "reward_est", "kl_p_pi_est", "kl_pi_a_est",
                                                       "self_bleu", "distinct_2", "in_corpus"]
-    return Result(policy, hist, [_summary(hist, keys)] + _prompted_lines(policy, prompts, cfg.seed))
+    return Result(policy, hist, [_summary(hist, keys)] + _prompted_lines(policy, prompts, ctx.seed))
 
 
 def _check_constraints(opts):

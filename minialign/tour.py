@@ -15,7 +15,7 @@ from pathlib import Path
 from . import registry as R
 from . import tasks
 from .metrics import DIVERSITY_N, SELF_BLEU_N, MomentCheck, binomial_tolerance, last_steps
-from .trainers.common import TrainConfig
+from .trainers.common import RunContext, TrainConfig
 
 LAST = 20  # training steps over which a training metric is averaged in the report
 
@@ -42,6 +42,10 @@ class Tour:
         self.gdc_cfg = self.cfg if self.quick else TrainConfig(steps=250, batch_size=128, lr=5e-4, seed=0,
                                                                checkpoint_every=10**9)
         self.n_eval = DIVERSITY_N if self.quick else 1000
+
+    def context(self, cfg: TrainConfig) -> RunContext:
+        """The run context of a tour's training run: the tour's base model, no checkpoint, progress unless quick."""
+        return RunContext(cfg, self.base, progress=not self.quick, backend=self.backend)
 
     def stage(self, name, fn):
         print(f"\n== {name}", flush=True)
@@ -111,8 +115,7 @@ def rlhf_stage(t: Tour) -> list:
     rewards = {"reward model r̂": rm.score, "true reward r*": true_reward}
     evals = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, rewards=rewards)}
     for beta in ((0.3, 0.1) if t.quick else (1.0, 0.3, 0.1, 0.03)):
-        result = spec.run(R.Ingredients(reward=rm.score), spec.defaults(beta=beta), t.cfg, t.base, None, False,
-                          not t.quick, {})
+        result = spec.run(R.Ingredients(reward=rm.score), spec.defaults(beta=beta), t.context(t.cfg))
         evals[f"RLHF β = {beta}"] = tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)
     t.runs["rlhf"] = evals
     lines = ["## RLHF", "", f"RLOO with the sequence-level k1 penalty in the reward, against the reward model, "
@@ -128,8 +131,7 @@ def dpo_stage(t: Tour) -> list:
     from .rewards import true_reward
 
     spec = R.METHODS["dpo"]
-    result = spec.run(R.Ingredients(pairs=t.runs["pairs"]), spec.defaults(beta=0.1), t.cfg, t.base, None, False,
-                      not t.quick, {})
+    result = spec.run(R.Ingredients(pairs=t.runs["pairs"]), spec.defaults(beta=0.1), t.context(t.cfg))
     t.runs["dpo"] = result.history
     rewards = {"true reward r*": true_reward}
     evals = {"base model a": t.runs["rlhf"]["base model a"],
@@ -151,8 +153,7 @@ def gdc_stage(t: Tour) -> list:
     evals, hists = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, features=[female])}, {}
     for name, calibrate in (("GDC, λ of the I-projection", None), ("GDC, λ on π's moment", 0.1)):
         result = spec.run(R.Ingredients(ebm=ebm), spec.defaults(baseline=True, calibrate=calibrate,
-                                                                eval_samples=t.n_eval), t.gdc_cfg, t.base, None,
-                          False, not t.quick, {})
+                                                                eval_samples=t.n_eval), t.context(t.gdc_cfg))
         evals[name] = tasks.evaluate(result.policy, t.base, t.n_eval, features=[female])
         hists[name] = result.history
     calibrated = evals["GDC, λ on π's moment"].fractions["female"].mean
@@ -182,8 +183,8 @@ def fdpg_stage(t: Tour) -> list:
     from .ebm import feature
 
     ebm, spec = t.runs["ebm"], R.METHODS["fdpg"]
-    result = spec.run(R.Ingredients(ebm=ebm, target=tasks.ebm_target(ebm)), spec.defaults(f="js"), t.gdc_cfg, t.base,
-                      None, False, not t.quick, {})
+    result = spec.run(R.Ingredients(ebm=ebm, target=tasks.ebm_target(ebm)), spec.defaults(f="js"),
+                      t.context(t.gdc_cfg))
     hist = t.runs["fdpg"] = result.history
     e = tasks.evaluate(result.policy, t.base, t.n_eval, features=[feature("female")])
     gdc = t.runs["gdc"]["GDC, λ of the I-projection"]
@@ -209,8 +210,7 @@ def conditional_stage(t: Tour) -> list:
     models, hists = {"base a": t.base}, {}
     for name, method in (("RLOO, k1 in the reward", "rlhf"), ("GRPO (std, k3 in the loss)", "grpo")):
         spec = R.METHODS[method]
-        result = spec.run(ingredients, spec.defaults(prompts="first1", group_size=4, beta=0.1), cfg, t.base, None,
-                          False, not t.quick, {})
+        result = spec.run(ingredients, spec.defaults(prompts="first1", group_size=4, beta=0.1), t.context(cfg))
         models[name], hists[name] = result.policy, result.history
     t.runs["conditional"] = hists
     n = 200 if t.quick else 1000

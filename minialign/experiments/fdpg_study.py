@@ -27,7 +27,7 @@ from ..gpt import GPT
 from ..lab import ExactLab, fdiv_to_target, lab_model
 from ..logspace import logsumexp
 from ..tensor import no_grad
-from ..trainers.common import TrainConfig, exact_batch, frozen_copy, train
+from ..trainers.common import Hooks, RunContext, TrainConfig, exact_batch, frozen_copy, train
 from ..trainers.fdpg import FDPG
 
 STUDY_FS = {"kl": "KL(π‖p) (reverse KL)", "reverse_kl": "KL(p‖π) (forward KL)", "js": "JS", "tv": "TV"}
@@ -273,7 +273,7 @@ def run_lab(problem: LabProblem, f: str, arm: str, steps: int, lr: float = LR, b
     record(problem.p_a)
     t0 = time.perf_counter()
     train(method, policy, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=problem.seed), progress=False,
-          log_fn=lambda step, metrics: record(distribution(problem.lab, policy)))
+          hooks=Hooks(log_fn=lambda step, metrics: record(distribution(problem.lab, policy))))
     return {"target": problem.target, "f": f, "seed": problem.seed, "arm": arm, "curve": curve, "lr": lr,
             "batch_size": batch_size, "seconds": time.perf_counter() - t0,
             "target_entropy": problem.lab.entropy(problem.p), "neglected": problem.neglected}
@@ -597,9 +597,8 @@ def run_names_study(fs=("kl", "reverse_kl", "js", "tv"), steps=60, batch_size=64
     rows = []
     for name, (target, e, reward) in targets.items():
         for f in fs:
-            _, hist = tasks.run_fdpg(f, target, ebm=e, reward=reward,
-                                     cfg=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
-                                     progress=progress)
+            ctx = RunContext(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), progress=progress)
+            _, hist = tasks.run_fdpg(f, target, ctx, ebm=e, reward=reward)
             stats = {}
             for k, v in hist.items():
                 tail = np.asarray(v[-last:], dtype=np.float64)

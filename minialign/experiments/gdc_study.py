@@ -26,7 +26,7 @@ import numpy as np
 
 from ..data import CharTokenizer
 from ..metrics import distinct_n, self_bleu
-from ..trainers.common import TrainConfig, logprobs
+from ..trainers.common import RunContext, TrainConfig, logprobs
 
 SELF_BLEU_BLOCK = 200  # Self-BLEU of 200 names, averaged over blocks
 DISTINCT_BLOCK = 100  # distinct-2 of 100 names, averaged over blocks
@@ -149,11 +149,11 @@ def run_compare(seeds=(0, 1, 2), steps=100, batch_size=64, lr=5e-4, n_eval=2000,
         for method in ("gdc", "rlhf"):
             t = time.perf_counter()
             if method == "gdc":
-                policy, hist = tasks.run_gdc(ebm, proposal="adaptive", baseline=True, cfg=cfg, base=base,
-                                             progress=progress)
+                policy, hist = tasks.run_gdc(ebm, RunContext(cfg, base, progress=progress), proposal="adaptive",
+                                             baseline=True)
             else:
-                policy, hist = tasks.run_rlhf(reward, beta=beta, kl="k1_seq", algo="rloo", cfg=cfg, base=base,
-                                              progress=progress)
+                policy, hist = tasks.run_rlhf(reward, RunContext(cfg, base, progress=progress), beta=beta,
+                                              kl="k1_seq", algo="rloo")
             report = _strip(names_report(policy, base, ebm, log_z, n_eval, seed=12345 + seed, p_tokens=p_tokens))
             # the batch estimate of E_π[φ]: GDC logs it; RLHF logs its reward sign(λ)·φ
             batch = hist["E[female]"] if method == "gdc" else np.sign(lam) * np.asarray(hist["reward_est"])
@@ -223,7 +223,7 @@ def run_budgets(budgets=BUDGETS, n_eval=2000, n_fit=10_000, seed=0, progress=Fal
     for steps, batch_size, lr in budgets:
         t = time.perf_counter()
         cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=10**9)
-        policy, hist = tasks.run_gdc(ebm, proposal="adaptive", baseline=True, cfg=cfg, base=base, progress=progress)
+        policy, hist = tasks.run_gdc(ebm, RunContext(cfg, base, progress=progress), proposal="adaptive", baseline=True)
         r = names_report(policy, base, ebm, 0.0, n_eval, seed=12345)
         batch = np.asarray(hist["E[female]"])
         rows.append({"steps": steps, "batch_size": batch_size, "lr": lr, "seconds": time.perf_counter() - t,
