@@ -4,7 +4,7 @@ Each ``run_*`` function builds one method on the committed base model, trains it
 ``trainers/common.py``, and returns the trained policy with its history. The ingredients the methods need —
 preference pairs, a reward model, an EBM fitted to constraints — are made here too, once, so that the
 command line, the tour and the notebooks make them the same way. The math lives in the trainers,
-``rewards.py`` and ``ebm.py``; the registry of methods that the faces use is ``registry.py``.
+``rewards.py`` and ``ebm.py``; the table of methods that the faces use is ``methods.py``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from .data import DATA_DIR, CharTokenizer, load_names
 from .gpt import GPT
 from .io import fingerprint
 from .metrics import self_bleu
-from .trainers.common import Hooks, RunContext, TrainConfig, logprobs, train, trainable_copy
+from .trainers.common import (
+    Hooks,
+    RunContext,
+    TrainConfig,
+    logprobs,
+    train,
+    trainable_copy,
+)
 
 BASE_CHECKPOINT = DATA_DIR / "base.npz"
 
@@ -200,11 +207,12 @@ def run_dpo(pairs, ctx: RunContext | None = None, beta: float = 0.1, prompt_leng
     its first k letters, the prompt, and the log-ratios are those of the completions (Eq. 5.20)."""
     from .trainers.dpo import DPO
 
-    return _run_pairs(DPO, pairs, ctx, beta=beta, prompt_length=prompt_length)
+    return run_pairs(DPO, pairs, ctx, beta=beta, prompt_length=prompt_length)
 
 
-def _run_pairs(trainer, pairs, ctx, beta, prompt_length):
-    """A pair method (``trainers.pairs.PairMethod``) on preference pairs of names."""
+def run_pairs(trainer, pairs, ctx: RunContext | None = None, beta: float = 0.1, prompt_length: int = 0):
+    """A pair method (a ``trainers.pairs.PairMethod`` class: DPO, IPO) on preference pairs of names, as
+    :func:`run_dpo`. Returns (policy, history)."""
     ctx = with_base(ctx)
     tok = CharTokenizer()
     length = ctx.base.config.block_size
@@ -445,8 +453,8 @@ def distill_report(student, teacher, f, n=1000, seed=0) -> list[str]:
     objective and KL(p‖π) on n teacher samples, KL(π‖p) on n student samples, and the true reward r* of both."""
     from .metrics import mean_se
     from .rewards import true_reward
-    from .trainers.policy_gradient import token_fdiv_terms
     from .tensor import no_grad
+    from .trainers.policy_gradient import token_fdiv_terms
 
     tok = CharTokenizer()
     ids_p, log_p = teacher.generate(n, rng=seed)

@@ -1,7 +1,7 @@
 """The tour: the course's main job in one run — base model, reward model, RLHF, DPO, GDC, f-DPG and, with prompts,
 RLOO and GRPO on names — writing ``report.md`` with its plots and printing how long each stage took.
 
-One function per stage; each returns the lines it adds to the report. The methods run through the registry,
+One function per stage; each returns the lines it adds to the report. The methods run through the method table,
 as on the command line. Every figure in the report is measured in this run: policies are compared on fresh
 samples (``tasks.evaluate``: means with standard errors, diversity at one fixed sample size) or by means over
 the last training steps with their standard errors — never by one batch.
@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry as R
+from . import methods as M
 from . import tasks
+from .ingredients import Ingredients
 from .metrics import DIVERSITY_N, SELF_BLEU_N, MomentCheck, binomial_tolerance, last_steps
 from .trainers.common import RunContext, TrainConfig
 
@@ -111,11 +112,11 @@ def reward_stage(t: Tour) -> list:
 def rlhf_stage(t: Tour) -> list:
     from .rewards import true_reward
 
-    spec, rm = R.METHODS["rlhf"], t.runs["reward"]
+    spec, rm = M.METHODS["rlhf"], t.runs["reward"]
     rewards = {"reward model r̂": rm.score, "true reward r*": true_reward}
     evals = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, rewards=rewards)}
     for beta in ((0.3, 0.1) if t.quick else (1.0, 0.3, 0.1, 0.03)):
-        result = spec.run(R.Ingredients(reward=rm.score), spec.defaults(beta=beta), t.context(t.cfg))
+        result = spec.run(Ingredients(reward=rm.score), spec.defaults(beta=beta), t.context(t.cfg))
         evals[f"RLHF β = {beta}"] = tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)
     t.runs["rlhf"] = evals
     lines = ["## RLHF", "", f"RLOO with the sequence-level k1 penalty in the reward, against the reward model, "
@@ -130,8 +131,8 @@ def rlhf_stage(t: Tour) -> list:
 def dpo_stage(t: Tour) -> list:
     from .rewards import true_reward
 
-    spec = R.METHODS["dpo"]
-    result = spec.run(R.Ingredients(pairs=t.runs["pairs"]), spec.defaults(beta=0.1), t.context(t.cfg))
+    spec = M.METHODS["dpo"]
+    result = spec.run(Ingredients(pairs=t.runs["pairs"]), spec.defaults(beta=0.1), t.context(t.cfg))
     t.runs["dpo"] = result.history
     rewards = {"true reward r*": true_reward}
     evals = {"base model a": t.runs["rlhf"]["base model a"],
@@ -149,10 +150,10 @@ def gdc_stage(t: Tour) -> list:
     ebm, report = fit_names_ebm(t.base, [parse_constraint("female=0.5")], n_samples=2000 if t.quick else 10000)
     print(report)
     t.runs["ebm"] = ebm
-    female, spec = feature("female"), R.METHODS["gdc"]
+    female, spec = feature("female"), M.METHODS["gdc"]
     evals, hists = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, features=[female])}, {}
     for name, calibrate in (("GDC, λ of the I-projection", None), ("GDC, λ on π's moment", 0.1)):
-        result = spec.run(R.Ingredients(ebm=ebm), spec.defaults(baseline=True, calibrate=calibrate,
+        result = spec.run(Ingredients(ebm=ebm), spec.defaults(baseline=True, calibrate=calibrate,
                                                                 eval_samples=t.n_eval), t.context(t.gdc_cfg))
         evals[name] = tasks.evaluate(result.policy, t.base, t.n_eval, features=[female])
         hists[name] = result.history
@@ -182,8 +183,8 @@ def gdc_stage(t: Tour) -> list:
 def fdpg_stage(t: Tour) -> list:
     from .ebm import feature
 
-    ebm, spec = t.runs["ebm"], R.METHODS["fdpg"]
-    result = spec.run(R.Ingredients(ebm=ebm, target=tasks.ebm_target(ebm)), spec.defaults(f="js"),
+    ebm, spec = t.runs["ebm"], M.METHODS["fdpg"]
+    result = spec.run(Ingredients(ebm=ebm, target=tasks.ebm_target(ebm)), spec.defaults(f="js"),
                       t.context(t.gdc_cfg))
     hist = t.runs["fdpg"] = result.history
     e = tasks.evaluate(result.policy, t.base, t.n_eval, features=[feature("female")])
@@ -206,10 +207,10 @@ def conditional_stage(t: Tour) -> list:
     prompts = first_letters(1)
     cfg = TrainConfig(steps=4 if t.quick else 30, batch_size=16 if t.quick else 64, lr=3e-4, seed=0,
                       checkpoint_every=10**9)
-    ingredients = R.Ingredients(reward=t.runs["reward"].score)
+    ingredients = Ingredients(reward=t.runs["reward"].score)
     models, hists = {"base a": t.base}, {}
     for name, method in (("RLOO, k1 in the reward", "rlhf"), ("GRPO (std, k3 in the loss)", "grpo")):
-        spec = R.METHODS[method]
+        spec = M.METHODS[method]
         result = spec.run(ingredients, spec.defaults(prompts="first1", group_size=4, beta=0.1), t.context(cfg))
         models[name], hists[name] = result.policy, result.history
     t.runs["conditional"] = hists

@@ -45,7 +45,7 @@ from minialign.lab import ExactLab, lab_model
 from minialign.metrics import distinct_n
 from minialign.optim import SGD, AdamW, clip_grad_norm
 from minialign.pretrain import PretrainConfig
-from minialign.registry import METHODS
+from minialign.methods import METHODS
 from minialign.rewards import RewardModel, fit_reward_model, load_pairs
 from minialign.tasks import load_base
 from minialign.trainers.common import TrainConfig

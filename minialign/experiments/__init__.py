@@ -12,7 +12,7 @@ STUDIES = {
 
 def study_parser(name: str, doc: str, quick_help: str):
     """The command line of a study: ``--out`` (default ``runs/NAME``) and ``--quick``; the study adds its own
-    options, with the checked argument types of the main command line (``registry.py``)."""
+    options, with the checked argument types of the main command line (``argtypes.py``)."""
     import argparse
 
     from .. import argtypes as A
