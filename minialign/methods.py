@@ -153,6 +153,12 @@ def _run_dpo(ing, opts, ctx) -> Result:
     return _run_pairs(DPO, ing, opts, ctx)
 
 
+def _run_ipo(ing, opts, ctx) -> Result:
+    from .trainers.ipo import IPO
+
+    return _run_pairs(IPO, ing, opts, ctx)
+
+
 def _run_pairs(trainer, ing, opts, ctx) -> Result:
     """A pair method (``trainers.pairs.PairMethod``) on the preference pairs, as DPO."""
     from . import tasks
@@ -258,6 +264,10 @@ METHODS = {
         "dpo", "DPO: the KL-control optimum fitted to preference pairs directly (chapter 05)", ("pairs",),
         REWARD_OPTIONS[1:] + (_beta(0.1, "KL coefficient β of the implicit reward"),) + _prompt_options()[:1],
         _run_dpo),
+    "ipo": MethodSpec(
+        "ipo", "IPO: the margin of log-ratios regressed onto 1/(2β), finite on deterministic preferences (chapter 05)",
+        ("pairs",), REWARD_OPTIONS[1:] + (_beta(0.1, "β: the optimum margin of log-ratios is 1/(2β)"),)
+        + _prompt_options()[:1], _run_ipo),
     "gdc": MethodSpec(
         "gdc", "GDC: DPG towards the EBM that meets the constraints (chapter 06)", ("constraints",),
         CONSTRAINT_OPTIONS + (

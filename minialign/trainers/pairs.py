@@ -45,7 +45,8 @@ class PairMethod(Method):
         tokens = np.concatenate([self.chosen[idx], self.rejected[idx]])
         log_ref = np.concatenate([self.ref_chosen[idx], self.ref_rejected[idx]])
         prompt_len = None if self.prompt_len is None else np.tile(self.prompt_len[idx], 2)
-        return Batch(tokens, np.full(len(tokens), 1.0 / len(idx)), np.zeros(len(tokens)), log_ref, prompt_len=prompt_len)
+        return Batch(tokens, np.full(len(tokens), 1.0 / len(idx)), np.zeros(len(tokens)), log_ref,
+                     prompt_len=prompt_len)
 
     def label(self) -> str:
         return f"{self.name} β={self.beta:g}"
