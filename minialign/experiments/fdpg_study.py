@@ -24,10 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from ..gpt import GPT
-from ..lab import ExactLab, fdiv_to_target, lab_model
+from ..lab import ExactLab, exact_grad, fdiv_to_target, lab_model
 from ..logspace import logsumexp
 from ..tensor import no_grad
-from ..trainers.common import Hooks, RunContext, TrainConfig, exact_batch, frozen_copy, train
+from ..trainers.common import (
+    Hooks,
+    RunContext,
+    TrainConfig,
+    exact_batch,
+    train,
+    trainable_copy,
+)
 from ..trainers.fdpg import FDPG
 
 STUDY_FS = {"kl": "KL(π‖p) (reverse KL)", "reverse_kl": "KL(p‖π) (forward KL)", "js": "JS", "tv": "TV"}
@@ -134,13 +141,6 @@ class ExactFDPG(FDPG):
         return batch
 
 
-def trainable_copy(a: GPT) -> GPT:
-    policy = frozen_copy(a)
-    for p in policy.parameters():
-        p.requires_grad = True
-    return policy
-
-
 def make_method(problem: LabProblem, policy, f: str, arm: str) -> FDPG:
     """The study's trainer for one run: on-policy f-DPG (Z estimated as it goes), or its exact-gradient twin.
     log t is capped at 20 so that KL(π‖p) (f = kl, unbounded f') can train on the zero-mass target."""
@@ -171,16 +171,6 @@ def lab_point(problem: LabProblem, pi: np.ndarray) -> dict:
 # ---------------------------------------------------------------------------------------------- the first step
 def flat_params(model) -> np.ndarray:
     return np.concatenate([np.ravel(p.data) for p in model.parameters()])
-
-
-def flat_grad(method, policy, batch) -> np.ndarray:
-    """The gradient of the method's loss on ``batch``, flattened (no step is taken)."""
-    policy.zero_grad()
-    loss, _ = method.loss(policy, batch)
-    loss.backward()
-    g = np.concatenate([np.ravel(p.grad) for p in policy.parameters()])
-    policy.zero_grad()
-    return g
 
 
 def first_batch(problem: LabProblem, batch_size: int = 32):
@@ -219,8 +209,8 @@ def first_step_geometry(problem: LabProblem, lr: float = LR, batch_size: int = 3
     policy = trainable_copy(a)
     exact = exact_batch(lab, policy, ref=a)
     batch = first_batch(problem, batch_size)
-    g_exact = {f: flat_grad(make_method(problem, policy, f, "exact"), policy, exact) for f in STUDY_FS}
-    g_sampled = {f: flat_grad(make_method(problem, policy, f, "sampled"), policy, batch) for f in STUDY_FS}
+    g_exact = {f: exact_grad(make_method(problem, policy, f, "exact"), policy, exact) for f in STUDY_FS}
+    g_sampled = {f: exact_grad(make_method(problem, policy, f, "sampled"), policy, batch) for f in STUDY_FS}
     policy.zero_grad()
     fdiv_to_target("reverse_kl", lab.log_probs(policy), problem.log_p).backward()
     g_kl_p_pi = np.concatenate([np.ravel(p.grad) for p in policy.parameters()])
