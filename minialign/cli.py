@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pretrain", help="train the GPT on the census names", formatter_class=_fmt())
     _run_options(p, DEFAULT_CHECKPOINT, "checkpoint path (.npz); an existing run there is resumed", 1500, 64,
                  "names per step", 3e-3, "peak learning rate of the cosine schedule", "seed of the weights and batches")
-    p.add_argument("--eval-every", type=A.positive_int, metavar="N", default=250, help="steps between validation and checkpoint")
+    p.add_argument("--eval-every", type=A.positive_int, metavar="N", default=250,
+                   help="steps between validation and checkpoint")
     p.add_argument("--n-layer", type=A.positive_int, metavar="N", default=4, help="transformer blocks")
     p.add_argument("--n-head", type=A.positive_int, metavar="N", default=4, help="attention heads")
     p.add_argument("--n-embd", type=A.positive_int, metavar="N", default=64, help="embedding width")
@@ -199,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a GPT checkpoint (default: the committed base model)")
     p.add_argument("-n", type=A.positive_int, metavar="N", default=20, help="how many names")
     p.add_argument("--temperature", type=A.positive_float, metavar="X", default=1.0, help="softmax temperature")
-    p.add_argument("--top-k", type=A.positive_int, metavar="N", default=None, help="sample among the k likeliest tokens only")
+    p.add_argument("--top-k", type=A.positive_int, metavar="N", default=None,
+                   help="sample among the k likeliest tokens only")
     p.add_argument("--seed", type=A.seed, metavar="N", default=0, help="sampling seed")
     p.set_defaults(fn=_sample)
 
@@ -207,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("run")
-    g.add_argument("--base", type=A.input_file(".npz"), default=None, metavar="PATH", help="base checkpoint (default: the committed one)")
+    g.add_argument("--base", type=A.input_file(".npz"), default=None, metavar="PATH",
+                   help="base checkpoint (default: the committed one)")
     _run_options(g, None, "checkpoint path (default: runs/METHOD.npz); an existing run there is resumed",
                  M.TRAIN_DEFAULTS["steps"], M.TRAIN_DEFAULTS["batch_size"], "samples (or pairs) per step",
                  M.TRAIN_DEFAULTS["lr"], "AdamW learning rate", "seed of every sample drawn")
@@ -248,8 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tour", help="the whole course in one run: base model, reward model, RLHF, DPO, GDC, f-DPG",
                        formatter_class=_fmt())
-    p.add_argument("--out", type=A.output_dir, default="runs/tour", metavar="DIR", help="folder for report.md and its plots")
-    p.add_argument("--pretrain", action="store_true", help="pretrain the base model instead of loading the committed one")
+    p.add_argument("--out", type=A.output_dir, default="runs/tour", metavar="DIR",
+                   help="folder for report.md and its plots")
+    p.add_argument("--pretrain", action="store_true",
+                   help="pretrain the base model instead of loading the committed one")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
     _device_option(p)
     p.set_defaults(fn=_tour)

@@ -115,8 +115,9 @@ class GenderClassifier(Module):
             lr: float = 1e-2, weight_decay: float = 0.05, val_fraction: float = 0.1, split_seed: int = 0,
             seed: int = 0, progress: bool = False) -> "GenderClassifier":
         """Train on the census labels of the train split (``data.split``) by minimising the cross-entropy
-        −log p(label | name) with AdamW, through the one loop of ``minialign.loop``; ``.metrics`` then holds train and held-out accuracy, the held-out
-        balanced accuracy (mean of the per-class recalls), the majority-class baseline and the seconds taken.
+        −log p(label | name) with AdamW, through the one loop of ``minialign.loop``; ``.metrics`` then holds train
+        and held-out accuracy, the held-out balanced accuracy (mean of the per-class recalls), the majority-class
+        baseline and the seconds taken.
         """
         corpus = load_names() if corpus is None else corpus
         if int(steps) < 1 or int(batch_size) < 1:

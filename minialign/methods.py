@@ -66,7 +66,8 @@ SAMPLES_LIMIT = 10_000_000  # names drawn at once to fit an EBM (kept in memory 
 
 REWARD_OPTIONS = (
     Option("--reward", dict(choices=["true", "model"], default="model",
-                            help="the hidden true reward r*, or a reward model fitted to preferences (default: model)")),
+                            help="the hidden true reward r*, or a reward model fitted to preferences "
+                                 "(default: model)")),
     Option("--pairs", dict(type=pairs_file, default=None, metavar="CSV",
                            help="a preferences CSV (columns chosen,rejected); default: simulate them")),
     Option("--n-pairs", dict(type=count(2, 1_000_000, "a quarter of the pairs is held out"), default=3000, metavar="N",
@@ -77,8 +78,9 @@ CONSTRAINT_OPTIONS = (
                                 help="e.g. female=0.5 (distributional) or contains:z (pointwise); repeatable")),
     Option("--ebm-samples", dict(type=count(1, SAMPLES_LIMIT), default=20000, metavar="N",
                                  help="samples of a for fitting λ by moment matching (default: 20000)")),
-    Option("--eval-samples", dict(type=count(2, 1_000_000, "a standard error needs at least two"), default=1000, metavar="N",
-                                  help="fresh samples for the final moments and KL (default: 1000)"), defines_run=False),
+    Option("--eval-samples", dict(type=count(2, 1_000_000, "a standard error needs at least two"), default=1000,
+                                  metavar="N", help="fresh samples for the final moments and KL (default: 1000)"),
+           defines_run=False),
 )
 
 
@@ -131,8 +133,8 @@ def _run_rlhf(ing, opts, ctx) -> Result:
     prompts = _prompts(opts)
     policy, hist = tasks.run_rlhf(ing.reward, ctx, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
                                   kl_target=opts["kl_target"], prompts=prompts, group_size=opts["group_size"])
-    return Result(policy, hist, [summary(hist, ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est",
-                                                 "distinct_2", "in_corpus"])] + prompted_lines(policy, prompts, ctx.seed))
+    keys = ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est", "distinct_2", "in_corpus"]
+    return Result(policy, hist, [summary(hist, keys)] + prompted_lines(policy, prompts, ctx.seed))
 
 
 def _run_grpo(ing, opts, ctx) -> Result:
@@ -289,7 +291,8 @@ METHODS = {
                                help="the f-divergence D_f(π‖p): " + ", ".join(divergences.NAMES) + " (kl gives "
                                     "KL(π‖p), reverse_kl gives KL(p‖π); default: js)")),
             Option("--target", dict(choices=["reward", "constraints"], default="constraints",
-                                    help="p ∝ a·e^{r/β} (reward) or the EBM of the constraints (default: constraints)")),
+                                    help="p ∝ a·e^{r/β} (reward) or the EBM of the constraints "
+                                         "(default: constraints)")),
             _beta(0.1, "temperature β of the reward target p ∝ a·e^{r/β}"),
             _proposal("policy"),
         ) + _prompt_options(), _run_fdpg, _check_fdpg, _check_groups),

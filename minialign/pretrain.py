@@ -31,7 +31,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "eval_every", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
-                raise ValueError(f"{name} must be a {'whole number ≥ 0' if name == 'seed' else 'positive whole number'}; "
+                kind = "whole number ≥ 0" if name == "seed" else "positive whole number"
+                raise ValueError(f"{name} must be a {kind}; "
                                  f"got {v!r}")
         for name in ("lr", "min_lr", "grad_clip"):
             v = getattr(self, name)

@@ -112,6 +112,7 @@ def reinforce_lines(feature, reached, n, ctx, hist, gdc_kl) -> list:
     first = (f"REINFORCE with {feature.name} as the reward (lr 1e-4), stopped after {steps} steps when {n} fresh "
              f"samples reached E[{feature.name}] = {reached:.3f}: {value:.3f} on new samples"
              if steps < tasks.COMPARE_STEPS else
-             f"REINFORCE with {feature.name} as the reward (lr 1e-4) did not reach E[{feature.name}] = {reached:.3f} in "
+             f"REINFORCE with {feature.name} as the reward (lr 1e-4) did not reach E[{feature.name}] = {reached:.3f} "
+             "in "
              f"{tasks.COMPARE_STEPS} steps: {value:.3f} on fresh samples; the comparison is not at equal fraction")
     return [first, f"KL(π‖a) on fresh samples: GDC {kl:.3f} ± {se:.3f} | REINFORCE {rein_kl:.3f} ± {rein_se:.3f}"]

@@ -483,7 +483,8 @@ def fit_reward_model(pairs_train: PreferencePairs, pairs_val: PreferencePairs, c
         return metrics
 
     def show(m):
-        return {"loss": f"{m['train_loss']:.3f}", **({"val_acc": f"{m['val_accuracy']:.3f}"} if "val_accuracy" in m else {})}
+        accuracy = {"val_acc": f"{m['val_accuracy']:.3f}"} if "val_accuracy" in m else {}
+        return {"loss": f"{m['train_loss']:.3f}", **accuracy}
 
     history = {"step": [], "train_loss": [], "eval_step": [], "val_loss": [], "val_accuracy": []}
     fit(step, LoopConfig(steps, progress=progress, desc="reward model", show=show), model=model, optimizer=opt,

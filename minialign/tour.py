@@ -138,7 +138,8 @@ def dpo_stage(t: Tour) -> list:
     evals = {"base model a": t.runs["rlhf"]["base model a"],
              "DPO β = 0.1": tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)}
     accuracy = last_steps(result.history, "pair_accuracy", LAST)
-    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no reward "
+    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no "
+            "reward "
             f"model and no sampling; training pair accuracy {accuracy} (mean over the last {LAST} steps). On "
             f"{t.n_eval} fresh samples:", ""] + _header(*rewards) + [_row(k, e, rewards) for k, e in evals.items()] \
         + ["", "Samples: " + ", ".join(evals["DPO β = 0.1"].names[:12]), ""]

@@ -38,17 +38,16 @@ from helpers import installed
 from minialign import argtypes as A
 from minialign import divergences
 from minialign.cli import main
-from minialign.data import DATA_DIR
 from minialign.ebm import fit_names_ebm, parse_constraint
 from minialign.gender import GenderClassifier
 from minialign.gpt import GPT, GPTConfig
 from minialign.io import NotACheckpoint
 from minialign.io import load as load_checkpoint
 from minialign.lab import ExactLab, lab_model
+from minialign.methods import METHODS
 from minialign.metrics import distinct_n
 from minialign.optim import SGD, AdamW, clip_grad_norm
 from minialign.pretrain import PretrainConfig
-from minialign.methods import METHODS
 from minialign.rewards import RewardModel, fit_reward_model, load_pairs
 from minialign.tasks import load_base
 from minialign.trainers.common import TrainConfig

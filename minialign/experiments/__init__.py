@@ -19,6 +19,7 @@ def study_parser(name: str, doc: str, quick_help: str):
 
     parser = argparse.ArgumentParser(prog=f"python -m minialign.experiments {name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=A.output_dir, default=f"runs/{name}", metavar="DIR", help="folder for the results")
+    parser.add_argument("--out", type=A.output_dir, default=f"runs/{name}", metavar="DIR",
+                        help="folder for the results")
     parser.add_argument("--quick", action="store_true", help=quick_help)
     return parser

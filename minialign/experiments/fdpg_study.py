@@ -414,7 +414,8 @@ def _rises(rows) -> str:
             groups.setdefault((r["target"], r["seed"]), []).append(r["f"])
     if not groups:
         return "none"
-    return "; ".join(f"{t}/{s}: {'all' if len(fs) == len(STUDY_FS) else ', '.join(fs)}" for (t, s), fs in groups.items())
+    return "; ".join(f"{t}/{s}: {'all' if len(fs) == len(STUDY_FS) else ', '.join(fs)}"
+                     for (t, s), fs in groups.items())
 
 
 def per_seed_table(records, last: int = LAST) -> str:
@@ -425,7 +426,8 @@ def per_seed_table(records, last: int = LAST) -> str:
              f"row π = a gives step 0); 'end': the mean over the last {last} steps; ΔH = H(π) − H(p), at the end and "
              f"its lowest value along the path (step 0 included); 'steps to {THRESHOLD}': the first step with "
              f"KL(p‖π) ≤ {THRESHOLD} (× 32 samples in the sampled arm).", "",
-             f"| target | f | arm | KL(p‖π) step 1, seeds {ss} | KL(p‖π) end | ΔH end | ΔH min | steps to {THRESHOLD} |",
+             f"| target | f | arm | KL(p‖π) step 1, seeds {ss} | KL(p‖π) end | ΔH end | ΔH min | "
+             f"steps to {THRESHOLD} |",
              "|---|---|---|---|---|---|---|---|"]
     for target in TARGETS:
         rs = [r for r in records if r["target"] == target]
@@ -667,8 +669,10 @@ def main(argv=None):
 
     parser = study_parser("fdpg_study", __doc__, "one seed, few steps (for tests)")
     parser.add_argument("--no-names", action="store_true", help="only the exact-lab part")
-    parser.add_argument("--lr", type=A.learning_rate, default=LR, help=f"AdamW learning rate of the paths (default {LR:g})")
-    parser.add_argument("--steps", type=A.positive_int, default=None, help=f"steps per path (default {STEPS}; 20 with --quick)")
+    parser.add_argument("--lr", type=A.learning_rate, default=LR,
+                        help=f"AdamW learning rate of the paths (default {LR:g})")
+    parser.add_argument("--steps", type=A.positive_int, default=None,
+                        help=f"steps per path (default {STEPS}; 20 with --quick)")
     args = parser.parse_args(argv)
     fdpg_study(args.out, quick=args.quick, names=not args.no_names, lr=args.lr, steps=args.steps)
     return 0

@@ -181,7 +181,8 @@ def compare_table(result) -> str:
              "|---|---|" + "---|" * len(METRICS)]
     rows = [("$a$", "—", result["base"])] + [(r["method"].upper(), str(r["seed"]), r) for r in result["runs"]]
     for name, seed, r in rows:
-        lines.append(f"| {name} | {seed} | " + " | ".join(f"{r[k]:.3f} ± {r[k + '_se']:.3f}" for k, _ in METRICS) + " |")
+        cells = " | ".join(f"{r[k]:.3f} ± {r[k + '_se']:.3f}" for k, _ in METRICS)
+        lines.append(f"| {name} | {seed} | " + cells + " |")
     for method in ("gdc", "rlhf"):
         rs = [r for r in result["runs"] if r["method"] == method]
         cells = []
@@ -331,7 +332,8 @@ def gdc_study(out="runs/gdc_study", quick=False, part="all", progress=True, comp
         result["budgets"] = rows
         text += ["## Plain GDC at several budgets (seed 0)", "", budgets_table(rows), ""]
     if part in ("distill", "all"):
-        kw = dict(steps=6, batch_size=16, pool=500, n_heldout=200, n_eval=200, eval_every=3, n_fit=1000) if quick else {}
+        kw = (dict(steps=6, batch_size=16, pool=500, n_heldout=200, n_eval=200, eval_every=3, n_fit=1000) if quick
+              else {})
         kw.update(distill_kw or {})
         result["distill"] = run_distill(progress=progress, **kw)
         d = result["distill"]
