@@ -152,7 +152,8 @@ class NumpyBackend:
 
     # fused hooks: not available on NumPy (the engine then computes the same with the operations above)
     def flash_attention(self, q, k, v, scale):
-        """Causal attention O = softmax(QKᵀ·s + M)V by a fused kernel, as (O, backward(dO) → (dQ, dK, dV)); None here."""
+        """Causal attention O = softmax(QKᵀ·s + M)V by a fused kernel, as (O, backward(dO) → (dQ, dK, dV));
+        None here."""
         return None
 
     def token_logprobs(self, logits, targets, ignore_index):

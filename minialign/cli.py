@@ -1,7 +1,7 @@
 """The ``minialign`` command line: it parses, calls the library and prints; no math lives here.
 
 Every option is checked when it is parsed (a bad value is an argument error naming the flag, before any
-work starts); the methods of ``align`` and their options come from the registry (``registry.py``).
+work starts); the methods of ``align`` and their options come from the method table (``methods.py``).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import warnings
 
 from . import argtypes as A
-from . import registry as R
+from . import methods as M
 
 DEFAULT_CHECKPOINT = "runs/base.npz"
 
@@ -103,11 +103,12 @@ def _print_samples(model, n, seed, temperature, top_k):
 
 def _align(args):
     from . import tasks
+    from .ingredients import prepare
     from .io import fingerprint
     from .loop import check_resumable
-    from .trainers.common import TrainConfig
+    from .trainers.common import RunContext, TrainConfig
 
-    spec = R.METHODS[args.method]
+    spec = M.METHODS[args.method]
     opts = {o.dest: getattr(args, o.dest) for o in spec.options}
     if spec.check is not None:
         spec.check(opts)
@@ -131,9 +132,10 @@ def _align(args):
         print("aligned samples:", ", ".join(tasks.samples(tasks.load_base(out, backend=backend), 12, args.seed)))
         return 0
     print("base samples:", ", ".join(tasks.samples(base, 12, args.seed)))
-    ingredients = R.prepare(spec, opts, base, args.seed, progress=not args.quiet)
-    result = spec.run(ingredients, opts, cfg, base, out, args.fresh, not args.quiet,
-                      {**spec.identity(opts), **ingredients.identity})
+    ingredients = prepare(spec, opts, base, args.seed, progress=not args.quiet)
+    ctx = RunContext(cfg, base, out, fresh=args.fresh, progress=not args.quiet,
+                     identity={**spec.identity(opts), **ingredients.identity}, backend=backend)
+    result = spec.run(ingredients, opts, ctx)
     for line in result.report:
         print(line)
     print(f"checkpoint: {out}")
@@ -177,7 +179,7 @@ def _align_budget(args, spec, opts, base_cfg):
 def _distill(args):
     from . import tasks
     from .gpt import GPTConfig
-    from .trainers.common import TrainConfig
+    from .trainers.common import RunContext, TrainConfig
     from .trainers.distill import STUDENT_SIZE
 
     _claim_inputs(args.out, teacher=args.teacher)
@@ -205,9 +207,9 @@ def _distill(args):
     cfg = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       checkpoint_every=args.checkpoint_every)
     print("teacher samples:", ", ".join(tasks.samples(teacher, 12, args.seed)))
-    student, _ = tasks.run_distill(teacher, f=args.f, samples=args.samples, student_config=args.student_config,
-                                   cfg=cfg, out=args.out, progress=not args.quiet, fresh=args.fresh,
-                                   identity={"teacher_path": str(args.teacher)})
+    ctx = RunContext(cfg, out=args.out, fresh=args.fresh, progress=not args.quiet,
+                     identity={"teacher_path": str(args.teacher)}, backend=backend)
+    student, _ = tasks.run_distill(teacher, ctx, student_config=args.student_config, f=args.f, samples=args.samples)
     for line in tasks.distill_report(student, teacher, args.f, n=args.eval_samples, seed=args.seed):
         print(line)
     print(f"checkpoint: {args.out}")
@@ -284,7 +286,7 @@ def _run_options(p, out, out_help, steps, batch, batch_help, lr, lr_help, seed_h
     p.add_argument("--out", type=A.output_file(".npz"), default=out, metavar="PATH", help=out_help)
     p.add_argument("--fresh", action="store_true", help="start afresh, overwriting a checkpoint at --out")
     p.add_argument("--steps", type=A.positive_int, metavar="N", default=steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=A.count(1, R.BATCH_LIMIT), metavar="N", default=batch, help=batch_help)
+    p.add_argument("--batch-size", type=A.count(1, M.BATCH_LIMIT), metavar="N", default=batch, help=batch_help)
     p.add_argument("--lr", type=A.learning_rate, metavar="X", default=lr, help=lr_help)
     p.add_argument("--seed", type=A.seed, metavar="N", default=0, help=seed_help)
     _i_know(p)
@@ -326,19 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     _i_know(p)
     p.set_defaults(fn=_sample)
 
-    p = sub.add_parser("align", help="align the base model: " + ", ".join(R.METHODS))
+    p = sub.add_parser("align", help="align the base model: " + ", ".join(M.METHODS))
     methods = p.add_subparsers(dest="method", required=True, metavar="METHOD")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("run")
     g.add_argument("--base", type=A.input_file(".npz"), default=None, metavar="PATH",
                    help="base checkpoint (default: the committed one)")
     _run_options(g, None, "checkpoint path (default: runs/METHOD.npz); an existing run there is resumed",
-                 R.TRAIN_DEFAULTS["steps"], R.TRAIN_DEFAULTS["batch_size"], "samples (or pairs) per step",
-                 R.TRAIN_DEFAULTS["lr"], "AdamW learning rate", "seed of every sample drawn")
+                 M.TRAIN_DEFAULTS["steps"], M.TRAIN_DEFAULTS["batch_size"], "samples (or pairs) per step",
+                 M.TRAIN_DEFAULTS["lr"], "AdamW learning rate", "seed of every sample drawn")
     g.add_argument("--checkpoint-every", type=A.positive_int, metavar="N", default=25, help="steps between checkpoints")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     _device_option(g)
-    for spec in R.METHODS.values():
+    for spec in M.METHODS.values():
         m = methods.add_parser(spec.name, help=spec.help, description=spec.help, parents=[common],
                                formatter_class=_fmt())
         g = m.add_argument_group(spec.name)
@@ -515,16 +517,24 @@ def _course_parser(sub):
     c.set_defaults(fn=_course_handouts)
 
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    """A library warning on the command line: one plain line, without the warning machinery's file and line."""
-    print(f"minialign: warning: {message}", file=sys.stderr if file is None else file)
+def _one_line_warnings():
+    """How a library warning shows on the command line: one plain line, without the warning machinery's file and
+    line, and once per run however often (and from wherever) it is raised."""
+    shown = set()
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if str(message) not in shown:
+            shown.add(str(message))
+            print(f"minialign: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show
 
 
 def main(argv=None):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("once")  # a warning is shown once per run, however often it is raised
-            warnings.showwarning = _one_line_warning
+            warnings.showwarning = _one_line_warnings()
             return _main(argv)
     except KeyboardInterrupt:  # a Ctrl-C that lands between the command's own handlers: still status 130
         _ignore_interrupts()

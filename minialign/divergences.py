@@ -323,7 +323,8 @@ def _format_alpha(a: float) -> str:
     return repr(float(a))
 
 
-_FIXED = {"kl": _kl(), "reverse_kl": _reverse_kl(), "js": _js(), "tv": _tv(), "chi2": _chi2(), "hellinger": _hellinger()}
+_FIXED = {"kl": _kl(), "reverse_kl": _reverse_kl(), "js": _js(), "tv": _tv(), "chi2": _chi2(),
+          "hellinger": _hellinger()}
 _NON_MEMBER_CONJUGATES = {"chi2": _neyman_chi2()}
 
 
@@ -353,7 +354,8 @@ def _generic_conjugate(fd: FDivergence) -> FDivergence:
 
 
 def from_generator(name: str, f: Fn, f_prime: Fn, f_at_zero: float, slope_at_infinity: float) -> FDivergence:
-    """Eqs. (3.1) and (3.7): D_f for a generator of your own, e.g. f + c(t − 1), from f, f' on t > 0 and the two zero-mass limits.
+    """Eqs. (3.1) and (3.7): D_f for a generator of your own, e.g. f + c(t − 1), from f, f' on t > 0 and the two
+    zero-mass limits.
 
     The log forms are the plain compositions f(e^l), so they carry no overflow protection.
     """
@@ -378,7 +380,8 @@ def get(name: str) -> FDivergence:
         try:
             a = float(text)
         except ValueError:
-            raise ValueError(f"alpha divergence needs a number after 'alpha:', e.g. 'alpha:0.5'; got {name!r}") from None
+            raise ValueError(f"alpha divergence needs a number after 'alpha:', e.g. 'alpha:0.5'; got {name!r}") \
+                from None
         if not np.isfinite(a):
             raise ValueError(f"alpha must be a finite number; got {name!r}")
         if a in (0.0, 1.0):
@@ -444,7 +447,8 @@ def _check_shapes(a: Array, b: Array, la: str, lb: str) -> None:
 def _check_logs(x, label: str) -> Array:
     arr, _ = _real_array(x, label, "log-probabilities")
     if (arr == np.inf).any():
-        raise ValueError(f"{label} must be < +inf (−inf marks zero mass); got {int((arr == np.inf).sum())} +inf entries")
+        raise ValueError(f"{label} must be < +inf (−inf marks zero mass); got {int((arr == np.inf).sum())} +inf "
+                         "entries")
     return arr
 
 
@@ -545,7 +549,8 @@ def partial_derivatives(name, P, Q):
     if P.shape != Q.shape:
         raise ValueError(f"P and Q must have the same shape; got {P.shape} and {Q.shape}")
     if not (np.all(P > 0) and np.all(Q > 0)):
-        raise ValueError("P and Q must be strictly positive for the partial derivatives to exist; got zeros or negatives")
+        raise ValueError("P and Q must be strictly positive for the partial derivatives to exist; got zeros or "
+                         "negatives")
     t = P / Q
     d_p = fd.f_prime(t)
     return d_p, fd.f(t) - t * d_p
@@ -558,7 +563,8 @@ def _log_ratio(log_q, log_p) -> Array:
     lq = _check_logs(log_q, "log_q")
     lp = _check_logs(log_p, "log_p")
     if lq.shape != lp.shape:
-        raise ValueError(f"log_q and log_p must have the same shape (one entry per sample); got {lq.shape} and {lp.shape}")
+        raise ValueError(f"log_q and log_p must have the same shape (one entry per sample); got {lq.shape} and "
+                         f"{lp.shape}")
     if np.any(lq == -np.inf):
         raise ValueError("log_q must be finite at samples drawn from q; got −inf entries")
     with np.errstate(invalid="ignore"):
@@ -619,7 +625,8 @@ def _sample_logs(log_p, log_q):
     lp = _check_logs(log_p, "log_p")
     lq = _check_logs(log_q, "log_q")
     if lp.shape != lq.shape:
-        raise ValueError(f"log_p and log_q must have the same shape (samples on the last axis); got {lp.shape} and {lq.shape}")
+        raise ValueError(f"log_p and log_q must have the same shape (samples on the last axis); got {lp.shape} and "
+                         f"{lq.shape}")
     return lp, lq
 
 

@@ -180,7 +180,8 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5) -> Tensor:
         if x.requires_grad:
             gx = g * weight.data if weight is not None else g
             n = x.shape[-1]
-            gx = r * (gx - bk.sum(gx, axis=-1, keepdims=True) / n - xhat * (bk.sum(gx * xhat, axis=-1, keepdims=True) / n))
+            gx = r * (gx - bk.sum(gx, axis=-1, keepdims=True) / n
+                      - xhat * (bk.sum(gx * xhat, axis=-1, keepdims=True) / n))
             x._accumulate(gx)
         # END SOLUTION
 

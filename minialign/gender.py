@@ -30,7 +30,7 @@ import numpy as np
 from . import functional as F
 from .data import DATA_DIR, NamesCorpus, load_names, split
 from .io import kind_error, load, save, weights_into
-from .loop import fit
+from .loop import LoopConfig, fit
 from .nn import Module, Parameter
 from .optim import AdamW
 from .tensor import Tensor, no_grad
@@ -115,8 +115,9 @@ class GenderClassifier(Module):
             lr: float = 1e-2, weight_decay: float = 0.05, val_fraction: float = 0.1, split_seed: int = 0,
             seed: int = 0, progress: bool = False) -> "GenderClassifier":
         """Train on the census labels of the train split (``data.split``) by minimising the cross-entropy
-        −log p(label | name) with AdamW, through the one loop of ``minialign.loop``; ``.metrics`` then holds train and held-out accuracy, the held-out
-        balanced accuracy (mean of the per-class recalls), the majority-class baseline and the seconds taken.
+        −log p(label | name) with AdamW, through the one loop of ``minialign.loop``; ``.metrics`` then holds train
+        and held-out accuracy, the held-out balanced accuracy (mean of the per-class recalls), the majority-class
+        baseline and the seconds taken.
         """
         corpus = load_names() if corpus is None else corpus
         if int(steps) < 1 or int(batch_size) < 1:
@@ -137,7 +138,7 @@ class GenderClassifier(Module):
             opt.step()
             return {"loss": loss.item()}
 
-        fit(step, int(steps), model=model, optimizer=opt, progress=progress, desc="gender classifier")
+        fit(step, LoopConfig(int(steps), progress=progress, desc="gender classifier"), model=model, optimizer=opt)
         val_labels = np.array([corpus.is_female(n) for n in val_names], dtype=bool)
         val_pred = model.prob_female(val_names) > 0.5
         model.metrics = {

@@ -156,7 +156,8 @@ class GPT(Module):
             raise ValueError(f"{what} must have shape [batch, time]; got shape {tuple(idx.shape)}")
         v = self.config.vocab_size
         if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= v):
-            raise ValueError(f"{what} must be token ids in [0, {v}); got values in [{int(idx.min())}, {int(idx.max())}]")
+            raise ValueError(f"{what} must be token ids in [0, {v}); got values in [{int(idx.min())}, "
+                             f"{int(idx.max())}]")
         return idx
 
     def loss(self, x):

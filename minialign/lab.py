@@ -220,10 +220,11 @@ class PromptedLab:
         """A conditional target from log-scores log P(x, y) over the rows: (log p(y|x) ``[N]``, log Z(x) ``[m]``),
         Z(x) = Σ_y P(x, y) (Eq. 6.14). −inf marks zero mass; a prompt with no mass at all is an error."""
         log_scores = checked_log_scores(log_scores, len(self), "(prompt, response) row")
-        log_z = np.array([log_normalise(log_scores[self.group == i])[1] if np.isfinite(log_scores[self.group == i]).any()
-                          else -np.inf for i in range(self.n_prompts)])
+        groups = [log_scores[self.group == i] for i in range(self.n_prompts)]
+        log_z = np.array([log_normalise(g)[1] if np.isfinite(g).any() else -np.inf for g in groups])
         if np.isneginf(log_z).any():
-            raise ValueError(f"the target has no mass on any response of prompt {self.prompts.tokens[np.isneginf(log_z)][0]}")
+            raise ValueError(f"the target has no mass on any response of prompt "
+                             f"{self.prompts.tokens[np.isneginf(log_z)][0]}")
         return log_scores - log_z[self.group], log_z
 
     def mean_divergence(self, name: str, p, q) -> float:
@@ -255,7 +256,8 @@ def fdiv_to_target(name: str, log_pi: Tensor, log_p) -> Tensor:
     """Eq. (3.1) with P = π, Q = p: D_f(π‖p) = Σ_x p(x) f(π(x)/p(x)) as a differentiable function of log π (a Tensor).
 
     The target p is fixed (log p an array, −inf for zero mass). Computed from l = log π − log p with the
-    generator's log form; its derivative in log π(x) is p·f'(t)·t = π(x)·f'(t). Points with p(x) = 0 contribute π(x)·lim f(t)/t.
+    generator's log form; its derivative in log π(x) is p·f'(t)·t = π(x)·f'(t). Points with p(x) = 0 contribute
+    π(x)·lim f(t)/t.
     """
     fd = divergences.get(name)
     log_p = np.asarray(log_p, dtype=np.float64)

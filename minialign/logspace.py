@@ -66,7 +66,8 @@ def sigmoid(x):
 
 
 def log1mexp(x):
-    """log(1 − e^{x}) for x ≤ 0, accurate at both ends (Mächler 2012): log(−expm1(x)) near 0, log1p(−e^x) below −log 2."""
+    """log(1 − e^{x}) for x ≤ 0, accurate at both ends (Mächler 2012): log(−expm1(x)) near 0, log1p(−e^x) below
+    −log 2."""
     x = np.asarray(x, dtype=np.float64)
     if np.any(x > 0):
         raise ValueError(f"log1mexp needs x ≤ 0 (a log-probability); got a maximum of {x.max()}")

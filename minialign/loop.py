@@ -23,13 +23,15 @@ import json
 import signal
 import threading
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .io import NotACheckpoint, load
 
-__all__ = ["fit", "check_resumable", "Interrupted", "RunMismatch"]
+__all__ = ["fit", "LoopConfig", "check_resumable", "Interrupted", "RunMismatch"]
 
 
 class Interrupted(KeyboardInterrupt):
@@ -158,37 +160,59 @@ def _one_writer(fn):
     return locked
 
 
-@_one_writer
-def fit(step, steps: int, *, model, optimizer, out=None, identity: dict | None = None, rngs: dict | None = None,
-        state=None, history: dict | None = None, checkpoint_every: int | None = None, fresh: bool = False,
-        progress: bool = True, desc: str = "train", show=None, on_step=None, stop=None, say=print) -> dict:
-    """Run ``step(i)`` for i = start … steps − 1 and return the history.
+@dataclass(frozen=True)
+class LoopConfig:
+    """How :func:`fit` runs: ``steps`` steps, where and how often it saves, and what it shows.
 
-    model, optimizer  what the steps train (saved with ``model.save(path, **extra)``, restored with
-                      ``load_state_dict``).
     out               checkpoint path (``.npz``) or None for no checkpoints; an existing one is resumed unless
                       ``fresh``.
     identity          the settings that define the run (JSON-able); a checkpoint with other settings is refused.
+    checkpoint_every  steps between checkpoints (None: only at the end and on an interrupt).
+    progress, desc    whether to show a progress bar, and its label.
+    show(metrics)     → a dict shown beside the progress bar; ``on_step(done, metrics)`` after every step;
+    stop(done, metrics) → True ends the run early (its state is saved); ``say`` prints the loop's messages.
+    """
+
+    steps: int
+    out: Path | str | None = None
+    identity: dict | None = None
+    checkpoint_every: int | None = None
+    fresh: bool = False
+    progress: bool = True
+    desc: str = "train"
+    show: Callable | None = None
+    on_step: Callable | None = None
+    stop: Callable | None = None
+    say: Callable = print
+
+
+@_one_writer
+def fit(step, loop: LoopConfig, *, model, optimizer, rngs: dict | None = None, state=None,
+        history: dict | None = None) -> dict:
+    """Run ``step(i)`` for i = start … ``loop.steps`` − 1 and return the history.
+
+    model, optimizer  what the steps train (saved with ``model.save(path, **extra)``, restored with
+                      ``load_state_dict``).
     rngs              name → ``np.random.Generator`` that the steps draw from; the dict may be updated by a step
                       (a new generator under the same name) and is saved and restored whole.
     state             an object with ``state() → dict`` and ``load_state(dict)`` (a method's own state), or None.
-    show(metrics)     → a dict shown beside the progress bar; ``on_step(done, metrics)`` after every step;
-    stop(done, metrics) → True ends the run early (its state is saved).
+    history           a dict to append the metrics to (a new one if None).
     """
     from tqdm.auto import tqdm
 
+    steps, checkpoint_every, fresh, say = loop.steps, loop.checkpoint_every, loop.fresh, loop.say
     if int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive whole number; got {steps!r}")
     if checkpoint_every is not None and (int(checkpoint_every) != checkpoint_every or checkpoint_every < 1):
         raise ValueError(f"checkpoint_every must be a positive whole number of steps; got {checkpoint_every!r}")
     rngs = {} if rngs is None else rngs
     history = {} if history is None else history
-    identity = {} if identity is None else identity
-    out = Path(out) if out is not None else None
+    identity = {} if loop.identity is None else loop.identity
+    out = Path(loop.out) if loop.out is not None else None
     dropout = _dropout_generators(model)
     start = 0
     if out is not None and out.exists() and not fresh:
-        start = _resume(out, steps, model, optimizer, identity, rngs, dropout, state, history)
+        start = _resume(out, identity, (model, optimizer, state), rngs, dropout, history)
         if start >= steps:
             say(f"{out}: this run is already complete ({start} of {steps} steps); nothing to do (more --steps "
                 "continues it, --fresh starts it again)")
@@ -210,7 +234,7 @@ def fit(step, steps: int, *, model, optimizer, out=None, identity: dict | None =
     every = checkpoint_every or steps
     done = start
     saved = snapshot(start) if out is not None else None
-    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=loop.desc, disable=not loop.progress, initial=start, total=steps)
     with _deferred_interrupts() as interrupt:
         try:
             for i in bar:
@@ -220,11 +244,11 @@ def fit(step, steps: int, *, model, optimizer, out=None, identity: dict | None =
                 done = i + 1
                 if out is not None:
                     saved = snapshot(done)
-                if show is not None:
-                    bar.set_postfix(show(metrics))
-                if on_step is not None:
-                    on_step(done, metrics)
-                finished = stop is not None and stop(done, metrics)
+                if loop.show is not None:
+                    bar.set_postfix(loop.show(metrics))
+                if loop.on_step is not None:
+                    loop.on_step(done, metrics)
+                finished = loop.stop is not None and loop.stop(done, metrics)
                 if done % every == 0 or done == steps or finished or interrupt["requested"]:
                     save(saved)
                 if interrupt["requested"]:
@@ -283,8 +307,10 @@ def check_resumable(out, identity: dict | None = None, fresh: bool = False) -> i
     return int(saved["step"])
 
 
-def _resume(out, steps, model, optimizer, identity, rngs, dropout, state, history) -> int:
-    """Load a checkpoint's run into the live objects; returns the number of finished steps."""
+def _resume(out, identity, trained, rngs, dropout, history) -> int:
+    """Load a checkpoint's run into the live objects (``trained``: the model, its optimizer and the method's state,
+    or None); returns the number of finished steps."""
+    model, optimizer, state = trained
     saved, run = _saved_run(out)
     _refuse_other_runs(out, run["identity"], identity)
     model.load_state_dict(saved["weights"])

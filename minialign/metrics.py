@@ -12,7 +12,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-
 DIVERSITY_N = 500  # names over which distinct-2 is reported, so that figures compare at one sample size
 SELF_BLEU_N = 200  # names over which Self-BLEU is reported
 

@@ -9,7 +9,7 @@ import numpy as np
 from .data import CharTokenizer, bigram_nll, load_names, split
 from .device import place
 from .gpt import GPT, GPTConfig
-from .loop import fit
+from .loop import LoopConfig, fit
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tensor import no_grad
 
@@ -31,7 +31,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "eval_every", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "seed" else 1):
-                raise ValueError(f"{name} must be a {'whole number ≥ 0' if name == 'seed' else 'positive whole number'}; "
+                kind = "whole number ≥ 0" if name == "seed" else "positive whole number"
+                raise ValueError(f"{name} must be a {kind}; "
                                  f"got {v!r}")
         for name in ("lr", "min_lr", "grad_clip"):
             v = getattr(self, name)
@@ -108,9 +109,10 @@ def pretrain(cfg: PretrainConfig, out=None, progress: bool = True, log=print, fr
             tqdm.write(f"step {done:5d}  train {metrics['train_loss']:.4f}  val {metrics['val_loss']:.4f}")
 
     identity = {"kind": "pretrain", **{k: v for k, v in asdict(cfg).items()}}
-    history = fit(step, cfg.steps, model=model, optimizer=opt, out=out, identity=identity, rngs=rngs,
-                  state=_Running(running), checkpoint_every=cfg.eval_every, fresh=fresh, progress=progress,
-                  desc="pretrain", show=lambda m: {"loss": f"{running['loss']:.3f}"}, on_step=on_step, say=log)
+    loop = LoopConfig(cfg.steps, out=out, identity=identity, checkpoint_every=cfg.eval_every, fresh=fresh,
+                      progress=progress, desc="pretrain", show=lambda m: {"loss": f"{running['loss']:.3f}"},
+                      on_step=on_step, say=log)
+    history = fit(step, loop, model=model, optimizer=opt, rngs=rngs, state=_Running(running))
     for key in ("step", "train_loss", "val_loss"):
         history.setdefault(key, [])
     if history["step"]:

@@ -1,4 +1,5 @@
-"""Quasi-rejection sampling (Eikema, Kruszewski, Dance, Aziz & Dymetman 2022) of an EBM from a proposal (chapter 06, §11).
+"""Quasi-rejection sampling (Eikema, Kruszewski, Dance, Aziz & Dymetman 2022) of an EBM from a proposal (chapter 06,
+§11).
 
 The target is p = P/Z, known through log P(x); the proposal q can be sampled and scored. QRS draws x ∼ q and
 keeps it with probability min(1, P(x)/(β q(x))). The kept samples follow
@@ -35,7 +36,8 @@ def _check_beta(beta) -> np.ndarray:
 def _check_scores(log_P, log_q):
     log_P, log_q = np.asarray(log_P, dtype=np.float64), np.asarray(log_q, dtype=np.float64)
     if log_P.shape != log_q.shape or log_P.ndim != 1 or log_P.size == 0:
-        raise ValueError(f"log P and log q must be two vectors of one length; got shapes {log_P.shape} and {log_q.shape}")
+        raise ValueError(f"log P and log q must be two vectors of one length; got shapes {log_P.shape} and "
+                         f"{log_q.shape}")
     if np.isnan(log_P).any() or np.isposinf(log_P).any() or np.isnan(log_q).any() or np.isposinf(log_q).any():
         raise ValueError("log P and log q must not hold NaN or +inf")
     if np.isneginf(log_P).all():
@@ -94,7 +96,8 @@ def estimates(log_P, log_q, betas) -> list[Divergences]:
         accept = np.exp(np.minimum(0.0, log_w - np.log(beta)))
         a = float(accept.mean())
         tv = 0.5 * float(np.mean(np.abs(w_over_z - accept / a)))
-        kl = float(np.log(a) - log_z + np.mean(w_over_z * np.maximum(np.log(beta), np.where(np.isfinite(log_w), log_w, 0))))
+        log_w_finite = np.where(np.isfinite(log_w), log_w, 0)
+        kl = float(np.log(a) - log_z + np.mean(w_over_z * np.maximum(np.log(beta), log_w_finite)))
         out.append(Divergences(float(beta), a, tv, max(kl, 0.0)))
     return out
 

@@ -31,7 +31,7 @@ from .data import CharTokenizer
 from .gpt import GPT, GPTConfig
 from .io import NotACheckpoint, atomic_write, config_from, kind_error, load, save, weights_into
 from .logspace import sigmoid, softplus
-from .loop import fit
+from .loop import LoopConfig, fit
 from .nn import Linear, Module
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .tensor import Tensor, no_grad
@@ -483,10 +483,12 @@ def fit_reward_model(pairs_train: PreferencePairs, pairs_val: PreferencePairs, c
         return metrics
 
     def show(m):
-        return {"loss": f"{m['train_loss']:.3f}", **({"val_acc": f"{m['val_accuracy']:.3f}"} if "val_accuracy" in m else {})}
+        accuracy = {"val_acc": f"{m['val_accuracy']:.3f}"} if "val_accuracy" in m else {}
+        return {"loss": f"{m['train_loss']:.3f}", **accuracy}
 
     history = {"step": [], "train_loss": [], "eval_step": [], "val_loss": [], "val_accuracy": []}
-    fit(step, steps, model=model, optimizer=opt, history=history, progress=progress, desc="reward model", show=show)
+    fit(step, LoopConfig(steps, progress=progress, desc="reward model", show=show), model=model, optimizer=opt,
+        history=history)
     for key in ("step", "eval_step"):
         history[key] = [int(s) for s in history[key]]
     history["seconds"] = time.perf_counter() - start

@@ -4,7 +4,7 @@ Each ``run_*`` function builds one method on the committed base model, trains it
 ``trainers/common.py``, and returns the trained policy with its history. The ingredients the methods need —
 preference pairs, a reward model, an EBM fitted to constraints — are made here too, once, so that the
 command line, the tour and the notebooks make them the same way. The math lives in the trainers,
-``rewards.py`` and ``ebm.py``; the registry of methods that the faces use is ``registry.py``.
+``rewards.py`` and ``ebm.py``; the table of methods that the faces use is ``methods.py``.
 """
 from __future__ import annotations
 
@@ -16,7 +16,14 @@ from .data import DATA_DIR, CharTokenizer, load_names
 from .gpt import GPT
 from .io import fingerprint
 from .metrics import self_bleu
-from .trainers.common import TrainConfig, logprobs, train, trainable_copy
+from .trainers.common import (
+    Hooks,
+    RunContext,
+    TrainConfig,
+    logprobs,
+    train,
+    trainable_copy,
+)
 
 BASE_CHECKPOINT = DATA_DIR / "base.npz"
 
@@ -160,97 +167,104 @@ def constraint_metrics(ebm=None, reward=None):
 
 
 # ------------------------------------------------------------------------------------------- runs
-def _train(method, policy, cfg, base, out, metrics_fn, progress, fresh, identity):
-    run = {"base": fingerprint(base), **(identity or {})}
-    return train(method, policy, cfg or TrainConfig(), out=out, corpus=load_names(), metrics_fn=metrics_fn,
-                 progress=progress, identity=run, fresh=fresh)
+def _train(method, policy, ctx: RunContext, metrics_fn=None, corpus=True):
+    """Train on the run context's settings, with the base model's fingerprint in the run's identity."""
+    run = {"base": fingerprint(ctx.base), **ctx.identity}
+    hooks = Hooks(metrics_fn=metrics_fn, corpus=load_names() if corpus else None, identity=run, fresh=ctx.fresh)
+    return train(method, policy, ctx.cfg, out=ctx.out, progress=ctx.progress, hooks=hooks)
 
 
-def run_rlhf(reward, beta=0.1, kl="k1_seq", algo="rloo", kl_target=None, cfg: TrainConfig | None = None,
-             base=None, out=None, progress=True, fresh=False, identity=None, prompts=None, group_size=4):
-    """RLHF (chapter 05) against ``reward`` (names → rewards) on the base model; with ``prompts`` (a
-    ``prompts.Prompts``) conditional, ``group_size`` completions per prompt, RLOO's baseline within each group
-    (chapter 05, §12). The reward is that of the whole name, prompt included."""
+def with_base(ctx: RunContext | None) -> RunContext:
+    """``ctx`` with its base model loaded (the committed checkpoint when none is given)."""
+    ctx = ctx or RunContext()
+    return ctx if ctx.base is not None else ctx.with_(base=load_base(backend=ctx.backend))
+
+
+def _conditional(options: dict, group_size: int = 4) -> dict:
+    """The trainer's options with the group size it takes: ``group_size`` (default 4) with prompts, else 1."""
+    conditional = options.get("prompts") is not None
+    return {**options, "group_size": options.get("group_size", group_size) if conditional else 1}
+
+
+def run_rlhf(reward, ctx: RunContext | None = None, **options):
+    """RLHF (chapter 05) against ``reward`` (names → rewards) on the run context's base model; ``options`` are
+    ``trainers.rlhf.RLHF``'s (``beta``, ``kl``, ``algo``, ``kl_target``, …). With ``prompts`` (a
+    ``prompts.Prompts``) conditional, ``group_size`` (default 4) completions per prompt, RLOO's baseline within each
+    group (chapter 05, §12). The reward is that of the whole name, prompt included. Returns (policy, history)."""
     from .trainers.rlhf import RLHF
 
-    base = base or load_base()
+    ctx = with_base(ctx)
     owner = getattr(reward, "__self__", None)
     if owner is not None and hasattr(owner, "config"):
-        check_same_vocabulary(owner, base)
-    policy = trainable_copy(base)
-    method = RLHF(base, names_reward(reward), beta=beta, kl=kl, algo=algo, kl_target=kl_target,
-                  tokenizer=CharTokenizer(), prompts=prompts, group_size=group_size if prompts is not None else 1)
-    history = _train(method, policy, cfg, base, out, constraint_metrics(reward=reward), progress, fresh, identity)
-    return policy, history
+        check_same_vocabulary(owner, ctx.base)
+    policy = trainable_copy(ctx.base)
+    method = RLHF(ctx.base, names_reward(reward), tokenizer=CharTokenizer(), **_conditional(options))
+    return policy, _train(method, policy, ctx, constraint_metrics(reward=reward))
 
 
-def run_dpo(pairs, beta=0.1, cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False,
-            identity=None, prompt_length: int = 0):
+def run_dpo(pairs, ctx: RunContext | None = None, beta: float = 0.1, prompt_length: int = 0):
     """DPO (chapter 05) on preference pairs of names; with ``prompt_length`` k > 0, on triples: each pair shares
     its first k letters, the prompt, and the log-ratios are those of the completions (Eq. 5.20)."""
     from .trainers.dpo import DPO
 
-    base = base or load_base()
+    return run_pairs(DPO, pairs, ctx, beta=beta, prompt_length=prompt_length)
+
+
+def run_pairs(trainer, pairs, ctx: RunContext | None = None, beta: float = 0.1, prompt_length: int = 0):
+    """A pair method (a ``trainers.pairs.PairMethod`` class: DPO, IPO) on preference pairs of names, as
+    :func:`run_dpo`. Returns (policy, history)."""
+    ctx = with_base(ctx)
     tok = CharTokenizer()
-    length = base.config.block_size
+    length = ctx.base.config.block_size
     prompt_len = np.full(len(pairs), prompt_length, dtype=np.int64) if prompt_length else None
-    method = DPO(base, tok.encode_batch(list(pairs.chosen), length), tok.encode_batch(list(pairs.rejected), length),
-                 beta=beta, prompt_len=prompt_len)
-    policy = trainable_copy(base)
-    run = {"base": fingerprint(base), **(identity or {})}
-    history = train(method, policy, cfg or TrainConfig(), out=out, progress=progress, identity=run, fresh=fresh)
-    return policy, history
+    method = trainer(ctx.base, tok.encode_batch(list(pairs.chosen), length),
+                     tok.encode_batch(list(pairs.rejected), length), beta=beta, prompt_len=prompt_len)
+    policy = trainable_copy(ctx.base)
+    return policy, _train(method, policy, ctx, corpus=False)
 
 
-def run_gdc(ebm, proposal="adaptive", baseline=False, calibrate: float | None = None, cfg: TrainConfig | None = None,
-            base=None, out=None, progress=True, fresh=False, identity=None, prompts=None, group_size=4):
-    """GDC towards the EBM; with ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.11) and the
+def run_gdc(ebm, ctx: RunContext | None = None, calibrate: float | None = None, **options):
+    """GDC towards the EBM; ``options`` are ``trainers.gdc.DPG``'s (``proposal``, default adaptive, ``baseline``,
+    ``prompts``, ``group_size``). With ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.11) and the
     history records it as ``lambda_i``. With ``prompts``, CDPG (chapter 06, §10): the target p(y|x) ∝ a(y|x) b(x, y)
-    per prompt, each with its own Z(x); pointwise constraints only."""
+    per prompt, each with its own Z(x); pointwise constraints only. Returns (policy, history)."""
     from .trainers.gdc import DPG
 
-    check_conditional_ebm(ebm, prompts, calibrate)
-    base = base or load_base()
-    policy = trainable_copy(base)
+    check_conditional_ebm(ebm, options.get("prompts"), calibrate)
+    ctx = with_base(ctx)
+    policy = trainable_copy(ctx.base)
     target = ebm_target(ebm) if calibrate is None else calibrated_target(ebm, calibrate)
-    method = DPG(base, policy, target, proposal=proposal, baseline=baseline, tokenizer=CharTokenizer(), prompts=prompts,
-                 group_size=group_size if prompts is not None else 1)
-    history = _train(method, policy, cfg, base, out, constraint_metrics(ebm=ebm), progress, fresh, identity)
-    return policy, history
+    method = DPG(ctx.base, policy, target, tokenizer=CharTokenizer(), **_conditional(options))
+    return policy, _train(method, policy, ctx, constraint_metrics(ebm=ebm))
 
 
-def run_fdpg(f, target_fn, ebm=None, reward=None, proposal="policy", cfg: TrainConfig | None = None, base=None,
-             out=None, progress=True, fresh=False, identity=None, prompts=None, group_size=4):
-    """f-DPG (chapter 07) towards ``target_fn`` (batch → log P); with ``prompts``, conditional (one Z(x) per
-    prompt, chapter 06, §10)."""
+def run_fdpg(f, target_fn, ctx: RunContext | None = None, ebm=None, reward=None, **options):
+    """f-DPG (chapter 07) towards ``target_fn`` (batch → log P); ``options`` are ``trainers.fdpg.FDPG``'s
+    (``proposal``, default policy, …); with ``prompts``, conditional (one Z(x) per prompt, chapter 06, §10).
+    ``ebm`` and ``reward`` only add their metrics. Returns (policy, history)."""
     from .trainers.fdpg import FDPG
 
     if ebm is not None:
-        check_conditional_ebm(ebm, prompts)
-    base = base or load_base()
-    policy = trainable_copy(base)
-    method = FDPG(base, policy, target_fn, f=f, proposal=proposal, tokenizer=CharTokenizer(), prompts=prompts,
-                  group_size=group_size if prompts is not None else 1)
-    history = _train(method, policy, cfg, base, out, constraint_metrics(ebm=ebm, reward=reward), progress, fresh,
-                     identity)
-    return policy, history
+        check_conditional_ebm(ebm, options.get("prompts"))
+    ctx = with_base(ctx)
+    policy = trainable_copy(ctx.base)
+    method = FDPG(ctx.base, policy, target_fn, f=f, tokenizer=CharTokenizer(), **_conditional(options))
+    return policy, _train(method, policy, ctx, constraint_metrics(ebm=ebm, reward=reward))
 
 
-def run_grpo(reward, prompts=None, group_size=4, beta=0.04, clip=0.2, kl="k3_loss", scale=True, epochs=1,
-             cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False, identity=None):
-    """GRPO (chapter 05, §12) against ``reward`` (names → rewards, of the whole name), ``group_size`` completions
-    per prompt of ``prompts`` (None: the empty prompt, groups of unconditional samples)."""
+def run_grpo(reward, ctx: RunContext | None = None, **options):
+    """GRPO (chapter 05, §12) against ``reward`` (names → rewards, of the whole name); ``options`` are
+    ``trainers.grpo.GRPO``'s: ``group_size`` completions per prompt of ``prompts`` (None: the empty prompt, groups
+    of unconditional samples), ``beta``, ``clip``, ``kl``, ``scale``, ``epochs``. Returns (policy, history)."""
     from .trainers.grpo import GRPO
 
-    base = base or load_base()
+    ctx = with_base(ctx)
     owner = getattr(reward, "__self__", None)
     if owner is not None and hasattr(owner, "config"):
-        check_same_vocabulary(owner, base)
-    policy = trainable_copy(base)
-    method = GRPO(base, names_reward(reward), prompts, group_size, beta=beta, clip=clip, kl=kl, scale=scale,
-                  epochs=epochs, tokenizer=CharTokenizer())
-    history = _train(method, policy, cfg, base, out, constraint_metrics(reward=reward), progress, fresh, identity)
-    return policy, history
+        check_same_vocabulary(owner, ctx.base)
+    policy = trainable_copy(ctx.base)
+    method = GRPO(ctx.base, names_reward(reward), tokenizer=CharTokenizer(), **options)
+    return policy, _train(method, policy, ctx, constraint_metrics(reward=reward))
 
 
 def check_conditional_ebm(ebm, prompts, calibrate=None) -> None:
@@ -312,7 +326,8 @@ def run_reinforce_on_feature(feature, sign=1.0, until=None, cfg: TrainConfig | N
         names = samples(policy, check_samples, seed=[cfg.seed, step])
         return (float(np.mean(feature(names))) - until) * sign >= 0
 
-    history = train(method, policy, cfg, corpus=load_names(), metrics_fn=metrics, progress=progress, stop_fn=stop)
+    history = train(method, policy, cfg, progress=progress,
+                    hooks=Hooks(metrics_fn=metrics, corpus=load_names(), stop_fn=stop))
     return policy, history
 
 
@@ -408,27 +423,28 @@ def samples(model, n=20, seed=0) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- distillation
-def run_distill(teacher, f="js", samples="teacher", student_config=None, cfg: TrainConfig | None = None, out=None,
-                progress=True, fresh=False, identity=None):
+def run_distill(teacher, ctx: RunContext | None = None, student_config=None, **options):
     """Token-level f-divergence distillation (chapter 07, §9): a student GPT of ``student_config`` (GPTConfig
-    fields over ``trainers.distill.STUDENT_SIZE``; its vocabulary and horizon are the teacher's) trained from its seeded initialisation towards the
-    frozen ``teacher`` on the teacher's (or its own) samples. The student lives on the teacher's backend.
-    Returns (student, history)."""
+    fields over ``trainers.distill.STUDENT_SIZE``; its vocabulary and horizon are the teacher's) trained from its
+    seeded initialisation towards the frozen ``teacher`` on the teacher's (or its own) samples; ``options`` are
+    ``trainers.distill.Distill``'s (``f``, default js, and ``samples``, default teacher). The student lives on the
+    teacher's backend; the run context's base model is not used. Returns (student, history)."""
     from dataclasses import asdict
 
     from .gpt import GPTConfig
     from .trainers.common import frozen_copy
     from .trainers.distill import STUDENT_SIZE, Distill
 
-    cfg = cfg or TrainConfig()
+    ctx = ctx or RunContext()
     t = teacher.config
     config = GPTConfig(**{**STUDENT_SIZE, **(student_config or {}), "vocab_size": t.vocab_size,
                           "block_size": t.block_size, "bos_id": t.bos_id, "eos_id": t.eos_id, "dropout": 0.0})
-    student = GPT(config, seed=cfg.seed).to(teacher.parameters()[0].bk)
+    student = GPT(config, seed=ctx.seed).to(teacher.parameters()[0].bk)
     teacher = frozen_copy(teacher)
-    method = Distill(teacher, f=f, samples=samples, tokenizer=CharTokenizer())
-    run = {"kind": "distill", "teacher": fingerprint(teacher), "student_config": asdict(config), **(identity or {})}
-    history = train(method, student, cfg, out=out, corpus=load_names(), progress=progress, identity=run, fresh=fresh)
+    method = Distill(teacher, tokenizer=CharTokenizer(), **options)
+    run = {"kind": "distill", "teacher": fingerprint(teacher), "student_config": asdict(config), **ctx.identity}
+    hooks = Hooks(corpus=load_names(), identity=run, fresh=ctx.fresh)
+    history = train(method, student, ctx.cfg, out=ctx.out, progress=ctx.progress, hooks=hooks)
     return student, history
 
 
@@ -437,8 +453,8 @@ def distill_report(student, teacher, f, n=1000, seed=0) -> list[str]:
     objective and KL(p‖π) on n teacher samples, KL(π‖p) on n student samples, and the true reward r* of both."""
     from .metrics import mean_se
     from .rewards import true_reward
-    from .trainers.policy_gradient import token_fdiv_terms
     from .tensor import no_grad
+    from .trainers.policy_gradient import token_fdiv_terms
 
     tok = CharTokenizer()
     ids_p, log_p = teacher.generate(n, rng=seed)

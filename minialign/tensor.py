@@ -372,7 +372,8 @@ class Tensor:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         bk = self.bk
         return Tensor._result(
-            bk.reshape(self.data, tuple(shape)), (self,), lambda g: self._accumulate(bk.reshape(g, self.shape)), "reshape"
+            bk.reshape(self.data, tuple(shape)), (self,), lambda g: self._accumulate(bk.reshape(g, self.shape)),
+            "reshape"
         )
 
     def view(self, *shape):

@@ -40,7 +40,8 @@ class TorchBackend(NumpyBackend):
     float32 = torch.float32
     float64 = torch.float64
 
-    def __init__(self, device="cpu", use_kernels: bool = True, linear_logprob_min_vocab: int = LINEAR_LOGPROB_MIN_VOCAB):
+    def __init__(self, device="cpu", use_kernels: bool = True,
+                 linear_logprob_min_vocab: int = LINEAR_LOGPROB_MIN_VOCAB):
         self.device = torch.device(device)
         self.use_kernels = use_kernels
         self.linear_logprob_min_vocab = linear_logprob_min_vocab
@@ -148,7 +149,8 @@ class TorchBackend(NumpyBackend):
             return out
         parts = key if isinstance(key, tuple) else (key,)
         index = tuple(self.asarray(k) for k in parts)
-        values = values if isinstance(values, torch.Tensor) else torch.as_tensor(values, dtype=out.dtype, device=self.device)
+        if not isinstance(values, torch.Tensor):
+            values = torch.as_tensor(values, dtype=out.dtype, device=self.device)
         return out.index_put_(index, values.expand(torch.broadcast_shapes(*(i.shape for i in index))), accumulate=True)
 
     def embedding_grad(self, idx, grad, num_embeddings):

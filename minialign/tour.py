@@ -1,7 +1,7 @@
 """The tour: the course's main job in one run — base model, reward model, RLHF, DPO, GDC, f-DPG and, with prompts,
 RLOO and GRPO on names — writing ``report.md`` with its plots and printing how long each stage took.
 
-One function per stage; each returns the lines it adds to the report. The methods run through the registry,
+One function per stage; each returns the lines it adds to the report. The methods run through the method table,
 as on the command line. Every figure in the report is measured in this run: policies are compared on fresh
 samples (``tasks.evaluate``: means with standard errors, diversity at one fixed sample size) or by means over
 the last training steps with their standard errors — never by one batch.
@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import registry as R
+from . import methods as M
 from . import tasks
+from .ingredients import Ingredients
 from .metrics import DIVERSITY_N, SELF_BLEU_N, MomentCheck, binomial_tolerance, last_steps
-from .trainers.common import TrainConfig
+from .trainers.common import RunContext, TrainConfig
 
 LAST = 20  # training steps over which a training metric is averaged in the report
 
@@ -42,6 +43,10 @@ class Tour:
         self.gdc_cfg = self.cfg if self.quick else TrainConfig(steps=250, batch_size=128, lr=5e-4, seed=0,
                                                                checkpoint_every=10**9)
         self.n_eval = DIVERSITY_N if self.quick else 1000
+
+    def context(self, cfg: TrainConfig) -> RunContext:
+        """The run context of a tour's training run: the tour's base model, no checkpoint, progress unless quick."""
+        return RunContext(cfg, self.base, progress=not self.quick, backend=self.backend)
 
     def stage(self, name, fn):
         print(f"\n== {name}", flush=True)
@@ -107,12 +112,11 @@ def reward_stage(t: Tour) -> list:
 def rlhf_stage(t: Tour) -> list:
     from .rewards import true_reward
 
-    spec, rm = R.METHODS["rlhf"], t.runs["reward"]
+    spec, rm = M.METHODS["rlhf"], t.runs["reward"]
     rewards = {"reward model r̂": rm.score, "true reward r*": true_reward}
     evals = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, rewards=rewards)}
     for beta in ((0.3, 0.1) if t.quick else (1.0, 0.3, 0.1, 0.03)):
-        result = spec.run(R.Ingredients(reward=rm.score), spec.defaults(beta=beta), t.cfg, t.base, None, False,
-                          not t.quick, {})
+        result = spec.run(Ingredients(reward=rm.score), spec.defaults(beta=beta), t.context(t.cfg))
         evals[f"RLHF β = {beta}"] = tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)
     t.runs["rlhf"] = evals
     lines = ["## RLHF", "", f"RLOO with the sequence-level k1 penalty in the reward, against the reward model, "
@@ -127,15 +131,15 @@ def rlhf_stage(t: Tour) -> list:
 def dpo_stage(t: Tour) -> list:
     from .rewards import true_reward
 
-    spec = R.METHODS["dpo"]
-    result = spec.run(R.Ingredients(pairs=t.runs["pairs"]), spec.defaults(beta=0.1), t.cfg, t.base, None, False,
-                      not t.quick, {})
+    spec = M.METHODS["dpo"]
+    result = spec.run(Ingredients(pairs=t.runs["pairs"]), spec.defaults(beta=0.1), t.context(t.cfg))
     t.runs["dpo"] = result.history
     rewards = {"true reward r*": true_reward}
     evals = {"base model a": t.runs["rlhf"]["base model a"],
              "DPO β = 0.1": tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)}
     accuracy = last_steps(result.history, "pair_accuracy", LAST)
-    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no reward "
+    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no "
+            "reward "
             f"model and no sampling; training pair accuracy {accuracy} (mean over the last {LAST} steps). On "
             f"{t.n_eval} fresh samples:", ""] + _header(*rewards) + [_row(k, e, rewards) for k, e in evals.items()] \
         + ["", "Samples: " + ", ".join(evals["DPO β = 0.1"].names[:12]), ""]
@@ -147,12 +151,11 @@ def gdc_stage(t: Tour) -> list:
     ebm, report = fit_names_ebm(t.base, [parse_constraint("female=0.5")], n_samples=2000 if t.quick else 10000)
     print(report)
     t.runs["ebm"] = ebm
-    female, spec = feature("female"), R.METHODS["gdc"]
+    female, spec = feature("female"), M.METHODS["gdc"]
     evals, hists = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, features=[female])}, {}
     for name, calibrate in (("GDC, λ of the I-projection", None), ("GDC, λ on π's moment", 0.1)):
-        result = spec.run(R.Ingredients(ebm=ebm), spec.defaults(baseline=True, calibrate=calibrate,
-                                                                eval_samples=t.n_eval), t.gdc_cfg, t.base, None,
-                          False, not t.quick, {})
+        result = spec.run(Ingredients(ebm=ebm), spec.defaults(baseline=True, calibrate=calibrate,
+                                                                eval_samples=t.n_eval), t.context(t.gdc_cfg))
         evals[name] = tasks.evaluate(result.policy, t.base, t.n_eval, features=[female])
         hists[name] = result.history
     calibrated = evals["GDC, λ on π's moment"].fractions["female"].mean
@@ -181,9 +184,9 @@ def gdc_stage(t: Tour) -> list:
 def fdpg_stage(t: Tour) -> list:
     from .ebm import feature
 
-    ebm, spec = t.runs["ebm"], R.METHODS["fdpg"]
-    result = spec.run(R.Ingredients(ebm=ebm, target=tasks.ebm_target(ebm)), spec.defaults(f="js"), t.gdc_cfg, t.base,
-                      None, False, not t.quick, {})
+    ebm, spec = t.runs["ebm"], M.METHODS["fdpg"]
+    result = spec.run(Ingredients(ebm=ebm, target=tasks.ebm_target(ebm)), spec.defaults(f="js"),
+                      t.context(t.gdc_cfg))
     hist = t.runs["fdpg"] = result.history
     e = tasks.evaluate(result.policy, t.base, t.n_eval, features=[feature("female")])
     gdc = t.runs["gdc"]["GDC, λ of the I-projection"]
@@ -205,12 +208,11 @@ def conditional_stage(t: Tour) -> list:
     prompts = first_letters(1)
     cfg = TrainConfig(steps=4 if t.quick else 30, batch_size=16 if t.quick else 64, lr=3e-4, seed=0,
                       checkpoint_every=10**9)
-    ingredients = R.Ingredients(reward=t.runs["reward"].score)
+    ingredients = Ingredients(reward=t.runs["reward"].score)
     models, hists = {"base a": t.base}, {}
     for name, method in (("RLOO, k1 in the reward", "rlhf"), ("GRPO (std, k3 in the loss)", "grpo")):
-        spec = R.METHODS[method]
-        result = spec.run(ingredients, spec.defaults(prompts="first1", group_size=4, beta=0.1), cfg, t.base, None,
-                          False, not t.quick, {})
+        spec = M.METHODS[method]
+        result = spec.run(ingredients, spec.defaults(prompts="first1", group_size=4, beta=0.1), t.context(cfg))
         models[name], hists[name] = result.policy, result.history
     t.runs["conditional"] = hists
     n = 200 if t.quick else 1000

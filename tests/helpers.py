@@ -10,6 +10,7 @@ import importlib.util
 import numpy as np
 
 from minialign import Tensor
+from minialign import functional as F
 from minialign.divergences import NAMES
 
 # every member of the f family, with three concrete α for the parametrised one: the one list the tests share
@@ -100,3 +101,37 @@ def rlhf_target(lab, a, r, beta):
     log_scores = np.log(lab.distribution(a)) + r / beta
     log_p, log_z = lab.normalise(log_scores)
     return log_scores, log_p, log_z
+
+
+# ---------------------------------------------------------------------- policies that can be any distribution
+class TabularPolicy:
+    """π(x) = softmax(θ)_x over the enumeration of a lab: a policy that can be *any* distribution."""
+
+    def __init__(self, lab, logits):
+        self.lab = lab
+        self.logits = Tensor(np.array(logits, dtype=np.float64), requires_grad=True)
+
+    def sequence_logprob(self, tokens):
+        return F.log_softmax(self.logits, axis=-1)[self.lab.index_of(tokens)]
+
+    def zero_grad(self):
+        self.logits.grad = None
+
+
+class ConditionalTabular:
+    """π(y|x) = softmax of one logit per (x, y) row within each prompt's group: any conditional distribution."""
+
+    def __init__(self, plab, log_probs):
+        self.plab = plab
+        self.logits = Tensor(np.array(log_probs, dtype=np.float64), requires_grad=True)
+
+    def sequence_logprob(self, tokens, prompt_len=None):
+        assert prompt_len is not None and (np.asarray(prompt_len) == self.plab.prompts.length).all()
+        out = self.logits
+        for g in range(self.plab.n_prompts):  # log π(y|x) = θ_{x,y} − log Σ_{y'} e^{θ_{x,y'}}
+            at = self.plab.group == g
+            out = out - Tensor(at.astype(np.float64)) * F.logsumexp(self.logits[np.flatnonzero(at)], axis=0)
+        return out[self.plab.index_of(tokens)]
+
+    def zero_grad(self):
+        self.logits.grad = None

@@ -8,8 +8,10 @@ that contains the row's phrases, within the same limit. A few rows run again as 
 nothing but the message reaches the terminal.
 
 To add a row: append it to :data:`CLI` (a command line and the phrases of its message) or :data:`API` (an id, a
-function of the files, the phrases, and the exception when it is not a ValueError). A new numeric flag goes into
-:data:`NUMERIC` with its kind; a new file of another shape into :func:`files`.
+function of the files, the phrases, and the exception when it is not a ValueError). The rows of numeric flags and
+of ``--prompts`` and ``--device`` are read from the parser (:func:`numeric_options`, :func:`flag_commands`), so a
+new method's options are covered unasked; a new numeric argument type needs its kind in :func:`numeric_kind`, a
+new file of another shape goes into :func:`files`.
 """
 from __future__ import annotations
 
@@ -33,19 +35,19 @@ import numpy as np
 import pytest
 from helpers import installed
 
+from minialign import argtypes as A
 from minialign import divergences
 from minialign.cli import main
-from minialign.data import DATA_DIR
 from minialign.ebm import fit_names_ebm, parse_constraint
 from minialign.gender import GenderClassifier
 from minialign.gpt import GPT, GPTConfig
 from minialign.io import NotACheckpoint
 from minialign.io import load as load_checkpoint
 from minialign.lab import ExactLab, lab_model
+from minialign.methods import METHODS
 from minialign.metrics import distinct_n
 from minialign.optim import SGD, AdamW, clip_grad_norm
 from minialign.pretrain import PretrainConfig
-from minialign.registry import METHODS
 from minialign.rewards import RewardModel, fit_reward_model, load_pairs
 from minialign.tasks import load_base
 from minialign.trainers.common import TrainConfig
@@ -177,33 +179,73 @@ BAD_NUMBERS = {  # argument kind → (bad values, what the message says is expec
     "rate": (("0", "-1e-3", "nan", "inf", "1e4", "fast"), "learning rate, a number in (0, 1]"),
     "open": (("0", "1", "-0.1", "nan", "inf", "x"), "number"),
 }
-TRAIN = [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
-         ("--checkpoint-every", "count")]
-NUMERIC = {  # command → its numeric flags and their kinds ("" is the global options, before a command)
-    "": [("--threads", "count")],
-    "pretrain": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--eval-every", "count"),
-                 ("--n-layer", "count"), ("--n-head", "count"), ("--n-embd", "count"), ("--block-size", "count"),
-                 ("--dropout", "unit"), ("--seed", "natural"), ("--samples", "natural")],
-    "sample": [("-n", "count"), ("--temperature", "positive"), ("--top-k", "count"), ("--seed", "natural")],
-    "align rlhf": TRAIN + [("--n-pairs", "count"), ("--beta", "positive"), ("--kl-target", "positive"),
-                          ("--group-size", "count")],
-    "align dpo": TRAIN + [("--n-pairs", "count"), ("--beta", "positive")],
-    "align gdc": TRAIN + [("--ebm-samples", "count"), ("--eval-samples", "count"), ("--calibrate", "positive"),
-                         ("--group-size", "count")],
-    "align fdpg": TRAIN + [("--ebm-samples", "count"), ("--n-pairs", "count"), ("--beta", "positive"),
-                          ("--group-size", "count")],
-    "align grpo": TRAIN + [("--n-pairs", "count"), ("--group-size", "count"), ("--beta", "positive"),
-                          ("--clip", "open"), ("--epochs", "count")],
-    "course grade": [("--timeout", "positive")],
-    "distill": [("--steps", "count"), ("--batch-size", "count"), ("--lr", "rate"), ("--seed", "natural"),
-                ("--checkpoint-every", "count"), ("--eval-samples", "count")],
-}
+def options_of(parser, command=""):
+    """(command, flag, action) for every option of the command line that takes a value."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from options_of(sub, f"{command} {name}".strip())
+        elif action.option_strings and action.nargs != 0 and not isinstance(action, argparse._HelpAction):
+            yield command, action.option_strings[0], action
+
+
+def _refuses_nan_as_a_number(kind) -> bool:
+    import argparse
+
+    try:
+        kind("nan")
+    except argparse.ArgumentTypeError as e:
+        return "number" in str(e)
+    except (TypeError, ValueError):
+        return False
+    return False
+
+
+def numeric_kind(kind) -> str | None:
+    """The kind (a key of :data:`BAD_NUMBERS`) of a numeric argument type of ``minialign.argtypes``: the float
+    types by name, the whole-number ones (``count(minimum, …)``) by whether they refuse 0; None for another type."""
+    import argparse
+
+    floats = {A.positive_float: "positive", A.learning_rate: "rate", A.clip_range: "open", A.unit_interval: "unit"}
+    if kind in floats:
+        return floats[kind]
+    if getattr(kind, "__qualname__", "").startswith("count."):
+        try:
+            kind("0")
+        except argparse.ArgumentTypeError:
+            return "count"
+        return "natural"
+    return None
+
+
+def numeric_options() -> dict:
+    """Command → its numeric flags and their kinds ("" is the global options, before a command), read from the
+    parser (whose ``align`` methods come from the method table): a new method's options get rows unasked. A flag
+    whose type has no kind gets the kind None, and the completeness test names it."""
+    from minialign.cli import build_parser
+
+    out = {}
+    for command, flag, action in options_of(build_parser()):
+        if action.choices is None and _refuses_nan_as_a_number(action.type):
+            out.setdefault(command, []).append((flag, numeric_kind(action.type)))
+    return out
+
+
+def flag_commands(flag: str) -> list:
+    """Every command of the parser that takes ``flag``."""
+    from minialign.cli import build_parser
+
+    return [command for command, f, _ in options_of(build_parser()) if f == flag]
 
 
 def numeric_rows():
     rows = []
-    for command, flags in NUMERIC.items():
+    for command, flags in numeric_options().items():
         for flag, kind in flags:
+            if kind is None:
+                continue  # test_the_table_is_large_and_has_a_row_for_every_option_that_takes_a_value names it
             values, expected = BAD_NUMBERS[kind]
             rows += [cli(f"{command} {flag}={v}" if command else f"{flag}={v} sample", f"argument {flag}", f"got {v!r}",
                          expected) for v in values]
@@ -273,9 +315,10 @@ PAIRS = {  # a preferences file → what the message says
 
 def pairs_rows():
     rows = []
+    pair_methods = [f"align {m}" for m, spec in METHODS.items() if "pairs" in spec.needs]  # dpo, ipo, …
     for name, says in PAIRS.items():
-        rows.append(cli(f"align dpo --pairs {{{name}}}", "--pairs", *says))
-        rows.append(cli(f"align rlhf --pairs {{{name}}}", "--pairs", *says))
+        for command in pair_methods + ["align rlhf"]:
+            rows.append(cli(f"{command} --pairs {{{name}}}", "--pairs", *says))
     for name in ("pairs_ties", "pairs_long", "csvdir"):
         rows.append(cli(f"align fdpg --target reward --pairs {{{name}}}", "--pairs", *PAIRS[name]))
     return rows
@@ -359,10 +402,9 @@ CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo
            ("course restore {readonly} --assignment 05-rlhf", "readonly", "not a student repository"),
            ("course restore {readonly} --assignment 99-x", "no assignment", "'99-x'"),
            ("course check 99-x", "no assignment", "'99-x'")] + \
-    [(f"align {m} --prompts first9", "--prompts", "'first9'", "first1") for m in ("rlhf", "dpo", "gdc", "fdpg", "grpo")] + \
-    [(f"{command} --device tpu", "--device", "'tpu'", "cuda")
-     for command in ("pretrain", "align rlhf", "align dpo", "align gdc", "align fdpg", "align grpo", "distill --teacher {ok}",
-                     "tour")] + \
+    [(f"{command} --prompts first9", "--prompts", "'first9'", "first1") for command in flag_commands("--prompts")] + \
+    [(f"{command} --device tpu" + (" --teacher {ok}" if command == "distill" else ""), "--device", "'tpu'", "cuda")
+     for command in flag_commands("--device")] + \
     ([] if CUDA else [("pretrain --device cuda --steps 1", "--device cuda", "needs")])
 
 
@@ -570,18 +612,6 @@ def test_the_api_refuses_with_a_plain_message(row, files):
     assert elapsed < LIMIT, f"took {elapsed:.2f} s to refuse"
 
 
-def options_of(parser, command=""):
-    """(command, flag, action) for every option of the command line that takes a value."""
-    import argparse
-
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                yield from options_of(sub, f"{command} {name}".strip())
-        elif action.option_strings and action.nargs != 0 and not isinstance(action, argparse._HelpAction):
-            yield command, action.option_strings[0], action
-
-
 def test_the_table_is_large_and_has_a_row_for_every_option_that_takes_a_value():
     """A new option (or a new command) needs rows here: the check lists the ones that have none."""
     from minialign.cli import build_parser
@@ -594,20 +624,10 @@ def test_the_table_is_large_and_has_a_row_for_every_option_that_takes_a_value():
                  if not any(" ".join(w).startswith(command) and any(t == flag or t.startswith(flag + "=") for t in w)
                             for w in words)]
     assert not uncovered, f"no bad-input row for: {', '.join(uncovered)}"
-    numeric = {(c, f) for c, f, a in options if a.choices is None and _refuses_nan_as_a_number(a.type)}
-    assert numeric == {(c, f) for c, flags in NUMERIC.items() for f, _ in flags}, "list numeric flags in NUMERIC"
-
-
-def _refuses_nan_as_a_number(kind) -> bool:
-    import argparse
-
-    try:
-        kind("nan")
-    except argparse.ArgumentTypeError as e:
-        return "number" in str(e)
-    except (TypeError, ValueError):
-        return False
-    return False
+    unknown = [f"{c} {f}".strip() for c, flags in numeric_options().items() for f, kind in flags if kind is None]
+    assert not unknown, f"no kind of bad numbers for: {', '.join(unknown)} (add its type to numeric_kind)"
+    assert {"align dpo --prompts", "align grpo --device", "tour --device"} <= {
+        f"{c} {f}" for c, f, _ in options}, "the parser lost an option the rows are derived for"
 
 
 AS_PROCESSES = ["pretrain --steps=0", "sample --checkpoint {truncated}", "align rlhf --reward true --out {empty}",

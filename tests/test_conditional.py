@@ -3,8 +3,7 @@ groups, and RLHF, DPO, GDC (CDPG) and f-DPG with prompts, each against the exact
 import numpy as np
 import pytest
 
-from helpers import close
-from minialign import functional as F
+from helpers import ConditionalTabular, close
 from minialign.experiments.conditional_lab import (conditional_objective, conditional_optimum, prompted_lab,
                                                    trainable)
 from minialign.lab import ExactLab, PromptedLab, autograd_of, exact_grad, lab_fn, lab_model
@@ -195,25 +194,6 @@ def test_conditional_rloo_drives_the_mean_kl_to_the_optimum_below_005():
 
 
 # ------------------------------------------------------------------------------ DPO on triples (Eq. 5.20)
-class ConditionalTabular:
-    """π(y|x) = softmax of one logit per (x, y) row within each prompt's group: any conditional distribution."""
-
-    def __init__(self, plab, log_probs):
-        self.plab = plab
-        self.logits = Tensor(np.array(log_probs, dtype=np.float64), requires_grad=True)
-
-    def sequence_logprob(self, tokens, prompt_len=None):
-        assert prompt_len is not None and (np.asarray(prompt_len) == self.plab.prompts.length).all()
-        out = self.logits
-        for g in range(self.plab.n_prompts):  # log π(y|x) = θ_{x,y} − log Σ_{y'} e^{θ_{x,y'}}
-            at = self.plab.group == g
-            out = out - Tensor(at.astype(np.float64)) * F.logsumexp(self.logits[np.flatnonzero(at)], axis=0)
-        return out[self.plab.index_of(tokens)]
-
-    def zero_grad(self):
-        self.logits.grad = None
-
-
 def test_dpo_on_triples_is_dpo_on_whole_rows_when_the_pair_shares_its_prompt():
     """The prompt's log-probability is common to y_w and y_l under π and under a, so it cancels in the margin:
     the loss with the prompt masked equals the loss on the whole rows (to rounding)."""

@@ -18,7 +18,7 @@ from minialign.backend import NUMPY
 from minialign.cli import main
 from minialign.gpt import GPT, GPTConfig
 from minialign.rewards import true_reward
-from minialign.trainers.common import TrainConfig, logprobs
+from minialign.trainers.common import RunContext, TrainConfig, logprobs
 
 KERNELS = installed("torch", "triton")
 if KERNELS:
@@ -96,10 +96,10 @@ def test_alignment_and_distillation_on_the_torch_backend_match_the_numpy_engine(
     for backend in (None, TorchBackend(DEVICE)):
         base = device.place(GPT(GPTConfig(**TINY), seed=3), backend).eval()
         if run == "rlhf full_token":
-            model, hist = tasks.run_rlhf(true_reward, kl="full_token", cfg=STEPS, base=base, progress=False)
+            model, hist = tasks.run_rlhf(true_reward, RunContext(STEPS, base, progress=False), kl="full_token")
             keys = ["loss", "reward", "kl_full_token", "kl_k1", "grad_norm"]
         else:
-            model, hist = tasks.run_distill(base, "js", student_config=TINY, cfg=STEPS, progress=False)
+            model, hist = tasks.run_distill(base, RunContext(STEPS, progress=False), student_config=TINY, f="js")
             keys = ["loss", "token_div", "kl_p_pi_est", "grad_norm"]
         results.append((model, hist))
     (m_numpy, h_numpy), (m_torch, h_torch) = results

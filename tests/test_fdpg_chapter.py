@@ -25,7 +25,7 @@ from minialign import divergences as D
 from minialign.experiments.rlhf_lab import tiny_lab
 from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model, score_function_gradient
 from minialign.tensor import Tensor
-from minialign.trainers.common import Batch, exact_batch
+from minialign.trainers.common import Batch, exact_batch, trainable_copy
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 
@@ -381,7 +381,7 @@ def test_on_the_constraint_target_every_f_has_the_same_first_gradient_direction(
     E = _study()
     pr = E.lab_problem(seed, "constraint")
     mask = pr.modes["starts with 2"]
-    policy = E.trainable_copy(pr.a)
+    policy = trainable_copy(pr.a)
     (pr.lab.log_probs(policy).exp() * Tensor(mask.astype(np.float64))).sum().backward()
     grad_mass = np.concatenate([np.ravel(p.grad) for p in policy.parameters()])
     policy.zero_grad()
@@ -391,7 +391,7 @@ def test_on_the_constraint_target_every_f_has_the_same_first_gradient_direction(
         fd = D.get(f)
         factor = float(fd.f_prime_log(np.log(a_b)) - fd.f_prime_log(E.LOG_T_MAX))
         assert factor < 0  # f' increases: descending ∇D_f raises π(B) for every f
-        g = E.flat_grad(E.make_method(pr, policy, f, "exact"), policy, batch)
+        g = exact_grad(E.make_method(pr, policy, f, "exact"), policy, batch)
         np.testing.assert_allclose(g, factor * grad_mass, rtol=1e-7, atol=1e-10 * np.abs(factor * grad_mass).max())
     geo = E.first_step_geometry(pr)
     assert geo["t_values"] == 2 and geo["t_values_batch"] == 2

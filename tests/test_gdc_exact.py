@@ -6,7 +6,7 @@ import pytest
 from minialign.ebm import fit_lambda_exact
 from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model
 from minialign.optim import AdamW
-from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sample_batch, train
+from minialign.trainers.common import Hooks, TrainConfig, exact_batch, frozen_copy, sample_batch, train
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 from minialign.trainers.proposal import MomentCalibration
@@ -47,7 +47,7 @@ def test_dpg_drives_the_exact_kl_p_pi_below_threshold():
     start = lab.divergence("kl", np.exp(log_p), lab.distribution(policy))
     method = DPG(a, policy, lab_fn(lab, log_scores), proposal="adaptive")
     hist = train(method, policy, TrainConfig(steps=200, batch_size=64, lr=3e-2, seed=0), lab=lab,
-                 target_log_p=log_p, progress=False)
+                 hooks=Hooks(target_log_p=log_p), progress=False)
     end = hist["exact_kl_p_pi"][-1]
     assert start > 0.4 and end < 0.05, (start, end)
     assert hist["replacements"][-1] > 0  # the proposal was updated along the way

@@ -9,7 +9,7 @@ from functools import lru_cache
 import numpy as np
 import pytest
 
-from minialign.lab import ExactLab, lab_model, score_function_gradient
+from minialign.lab import ExactLab, flat_grad, lab_model, score_function_gradient
 from minialign.mdp import TabularMDP, evaluate_policy, seed004_mdp, value_iteration
 from minialign.tensor import Tensor
 from minialign.trainers.common import sample_batch
@@ -17,12 +17,6 @@ from minialign.trainers.policy_gradient import leave_one_out_baseline, weighted_
 
 
 # ------------------------------------------------------------------------------------------------ the lab
-def flat_grad(model) -> np.ndarray:
-    """The gradients held by the model's parameters, flattened in ``named_parameters`` order."""
-    return np.concatenate([np.ravel(p.grad) if p.grad is not None else np.zeros(p.size)
-                           for _, p in model.named_parameters()])
-
-
 def flatten(grads: dict) -> np.ndarray:
     return np.concatenate([np.ravel(g) for g in grads.values()])
 

@@ -14,6 +14,7 @@ import itertools
 import numpy as np
 import pytest
 
+from helpers import TabularPolicy
 from minialign import functional as F
 from minialign.experiments.rlhf_lab import (ONE_STEP, SEQUENCES, WORKED_LIKELIHOOD, WORKED_PRIOR, dpo_lab, elbo_terms,
                                             goodhart_curve, kl_gradient_survey, kl_variance_survey,
@@ -134,20 +135,6 @@ def test_small_beta_overoptimises_a_misspecified_reward():
 
 
 # ------------------------------------------------------------------------------ DPO on the exact lab
-class TabularPolicy:
-    """π(x) = softmax(θ)_x over the enumeration of a lab: a policy that can be *any* distribution."""
-
-    def __init__(self, lab, logits):
-        self.lab = lab
-        self.logits = Tensor(np.array(logits, dtype=np.float64), requires_grad=True)
-
-    def sequence_logprob(self, tokens):
-        return F.log_softmax(self.logits, axis=-1)[self.lab.index_of(tokens)]
-
-    def zero_grad(self):
-        self.logits.grad = None
-
-
 def expected_dpo_gradient(a, lab, r, beta, policy):
     """∇_θ of E[DPO loss] over Bradley–Terry labels on every unordered pair {x, y} (each with the same
     weight): the label x ≻ y comes with probability σ(r(x) − r(y)), and each labelled pair's gradient is

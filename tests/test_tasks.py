@@ -7,7 +7,7 @@ from minialign.cli import main
 from minialign.ebm import feature, fit_names_ebm, parse_constraint
 from minialign.rewards import true_reward
 from minialign.metrics import distinct_n, self_bleu
-from minialign.trainers.common import TrainConfig
+from minialign.trainers.common import RunContext, TrainConfig
 
 CFG = TrainConfig(steps=4, batch_size=16, lr=3e-4, seed=0, checkpoint_every=2)
 
@@ -18,26 +18,27 @@ def base():
 
 
 def test_rlhf_on_names_logs_the_metrics_and_checkpoints(base, tmp_path):
-    policy, hist = tasks.run_rlhf(true_reward, beta=0.1, cfg=CFG, base=base, out=tmp_path / "r.npz", progress=False)
+    ctx = RunContext(CFG, base, tmp_path / "r.npz", progress=False)
+    policy, hist = tasks.run_rlhf(true_reward, ctx, beta=0.1)
     for key in ("reward", "kl_k1", "kl_k2", "kl_k3", "entropy_est", "distinct_2", "in_corpus", "self_bleu", "loss"):
         assert len(hist[key]) == CFG.steps and np.isfinite(hist[key]).all(), key
     assert (tmp_path / "r.npz").exists()
     # resuming from the finished checkpoint runs no further step and keeps the history
-    _, again = tasks.run_rlhf(true_reward, beta=0.1, cfg=CFG, base=base, out=tmp_path / "r.npz", progress=False)
+    _, again = tasks.run_rlhf(true_reward, ctx, beta=0.1)
     assert again["loss"] == hist["loss"]
 
 
 def test_gdc_on_names_reports_the_constraint(base):
     ebm, report = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=1000, seed=0)
     assert abs(report.moments["female"] - 0.5) < 1e-8
-    _, hist = tasks.run_gdc(ebm, cfg=CFG, base=base, progress=False)
+    _, hist = tasks.run_gdc(ebm, RunContext(CFG, base, progress=False))
     for key in ("E[female]", "kl_p_pi_est", "kl_pi_a_est", "entropy_est", "log_z", "self_bleu", "distinct_2", "in_corpus"):
         assert np.isfinite(hist[key]).all(), key
 
 
 def test_calibrated_gdc_moves_lambda_towards_the_policy_moment(base):
     ebm, _ = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=1000, seed=0)
-    _, hist = tasks.run_gdc(ebm, calibrate=0.5, cfg=CFG, base=base, progress=False)
+    _, hist = tasks.run_gdc(ebm, RunContext(CFG, base, progress=False), calibrate=0.5)
     # the policy starts near a's 80% female, above μ̄ = 0.5: every step makes λ more negative
     assert np.all(np.diff([ebm.lam[0]] + hist["lambda_0"]) < 0), hist["lambda_0"]
     assert np.all(np.array(hist["moment_0"]) > 0.5)
@@ -87,7 +88,7 @@ def test_a_reward_model_with_another_vocabulary_is_refused(base):
 
     rm = RewardModel(GPTConfig(vocab_size=30, block_size=12, n_layer=1, n_head=2, n_embd=16))
     with pytest.raises(ValueError, match="vocabulary of 30 tokens but the policy has 27"):
-        tasks.run_rlhf(rm.score, cfg=CFG, base=base, progress=False)
+        tasks.run_rlhf(rm.score, RunContext(CFG, base, progress=False))
 
 
 def exit_code(args) -> int:

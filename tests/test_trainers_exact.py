@@ -11,7 +11,7 @@ from helpers import FAMILY, close, rlhf_target
 from minialign import divergences as D
 from minialign.experiments.rlhf_lab import kl_penalty_gradients, relative_error, tiny_lab
 from minialign.lab import autograd_of, exact_grad, fdiv_to_target, lab_fn
-from minialign.trainers.common import TrainConfig, exact_batch, frozen_copy, sample_batch, train
+from minialign.trainers.common import Hooks, TrainConfig, exact_batch, frozen_copy, sample_batch, train
 from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 from minialign.trainers.policy_gradient import checked_rewards
@@ -213,7 +213,7 @@ def test_an_interrupted_run_keeps_its_checkpoint_and_resumes(tmp_path):
     calls = []
     with pytest.raises(KeyboardInterrupt):
         train(method, policy, TrainConfig(steps=10, batch_size=8, checkpoint_every=100), out=out, progress=False,
-              metrics_fn=interrupt)
+              hooks=Hooks(metrics_fn=interrupt))
     from minialign import load
 
     state = load(out)

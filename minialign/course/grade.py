@@ -60,8 +60,8 @@ class Run:
     seconds: float
     tree: Path
 
-    def with_task(self, task_id: str):
-        marker = "task" + task_id.replace(".", "_")
+    def with_marker(self, marker: str):
+        """The tests that carry a task's marker (``manifest.Task.marker``)."""
         return [t for t in self.tests.values() if marker in t.tasks]
 
 
@@ -190,7 +190,7 @@ def score(a: Assignment, run: Run, hidden=(), student=()) -> Grade:
                 unreadable.setdefault(t.id, []).append(path)
     tasks = []
     for t in a.tasks:
-        ts = TaskScore(t, run.with_task(t.id), {n for n in hidden if n in run.tests and t.marker in run.tests[n].tasks},
+        ts = TaskScore(t, run.with_marker(t.marker), {n for n in hidden if n in run.tests and t.marker in run.tests[n].tasks},
                        unreadable.get(t.id, []))
         if ts.total == 0:
             raise CourseError(f"task {t.id} of {a.name} has no tests: no test carries the marker {t.marker}")

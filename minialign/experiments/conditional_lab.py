@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..lab import ExactLab, PromptedLab, autograd_of, exact_grad, lab_fn, lab_model
+from ..lab import PromptedLab, autograd_of, exact_grad, lab_fn, lab_model
 from ..optim import AdamW
-from ..prompts import Prompts
 from ..tensor import Tensor
 from ..trainers.common import exact_batch, frozen_copy
 from ..trainers.grpo import GRPO

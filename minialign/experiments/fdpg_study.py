@@ -24,10 +24,17 @@ from pathlib import Path
 import numpy as np
 
 from ..gpt import GPT
-from ..lab import ExactLab, fdiv_to_target, lab_model
+from ..lab import ExactLab, exact_grad, fdiv_to_target, lab_model
 from ..logspace import logsumexp
 from ..tensor import no_grad
-from ..trainers.common import TrainConfig, exact_batch, frozen_copy, train
+from ..trainers.common import (
+    Hooks,
+    RunContext,
+    TrainConfig,
+    exact_batch,
+    train,
+    trainable_copy,
+)
 from ..trainers.fdpg import FDPG
 
 STUDY_FS = {"kl": "KL(π‖p) (reverse KL)", "reverse_kl": "KL(p‖π) (forward KL)", "js": "JS", "tv": "TV"}
@@ -133,13 +140,6 @@ class ExactFDPG(FDPG):
         return batch
 
 
-def trainable_copy(a: GPT) -> GPT:
-    policy = frozen_copy(a)
-    for p in policy.parameters():
-        p.requires_grad = True
-    return policy
-
-
 def make_method(problem: LabProblem, policy, f: str, arm: str) -> FDPG:
     """The study's trainer for one run: on-policy f-DPG (Z estimated as it goes), or its exact-gradient twin.
     log t is capped at 20 so that KL(π‖p) (f = kl, unbounded f') can train on the zero-mass target."""
@@ -170,16 +170,6 @@ def lab_point(problem: LabProblem, pi: np.ndarray) -> dict:
 # ---------------------------------------------------------------------------------------------- the first step
 def flat_params(model) -> np.ndarray:
     return np.concatenate([np.ravel(p.data) for p in model.parameters()])
-
-
-def flat_grad(method, policy, batch) -> np.ndarray:
-    """The gradient of the method's loss on ``batch``, flattened (no step is taken)."""
-    policy.zero_grad()
-    loss, _ = method.loss(policy, batch)
-    loss.backward()
-    g = np.concatenate([np.ravel(p.grad) for p in policy.parameters()])
-    policy.zero_grad()
-    return g
 
 
 def first_batch(problem: LabProblem, batch_size: int = 32):
@@ -218,8 +208,8 @@ def first_step_geometry(problem: LabProblem, lr: float = LR, batch_size: int = 3
     policy = trainable_copy(a)
     exact = exact_batch(lab, policy, ref=a)
     batch = first_batch(problem, batch_size)
-    g_exact = {f: flat_grad(make_method(problem, policy, f, "exact"), policy, exact) for f in STUDY_FS}
-    g_sampled = {f: flat_grad(make_method(problem, policy, f, "sampled"), policy, batch) for f in STUDY_FS}
+    g_exact = {f: exact_grad(make_method(problem, policy, f, "exact"), policy, exact) for f in STUDY_FS}
+    g_sampled = {f: exact_grad(make_method(problem, policy, f, "sampled"), policy, batch) for f in STUDY_FS}
     policy.zero_grad()
     fdiv_to_target("reverse_kl", lab.log_probs(policy), problem.log_p).backward()
     g_kl_p_pi = np.concatenate([np.ravel(p.grad) for p in policy.parameters()])
@@ -272,7 +262,7 @@ def run_lab(problem: LabProblem, f: str, arm: str, steps: int, lr: float = LR, b
     record(problem.p_a)
     t0 = time.perf_counter()
     train(method, policy, TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=problem.seed), progress=False,
-          log_fn=lambda step, metrics: record(distribution(problem.lab, policy)))
+          hooks=Hooks(log_fn=lambda step, metrics: record(distribution(problem.lab, policy))))
     return {"target": problem.target, "f": f, "seed": problem.seed, "arm": arm, "curve": curve, "lr": lr,
             "batch_size": batch_size, "seconds": time.perf_counter() - t0,
             "target_entropy": problem.lab.entropy(problem.p), "neglected": problem.neglected}
@@ -423,7 +413,8 @@ def _rises(rows) -> str:
             groups.setdefault((r["target"], r["seed"]), []).append(r["f"])
     if not groups:
         return "none"
-    return "; ".join(f"{t}/{s}: {'all' if len(fs) == len(STUDY_FS) else ', '.join(fs)}" for (t, s), fs in groups.items())
+    return "; ".join(f"{t}/{s}: {'all' if len(fs) == len(STUDY_FS) else ', '.join(fs)}"
+                     for (t, s), fs in groups.items())
 
 
 def per_seed_table(records, last: int = LAST) -> str:
@@ -434,7 +425,8 @@ def per_seed_table(records, last: int = LAST) -> str:
              f"row π = a gives step 0); 'end': the mean over the last {last} steps; ΔH = H(π) − H(p), at the end and "
              f"its lowest value along the path (step 0 included); 'steps to {THRESHOLD}': the first step with "
              f"KL(p‖π) ≤ {THRESHOLD} (× 32 samples in the sampled arm).", "",
-             f"| target | f | arm | KL(p‖π) step 1, seeds {ss} | KL(p‖π) end | ΔH end | ΔH min | steps to {THRESHOLD} |",
+             f"| target | f | arm | KL(p‖π) step 1, seeds {ss} | KL(p‖π) end | ΔH end | ΔH min | "
+             f"steps to {THRESHOLD} |",
              "|---|---|---|---|---|---|---|---|"]
     for target in TARGETS:
         rs = [r for r in records if r["target"] == target]
@@ -618,9 +610,8 @@ def run_names_study(fs=("kl", "reverse_kl", "js", "tv"), steps=60, batch_size=64
     rows = []
     for name, (target, e, reward) in targets.items():
         for f in fs:
-            _, hist = tasks.run_fdpg(f, target, ebm=e, reward=reward,
-                                     cfg=TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed),
-                                     progress=progress)
+            ctx = RunContext(TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed), progress=progress)
+            _, hist = tasks.run_fdpg(f, target, ctx, ebm=e, reward=reward)
             stats = {}
             for k, v in hist.items():
                 tail = np.asarray(v[-last:], dtype=np.float64)

@@ -26,7 +26,7 @@ import numpy as np
 
 from ..data import CharTokenizer
 from ..metrics import distinct_n, self_bleu
-from ..trainers.common import TrainConfig, logprobs
+from ..trainers.common import RunContext, TrainConfig, logprobs
 
 SELF_BLEU_BLOCK = 200  # Self-BLEU of 200 names, averaged over blocks
 DISTINCT_BLOCK = 100  # distinct-2 of 100 names, averaged over blocks
@@ -149,11 +149,11 @@ def run_compare(seeds=(0, 1, 2), steps=100, batch_size=64, lr=5e-4, n_eval=2000,
         for method in ("gdc", "rlhf"):
             t = time.perf_counter()
             if method == "gdc":
-                policy, hist = tasks.run_gdc(ebm, proposal="adaptive", baseline=True, cfg=cfg, base=base,
-                                             progress=progress)
+                policy, hist = tasks.run_gdc(ebm, RunContext(cfg, base, progress=progress), proposal="adaptive",
+                                             baseline=True)
             else:
-                policy, hist = tasks.run_rlhf(reward, beta=beta, kl="k1_seq", algo="rloo", cfg=cfg, base=base,
-                                              progress=progress)
+                policy, hist = tasks.run_rlhf(reward, RunContext(cfg, base, progress=progress), beta=beta,
+                                              kl="k1_seq", algo="rloo")
             report = _strip(names_report(policy, base, ebm, log_z, n_eval, seed=12345 + seed, p_tokens=p_tokens))
             # the batch estimate of E_π[φ]: GDC logs it; RLHF logs its reward sign(λ)·φ
             batch = hist["E[female]"] if method == "gdc" else np.sign(lam) * np.asarray(hist["reward_est"])
@@ -181,7 +181,8 @@ def compare_table(result) -> str:
              "|---|---|" + "---|" * len(METRICS)]
     rows = [("$a$", "—", result["base"])] + [(r["method"].upper(), str(r["seed"]), r) for r in result["runs"]]
     for name, seed, r in rows:
-        lines.append(f"| {name} | {seed} | " + " | ".join(f"{r[k]:.3f} ± {r[k + '_se']:.3f}" for k, _ in METRICS) + " |")
+        cells = " | ".join(f"{r[k]:.3f} ± {r[k + '_se']:.3f}" for k, _ in METRICS)
+        lines.append(f"| {name} | {seed} | " + cells + " |")
     for method in ("gdc", "rlhf"):
         rs = [r for r in result["runs"] if r["method"] == method]
         cells = []
@@ -223,7 +224,7 @@ def run_budgets(budgets=BUDGETS, n_eval=2000, n_fit=10_000, seed=0, progress=Fal
     for steps, batch_size, lr in budgets:
         t = time.perf_counter()
         cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=10**9)
-        policy, hist = tasks.run_gdc(ebm, proposal="adaptive", baseline=True, cfg=cfg, base=base, progress=progress)
+        policy, hist = tasks.run_gdc(ebm, RunContext(cfg, base, progress=progress), proposal="adaptive", baseline=True)
         r = names_report(policy, base, ebm, 0.0, n_eval, seed=12345)
         batch = np.asarray(hist["E[female]"])
         rows.append({"steps": steps, "batch_size": batch_size, "lr": lr, "seconds": time.perf_counter() - t,
@@ -331,7 +332,8 @@ def gdc_study(out="runs/gdc_study", quick=False, part="all", progress=True, comp
         result["budgets"] = rows
         text += ["## Plain GDC at several budgets (seed 0)", "", budgets_table(rows), ""]
     if part in ("distill", "all"):
-        kw = dict(steps=6, batch_size=16, pool=500, n_heldout=200, n_eval=200, eval_every=3, n_fit=1000) if quick else {}
+        kw = (dict(steps=6, batch_size=16, pool=500, n_heldout=200, n_eval=200, eval_every=3, n_fit=1000) if quick
+              else {})
         kw.update(distill_kw or {})
         result["distill"] = run_distill(progress=progress, **kw)
         d = result["distill"]
@@ -347,7 +349,7 @@ def gdc_study(out="runs/gdc_study", quick=False, part="all", progress=True, comp
 def options(parser=None):
     """The study's command line (``parser``: its subcommand of ``python -m minialign.experiments``, or a new one)."""
     from .. import argtypes as A
-    from ..registry import BATCH_LIMIT
+    from ..methods import BATCH_LIMIT
     from . import study_parser
 
     parser = study_parser("gdc_study", __doc__, "tiny settings (seconds), for tests", parser)

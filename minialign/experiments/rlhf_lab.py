@@ -104,7 +104,8 @@ def relative_error(g, truth) -> float:
 
 def kl_gradient_table(seed, vocab_size, block_size, scale=0.3):
     """Relative error of each KL choice's exact expected gradient against β∇KL(π‖a) and
-    against β∇KL(a‖π), on one random pair (π, a) of tiny GPTs. Returns {mode: (error against ∇KL(π‖a), error against ∇KL(a‖π))}.
+    against β∇KL(a‖π), on one random pair (π, a) of tiny GPTs. Returns {mode: (error against ∇KL(π‖a), error
+    against ∇KL(a‖π))}.
 
     scale 0.3 keeps the models stochastic at every step (entropies of 0.3–2.3 nats over the enumeration);
     with larger weights many random GPTs are nearly deterministic after the first token, and a sequence

@@ -19,11 +19,12 @@ from __future__ import annotations
 import copy
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
 
 import numpy as np
 
-from ..loop import fit
+from ..loop import LoopConfig, fit
 from ..metrics import name_metrics
 from ..optim import AdamW, clip_grad_norm
 from ..tensor import Tensor, no_grad
@@ -209,49 +210,97 @@ class TrainConfig:
         return {k: v for k, v in asdict(self).items() if k not in ("steps", "checkpoint_every", "log_every")}
 
 
-def train(method: Method, policy, cfg: TrainConfig, out=None, lab=None, target_log_p=None, corpus=None,
-          progress: bool = True, log_fn=None, metrics_fn=None, stop_fn=None, identity: dict | None = None,
-          fresh: bool = False):
+@dataclass(frozen=True)
+class RunContext:
+    """What every run of a method shares, built once by a face (the command line, the tour) and handed to every
+    ``run_*`` and ``MethodSpec.run``; a method's own options stay in its options.
+
+    cfg       the optimiser's settings (steps, batch size, learning rate, seed)
+    base      the base (reference) model a, already on its device; None: the committed checkpoint
+    out       the checkpoint path (``.npz``), or None for no checkpoints; an existing one is resumed unless ``fresh``
+    progress  whether to show progress bars
+    identity  the settings that define the run besides the method's and the optimiser's (recorded in checkpoints)
+    backend   the array backend the base model lives on (``device.backend_for``); None: the NumPy engine
+    """
+
+    cfg: TrainConfig = field(default_factory=TrainConfig)
+    base: object = None
+    out: object = None
+    fresh: bool = False
+    progress: bool = True
+    identity: dict = field(default_factory=dict)
+    backend: object = None
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    def with_(self, **changes) -> "RunContext":
+        """A copy with ``changes`` (field name → value)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What :func:`train` does besides stepping, all optional: task metrics ``metrics_fn(batch)`` and the share of
+    names found in ``corpus``; with a ``lab``, the exact distances to the target ``target_log_p`` (log p over its
+    enumeration); ``log_fn(step, metrics)`` every ``log_every``-th step; ``stop_fn(step, metrics)`` → True ends the
+    run early; and, for the checkpoint, the ``identity`` of the run (a resume with another is refused unless
+    ``fresh``)."""
+
+    metrics_fn: Callable | None = None
+    corpus: object = None
+    target_log_p: np.ndarray | None = None
+    log_fn: Callable | None = None
+    stop_fn: Callable | None = None
+    identity: dict | None = None
+    fresh: bool = False
+
+
+def train(method: Method, policy, cfg: TrainConfig, out=None, progress: bool = True, lab=None,
+          hooks: Hooks | None = None):
     """Train ``policy`` with ``method`` for ``cfg.steps`` AdamW steps through the one loop; returns the history.
 
-    ``lab`` (an ExactLab) adds exact metrics each step: KL(π‖a), entropy, and, with ``target_log_p`` (log p
+    ``lab`` (an ExactLab) adds exact metrics each step: KL(π‖a), entropy, and, with ``hooks.target_log_p`` (log p
     over the enumeration), KL(p‖π), KL(π‖p) and TV. ``out`` is an ``.npz`` checkpoint path: written atomically
     every ``checkpoint_every`` steps, at the end and on Ctrl-C, and resumed from if it exists (a checkpoint of
-    another run — other ``identity``, method settings or training settings — is refused unless ``fresh``).
-    ``metrics_fn(batch)`` adds task metrics; ``log_fn(step, metrics)`` sees every ``log_every``-th step;
-    ``stop_fn(step, metrics)`` returning True ends the run early.
+    another run — other ``hooks.identity``, method settings or training settings — is refused unless
+    ``hooks.fresh``). ``hooks`` (:class:`Hooks`) adds task metrics, logging and an early stop.
     """
+    hooks = hooks or Hooks()
     policy.eval()  # dropout off: every estimator here needs the model's own log π(x), not a thinned one
     opt = AdamW(policy.parameters(), lr=cfg.lr, weight_decay=0.0)
     p_ref = lab.distribution(method.ref) if lab is not None and method.ref is not None else None
     conditional = {} if method.prompts is None else {**method.prompts.describe(), "group_size": method.group_size}
-    run = {"kind": "align", "method": method.name, **method.settings(), **conditional, **(identity or {}),
+    run = {"kind": "align", "method": method.name, **method.settings(), **conditional, **(hooks.identity or {}),
            **cfg.identity()}
     if cfg.batch_size < 2 and method.leave_one_out:
         warnings.warn(f"a batch of {cfg.batch_size} sample leaves {method.name}'s leave-one-out baseline nothing to "
                       "average, so it trains without one (plain REINFORCE, a much noisier gradient); use a batch of "
                       "2 or more (--batch-size)", stacklevel=2)
     t0 = time.perf_counter()
+    truth = None if lab is None else (lab, p_ref, hooks.target_log_p)
 
     def step(i):
-        metrics = _one_step(method, policy, opt, cfg, i, corpus, metrics_fn, lab, p_ref, target_log_p)
+        metrics = _one_step(method, policy, opt, cfg, i, hooks, truth)
         metrics["seconds"] = time.perf_counter() - t0
         return metrics
 
     def on_step(done, metrics):
-        if log_fn is not None and done % cfg.log_every == 0:
-            log_fn(done, metrics)
+        if hooks.log_fn is not None and done % cfg.log_every == 0:
+            hooks.log_fn(done, metrics)
 
     def show(metrics):
         return {k: f"{metrics[k]:.3g}" for k in ("reward", "kl_k3", "exact_kl_pi_a", "exact_kl_p_pi") if k in metrics}
 
-    return fit(step, cfg.steps, model=policy, optimizer=opt, out=out, identity=run, state=method,
-               checkpoint_every=cfg.checkpoint_every, fresh=fresh, progress=progress, desc=method.label(), show=show,
-               on_step=on_step, stop=stop_fn)
+    loop = LoopConfig(cfg.steps, out=out, identity=run, checkpoint_every=cfg.checkpoint_every, fresh=hooks.fresh,
+                      progress=progress, desc=method.label(), show=show, on_step=on_step, stop=hooks.stop_fn)
+    return fit(step, loop, model=policy, optimizer=opt, state=method)
 
 
-def _one_step(method, policy, opt, cfg, step, corpus, metrics_fn, lab, p_ref, target_log_p) -> dict:
-    """Draw a batch, take one optimizer step on the method's loss, and return the step's metrics."""
+def _one_step(method, policy, opt, cfg, step, hooks, truth) -> dict:
+    """Draw a batch, take one optimizer step on the method's loss, and return the step's metrics (``truth``: the
+    exact lab, the reference's distribution on it and the target's log p, or None)."""
     rng = np.random.default_rng([cfg.seed, step])
     batch = method.draw(policy, cfg.batch_size, rng)
     loss, metrics = method.loss(policy, batch)
@@ -264,10 +313,11 @@ def _one_step(method, policy, opt, cfg, step, corpus, metrics_fn, lab, p_ref, ta
     opt.step()
     metrics["loss"] = loss.item()
     if batch.names is not None:
-        metrics.update(name_metrics(batch.names, corpus))
-    if metrics_fn is not None:
-        metrics.update(metrics_fn(batch))
-    if lab is not None:
+        metrics.update(name_metrics(batch.names, hooks.corpus))
+    if hooks.metrics_fn is not None:
+        metrics.update(hooks.metrics_fn(batch))
+    if truth is not None:
+        lab, p_ref, target_log_p = truth
         metrics.update(exact_metrics(lab, policy, p_ref, target_log_p))
     method.after_step(policy, batch, metrics)
     return metrics

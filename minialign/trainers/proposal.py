@@ -91,7 +91,8 @@ class PromptLogZ:
 
     def load_state(self, state) -> None:
         self.estimates, self.tokens = {}, {}
-        for prompt, log_sum, count in zip(np.asarray(state["prompts"], dtype=np.int64), state["log_sum"], state["count"]):
+        prompts = np.asarray(state["prompts"], dtype=np.int64)
+        for prompt, log_sum, count in zip(prompts, state["log_sum"], state["count"]):
             e = self.estimates[prompt.tobytes()] = RunningLogZ(patience=np.inf)
             e.log_sum, e.count, self.tokens[prompt.tobytes()] = float(log_sum), int(count), prompt
         self.batches = int(state["batches"])
@@ -285,7 +286,10 @@ class ProposalMethod(Method):
     def adapt(self, policy, batch: Batch, s: Scored, metrics: dict) -> None:
         """Eq. (6.9): estimate KL(p‖π) and KL(p‖q) by importance sampling; q ← π if π is closer."""
         known, ratio = target_ratio(s, batch)
-        shown = float(s.log_z) if np.ndim(s.log_z) == 0 else (float(np.mean(s.log_z[known])) if known.any() else -np.inf)
+        if np.ndim(s.log_z) == 0:
+            shown = float(s.log_z)
+        else:
+            shown = float(np.mean(s.log_z[known])) if known.any() else -np.inf
         if not known.any():
             metrics.update(log_z=shown, replacements=self.replacements)
             return
@@ -305,7 +309,8 @@ class ProposalMethod(Method):
             metrics.update(self.calibration.metrics())
 
     def settings(self) -> dict:
-        calibration = None if self.calibration is None else {"rate": self.calibration.rate, "decay": self.calibration.decay}
+        calibration = (None if self.calibration is None
+                       else {"rate": self.calibration.rate, "decay": self.calibration.decay})
         return {"proposal": self.proposal, "calibration": calibration}
 
     def state(self):

@@ -14,9 +14,19 @@ from ..divergences import divergence
 from ..logspace import log_normalise
 from ..metrics import kl_estimates
 from .common import Batch, Method, batch_from_state, batch_state
-from .policy_gradient import (checked_rewards, kl_after, kl_loss, kl_to_go, leave_one_out_baseline,
-                              ppo_clip_coefficients, ref_token_logprobs, token_kl_terms, weighted_sum,
-                              weighted_surrogate, whiten)
+from .policy_gradient import (
+    checked_rewards,
+    kl_after,
+    kl_loss,
+    kl_to_go,
+    leave_one_out_baseline,
+    ppo_clip_coefficients,
+    ref_token_logprobs,
+    token_kl_terms,
+    weighted_sum,
+    weighted_surrogate,
+    whiten,
+)
 
 KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss", "full_token")
 ALGOS = ("rloo", "reinforce", "ppo")
@@ -91,8 +101,8 @@ class RLHF(Method):
         # END SOLUTION
         logp = logp_tok.sum(axis=1)
         if self.algo == "ppo":
-            coef, metrics["clip_fraction"] = ppo_clip_coefficients(logp, batch.log_q, adv if batch.exact else whiten(adv),
-                                                                   w, self.clip)
+            adv = adv if batch.exact else whiten(adv)
+            coef, metrics["clip_fraction"] = ppo_clip_coefficients(logp, batch.log_q, adv, w, self.clip)
             return weighted_surrogate(logp, coef), metrics
         loss = weighted_surrogate(logp, w * adv)
         if self.kl != "k1_seq":

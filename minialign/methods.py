@@ -1,32 +1,27 @@
-"""The registry of alignment methods: name → its options, the ingredients it needs, and how to run it.
+"""The method table: name → its options, the ingredients it needs, and how to run it.
 
 The command line (``minialign align NAME``) and the tour read the same :data:`METHODS`, so a method is
 registered once: a :class:`MethodSpec` names the method's own options (each with its type, default and the
 check that refuses a bad value before any work starts), the ingredients it needs (a reward, preference
-pairs, or constraints; :func:`prepare` makes them), and a ``run`` function that trains it and returns a
-:class:`Result` whose ``report`` lines the faces print as they are.
+pairs, or constraints; ``ingredients.prepare`` makes them), and a ``run`` function that trains it on a
+``trainers.common.RunContext`` and returns a ``reports.Result`` whose ``report`` lines the faces print as they are.
 
 Adding a method: write its trainer (``trainers/NAME.py``), a ``run_NAME`` in ``tasks.py`` if it needs the
 names task's wiring, and one ``MethodSpec`` below.
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import math
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
-
-import numpy as np
+from typing import Callable
 
 from . import divergences
 from .argtypes import clip_range, constraint, count, f_divergence, group_size, pairs_file, positive_float, positive_int
-from .metrics import check_moments, last_steps
+from .reports import Result, conditional_constraint_lines, gdc_lines, prompted_lines, summary
 
 
-# ----------------------------------------------------------------------------------- the registry
+# ----------------------------------------------------------------------------------- the table
 @dataclass(frozen=True)
 class Option:
     """One command-line option of a method: ``flag`` with argparse's keywords, and whether it defines the run
@@ -41,23 +36,13 @@ class Option:
         return self.kwargs.get("dest", self.flag.lstrip("-").replace("-", "_"))
 
 
-@dataclass
-class Result:
-    """A trained policy, its history, and what the run has to say about itself (lines the faces print)."""
-
-    policy: Any
-    history: dict
-    report: list = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-
-
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
     help: str
     needs: tuple          # ingredients: "reward", "pairs", "constraints", "target"
     options: tuple        # Option, …
-    run: Callable         # (Ingredients, options dict, TrainConfig, base, out, fresh, progress) → Result
+    run: Callable         # (Ingredients, options dict, RunContext) → Result
     check: Callable | None = None  # (options dict) → None or raises ValueError: cross-option checks
     check_train: Callable | None = None  # (options dict, TrainConfig) → None or raises: checks against --batch-size
 
@@ -81,7 +66,8 @@ SAMPLES_LIMIT = 10_000_000  # names drawn at once to fit an EBM (kept in memory 
 
 REWARD_OPTIONS = (
     Option("--reward", dict(choices=["true", "model"], default="model",
-                            help="the hidden true reward r*, or a reward model fitted to preferences (default: model)")),
+                            help="the hidden true reward r*, or a reward model fitted to preferences "
+                                 "(default: model)")),
     Option("--pairs", dict(type=pairs_file, default=None, metavar="CSV",
                            help="a preferences CSV (columns chosen,rejected); default: simulate them")),
     Option("--n-pairs", dict(type=count(2, 1_000_000, "a quarter of the pairs is held out"), default=3000, metavar="N",
@@ -92,8 +78,9 @@ CONSTRAINT_OPTIONS = (
                                 help="e.g. female=0.5 (distributional) or contains:z (pointwise); repeatable")),
     Option("--ebm-samples", dict(type=count(1, SAMPLES_LIMIT), default=20000, metavar="N",
                                  help="samples of a for fitting λ by moment matching (default: 20000)")),
-    Option("--eval-samples", dict(type=count(2, 1_000_000, "a standard error needs at least two"), default=1000, metavar="N",
-                                  help="fresh samples for the final moments and KL (default: 1000)"), defines_run=False),
+    Option("--eval-samples", dict(type=count(2, 1_000_000, "a standard error needs at least two"), default=1000,
+                                  metavar="N", help="fresh samples for the final moments and KL (default: 1000)"),
+           defines_run=False),
 )
 
 
@@ -133,208 +120,87 @@ def _proposal(default):
                                           f"(adaptive), the initial copy (fixed) or π itself (default: {default})"))
 
 
-# ----------------------------------------------------------------------------------- ingredients
-@dataclass
-class Ingredients:
-    """What :func:`prepare` made for a method: a reward (names → rewards), preference pairs (the training
-    part), an EBM, and an f-DPG target (batch → log P)."""
-
-    reward: Callable | None = None
-    pairs: Any = None
-    ebm: Any = None
-    target: Callable | None = None
-    identity: dict = field(default_factory=dict)
-
-
-def prepare(spec: MethodSpec, opts: dict, base, seed: int, progress: bool, say=print) -> Ingredients:
-    """Make the ingredients ``spec`` needs, printing what was measured on the way (the reward model's held-out
-    accuracy, the EBM's fit)."""
-    from . import tasks
-    from .ebm import fit_names_ebm, parse_constraint
-    from .prompts import names_prompts
-    from .rewards import load_pairs, simulate_preferences, true_reward
-
-    out = Ingredients()
-    needs = set(spec.needs)
-    if "target" in needs:
-        needs.add("constraints" if opts.get("target") == "constraints" else "reward")
-    if {"reward", "pairs"} & needs:
-        if opts.get("pairs") is not None:
-            try:
-                pairs = load_pairs(opts["pairs"], base.config.block_size)
-            except ValueError as e:
-                raise ValueError(f"argument --pairs: {e}") from None
-            out.identity["pairs_sha256"] = hashlib.sha256(Path(opts["pairs"]).read_bytes()).hexdigest()[:16]
-        else:
-            pairs = None
-        if "pairs" in needs and pairs is None and opts.get("prompts", "none") != "none":  # triples: (x, y_w, y_l)
-            pairs = tasks.simulate_conditional_preferences(base, names_prompts(opts["prompts"]), opts["n_pairs"],
-                                                           seed=seed)
-        if "pairs" in needs or opts.get("reward") == "model":
-            pairs = pairs if pairs is not None else simulate_preferences(base, opts["n_pairs"], seed=seed,
-                                                                                 progress=progress)
-            out.pairs = tasks.split_pairs(pairs)[0]
-        out.reward = true_reward
-        if "reward" in needs and opts.get("reward") == "model":
-            fit = tasks.fit_names_reward_model(base, pairs, seed=seed, progress=progress)
-            say(str(fit))
-            out.reward = fit.model.score
-    if "constraints" in needs:
-        ebm, report = fit_names_ebm(base, [parse_constraint(c) for c in opts["constraint"]],
-                                    n_samples=opts["ebm_samples"], seed=seed, progress=progress)
-        say(str(report))
-        out.ebm = ebm
-    if "target" in needs:
-        out.target = tasks.ebm_target(out.ebm) if out.ebm is not None else tasks.tilted_target(out.reward, opts["beta"])
-    return out
-
-
-# ----------------------------------------------------------------------------------- the methods
-def _summary(history, keys, k=10) -> str:
-    """Each metric as its mean ± standard error over the last ``k`` steps (never one batch)."""
-    parts = [f"{key} {last_steps(history, key, k)}" for key in keys if history.get(key)]
-    return f"over the last {min(k, len(next(iter(history.values()))))} steps: " + "  ".join(parts)
-
-
 def _prompts(opts):
     from .prompts import names_prompts
 
     return names_prompts(opts.get("prompts", "none"))
 
 
-def _prompted_lines(policy, prompts, seed) -> list:
-    """Completions of the likeliest prompts, for a conditional run's report."""
+def _run_rlhf(ing, opts, ctx) -> Result:
     from . import tasks
 
-    if prompts is None or prompts.length == 0:
-        return []
-    samples = tasks.prompted_samples(policy, prompts, seed=seed)
-    return ["completions: " + "; ".join(f"{x}… → {', '.join(names)}" for x, names in samples.items())]
-
-
-def _run_rlhf(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
-    from . import tasks
-
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_rlhf(ing.reward, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
-                                  kl_target=opts["kl_target"], cfg=cfg, base=base, out=out, progress=progress,
-                                  fresh=fresh, identity=identity, prompts=prompts, group_size=opts["group_size"])
-    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est",
-                                                 "distinct_2", "in_corpus"])] + _prompted_lines(policy, prompts, cfg.seed))
+    policy, hist = tasks.run_rlhf(ing.reward, ctx, beta=opts["beta"], kl=opts["kl"], algo=opts["algo"],
+                                  kl_target=opts["kl_target"], prompts=prompts, group_size=opts["group_size"])
+    keys = ["reward", "kl_k1", "kl_k3", "kl_full_token", "entropy_est", "distinct_2", "in_corpus"]
+    return Result(policy, hist, [summary(hist, keys)] + prompted_lines(policy, prompts, ctx.seed))
 
 
-def _run_grpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+def _run_grpo(ing, opts, ctx) -> Result:
     from . import tasks
 
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_grpo(ing.reward, prompts, opts["group_size"], beta=opts["beta"], clip=opts["clip"],
-                                  kl=opts["kl"], scale=opts["scale"] == "group", epochs=opts["epochs"], cfg=cfg,
-                                  base=base, out=out, progress=progress, fresh=fresh, identity=identity)
-    return Result(policy, hist, [_summary(hist, ["reward", "kl_k1", "kl_k3", "clip_fraction", "distinct_2",
-                                                 "in_corpus"])] + _prompted_lines(policy, prompts, cfg.seed))
+    policy, hist = tasks.run_grpo(ing.reward, ctx, prompts=prompts, group_size=opts["group_size"], beta=opts["beta"],
+                                  clip=opts["clip"], kl=opts["kl"], scale=opts["scale"] == "group",
+                                  epochs=opts["epochs"])
+    return Result(policy, hist, [summary(hist, ["reward", "kl_k1", "kl_k3", "clip_fraction", "distinct_2",
+                                                 "in_corpus"])] + prompted_lines(policy, prompts, ctx.seed))
 
 
-def _run_dpo(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
+def _run_dpo(ing, opts, ctx) -> Result:
+    from .trainers.dpo import DPO
+
+    return _run_pairs(DPO, ing, opts, ctx)
+
+
+def _run_ipo(ing, opts, ctx) -> Result:
+    from .trainers.ipo import IPO
+
+    return _run_pairs(IPO, ing, opts, ctx)
+
+
+def _run_pairs(trainer, ing, opts, ctx) -> Result:
+    """A pair method (``trainers.pairs.PairMethod``) on the preference pairs, as DPO."""
     from . import tasks
 
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_dpo(ing.pairs, beta=opts["beta"], cfg=cfg, base=base, out=out, progress=progress,
-                                 fresh=fresh, identity=identity, prompt_length=0 if prompts is None else prompts.length)
-    return Result(policy, hist, [_summary(hist, ["loss", "pair_accuracy", "margin"])]
-                  + _prompted_lines(policy, prompts, cfg.seed))
+    policy, hist = tasks.run_pairs(trainer, ing.pairs, ctx, beta=opts["beta"],
+                                   prompt_length=0 if prompts is None else prompts.length)
+    return Result(policy, hist, [summary(hist, ["loss", "pair_accuracy", "margin"])]
+                  + prompted_lines(policy, prompts, ctx.seed))
 
 
-def constraint_report(ebm, policy, base, history, n, seed):
-    """Each feature's fraction on ``n`` fresh samples judged against μ̄ (binomial tolerance), the pointwise
-    satisfaction, and KL(π‖a) on the same samples; returns (lines, the MomentChecks, (names, kl, se))."""
+def _run_gdc(ing, opts, ctx) -> Result:
     from . import tasks
 
-    names, kl, se = tasks.fresh_samples(policy, base, n, seed + 1)
-    mus = list(ebm.mu_bar) if ebm.mu_bar is not None else [None] * ebm.k
-    checks = check_moments(ebm.features, mus, names)
-    lines = []
-    for i, c in enumerate(checks):
-        verdict = "" if c.target is None else (f" (target {c.target:.3f} ± {c.tolerance:.3f}, two binomial standard "
-                                                f"errors: {'met' if c.met else 'not met'})")
-        lam = f"; final λ {history[f'lambda_{i}'][-1]:.3f}" if f"lambda_{i}" in history else ""
-        lines.append(f"E_π[{c.name}] on {n} fresh samples: {c.value:.3f}{verdict}{lam}")
-    for c in ebm.pointwise:
-        lines.append(f"pointwise {c.name}: satisfied by {float(np.mean(c(names))):.3f} of {n} fresh samples")
-    lines.append(f"KL(π‖a) on the same samples: {kl:.3f} ± {se:.3f}")
-    return lines, checks, (names, kl, se)
-
-
-def _run_gdc(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
-    from . import tasks
-
+    ctx = tasks.with_base(ctx)
     prompts = _prompts(opts)
-    policy, hist = tasks.run_gdc(ing.ebm, proposal=opts["proposal"], baseline=opts["baseline"],
-                                 calibrate=opts["calibrate"], cfg=cfg, base=base, out=out, progress=progress,
-                                 fresh=fresh, identity=identity, prompts=prompts, group_size=opts["group_size"])
+    policy, hist = tasks.run_gdc(ing.ebm, ctx, calibrate=opts["calibrate"], proposal=opts["proposal"],
+                                 baseline=opts["baseline"], prompts=prompts, group_size=opts["group_size"])
+    base = ctx.base
     if prompts is not None:
-        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, cfg.seed))
-    lines, checks, (names, kl, se) = constraint_report(ing.ebm, policy, base, hist, opts["eval_samples"], cfg.seed)
-    missed = not all(c.met for c in checks)
-    if missed and opts["calibrate"] is None:
-        lines.append(f"after {len(hist['loss'])} steps the policy misses μ̄: DPG moves π towards p, and can stop short "
-                     "of it with too few steps or a policy that cannot represent p (chapter 06 §6); --calibrate 0.1 "
-                     "moves λ until π itself meets μ̄ (this course's extension of GDC, chapter 06 §7)")
-    elif missed:
-        lines.append(f"after {len(hist['loss'])} steps λ has not yet brought π to μ̄: train longer (chapter 06 §7 uses "
-                     "--baseline --steps 250 --batch-size 128 --lr 5e-4)")
-    if opts["compare_reinforce"] and ing.ebm.k:
-        lines += _reinforce_at(ing.ebm.features[0], checks[0].value, base, opts["eval_samples"], cfg, hist, kl, se,
-                               progress)
-    lines.append(_summary(hist, [k for k in hist if k.startswith("E[")] + ["satisfied", "kl_p_pi_est", "kl_pi_a_est",
-                                                                        "self_bleu", "distinct_2", "in_corpus"]))
-    return Result(policy, hist, lines, {"checks": checks, "fresh": (names, kl, se)})
+        return Result(policy, hist, conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, ctx.seed))
+    lines, extra = gdc_lines(ing.ebm, policy, hist, opts, ctx)
+    return Result(policy, hist, lines, extra)
 
 
-def _conditional_constraint_lines(ebm, policy, base, prompts, hist, opts, seed) -> list:
-    """Each pointwise constraint's satisfaction on fresh completions of prompts drawn from ρ (± one standard
-    error), the mean conditional KL on the same samples, the run's last steps, and completions of the top prompts."""
+def _run_fdpg(ing, opts, ctx) -> Result:
     from . import tasks
 
-    n = opts.get("eval_samples", 1000)
-    names, kl, se = tasks.fresh_prompted_samples(policy, base, prompts, n, seed + 1)
-    lines = []
-    for c in ebm.pointwise:
-        frac = float(np.mean(c(names)))
-        lines.append(f"pointwise {c.name}: satisfied by {frac:.3f} ± {np.sqrt(frac * (1 - frac) / n):.3f} of {n} fresh "
-                     f"completions (prompts drawn from ρ: {prompts.name})")
-    lines.append(f"E_ρ KL(π(·|x)‖a(·|x)) on the same samples: {kl:.3f} ± {se:.3f}")
-    lines.append(_summary(hist, ["satisfied", "kl_p_pi_est", "kl_pi_a_est", "self_bleu", "distinct_2", "in_corpus"]))
-    return lines + _prompted_lines(policy, prompts, seed)
-
-
-def _reinforce_at(feature, reached, base, n, cfg, hist, kl, se, progress) -> list:
-    """REINFORCE with the feature as the reward, stopped at GDC's fraction; both KLs on fresh samples."""
-    from . import tasks
-
-    _, rein, (_, value, rein_kl, rein_se) = tasks.compare_reinforce(feature, reached, base, n_eval=n, seed=cfg.seed,
-                                                                    batch_size=cfg.batch_size, progress=progress)
-    steps = len(rein["loss"])
-    first = (f"REINFORCE with {feature.name} as the reward (lr 1e-4), stopped after {steps} steps when {n} fresh "
-             f"samples reached E[{feature.name}] = {reached:.3f}: {value:.3f} on new samples"
-             if steps < tasks.COMPARE_STEPS else
-             f"REINFORCE with {feature.name} as the reward (lr 1e-4) did not reach E[{feature.name}] = {reached:.3f} in "
-             f"{tasks.COMPARE_STEPS} steps: {value:.3f} on fresh samples; the comparison is not at equal fraction")
-    return [first, f"KL(π‖a) on fresh samples: GDC {kl:.3f} ± {se:.3f} | REINFORCE {rein_kl:.3f} ± {rein_se:.3f}"]
-
-
-def _run_fdpg(ing, opts, cfg, base, out, fresh, progress, identity) -> Result:
-    from . import tasks
-
+    ctx = tasks.with_base(ctx)
     reward = ing.reward if opts["target"] == "reward" else None
     prompts = _prompts(opts)
-    policy, hist = tasks.run_fdpg(opts["f"], ing.target, ebm=ing.ebm, reward=reward, proposal=opts["proposal"],
-                                  cfg=cfg, base=base, out=out, progress=progress, fresh=fresh, identity=identity,
+    policy, hist = tasks.run_fdpg(opts["f"], ing.target, ctx, ebm=ing.ebm, reward=reward, proposal=opts["proposal"],
                                   prompts=prompts, group_size=opts["group_size"])
     if prompts is not None and ing.ebm is not None:
-        return Result(policy, hist, _conditional_constraint_lines(ing.ebm, policy, base, prompts, hist, opts, cfg.seed))
+        return Result(policy, hist, conditional_constraint_lines(ing.ebm, policy, ctx.base, prompts, hist, opts,
+                                                                  ctx.seed))
     keys = [k for k in hist if k.startswith("E[")] + ["satisfied", "reward_est", "kl_p_pi_est", "kl_pi_a_est",
                                                       "self_bleu", "distinct_2", "in_corpus"]
-    return Result(policy, hist, [_summary(hist, keys)] + _prompted_lines(policy, prompts, cfg.seed))
+    return Result(policy, hist, [summary(hist, keys)] + prompted_lines(policy, prompts, ctx.seed))
 
 
 def _check_constraints(opts):
@@ -400,6 +266,10 @@ METHODS = {
         "dpo", "DPO: the KL-control optimum fitted to preference pairs directly (chapter 05)", ("pairs",),
         REWARD_OPTIONS[1:] + (_beta(0.1, "KL coefficient β of the implicit reward"),) + _prompt_options()[:1],
         _run_dpo),
+    "ipo": MethodSpec(
+        "ipo", "IPO: the margin of log-ratios regressed onto 1/(2β), finite on deterministic preferences (chapter 05)",
+        ("pairs",), REWARD_OPTIONS[1:] + (_beta(0.1, "β: the optimum margin of log-ratios is 1/(2β)"),)
+        + _prompt_options()[:1], _run_ipo),
     "gdc": MethodSpec(
         "gdc", "GDC: DPG towards the EBM that meets the constraints (chapter 06)", ("constraints",),
         CONSTRAINT_OPTIONS + (
@@ -421,7 +291,8 @@ METHODS = {
                                help="the f-divergence D_f(π‖p): " + ", ".join(divergences.NAMES) + " (kl gives "
                                     "KL(π‖p), reverse_kl gives KL(p‖π); default: js)")),
             Option("--target", dict(choices=["reward", "constraints"], default="constraints",
-                                    help="p ∝ a·e^{r/β} (reward) or the EBM of the constraints (default: constraints)")),
+                                    help="p ∝ a·e^{r/β} (reward) or the EBM of the constraints "
+                                         "(default: constraints)")),
             _beta(0.1, "temperature β of the reward target p ∝ a·e^{r/β}"),
             _proposal("policy"),
         ) + _prompt_options(), _run_fdpg, _check_fdpg, _check_groups),
