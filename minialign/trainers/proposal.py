@@ -286,10 +286,8 @@ class ProposalMethod(Method):
     def adapt(self, policy, batch: Batch, s: Scored, metrics: dict) -> None:
         """Eq. (6.9): estimate KL(p‖π) and KL(p‖q) by importance sampling; q ← π if π is closer."""
         known, ratio = target_ratio(s, batch)
-        if np.ndim(s.log_z) == 0:
-            shown = float(s.log_z)
-        else:
-            shown = float(np.mean(s.log_z[known])) if known.any() else -np.inf
+        shown = (float(s.log_z) if np.ndim(s.log_z) == 0
+                 else float(np.mean(s.log_z[known])) if known.any() else -np.inf)
         if not known.any():
             metrics.update(log_z=shown, replacements=self.replacements)
             return
