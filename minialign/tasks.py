@@ -237,7 +237,8 @@ def run_fdpg(f, target_fn, ebm=None, reward=None, proposal="policy", cfg: TrainC
 
 
 def run_grpo(reward, prompts=None, group_size=4, beta=0.04, clip=0.2, kl="k3_loss", scale=True, epochs=1,
-             cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False, identity=None):
+             cfg: TrainConfig | None = None, base=None, out=None, progress=True, fresh=False, identity=None,
+             loss_agg="seq_sum"):
     """GRPO (chapter 05, §12) against ``reward`` (names → rewards, of the whole name), ``group_size`` completions
     per prompt of ``prompts`` (None: the empty prompt, groups of unconditional samples)."""
     from .trainers.grpo import GRPO
@@ -248,7 +249,7 @@ def run_grpo(reward, prompts=None, group_size=4, beta=0.04, clip=0.2, kl="k3_los
         check_same_vocabulary(owner, base)
     policy = trainable_copy(base)
     method = GRPO(base, names_reward(reward), prompts, group_size, beta=beta, clip=clip, kl=kl, scale=scale,
-                  epochs=epochs, tokenizer=CharTokenizer())
+                  epochs=epochs, tokenizer=CharTokenizer(), loss_agg=loss_agg)
     history = _train(method, policy, cfg, base, out, constraint_metrics(reward=reward), progress, fresh, identity)
     return policy, history
 
