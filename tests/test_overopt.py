@@ -7,8 +7,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from minialign.experiments.overopt import (best_of_n, bon_kl_bound, curve_points, fit_form, infinite_data_proxy, kl,
-                                           overopt_curves, overopt_lab, tilted)
+from minialign.experiments.overopt import (
+    best_of_n,
+    bon_kl_bound,
+    curve_points,
+    fit_form,
+    infinite_data_proxy,
+    kl,
+    overopt_curves,
+    overopt_lab,
+    tilted,
+)
 
 
 def test_best_of_n_is_the_distribution_of_the_best_of_n_draws_ties_broken_at_random():

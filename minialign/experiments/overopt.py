@@ -195,7 +195,8 @@ def plot(curves, path) -> None:
     ns = [n for n in curves if n != "gold"]
     colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(ns)))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, (how, title) in zip(axes, (("bon", "best-of-n on the proxy"), ("rl", "RLHF on the proxy: π_β ∝ a·e^{s/β}"))):
+    titles = (("bon", "best-of-n on the proxy"), ("rl", "RLHF on the proxy: π_β ∝ a·e^{s/β}"))
+    for ax, (how, title) in zip(axes, titles):
         for n, col in zip(ns, colors):
             pts = curves[n][how]["points"].mean(axis=0)
             ax.plot(pts[:, 0], pts[:, 1], "-", color=col, lw=1.6, label=f"gold, N = {n:,}")
