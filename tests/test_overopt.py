@@ -67,7 +67,7 @@ def test_with_infinitely_many_pairs_the_proxy_is_the_gold_reward_and_gold_never_
 
 
 def test_the_rlhf_optimum_gains_exactly_its_proxy_reward_minus_beta_kl():
-    """π_β = a e^{s/β}/Z maximises E_π s − β KL(π‖a) (Eq. 5.7): its value is β log Z, above that of best-of-n at any n."""
+    """π_β = a e^{s/β}/Z maximises E_π s − β KL(π‖a) (Eq. 5.7): its value is β log Z, above best-of-n at any n."""
     _, p_a, gold = overopt_lab(0)
     for beta in (0.1, 1.0):
         pi = tilted(p_a, gold, beta)
