@@ -3,10 +3,22 @@ KL-control gradient on the exact lab, and what the division by the group's std m
 import numpy as np
 import pytest
 
-from minialign.experiments.conditional_lab import (aggregation_gradient, conditional_optimum, grpo_fixed_point,
-                                                   grpo_gradient_survey, grpo_gradients, length_lab, pass_fail_update,
-                                                   prompted_lab, relative_error, scaled_error, tabular_lengths,
-                                                   train_exact, trainable)
+from minialign.experiments.conditional_lab import (
+    aggregation_gradient,
+    conditional_optimum,
+    grpo_fixed_point,
+    grpo_gradient_survey,
+    grpo_gradients,
+    length_lab,
+    pass_fail_fixed_point,
+    pass_fail_update,
+    prompted_lab,
+    relative_error,
+    scaled_error,
+    tabular_lengths,
+    train_exact,
+    trainable,
+)
 from minialign.lab import autograd_of, exact_grad, flat_grad, lab_fn
 from minialign.tensor import Tensor
 from minialign.trainers.common import TrainConfig, exact_batch, train
@@ -279,3 +291,16 @@ def test_with_k1_in_the_reward_the_token_mean_changes_the_path_not_the_fixed_poi
     run = tabular_lengths("token_mean", steps=400, beta=0.5, lr=1.0)
     assert plab.mean_divergence("kl", fixed, np.exp(run["log_pi"])) < 1e-8
     assert run["wrong"].max() > run["wrong"][0] + 0.2 and abs(run["wrong"][-1] - run["wrong"][0]) < 0.1
+
+
+def test_a_pass_fail_prompts_fixed_point_depends_on_its_solve_rate_with_or_without_the_std():
+    """Eq. (5.23) for a two-outcome prompt, β = 0.5, k = 4. Without the std it is π* at β·k/(k−1) in closed form (to
+    1e-10). With it, the fixed point is unchanged by rescaling the reward but not by the solve rate: a prompt solved 1%
+    of the time by a ends 0.29 nats from a, one solved 10% of the time 0.89 (measured 0.289 and 0.886)."""
+    beta, k = 0.5, 4
+    for p in (0.01, 0.1, 0.5):
+        solved, _ = pass_fail_fixed_point(p, beta, k, scale=False)
+        tilt = p * np.exp((k - 1) / (k * beta))
+        assert solved == pytest.approx(tilt / (1 - p + tilt), abs=1e-10)
+    rare, common = pass_fail_fixed_point(0.01, beta, k)[1], pass_fail_fixed_point(0.1, beta, k)[1]
+    assert rare < common / 2, (rare, common)

@@ -190,6 +190,15 @@ def pass_fail_update(p, k, scale=True) -> float:
     return float(p * (1 - p) * (adv[1] - adv[0]))
 
 
+def pass_fail_fixed_point(p, beta, k, scale=True) -> tuple[float, float]:
+    """Eq. (5.23) for a pass/fail prompt that a solves with probability p: (the solve rate at GRPO's fixed point,
+    its KL(π̃‖a)), for groups of k."""
+    log_a, r = np.log([1.0 - p, p]), np.array([0.0, 1.0])
+    log_pi = group_fixed_point(log_a, r, beta, k, scale=scale)
+    pi = np.exp(log_pi)
+    return float(pi[1]), float(pi @ (log_pi - log_a))
+
+
 # ------------------------------------------------------------------------------ how a response's tokens add up
 def length_lab(seed=0, block_size=5):
     """The prompted lab of :func:`prompted_lab` with responses of one to ``block_size`` − 1 tokens and a pass/fail
