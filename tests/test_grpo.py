@@ -218,7 +218,7 @@ def test_the_std_reweights_a_pass_fail_prompt_by_one_over_sigma_only_as_the_grou
     assert pass_fail_update(0.1, 400) == pytest.approx(np.sqrt(0.09), rel=0.02)
 
 
-# ------------------------------------------------------------------------------ how a response's tokens add up (5.25)
+# ------------------------------------------------------------------------------ how a response's tokens add up (5.27)
 def test_response_lengths_count_the_response_and_its_eos():
     rows = np.array([[3, 0, 0, 0], [3, 1, 2, 0], [3, 1, 0, 0]])
     np.testing.assert_array_equal(response_lengths(rows, np.array([1, 1, 1]), 0), [1, 3, 2])
@@ -226,7 +226,7 @@ def test_response_lengths_count_the_response_and_its_eos():
 
 
 def test_each_aggregation_has_the_expected_update_it_states():
-    """Eq. (5.25) on an exact batch (β = 0, std): ``seq_sum``'s gradient is −Σ_x ρ Σ_y π ā ∇log π(y|x) (autograd through
+    """Eq. (5.27) on an exact batch (β = 0, std): ``seq_sum``'s gradient is −Σ_x ρ Σ_y π ā ∇log π(y|x) (autograd through
     the enumeration, ā of Eq. 5.22), ``token_mean``'s the same with ā/|y|, and ``constant``'s is ``seq_sum``'s over
     L = the longest response (block size − prompt length), all to rounding."""
     a, policy, plab, r, _ = prompted_lab(0, block_size=5)

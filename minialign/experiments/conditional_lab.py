@@ -13,7 +13,7 @@ a trainer's loss on an exact batch has as gradient the exact expectation of its 
 * ``pass_fail_update``: GRPO's exact expected update of a pass/fail prompt's logit at solve rate p (the std's
   difficulty bias, Liu et al. 2025);
 * ``aggregation_gradient`` / ``length_lab`` / ``tabular_lengths``: the three ways of adding up a response's
-  token terms (Eq. 5.25) — their exact expected updates and the lengths of right and wrong responses they lead to;
+  token terms (Eq. 5.27) — their exact expected updates and the lengths of right and wrong responses they lead to;
 * ``train_exact``: a trainer run on exact batches — its expected gradient, with no sampling noise.
 """
 from __future__ import annotations
@@ -209,7 +209,7 @@ def length_lab(seed=0, block_size=5):
 
 
 def aggregation_gradient(plab, a, policy, r, k, loss_agg, scale=True) -> np.ndarray:
-    """The exact expected gradient of GRPO's reward part (β = 0) under ``loss_agg`` (Eq. 5.25)."""
+    """The exact expected gradient of GRPO's reward part (β = 0) under ``loss_agg`` (Eq. 5.27)."""
     method = GRPO(a, lab_fn(plab, r), plab.prompts, k, beta=0.0, scale=scale, loss_agg=loss_agg)
     return exact_grad(method, policy, exact_batch(plab, policy, ref=a))
 
@@ -222,7 +222,7 @@ def conditional_length(plab, p, lengths, where) -> float:
 
 def tabular_lengths(loss_agg, steps=300, lr=0.5, k=4, beta=0.0, scale=True, seed=0):
     """GRPO's exact expected update on a policy with one logit per response (any π(·|x)), in the natural geometry:
-    log π(y|x) += lr·(f(y) − E_π f) with f(y) = c_y·(ā_π(y) − β(log π(y)/a(y) − KL(π‖a))) — Eq. (5.25)'s c_y of
+    log π(y|x) += lr·(f(y) − E_π f) with f(y) = c_y·(ā_π(y) − β(log π(y)/a(y) − KL(π‖a))) — Eq. (5.27)'s c_y of
     ``loss_agg``, ā of Eq. (5.22), k1 in the reward with its expected baseline. Under it the odds of two responses
     with equal f never change, so with ``seq_sum`` (c = 1) and β = 0 the lengths among wrong responses, and among
     right ones, stay where a put them; with ``token_mean`` (c = 1/|y|) a negative ā favours the long wrong responses

@@ -3,11 +3,11 @@
 For each prompt x, k responses y_1..y_k are drawn from π_old(·|x) and scored; a response's advantage is its
 reward standardised within its group, A_i = (r_i − mean r)/(std r + ε) (Eq. 5.21) — the other responses to
 the same prompt are the baseline, with no value network. π is updated by PPO-clip on π(y|x)/π_old(y|x)
-(Eq. 5.10), with the KL to the reference a in the loss as k3 per token (Eq. 5.9), as published; or, as an
+(Eq. 5.12), with the KL to the reference a in the loss as k3 per token (Eq. 5.9), as published; or, as an
 option, with the sampled k1 = log π_old(y|x) − log a(y|x) in the reward, after the normalisation (so that β
 keeps its meaning as the weight of KL(π‖a)). ``scale=False`` leaves out the division by the group's std.
 
-``loss_agg`` is how a response's token terms are added up (Eq. 5.25): ``seq_sum`` sums them (the whole response is
+``loss_agg`` is how a response's token terms are added up (Eq. 5.27): ``seq_sum`` sums them (the whole response is
 one term); ``token_mean`` divides the sum by the response's length |y| (GRPO as published, TRL's ``grpo``);
 ``constant`` divides it by the largest response length L (Dr. GRPO, Liu et al. 2025; TRL's ``dr_grpo``). One
 step on a batch, the three gradients are Σ_i c_i A_i ∇log π(y_i) with c_i = 1, 1/|y_i| and 1/L.
@@ -41,7 +41,7 @@ def response_lengths(tokens, prompt_len, eos_id: int) -> np.ndarray:
 
 
 def aggregation_weights(loss_agg: str, lengths, max_length: int) -> np.ndarray:
-    """Eq. (5.25): the factor c_i of response i's summed token terms: 1, 1/|y_i| or 1/L."""
+    """Eq. (5.27): the factor c_i of response i's summed token terms: 1, 1/|y_i| or 1/L."""
     if loss_agg == "seq_sum":
         return np.ones(len(lengths))
     if loss_agg == "token_mean":
@@ -119,7 +119,7 @@ class GRPO(Method):
         return loss, metrics
 
     def max_response_length(self, batch: Batch) -> int:
-        """L of Eq. (5.25): the most tokens a response can have, its EOS included (block size − prompt length)."""
+        """L of Eq. (5.27): the most tokens a response can have, its EOS included (block size − prompt length)."""
         prompt = 0 if batch.prompt_len is None else int(np.max(batch.prompt_len))
         return self.ref.config.block_size - prompt
 
