@@ -202,7 +202,7 @@ def pass_fail_fixed_point(p, beta, k, scale=True) -> tuple[float, float]:
 # ------------------------------------------------------------------------------ how a response's tokens add up
 def length_lab(seed=0, block_size=5):
     """The prompted lab of :func:`prompted_lab` with responses of one to ``block_size`` − 1 tokens and a pass/fail
-    reward: a response is right when its first letter is letter 1 (and not EOS). Returns (a, plab, r, |y|)."""
+    reward: a response is right when its first letter is letter 1 (and not EOS). Returns (a, plab, r, |x|)."""
     a, _, plab, _, _ = prompted_lab(seed, block_size=block_size)
     r = (plab.sequences[:, 1] == 1).astype(np.float64)
     return a, plab, r, response_lengths(plab.sequences, plab.prompt_len, a.config.eos_id)
@@ -215,17 +215,17 @@ def aggregation_gradient(plab, a, policy, r, k, loss_agg, scale=True) -> np.ndar
 
 
 def conditional_length(plab, p, lengths, where) -> float:
-    """E[|y| | where] under ρ(x)π(y|x): the mean length of the responses that ``where`` selects (e.g. the wrong)."""
+    """E[|x| | where] under τ(c)π(x|c): the mean length of the responses that ``where`` selects (e.g. the wrong)."""
     w = plab.row_prompt_probs * p * where
     return float(np.sum(w * lengths) / np.sum(w))
 
 
 def tabular_lengths(loss_agg, steps=300, lr=0.5, k=4, beta=0.0, scale=True, seed=0):
     """GRPO's exact expected update on a policy with one logit per response (any π(·|x)), in the natural geometry:
-    log π(y|x) += lr·(f(y) − E_π f) with f(y) = c_y·(ā_π(y) − β(log π(y)/a(y) − KL(π‖a))) — Eq. (5.27)'s c_y of
+    log π(x|c) += lr·(f(x) − E_π f) with f(x) = ν(x)·(ā_π(x) − β(log π(x)/a(x) − KL(π‖a))) — Eq. (5.27)'s ν of
     ``loss_agg``, ā of Eq. (5.22), k1 in the reward with its expected baseline. Under it the odds of two responses
-    with equal f never change, so with ``seq_sum`` (c = 1) and β = 0 the lengths among wrong responses, and among
-    right ones, stay where a put them; with ``token_mean`` (c = 1/|y|) a negative ā favours the long wrong responses
+    with equal f never change, so with ``seq_sum`` (ν = 1) and β = 0 the lengths among wrong responses, and among
+    right ones, stay where a put them; with ``token_mean`` (ν = 1/|x|) a negative ā favours the long wrong responses
     and a positive one the short right ones. On :func:`length_lab`. Returns arrays ``wrong``, ``right``, ``solved``
     (steps + 1 entries) and ``log_pi`` at the end."""
     a, plab, r, lengths = length_lab(seed)

@@ -1,20 +1,20 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): group-relative policy optimisation (chapter 05, §12).
 
-For each prompt x, k responses y_1..y_k are drawn from π_old(·|x) and scored; a response's advantage is its
+For each prompt c, G responses x_1..x_G are drawn from π_old(·|c) and scored; a response's advantage is its
 reward standardised within its group, A_i = (r_i − mean r)/(std r + ε) (Eq. 5.21) — the other responses to
-the same prompt are the baseline, with no value network. π is updated by PPO-clip on π(y|x)/π_old(y|x)
+the same prompt are the baseline, with no value network. π is updated by PPO-clip on w = π(x|c)/π_old(x|c)
 (Eq. 5.12), with the KL to the reference a in the loss as k3 per token (Eq. 5.9), as published; or, as an
-option, with the sampled k1 = log π_old(y|x) − log a(y|x) in the reward, after the normalisation (so that β
+option, with the sampled k1 = log π_old(x|c) − log a(x|c) in the reward, after the normalisation (so that β
 keeps its meaning as the weight of KL(π‖a)). ``scale=False`` leaves out the division by the group's std.
 
 ``loss_agg`` is how a response's token terms are added up (Eq. 5.27): ``seq_sum`` sums them (the whole response is
-one term); ``token_mean`` divides the sum by the response's length |y| (GRPO as published, TRL's ``grpo``);
-``constant`` divides it by the largest response length L (Dr. GRPO, Liu et al. 2025; TRL's ``dr_grpo``). One
-step on a batch, the three gradients are Σ_i c_i A_i ∇log π(y_i) with c_i = 1, 1/|y_i| and 1/L.
+one term); ``token_mean`` divides the sum by the response's length |x| (GRPO as published, TRL's ``grpo``);
+``constant`` divides it by the largest response length L (Dr. GRPO, Liu et al. 2025; TRL's ``dr_grpo``). On the
+first step on a batch the three gradients are Σ_i ν_i A_i ∇log π(x_i|c) with ν_i = 1, 1/|x_i| and 1/L.
 
-As in the rest of the course a whole response is one action (one ratio per sequence). On an exact batch of the prompted lab the advantage
-is its exact expectation over the other k − 1 responses (Eq. 5.22), so the loss's gradient is the exact
-expectation of the Monte-Carlo gradient (``experiments/conditional_lab.py`` measures it).
+As in the rest of the course a whole response is one action (one ratio per sequence). On an exact batch of the
+prompted lab the advantage is its exact expectation over the other G − 1 responses (Eq. 5.22), so the loss's
+gradient is the exact expectation of the Monte-Carlo gradient (``experiments/conditional_lab.py`` measures it).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ LOSS_AGGS = ("seq_sum", "token_mean", "constant")
 
 
 def response_lengths(tokens, prompt_len, eos_id: int) -> np.ndarray:
-    """|y| of every row: the response's tokens up to and including its first EOS (the prompt's tokens left out)."""
+    """|x| of every row: the response's tokens up to and including its first EOS (the prompt's tokens left out)."""
     tokens = np.asarray(tokens)
     start = np.zeros(len(tokens), np.int64) if prompt_len is None else np.asarray(prompt_len, np.int64)
     cols = np.arange(tokens.shape[1])
@@ -41,7 +41,7 @@ def response_lengths(tokens, prompt_len, eos_id: int) -> np.ndarray:
 
 
 def aggregation_weights(loss_agg: str, lengths, max_length: int) -> np.ndarray:
-    """Eq. (5.27): the factor c_i of response i's summed token terms: 1, 1/|y_i| or 1/L."""
+    """Eq. (5.27): the factor ν_i of response i's summed token terms: 1, 1/|x_i| or 1/L."""
     if loss_agg == "seq_sum":
         return np.ones(len(lengths))
     if loss_agg == "token_mean":
@@ -126,7 +126,7 @@ class GRPO(Method):
     @staticmethod
     def _expected_per_group(values, batch: Batch) -> np.ndarray:
         """E_{π_old(·|x)}[values] of each row's prompt on an exact batch: the expectation of the leave-one-out
-        baseline (with ``token_mean`` the 1/|y| weights make a baseline change the expected gradient)."""
+        baseline (with ``token_mean`` the 1/|x| weights make a baseline change the expected gradient)."""
         q = np.exp(batch.log_q)
         group = np.zeros(len(batch), np.int64) if batch.group is None else batch.group
         return (np.bincount(group, weights=q * values) / np.bincount(group, weights=q))[group]
