@@ -184,33 +184,35 @@ def summary(curves) -> str:
     return "\n".join(lines)
 
 
-def plot(curves, path) -> None:
-    """Gold (solid) and proxy (dashed) gain against √KL(π‖a), one colour per N, best-of-n left and RLHF right;
-    the fitted forms dotted; the infinite-data proxy in black."""
+def plot(curves, path, shown=(30, 1000, 10000)) -> None:
+    """Gold (solid) and proxy (dashed) gain against √KL(π‖a), averaged over the data seeds at each n or β, for the
+    proxies fitted on the ``shown`` numbers of pairs; best-of-n left and RLHF right; the fitted forms (5.29) dotted;
+    the infinite-data proxy (the gold reward itself) in black."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ns = [n for n in curves if n != "gold"]
-    colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(ns)))
+    ns = [n for n in shown if n in curves]
+    colors = ("C3", "C1", "C0", "C2", "C4", "C5")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    titles = (("bon", "best-of-n on the proxy"), ("rl", "RLHF on the proxy: π_β ∝ a·e^{s/β}"))
+    titles = (("bon", "best-of-n on the proxy r̂"), ("rl", "RLHF on the proxy: π_β ∝ a·exp(r̂/β)"))
     for ax, (how, title) in zip(axes, titles):
         for n, col in zip(ns, colors):
             pts = curves[n][how]["points"].mean(axis=0)
-            ax.plot(pts[:, 0], pts[:, 1], "-", color=col, lw=1.6, label=f"gold, N = {n:,}")
-            ax.plot(pts[:, 0], pts[:, 2], "--", color=col, lw=0.9)
+            ax.plot(pts[:, 0], pts[:, 1], "-", color=col, lw=1.8, label=f"gold, r̂ from N = {n:,} pairs")
+            ax.plot(pts[:, 0], pts[:, 2], "--", color=col, lw=1.0, label=f"proxy, N = {n:,}")
             u, v, _ = curves[n][how]["fit"]
             d = np.linspace(1e-3, pts[:, 0].max(), 100)
-            ax.plot(d, d * (u - v * (d if how == "bon" else np.log(d))), ":", color=col, lw=1.0)
-        g = curves["gold"][how]["points"][0]
-        ax.plot(g[:, 0], g[:, 1], "-", color="black", lw=1.2, label="gold, N → ∞ (proxy = gold)")
+            ax.plot(d, d * (u - v * (d if how == "bon" else np.log(d))), ":", color=col, lw=1.2)
+        if "gold" in curves:
+            g = curves["gold"][how]["points"][0]
+            ax.plot(g[:, 0], g[:, 1], "-", color="black", lw=1.2, label="gold, N → ∞ (r̂ = gold)")
         ax.set_title(title)
         ax.set_xlabel("√KL(π‖a)  (nats^½)")
         ax.axhline(0.0, color="grey", lw=0.5)
-    axes[0].set_ylabel("reward gain over a  (solid: gold, dashed: proxy)")
-    axes[1].legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="dotted: the fitted form",
+    axes[0].set_ylabel("reward gain over a (mean of the data sets)")
+    axes[1].legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="dotted: fit of (5.29)",
                    title_fontsize=7.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})
