@@ -16,6 +16,7 @@ from minialign.experiments.overopt import (
     kl,
     overopt_curves,
     overopt_lab,
+    sampled_best_of_n,
     tilted,
 )
 
@@ -95,3 +96,15 @@ def test_more_preference_pairs_move_the_gold_peak_out_and_up():
         d = [curves[n][how]["peak_d"].mean() for n in ns]
         gain = [curves[n][how]["peak_gold"].mean() for n in ns]
         assert d[0] < d[1] < d[2] and gain[0] < gain[1] < gain[2], (how, d, gain)
+
+
+def test_sampled_best_of_n_with_the_gold_as_proxy_never_loses_gold():
+    """With nested groups (the first n draws of each group compete) and proxy = gold, each group's winner can only
+    improve as n grows, so the mean gold is non-decreasing; and best-of-1 is the plain sample mean."""
+    rng = np.random.default_rng(0)
+    gold = rng.standard_normal((500, 64))
+    rows = sampled_best_of_n(gold, gold, (1, 2, 4, 16, 64))
+    assert rows[0, 2] == pytest.approx(gold[:, 0].mean(), abs=1e-15)
+    assert np.all(np.diff(rows[:, 2]) >= 0) and np.all(rows[:, 4] == rows[:, 2])
+    with pytest.raises(ValueError, match="groups"):
+        sampled_best_of_n(gold[:, :8], gold[:, :8], (16,))

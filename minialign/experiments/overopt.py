@@ -118,6 +118,23 @@ def kl(p, q) -> float:
     return float(np.sum(p[at] * (np.log(p[at]) - np.log(q[at]))))
 
 
+def sampled_best_of_n(proxy, gold, ns) -> np.ndarray:
+    """Best-of-n estimated from samples (on names, where nothing is enumerated): ``proxy`` and ``gold`` are the scores
+    of [groups, max(ns)] independent draws from a; for each n the first n draws of every group compete
+    (ties to the first), so the groups are nested in n. Returns rows (n, √(log n − (n−1)/n), mean gold of the winners,
+    its standard error over the groups, mean proxy of the winners); √(log n − (n−1)/n) bounds √KL from above."""
+    proxy, gold = np.asarray(proxy, np.float64), np.asarray(gold, np.float64)
+    if proxy.shape != gold.shape or proxy.ndim != 2 or proxy.shape[1] < max(ns):
+        raise ValueError(f"proxy and gold must be [groups, ≥ {max(ns)}] arrays; got {proxy.shape} and {gold.shape}")
+    rows = []
+    for n in ns:
+        win = proxy[:, :n].argmax(axis=1)
+        g = gold[np.arange(len(gold)), win]
+        rows.append((n, np.sqrt(bon_kl_bound(n)), g.mean(), g.std(ddof=1) / np.sqrt(len(g)),
+                     proxy[np.arange(len(proxy)), win].mean()))
+    return np.array(rows)
+
+
 # ------------------------------------------------------------------------------ the curves and the fits
 def curve_points(p_a, gold, proxy, how):
     """(d = √KL(π‖a), gold gain, proxy gain) for each n of ``BON_NS`` (``how`` = "bon") or β of ``BETAS`` ("rl"),
