@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..lab import ExactLab, lab_model
 
@@ -57,6 +58,11 @@ def fit_proxy(n_seq, winners, losers, weights=None, prior=1.0, tol=1e-9, max_ite
     def objective(s):
         return float(w @ np.logaddexp(0.0, -(s[winners] - s[losers])) + 0.5 * prior * s @ s)
 
+    with threadpool_limits(limits=1, user_api="blas"):  # a 121 × 121 solve: extra BLAS threads only slow it down
+        return _newton(n_seq, winners, losers, w, prior, objective, tol, max_iter)
+
+
+def _newton(n_seq, winners, losers, w, prior, objective, tol, max_iter) -> np.ndarray:
     s = np.zeros(n_seq)
     for _ in range(max_iter):
         sig = 1.0 / (1.0 + np.exp(-(s[winners] - s[losers])))
