@@ -198,6 +198,8 @@ def test_grpo_refuses_bad_settings():
         GRPO(a, reward, plab.prompts, 4, kl="k2_loss")
     with pytest.raises(ValueError, match="epochs"):
         GRPO(a, reward, plab.prompts, 4, epochs=0)
+    with pytest.raises(ValueError, match="unknown loss aggregation 'mean'"):
+        GRPO(a, reward, plab.prompts, 4, loss_agg="mean")
     with pytest.raises(ValueError, match="multiple of the group size"):
         GRPO(a, reward, plab.prompts, 4).draw(a, 10, np.random.default_rng(0))
 
