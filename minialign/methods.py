@@ -144,9 +144,9 @@ def _run_grpo(ing, opts, ctx) -> Result:
     prompts = _prompts(opts)
     policy, hist = tasks.run_grpo(ing.reward, ctx, prompts=prompts, group_size=opts["group_size"], beta=opts["beta"],
                                   clip=opts["clip"], kl=opts["kl"], scale=opts["scale"] == "group",
-                                  epochs=opts["epochs"])
-    return Result(policy, hist, [summary(hist, ["reward", "kl_k1", "kl_k3", "clip_fraction", "distinct_2",
-                                                 "in_corpus"])] + prompted_lines(policy, prompts, ctx.seed))
+                                  epochs=opts["epochs"], loss_agg=opts["loss_agg"])
+    keys = ["reward", "kl_k1", "kl_k3", "clip_fraction", "response_length", "distinct_2", "in_corpus"]
+    return Result(policy, hist, [summary(hist, keys)] + prompted_lines(policy, prompts, ctx.seed))
 
 
 def _run_dpo(ing, opts, ctx) -> Result:
@@ -309,5 +309,9 @@ METHODS = {
                                         "not (default: group)")),
             Option("--epochs", dict(type=positive_int, default=1,
                                     help="optimizer steps on each batch (PPO-clip keeps them near π_old; default: 1)")),
+            Option("--loss-agg", dict(choices=["seq_sum", "token_mean", "constant"], default="seq_sum",
+                                      help="a response's token terms: summed (one term per response), divided by its "
+                                           "length (GRPO as published; TRL's grpo) or by the largest length (Dr. "
+                                           "GRPO; TRL's dr_grpo) (default: seq_sum)")),
         ), _run_grpo, check_train=_check_grpo_groups),
 }

@@ -255,7 +255,8 @@ def run_fdpg(f, target_fn, ctx: RunContext | None = None, ebm=None, reward=None,
 def run_grpo(reward, ctx: RunContext | None = None, **options):
     """GRPO (chapter 05, §12) against ``reward`` (names → rewards, of the whole name); ``options`` are
     ``trainers.grpo.GRPO``'s: ``group_size`` completions per prompt of ``prompts`` (None: the empty prompt, groups
-    of unconditional samples), ``beta``, ``clip``, ``kl``, ``scale``, ``epochs``. Returns (policy, history)."""
+    of unconditional samples), ``beta``, ``clip``, ``kl``, ``scale``, ``epochs``,
+    ``loss_agg`` (Eq. 5.27). Returns (policy, history)."""
     from .trainers.grpo import GRPO
 
     ctx = with_base(ctx)

@@ -384,6 +384,7 @@ CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo
            ("align grpo --batch-size 10 --group-size 4", "--batch-size", "multiple"),
            ("align grpo --kl k2_loss", "--kl", "'k2_loss'", "k3_loss"),
            ("align grpo --scale max", "--scale", "'max'", "group"),
+           ("align grpo --loss-agg mean", "--loss-agg", "'mean'", "token_mean"),
            ("align grpo --reward human", "--reward", "'human'", "true"),
            ("align grpo --pairs {missing}", "--pairs", "missing.npz"),
            ("align rlhf --prompts first1 --batch-size 10", "--batch-size", "multiple"),

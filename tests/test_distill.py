@@ -48,7 +48,7 @@ def test_tv_and_js_have_no_chain_rule_only_bounds(table):
 def test_distilling_on_teacher_samples_follows_the_gradient_of_kl_p_pi():
     """Eq. (7.14) with x ∼ p: the prefixes do not move with θ, so the exact expected gradient of the loss is
     ∇ E_p Σ_t D_f,t — for f = reverse_kl, by the chain rule, ∇KL(p‖π) exactly. On the student's own samples the
-    prefixes are not differentiated and f = kl misses ∇KL(π‖p) (the missing part of chapter 05, Eq. 5.17)."""
+    prefixes are not differentiated and f = kl misses ∇KL(π‖p) (the missing part of chapter 05, Eq. 5.11)."""
     teacher, student, lab = distill_pair(1)
     student = trainable_copy(student)
     log_p = np.log(lab.distribution(teacher))

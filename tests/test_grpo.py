@@ -3,12 +3,26 @@ KL-control gradient on the exact lab, and what the division by the group's std m
 import numpy as np
 import pytest
 
-from minialign.experiments.conditional_lab import (conditional_optimum, grpo_fixed_point, grpo_gradient_survey,
-                                                   grpo_gradients, prompted_lab, relative_error, scaled_error,
-                                                   train_exact, trainable)
-from minialign.lab import exact_grad, flat_grad, lab_fn
+from minialign.experiments.conditional_lab import (
+    aggregation_gradient,
+    conditional_optimum,
+    grpo_fixed_point,
+    grpo_gradient_survey,
+    grpo_gradients,
+    length_lab,
+    pass_fail_fixed_point,
+    pass_fail_update,
+    prompted_lab,
+    relative_error,
+    scaled_error,
+    tabular_lengths,
+    train_exact,
+    trainable,
+)
+from minialign.lab import autograd_of, exact_grad, flat_grad, lab_fn
+from minialign.tensor import Tensor
 from minialign.trainers.common import TrainConfig, exact_batch, train
-from minialign.trainers.grpo import GRPO
+from minialign.trainers.grpo import GRPO, response_lengths
 from minialign.trainers.policy_gradient import expected_group_advantage, group_normalised_advantages
 
 
@@ -184,5 +198,111 @@ def test_grpo_refuses_bad_settings():
         GRPO(a, reward, plab.prompts, 4, kl="k2_loss")
     with pytest.raises(ValueError, match="epochs"):
         GRPO(a, reward, plab.prompts, 4, epochs=0)
+    with pytest.raises(ValueError, match="unknown loss aggregation 'mean'"):
+        GRPO(a, reward, plab.prompts, 4, loss_agg="mean")
     with pytest.raises(ValueError, match="multiple of the group size"):
         GRPO(a, reward, plab.prompts, 4).draw(a, 10, np.random.default_rng(0))
+
+
+# ------------------------------------------------------------------------------ the std's difficulty bias (§12)
+def test_the_std_reweights_a_pass_fail_prompt_by_one_over_sigma_only_as_the_group_grows():
+    """A pass/fail prompt with solve rate p: GRPO's exact expected logit update is (k−1)/k·p(1−p) without the std,
+    and with it tends to p(1−p)/σ = √(p(1−p)) (Eq. 5.24) as k grows; easy and hard prompts (p and 1 − p) get the
+    same update either way. At k = 4 the std barely changes the ratio of a 50% prompt's update to a 1% prompt's
+    (23.6 with it, 25.3 without: measured 0.3498/0.0148 and 0.1875/0.0074); it never gives them the same weight."""
+    for k in (2, 4, 16):
+        for p in (0.01, 0.3, 0.5):
+            assert pass_fail_update(p, k, scale=False) == pytest.approx((k - 1) / k * p * (1 - p), rel=1e-12)
+            assert pass_fail_update(p, k) == pytest.approx(pass_fail_update(1 - p, k), rel=1e-9)
+    ratios = [pass_fail_update(0.5, k) / pass_fail_update(0.01, k) for k in (4, 16, 64)]
+    assert all(r1 > r2 for r1, r2 in zip(ratios, ratios[1:])) and ratios[-1] > np.sqrt(0.25 / 0.0099)
+    assert pass_fail_update(0.5, 4, scale=False) / pass_fail_update(0.01, 4, scale=False) > ratios[0] > 20
+    assert pass_fail_update(0.1, 400) == pytest.approx(np.sqrt(0.09), rel=0.02)
+
+
+# ------------------------------------------------------------------------------ how a response's tokens add up (5.27)
+def test_response_lengths_count_the_response_and_its_eos():
+    rows = np.array([[3, 0, 0, 0], [3, 1, 2, 0], [3, 1, 0, 0]])
+    np.testing.assert_array_equal(response_lengths(rows, np.array([1, 1, 1]), 0), [1, 3, 2])
+    np.testing.assert_array_equal(response_lengths(rows, None, 0), [2, 4, 3])
+
+
+def test_each_aggregation_has_the_expected_update_it_states():
+    """Eq. (5.27) on an exact batch (β = 0, std): ``seq_sum``'s gradient is −Σ_x ρ Σ_y π ā ∇log π(y|x) (autograd through
+    the enumeration, ā of Eq. 5.22), ``token_mean``'s the same with ā/|y|, and ``constant``'s is ``seq_sum``'s over
+    L = the longest response (block size − prompt length), all to rounding."""
+    a, policy, plab, r, _ = prompted_lab(0, block_size=5)
+    p = plab.distribution(policy)
+    lengths = response_lengths(plab.sequences, plab.prompt_len, a.config.eos_id)
+    abar = np.zeros(len(plab))
+    for g in range(plab.n_prompts):
+        abar[plab.group == g] = expected_group_advantage(p[plab.group == g], r[plab.group == g], 4)
+    row_rho = plab.row_prompt_probs
+
+    def truth(values):
+        return autograd_of(policy, lambda: -(plab.log_probs(policy) * Tensor(row_rho * p * values)).sum())
+
+    seq = aggregation_gradient(plab, a, policy, r, 4, "seq_sum")
+    assert relative_error(seq, truth(abar)) < 1e-10
+    assert relative_error(aggregation_gradient(plab, a, policy, r, 4, "token_mean"), truth(abar / lengths)) < 1e-10
+    assert relative_error(aggregation_gradient(plab, a, policy, r, 4, "constant"), seq / lengths.max()) < 1e-12
+    assert relative_error(truth(abar / lengths), truth(abar)) > 0.05  # the lengths differ, so the weights matter
+
+
+def test_token_mean_exact_batch_gradient_is_the_expectation_of_its_monte_carlo_gradient():
+    """With ``token_mean`` and k1 in the reward, a constant added to every advantage no longer drops out of the
+    gradient, so the exact batch must subtract the expectation of the sampled leave-one-out k1 baseline: its
+    gradient is the mean of 300 sampled batches' (every coordinate within 5 standard errors, vectors within 6%; leaving
+    the baseline out of the exact batch moves its gradient by 12% here)."""
+    a, policy, plab, r, _ = prompted_lab(1, block_size=4)
+    method = GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=2.0, kl="k1_reward", loss_agg="token_mean")
+    exact = exact_grad(method, policy, exact_batch(plab, policy, ref=a))
+    grads = np.array([exact_grad(method, policy, method.draw(policy, 64, np.random.default_rng([2, i])))
+                      for i in range(300)])
+    mean, se = grads.mean(axis=0), grads.std(axis=0, ddof=1) / np.sqrt(len(grads))
+    assert np.all(np.abs(mean - exact) <= 5 * se + 1e-12)
+    assert relative_error(mean, exact) < 0.06, relative_error(mean, exact)
+
+
+def test_the_token_mean_makes_wrong_responses_longer_and_right_ones_shorter():
+    """GRPO's expected update with β = 0 on a policy that can represent anything (:func:`tabular_lengths`), pass/fail
+    reward: with ``seq_sum`` (and ``constant``) every wrong response gets the same push, so within each prompt the
+    mean length of the wrong responses, and of the right ones, never moves (to 1e-12); with ``token_mean`` the
+    wrong responses' mean length grows at every step and the right ones' shrinks, while both solve the prompts."""
+    a, plab, r, lengths = length_lab(0)
+    runs = {agg: tabular_lengths(agg, steps=12) for agg in ("seq_sum", "token_mean")}
+    log_a = np.log(plab.distribution(a))
+    for g in range(plab.n_prompts):
+        at = plab.group == g
+        for where in (r[at] == 0, r[at] == 1):
+            before = np.exp(log_a[at][where])
+            after = np.exp(runs["seq_sum"]["log_pi"][at][where])
+            assert abs(before @ lengths[at][where] / before.sum() - after @ lengths[at][where] / after.sum()) < 1e-12
+    tm = runs["token_mean"]
+    assert np.all(np.diff(tm["wrong"]) > 0) and np.all(np.diff(tm["right"]) < 0), (tm["wrong"], tm["right"])
+    assert tm["solved"][-1] > 0.8 and runs["seq_sum"]["solved"][-1] > 0.8
+
+
+def test_with_k1_in_the_reward_the_token_mean_changes_the_path_not_the_fixed_point():
+    """With the KL in the reward (and its baseline) the token mean's update vanishes where (ā − β(log π/a − KL))/|y|
+    is constant in y, i.e. log π = log a + ā/β − λ|y|/β + const with λ = E_π[ā]/E_π|y| = 0 (ā has mean 0): the fixed
+    point of Eq. (5.23), the same as the sequence sum's (KL below 1e-8 after 400 steps of the exact expected update),
+    though on the way the wrong responses first grow longer (by more than 0.2 tokens)."""
+    a, plab, r, _ = length_lab(0)
+    fixed = np.exp(grpo_fixed_point(plab, np.log(plab.distribution(a)), r, 0.5, 4))
+    run = tabular_lengths("token_mean", steps=400, beta=0.5, lr=1.0)
+    assert plab.mean_divergence("kl", fixed, np.exp(run["log_pi"])) < 1e-8
+    assert run["wrong"].max() > run["wrong"][0] + 0.2 and abs(run["wrong"][-1] - run["wrong"][0]) < 0.1
+
+
+def test_a_pass_fail_prompts_fixed_point_depends_on_its_solve_rate_with_or_without_the_std():
+    """Eq. (5.23) for a two-outcome prompt, β = 0.5, k = 4. Without the std it is π* at β·k/(k−1) in closed form (to
+    1e-10). With it, the fixed point is unchanged by rescaling the reward but not by the solve rate: a prompt solved 1%
+    of the time by a ends 0.29 nats from a, one solved 10% of the time 0.89 (measured 0.289 and 0.886)."""
+    beta, k = 0.5, 4
+    for p in (0.01, 0.1, 0.5):
+        solved, _ = pass_fail_fixed_point(p, beta, k, scale=False)
+        tilt = p * np.exp((k - 1) / (k * beta))
+        assert solved == pytest.approx(tilt / (1 - p + tilt), abs=1e-10)
+    rare, common = pass_fail_fixed_point(0.01, beta, k)[1], pass_fail_fixed_point(0.1, beta, k)[1]
+    assert rare < common / 2, (rare, common)

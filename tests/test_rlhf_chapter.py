@@ -71,7 +71,7 @@ def test_the_full_token_kl_gradient_has_the_smallest_variance():
 
 
 def test_the_analytic_token_kls_sum_to_the_sequence_kl():
-    """Eq. (5.16), the chain rule on the exact lab: Σ_x π(x) Σ_t KL_t(x_<t), with KL_t over the vocabulary
+    """Eq. (5.10), the chain rule on the exact lab: Σ_x π(x) Σ_t KL_t(x_<t), with KL_t over the vocabulary
     from the two models' logits (F.token_fdiv), is KL(π‖a) over the enumeration."""
     from minialign.trainers.policy_gradient import token_kl_terms
 
@@ -86,7 +86,7 @@ def test_the_analytic_token_kls_sum_to_the_sequence_kl():
 
 # ------------------------------------------------------------------------------ the adaptive controller
 def test_adaptive_beta_follows_the_clipped_proportional_rule():
-    """Eq. (5.11) one step at a time: the error KL/KL_target − 1 is clipped to ±0.2 and β is multiplied by
+    """Eq. (5.13) one step at a time: the error KL/KL_target − 1 is clipped to ±0.2 and β is multiplied by
     1 + K·error with K = 0.1; without a target β never moves."""
     a, _, lab, r, _ = tiny_lab(0)
     method = RLHF(a, lambda batch: np.zeros(len(batch)), beta=0.5, kl_target=2.0)
@@ -138,7 +138,7 @@ def test_small_beta_overoptimises_a_misspecified_reward():
 def expected_dpo_gradient(a, lab, r, beta, policy):
     """∇_θ of E[DPO loss] over Bradley–Terry labels on every unordered pair {x, y} (each with the same
     weight): the label x ≻ y comes with probability σ(r(x) − r(y)), and each labelled pair's gradient is
-    that of the library's DPO loss, Eq. (5.12), on a batch of that one pair."""
+    that of the library's DPO loss, Eq. (5.14), on a batch of that one pair."""
     log_a = np.log(lab.distribution(a))
     g = np.zeros(len(lab))
     for x, y in itertools.combinations(range(len(lab)), 2):
@@ -166,7 +166,7 @@ def test_dpo_implicit_reward_is_the_reward_up_to_a_constant_at_the_optimum():
 
 @pytest.mark.task5_5
 def test_dpo_expected_gradient_vanishes_at_the_kl_control_optimum_and_only_there():
-    """Eq. (5.13), exactly: under Bradley–Terry labels with reward r, the expected DPO gradient is zero at
+    """Eq. (5.15), exactly: under Bradley–Terry labels with reward r, the expected DPO gradient is zero at
     π* = a e^{r/β}/Z, and not at the base model, nor at the optimum of another β."""
     a, lab, r, beta = dpo_lab(0)
     log_a = np.log(lab.distribution(a))
@@ -272,7 +272,7 @@ def test_reparameterisation_gives_the_right_distribution_and_gradients_and_the_s
 
 @pytest.mark.task5_5
 def test_dpo_loss_is_the_logistic_loss_of_the_implicit_reward_margin():
-    """Eq. (5.12) on one batch, by hand: the loss is the mean over pairs of −log σ(β(h_w − h_l)) with
+    """Eq. (5.14) on one batch, by hand: the loss is the mean over pairs of −log σ(β(h_w − h_l)) with
     h = log π − log a (a wrong β, sign or average fails the value), its gradient in the logits equals central
     differences of that formula, and the metrics are the pairs' accuracy and mean margin."""
     a, lab, r, beta = dpo_lab(0)

@@ -37,7 +37,7 @@ def test_best_objective_is_beta_log_z_reached_at_the_tilted_optimum():
 @pytest.mark.parametrize("kl", [pytest.param("k1_seq", marks=pytest.mark.task5_2), "full_token"])
 def test_rloo_drives_the_policy_to_the_kl_control_optimum(kl):
     """From the base model, RLOO with the k1 penalty in the reward (or the analytic per-token KL with its
-    score-function part, Eq. 5.17) brings the exact KL(π*‖π_θ) from above 1 nat to below 0.05 nats. The
+    score-function part, Eq. 5.11) brings the exact KL(π*‖π_θ) from above 1 nat to below 0.05 nats. The
     threshold leaves room for Monte-Carlo noise at batch 64 with a small learning rate: the remaining KL is
     what the last steps' gradient noise keeps stirring."""
     a, _, lab, r, beta = tiny_lab(2, beta=0.5, scale=0.3)
@@ -81,7 +81,7 @@ def test_kl_estimator_gradients_on_sequences():
 
 
 def test_full_token_kl_is_unbiased_and_its_loss_part_alone_has_k2s_expectation():
-    """Eq. (5.16)–(5.17) measured exactly on sequences: the analytic per-token KL with the future KLs credited to
+    """Eq. (5.10)–(5.11) measured exactly on sequences: the analytic per-token KL with the future KLs credited to
     each token's score (full_token) is unbiased for ∇KL(π‖a); its loss term alone misses the change of which
     prefixes are reached and has exactly the expected gradient of k2 in the loss (E_{x_t}[∇½ log²(π_t/a_t)] =
     ∇KL_t at the fixed prefix) — the same bias."""
@@ -224,7 +224,7 @@ def test_an_interrupted_run_keeps_its_checkpoint_and_resumes(tmp_path):
 
 @pytest.mark.task5_3
 def test_ppo_clip_coefficients_are_the_gradient_of_the_clipped_objective():
-    """Eq. (5.10): the coefficients are ∂/∂log π_i of Σ_i w_i min(ρ_i A_i, clip(ρ_i, 1−ε, 1+ε) A_i), ρ = e^{log π − log
+    """Eq. (5.12): the coefficients are ∂/∂log π_i of Σ_i w_i min(ρ_i A_i, clip(ρ_i, 1−ε, 1+ε) A_i), ρ = e^{log π − log
     π_old}, by central differences, for ratios on both sides of the clip and advantages of both signs; the
     clipped fraction counts the samples whose clip is active."""
     from minialign.tensor import Tensor

@@ -7,6 +7,7 @@ directly (``rlhf_lab``) have no command of their own.
 STUDIES = {
     "gdc_study": "chapter 06: GDC against KL-penalised RLHF at the equivalent β, budgets, distillation onto p",
     "fdpg_study": "chapter 07: f-DPG with each f on the exact lab and on names",
+    "overopt": "chapter 05: reward over-optimisation, gold against proxy reward by best-of-n and RLHF",
 }
 
 

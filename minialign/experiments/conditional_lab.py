@@ -10,6 +10,10 @@ a trainer's loss on an exact batch has as gradient the exact expectation of its 
   its reward part and its KL part, with and without the division by the group's std — the table of §12;
 * ``grpo_fixed_point``: where GRPO's expected update vanishes for a policy that can represent anything
   (Eq. 5.23): π(y|x) ∝ a(y|x) e^{ā_π(x,y)/β}, with ā the expected group advantage;
+* ``pass_fail_update``: GRPO's exact expected update of a pass/fail prompt's logit at solve rate p (the std's
+  difficulty bias, Liu et al. 2025);
+* ``aggregation_gradient`` / ``length_lab`` / ``tabular_lengths``: the three ways of adding up a response's
+  token terms (Eq. 5.27) — their exact expected updates and the lengths of right and wrong responses they lead to;
 * ``train_exact``: a trainer run on exact batches — its expected gradient, with no sampling noise.
 """
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..lab import PromptedLab, autograd_of, exact_grad, lab_fn, lab_model
 from ..optim import AdamW
 from ..tensor import Tensor
 from ..trainers.common import exact_batch, frozen_copy
-from ..trainers.grpo import GRPO
+from ..trainers.grpo import GRPO, response_lengths
 from ..trainers.policy_gradient import expected_group_advantage
 
 GRPO_SEEDS = range(10)
@@ -148,24 +152,102 @@ def grpo_gradient_survey(seeds=GRPO_SEEDS, k=4, **lab_kwargs) -> dict:
 def grpo_fixed_point(plab, log_a, r, beta, k, scale=True, damping=0.5, tol=1e-12, max_iter=10_000):
     """Eq. (5.23): the conditional distribution at which GRPO's expected update (k1 in the reward, or any exact
     KL gradient) vanishes for a policy that can represent every π(·|x): π(y|x) ∝ a(y|x) exp(ā_π(x, y)/β), with
-    ā_π the expected group advantage of Eq. (5.22) under π itself. Found by damped fixed-point iteration in
-    log space. Returns log π over the rows.
+    ā_π the expected group advantage of Eq. (5.22) under π itself, prompt by prompt (:func:`group_fixed_point`).
+    Returns log π over the rows.
 
     Without the division by the std, ā = (k−1)/k·(r − E_π r) and the fixed point is π* at β·k/(k−1); with it,
     for large k, ā → (r − E_π r)/σ_π(x) and it is the KL-control optimum at a per-prompt β·σ_π(x)."""
-    log_a = np.asarray(log_a, dtype=np.float64)
-    log_pi = log_a.copy()
+    log_a, r = np.asarray(log_a, dtype=np.float64), np.asarray(r, dtype=np.float64)
+    out = np.empty(len(plab))
+    for g in range(plab.n_prompts):
+        at = plab.group == g
+        out[at] = group_fixed_point(log_a[at], r[at], beta, k, scale, damping, tol, max_iter)
+    return out
+
+
+def group_fixed_point(log_a, r, beta, k, scale=True, damping=0.5, tol=1e-12, max_iter=10_000):
+    """Eq. (5.23) for one prompt: log π with π ∝ a·exp(ā_π/β), by damped fixed-point iteration in log space."""
+    log_a, r = np.asarray(log_a, dtype=np.float64), np.asarray(r, dtype=np.float64)
+    log_pi = log_a - np.logaddexp.reduce(log_a)
     for _ in range(max_iter):
-        adv = np.zeros(len(plab))
-        for g in range(plab.n_prompts):
-            at = plab.group == g
-            adv[at] = expected_group_advantage(np.exp(log_pi[at]), r[at], k, scale=scale)
-        target, _ = plab.normalise(log_a + adv / beta)
-        new, _ = plab.normalise((1 - damping) * log_pi + damping * target)
+        target = log_a + expected_group_advantage(np.exp(log_pi), r, k, scale=scale) / beta
+        new = (1 - damping) * log_pi + damping * (target - np.logaddexp.reduce(target))
+        new -= np.logaddexp.reduce(new)
         if np.abs(new - log_pi).max() < tol:
             return new
         log_pi = new
     raise RuntimeError(f"the fixed-point iteration did not converge in {max_iter} steps")
+
+
+# ------------------------------------------------------------------------------ the std's difficulty bias
+def pass_fail_update(p, k, scale=True) -> float:
+    """GRPO's exact expected update of the logit θ of a pass/fail prompt, π(right) = p = σ(θ), reward 1 or 0:
+    Σ_y π(y) ā(y) ∂log π(y)/∂θ = p(1 − p)·(ā(right) − ā(wrong)), with ā of Eq. (5.22) for groups of k.
+
+    Without the std it is (k−1)/k·p(1 − p); with it, as k → ∞, p(1 − p)/σ = √(p(1 − p)) (Eq. 5.24's 1/σ)."""
+    probs = np.array([1.0 - p, p])
+    adv = expected_group_advantage(probs, np.array([0.0, 1.0]), k, scale=scale)
+    return float(p * (1 - p) * (adv[1] - adv[0]))
+
+
+def pass_fail_fixed_point(p, beta, k, scale=True) -> tuple[float, float]:
+    """Eq. (5.23) for a pass/fail prompt that a solves with probability p: (the solve rate at GRPO's fixed point,
+    its KL(π̃‖a)), for groups of k."""
+    log_a, r = np.log([1.0 - p, p]), np.array([0.0, 1.0])
+    log_pi = group_fixed_point(log_a, r, beta, k, scale=scale)
+    pi = np.exp(log_pi)
+    return float(pi[1]), float(pi @ (log_pi - log_a))
+
+
+# ------------------------------------------------------------------------------ how a response's tokens add up
+def length_lab(seed=0, block_size=5):
+    """The prompted lab of :func:`prompted_lab` with responses of one to ``block_size`` − 1 tokens and a pass/fail
+    reward: a response is right when its first letter is letter 1 (and not EOS). Returns (a, plab, r, |x|)."""
+    a, _, plab, _, _ = prompted_lab(seed, block_size=block_size)
+    r = (plab.sequences[:, 1] == 1).astype(np.float64)
+    return a, plab, r, response_lengths(plab.sequences, plab.prompt_len, a.config.eos_id)
+
+
+def aggregation_gradient(plab, a, policy, r, k, loss_agg, scale=True) -> np.ndarray:
+    """The exact expected gradient of GRPO's reward part (β = 0) under ``loss_agg`` (Eq. 5.27)."""
+    method = GRPO(a, lab_fn(plab, r), plab.prompts, k, beta=0.0, scale=scale, loss_agg=loss_agg)
+    return exact_grad(method, policy, exact_batch(plab, policy, ref=a))
+
+
+def conditional_length(plab, p, lengths, where) -> float:
+    """E[|x| | where] under τ(c)π(x|c): the mean length of the responses that ``where`` selects (e.g. the wrong)."""
+    w = plab.row_prompt_probs * p * where
+    return float(np.sum(w * lengths) / np.sum(w))
+
+
+def tabular_lengths(loss_agg, steps=300, lr=0.5, k=4, beta=0.0, scale=True, seed=0):
+    """GRPO's exact expected update on a policy with one logit per response (any π(·|x)), in the natural geometry:
+    log π(x|c) += lr·(f(x) − E_π f) with f(x) = ν(x)·(ā_π(x) − β(log π(x)/a(x) − KL(π‖a))) — Eq. (5.27)'s ν of
+    ``loss_agg``, ā of Eq. (5.22), k1 in the reward with its expected baseline. Under it the odds of two responses
+    with equal f never change, so with ``seq_sum`` (ν = 1) and β = 0 the lengths among wrong responses, and among
+    right ones, stay where a put them; with ``token_mean`` (ν = 1/|x|) a negative ā favours the long wrong responses
+    and a positive one the short right ones. On :func:`length_lab`. Returns arrays ``wrong``, ``right``, ``solved``
+    (steps + 1 entries) and ``log_pi`` at the end."""
+    a, plab, r, lengths = length_lab(seed)
+    log_a = np.log(plab.distribution(a))
+    c = {"seq_sum": np.ones(len(plab)), "token_mean": 1.0 / lengths,
+         "constant": np.full(len(plab), 1.0 / lengths.max())}[loss_agg]
+    log_pi = log_a.copy()
+    out = {"wrong": [], "right": [], "solved": []}
+    for step in range(steps + 1):
+        p = np.exp(log_pi)
+        out["wrong"].append(conditional_length(plab, p, lengths, r == 0))
+        out["right"].append(conditional_length(plab, p, lengths, r == 1))
+        out["solved"].append(float(np.sum(plab.row_prompt_probs * p * r)))
+        if step == steps:
+            break
+        for g in range(plab.n_prompts):
+            at = plab.group == g
+            k1 = log_pi[at] - log_a[at]
+            f = c[at] * (expected_group_advantage(p[at], r[at], k, scale=scale) - beta * (k1 - p[at] @ k1))
+            log_pi[at] += lr * (f - p[at] @ f)
+            log_pi[at] -= np.logaddexp.reduce(log_pi[at])
+    return {key: np.array(v) for key, v in out.items()} | {"log_pi": log_pi}
 
 
 def train_exact(method, policy, plab, steps, lr, ref=None):

@@ -8,9 +8,9 @@ a dot product and every expected gradient is one backward pass. Here:
   go (Eqs. 5.8–5.9, 5.17) against β∇KL(π‖a) and β∇KL(a‖π), over random pairs (π, a) — the table of §5;
 * ``kl_gradient_variance`` / ``kl_variance_survey``: the exact variance of each choice's one-sample gradient;
 * ``goodhart_curve``: the optimum π*_β (Eq. 5.6) of a misspecified reward as β falls — §8;
-* ``dpo_lab``: the lab of DPO's fixed point (Eqs. 5.12–5.13) — §9;
-* seed 002 (§11): ``elbo_terms`` (Eq. 5.14) on the worked example ``WORKED_PRIOR``, ``WORKED_LIKELIHOOD``,
-  and the sampling layer, ``reparameterised_sample`` (Eq. 5.15) against ``seed002_sample``.
+* ``dpo_lab``: the lab of DPO's fixed point (Eqs. 5.14–5.15) — §9;
+* seed 002 (§11): ``elbo_terms`` (Eq. 5.16) on the worked example ``WORKED_PRIOR``, ``WORKED_LIKELIHOOD``,
+  and the sampling layer, ``reparameterised_sample`` (Eq. 5.17) against ``seed002_sample``.
 """
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def tiny_lab(seed=0, vocab_size=3, block_size=4, beta=0.5, scale=1.0):
 def kl_penalty_gradients(lab, a, policy, beta):
     """The exact expected gradient of each KL choice of ``RLHF`` (reward 0): k1 in the reward per sequence or
     per token (Eq. 5.8), k2 or k3 per token in the loss (Eq. 5.9), the analytic per-token KL with its
-    score-function part (full_token, Eq. 5.17) and without it (β Σ_t KL_t in the loss alone), each on an
+    score-function part (full_token, Eq. 5.11) and without it (β Σ_t KL_t in the loss alone), each on an
     exact batch.
 
     Returns ({row: gradient}, β∇KL(π‖a), β∇KL(a‖π)), the last two by autograd through the enumeration.
@@ -156,7 +156,7 @@ def goodhart_curve(betas, seed=3, bump=1.6):
 
 # ------------------------------------------------------------------------------ DPO (§9)
 def dpo_lab(seed=0, beta=0.5):
-    """The lab of DPO's fixed point (Eqs. 5.12–5.13): a base model a (weights scale 0.5), its exact lab, and a
+    """The lab of DPO's fixed point (Eqs. 5.14–5.15): a base model a (weights scale 0.5), its exact lab, and a
     reward r ~ N(0, 1) per enumerated sequence. Returns (a, lab, r, β)."""
     a = lab_model(seed, vocab_size=3, block_size=4, scale=0.5)
     lab = ExactLab.for_model(a)
@@ -168,7 +168,7 @@ def dpo_lab(seed=0, beta=0.5):
 def elbo_terms(log_prior, log_likelihood, q):
     """One observation x of a discrete latent-variable model p(z) p(x|z), and an encoder distribution q(z|x).
 
-    Returns (log p(x), E_q[log p(x|z)], KL(q‖p(z)), KL(q‖p(z|x))), with Eq. (5.14):
+    Returns (log p(x), E_q[log p(x|z)], KL(q‖p(z)), KL(q‖p(z|x))), with Eq. (5.16):
     log p(x) = E_q[log p(x|z)] − KL(q‖p(z)) + KL(q‖p(z|x)).
     """
     log_prior, log_likelihood, q = (np.asarray(v, dtype=np.float64) for v in (log_prior, log_likelihood, q))
@@ -183,7 +183,7 @@ def elbo_terms(log_prior, log_likelihood, q):
 
 
 def reparameterised_sample(mu, log_sigma, eps):
-    """Eq. (5.15): z = μ + σ·ε with σ = e^{log σ} and ε ~ N(0, 1): z ~ N(μ, σ²), differentiable in μ and log σ."""
+    """Eq. (5.17): z = μ + σ·ε with σ = e^{log σ} and ε ~ N(0, 1): z ~ N(μ, σ²), differentiable in μ and log σ."""
     return mu + log_sigma.exp() * eps
 
 

@@ -14,7 +14,7 @@ from .pairs import PairMethod
 
 
 class DPO(PairMethod):
-    """Eq. (5.12): loss = −log σ(β log(π(y_w)/a(y_w)) − β log(π(y_l)/a(y_l))), averaged over pairs."""
+    """Eq. (5.14): loss = −log σ(β log(π(y_w)/a(y_w)) − β log(π(y_l)/a(y_l))), averaged over pairs."""
 
     name = "dpo"
 

@@ -1,16 +1,20 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): group-relative policy optimisation (chapter 05, §12).
 
-For each prompt x, k responses y_1..y_k are drawn from π_old(·|x) and scored; a response's advantage is its
+For each prompt c, G responses x_1..x_G are drawn from π_old(·|c) and scored; a response's advantage is its
 reward standardised within its group, A_i = (r_i − mean r)/(std r + ε) (Eq. 5.21) — the other responses to
-the same prompt are the baseline, with no value network. π is updated by PPO-clip on π(y|x)/π_old(y|x)
-(Eq. 5.10), with the KL to the reference a in the loss as k3 per token (Eq. 5.9), as published; or, as an
-option, with the sampled k1 = log π_old(y|x) − log a(y|x) in the reward, after the normalisation (so that β
+the same prompt are the baseline, with no value network. π is updated by PPO-clip on w = π(x|c)/π_old(x|c)
+(Eq. 5.12), with the KL to the reference a in the loss as k3 per token (Eq. 5.9), as published; or, as an
+option, with the sampled k1 = log π_old(x|c) − log a(x|c) in the reward, after the normalisation (so that β
 keeps its meaning as the weight of KL(π‖a)). ``scale=False`` leaves out the division by the group's std.
 
-As in the rest of the course a whole response is one action (one ratio per sequence), and a response's
-token terms are summed, not averaged over its length. On an exact batch of the prompted lab the advantage
-is its exact expectation over the other k − 1 responses (Eq. 5.22), so the loss's gradient is the exact
-expectation of the Monte-Carlo gradient (``experiments/conditional_lab.py`` measures it).
+``loss_agg`` is how a response's token terms are added up (Eq. 5.27): ``seq_sum`` sums them (the whole response is
+one term); ``token_mean`` divides the sum by the response's length |x| (GRPO as published, TRL's ``grpo``);
+``constant`` divides it by the largest response length L (Dr. GRPO, Liu et al. 2025; TRL's ``dr_grpo``). On the
+first step on a batch the three gradients are Σ_i ν_i A_i ∇log π(x_i|c) with ν_i = 1, 1/|x_i| and 1/L.
+
+As in the rest of the course a whole response is one action (one ratio per sequence). On an exact batch of the
+prompted lab the advantage is its exact expectation over the other G − 1 responses (Eq. 5.22), so the loss's
+gradient is the exact expectation of the Monte-Carlo gradient (``experiments/conditional_lab.py`` measures it).
 """
 from __future__ import annotations
 
@@ -23,6 +27,28 @@ from .policy_gradient import (checked_rewards, expected_group_advantage, group_n
                               leave_one_out_baseline, ppo_clip_coefficients, ref_token_logprobs, weighted_surrogate)
 
 KL_MODES = ("k3_loss", "k1_reward")
+LOSS_AGGS = ("seq_sum", "token_mean", "constant")
+
+
+def response_lengths(tokens, prompt_len, eos_id: int) -> np.ndarray:
+    """|x| of every row: the response's tokens up to and including its first EOS (the prompt's tokens left out)."""
+    tokens = np.asarray(tokens)
+    start = np.zeros(len(tokens), np.int64) if prompt_len is None else np.asarray(prompt_len, np.int64)
+    cols = np.arange(tokens.shape[1])
+    eos = (tokens == eos_id) & (cols[None, :] >= start[:, None])
+    end = np.where(eos.any(axis=1), eos.argmax(axis=1) + 1, tokens.shape[1])
+    return (end - start).astype(np.float64)
+
+
+def aggregation_weights(loss_agg: str, lengths, max_length: int) -> np.ndarray:
+    """Eq. (5.27): the factor ν_i of response i's summed token terms: 1, 1/|x_i| or 1/L."""
+    if loss_agg == "seq_sum":
+        return np.ones(len(lengths))
+    if loss_agg == "token_mean":
+        return 1.0 / np.asarray(lengths, np.float64)
+    if loss_agg == "constant":
+        return np.full(len(lengths), 1.0 / max_length)
+    raise ValueError(f"unknown loss aggregation {loss_agg!r}; GRPO takes one of {LOSS_AGGS}")
 
 
 class GRPO(Method):
@@ -33,7 +59,8 @@ class GRPO(Method):
     name = "grpo"
 
     def __init__(self, ref, reward_fn, prompts=None, group_size: int = 4, beta: float = 0.04, clip: float = 0.2,
-                 kl: str = "k3_loss", scale: bool = True, epochs: int = 1, tokenizer=None):
+                 kl: str = "k3_loss", scale: bool = True, epochs: int = 1, tokenizer=None,
+                 loss_agg: str = "seq_sum"):
         if int(group_size) != group_size or group_size < 2:
             raise ValueError(f"GRPO needs groups of at least 2 responses per prompt (the standard deviation of a "
                              f"group of one reward is undefined); got group_size = {group_size}")
@@ -45,8 +72,10 @@ class GRPO(Method):
             raise ValueError(f"unknown KL mode {kl!r}; GRPO takes one of {KL_MODES}")
         if int(epochs) != epochs or epochs < 1:
             raise ValueError(f"epochs (optimizer steps per batch) must be a whole number ≥ 1; got {epochs}")
+        if loss_agg not in LOSS_AGGS:
+            raise ValueError(f"unknown loss aggregation {loss_agg!r}; GRPO takes one of {LOSS_AGGS}")
         self.ref, self.reward_fn, self.beta, self.clip, self.kl = ref, reward_fn, float(beta), float(clip), kl
-        self.scale, self.epochs, self.tokenizer = bool(scale), int(epochs), tokenizer
+        self.scale, self.epochs, self.tokenizer, self.loss_agg = bool(scale), int(epochs), tokenizer, loss_agg
         self.set_prompts(prompts if prompts is not None else Prompts.empty(ref.config.eos_id), group_size)
         self._batch, self._left = None, 0
 
@@ -73,20 +102,38 @@ class GRPO(Method):
         metrics = {"reward": float(np.sum(w * r)), "beta": self.beta}
         if not batch.exact:
             metrics.update(kl_estimates(batch.log_q, batch.log_ref))
+        lengths = response_lengths(batch.tokens, batch.prompt_len, self.ref.config.eos_id)
+        metrics["response_length"] = float(np.sum(w * lengths) / np.sum(w))
+        c = aggregation_weights(self.loss_agg, lengths, self.max_response_length(batch))
         adv = self.advantages(r, batch)
-        if self.kl == "k1_reward":  # − β k1, with the leave-one-out baseline of its group (none on an exact batch)
+        if self.kl == "k1_reward":  # − β k1, with the leave-one-out baseline of its group (its mean on an exact batch)
             k1 = batch.log_q - batch.log_ref
-            adv = adv - self.beta * (k1 - (0.0 if batch.exact else leave_one_out_baseline(k1, batch.group)))
+            adv = adv - self.beta * (k1 - (self._expected_per_group(k1, batch) if batch.exact
+                                           else leave_one_out_baseline(k1, batch.group)))
         logp_tok = batch.token_logprobs(policy)
         logp = logp_tok.sum(axis=1)
         coef, metrics["clip_fraction"] = ppo_clip_coefficients(logp, batch.log_q, adv, w, self.clip)
-        loss = weighted_surrogate(logp, coef)
+        loss = weighted_surrogate(logp, coef * c)
         if self.kl == "k3_loss" and self.beta > 0:
-            loss = loss + self.beta * kl_loss(logp_tok, ref_token_logprobs(self.ref, batch), w, "k3_loss")
+            loss = loss + self.beta * kl_loss(logp_tok, ref_token_logprobs(self.ref, batch), w * c, "k3_loss")
         return loss, metrics
 
+    def max_response_length(self, batch: Batch) -> int:
+        """L of Eq. (5.27): the most tokens a response can have, its EOS included (block size − prompt length)."""
+        prompt = 0 if batch.prompt_len is None else int(np.max(batch.prompt_len))
+        return self.ref.config.block_size - prompt
+
+    @staticmethod
+    def _expected_per_group(values, batch: Batch) -> np.ndarray:
+        """E_{π_old(·|x)}[values] of each row's prompt on an exact batch: the expectation of the leave-one-out
+        baseline (with ``token_mean`` the 1/|x| weights make a baseline change the expected gradient)."""
+        q = np.exp(batch.log_q)
+        group = np.zeros(len(batch), np.int64) if batch.group is None else batch.group
+        return (np.bincount(group, weights=q * values) / np.bincount(group, weights=q))[group]
+
     def settings(self) -> dict:
-        return {"beta": self.beta, "clip": self.clip, "kl": self.kl, "scale": self.scale, "epochs": self.epochs}
+        return {"beta": self.beta, "clip": self.clip, "kl": self.kl, "scale": self.scale, "epochs": self.epochs,
+                "loss_agg": self.loss_agg}
 
     def state(self):
         out = {"left": self._left}

@@ -131,7 +131,7 @@ def whiten(adv) -> np.ndarray:
 
 
 def ppo_clip_coefficients(logp: Tensor, log_old, adv, weights, clip: float):
-    """Eq. (5.10): PPO-clip, E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] with ρ = π/π_old. The gradient of the chosen term is
+    """Eq. (5.12): PPO-clip, E[min(ρA, clip(ρ, 1−ε, 1+ε)A)] with ρ = π/π_old. The gradient of the chosen term is
     A·ρ·∇log π where the unclipped term is the minimum, and zero where the clip is active; returns the
     coefficients w·A·ρ·[unclipped] for :func:`weighted_surrogate` and the fraction of clipped samples."""
     ratio = np.exp(logp.numpy().astype(np.float64) - log_old)
@@ -178,13 +178,13 @@ def token_fdiv_terms(policy, ref, tokens, f: str, prompt_len=None) -> tuple[Tens
 
 
 def token_kl_terms(policy, ref, tokens, prompt_len=None) -> tuple[Tensor, Tensor]:
-    """:func:`token_fdiv_terms` with f = kl: log π(x_t | x_<t) and the analytic per-token KL_t of Eq. (5.16)."""
+    """:func:`token_fdiv_terms` with f = kl: log π(x_t | x_<t) and the analytic per-token KL_t of Eq. (5.10)."""
     return token_fdiv_terms(policy, ref, tokens, "kl", prompt_len)
 
 
 def kl_after(kl_tok: Tensor) -> np.ndarray:
     """Σ_{t' > t} KL_t' for every token t (strictly after t): the future KL that the choice of token t leads to,
-    which its score-function coefficient carries in the full-token estimator (Eq. 5.17)."""
+    which its score-function coefficient carries in the full-token estimator (Eq. 5.11)."""
     k = kl_tok.numpy().astype(np.float64)
     return np.cumsum(k[:, ::-1], axis=1)[:, ::-1] - k
 

@@ -110,12 +110,12 @@ class RLHF(Method):
         return loss, metrics
 
     def _full_token_loss(self, policy, batch, r, metrics):
-        """Eq. (5.17): β Σ_t KL_t at the visited prefixes, and token t credited with r − β Σ_{t' > t} KL_t'."""
+        """Eq. (5.11): β Σ_t KL_t at the visited prefixes, and token t credited with r − β Σ_{t' > t} KL_t'."""
         w, (logp_tok, kl_tok) = batch.weights, token_kl_terms(policy, self.ref, batch.tokens, batch.prompt_len)
         returns = r[:, None] - self.beta * kl_after(kl_tok)
         adv = returns - self._baseline(returns[:, 0], batch)[:, None]
         kl_seq = kl_tok.sum(axis=1)
-        metrics["kl_full_token"] = float(np.sum(w * kl_seq.numpy()))  # E_π Σ_t KL_t = KL(π‖a) (Eq. 5.16)
+        metrics["kl_full_token"] = float(np.sum(w * kl_seq.numpy()))  # E_π Σ_t KL_t = KL(π‖a) (Eq. 5.10)
         return weighted_surrogate(logp_tok, w[:, None] * adv) + self.beta * weighted_sum(kl_seq, w), metrics
 
     def after_step(self, policy, batch, metrics):
