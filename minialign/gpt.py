@@ -10,7 +10,7 @@ EOS-terminated sequences of length ≤ ``block_size`` sum to exactly 1 (Eq. 2.8)
 
 Prompts (chapter 05, §12): a prompt x is a prefix of a row, P tokens none of which is EOS; the response y is
 the rest of the row, its EOS included. ``prompt_len`` leaves the prompt's tokens out of the sum, so that
-``sequence_logprob(rows, prompt_len)`` is log π(y | x) (Eq. 5.18), and ``generate(n, prompts=...)`` primes the
+``sequence_logprob(rows, prompt_len)`` is log π(y | x) (Eq. 5.19), and ``generate(n, prompts=...)`` primes the
 KV cache on BOS and the prompt and samples y. Without a prompt (``prompt_len`` None or 0) nothing changes.
 """
 from __future__ import annotations
@@ -230,7 +230,7 @@ class GPT(Module):
     def token_logprobs(self, x, prompt_len=None) -> Tensor:
         """log π(x_t | x_<t) for every position of rows ``x [B, L]``: a Tensor ``[B, L]`` that is zero at padding
         and at the forced EOS (log 1), so that its row sums are Eq. (2.7); zero too at the first
-        ``prompt_len[b]`` positions of row b when given, so that the row sums are log π(y | x), Eq. (5.18)."""
+        ``prompt_len[b]`` positions of row b when given, so that the row sums are log π(y | x), Eq. (5.19)."""
         inp, targets, counted = self._shift(x, prompt_len)
         # the head and the log-probabilities in one op: a backend with the chunked kernel never holds all logits
         return F.linear_logprobs(self.hidden_states(inp), self.wte.weight, np.where(counted, targets, -100))
@@ -245,7 +245,7 @@ class GPT(Module):
     def sequence_logprob(self, x, prompt_len=None) -> Tensor:
         """Eq. (2.7): log π(x) = Σ_t log π(x_t | x_<t) over each row's tokens up to and including its first
         EOS (later columns are padding); the forced EOS at position block_size − 1 contributes log 1 = 0.
-        With ``prompt_len [B]``, Eq. (5.18): log π(y | x), the sum from position ``prompt_len[b]`` on.
+        With ``prompt_len [B]``, Eq. (5.19): log π(y | x), the sum from position ``prompt_len[b]`` on.
 
         Differentiable: returns a Tensor ``[B]``.
         """
@@ -261,7 +261,7 @@ class GPT(Module):
         model's own (temperature 1, no top-k), accumulated step by step: they equal :meth:`sequence_logprob`.
 
         ``prompts`` (ids ``[B, P]``, see :meth:`check_prompts`): each row starts with its prompt, the KV cache is
-        primed on BOS and the prompt in one pass, and the returned log-probability is log π(y | x), Eq. (5.18).
+        primed on BOS and the prompt in one pass, and the returned log-probability is log π(y | x), Eq. (5.19).
         """
         cfg = self.config
         if not _whole(num_samples) or num_samples < 1:

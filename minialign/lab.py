@@ -157,7 +157,7 @@ class PromptedLab:
 
     The (x, y) pairs are the rows of ``sequences`` (prompt and response, padded with EOS), grouped by prompt:
     ``group[i]`` is the prompt of row i, ``prompt_len[i]`` its length, ``row_prompt_probs[i]`` its ρ(x). On
-    them a model is a conditional distribution π(y|x) that sums to 1 within each group (Eq. 5.18), and every
+    them a model is a conditional distribution π(y|x) that sums to 1 within each group (Eq. 5.19), and every
     per-prompt quantity — Z(x), the optimum π*(·|x), divergences averaged over ρ — is a finite sum.
     """
 

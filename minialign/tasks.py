@@ -204,7 +204,7 @@ def run_rlhf(reward, ctx: RunContext | None = None, **options):
 
 def run_dpo(pairs, ctx: RunContext | None = None, beta: float = 0.1, prompt_length: int = 0):
     """DPO (chapter 05) on preference pairs of names; with ``prompt_length`` k > 0, on triples: each pair shares
-    its first k letters, the prompt, and the log-ratios are those of the completions (Eq. 5.20)."""
+    its first k letters, the prompt, and the log-ratios are those of the completions (Eq. 5.21)."""
     from .trainers.dpo import DPO
 
     return run_pairs(DPO, pairs, ctx, beta=beta, prompt_length=prompt_length)
@@ -256,7 +256,7 @@ def run_grpo(reward, ctx: RunContext | None = None, **options):
     """GRPO (chapter 05, §12) against ``reward`` (names → rewards, of the whole name); ``options`` are
     ``trainers.grpo.GRPO``'s: ``group_size`` completions per prompt of ``prompts`` (None: the empty prompt, groups
     of unconditional samples), ``beta``, ``clip``, ``kl``, ``scale``, ``epochs``,
-    ``loss_agg`` (Eq. 5.27). Returns (policy, history)."""
+    ``loss_agg`` (Eq. 5.26). Returns (policy, history)."""
     from .trainers.grpo import GRPO
 
     ctx = with_base(ctx)

@@ -100,14 +100,7 @@ def out_of_order(text: str):
     return [f"(.{m}) after (.{max(minors[:i])})" for i, m in enumerate(minors) if i and m < max(minors[:i])]
 
 
-# Chapter 05 is renumbered on another branch (issue 24): drop it from here once that branch is merged.
-RENUMBERED_ELSEWHERE = {"05-rlhf.md"}
-
-
-@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.xfail(reason="renumbered on another branch",
-                                                                             strict=False))
-                                     if c.name in RENUMBERED_ELSEWHERE else c for c in CHAPTERS],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
 def test_equations_are_numbered_in_the_order_they_appear(chapter):
     assert not out_of_order(chapter.read_text())
 
@@ -222,10 +215,7 @@ def test_the_notation_box_defines_the_symbols_the_chapters_share():
     assert "ρ" in retired
 
 
-@pytest.mark.parametrize("chapter", [pytest.param(c, marks=pytest.mark.xfail(reason="renotated on another branch",
-                                                                             strict=False))
-                                     if c.name in RENUMBERED_ELSEWHERE else c for c in CHAPTERS],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name)
 def test_no_symbol_of_the_notation_box_is_redefined_near_an_equation(chapter):
     problems = redefinitions(chapter.read_text(), *BOX)
     assert not problems, "\n".join(problems)

@@ -18,7 +18,7 @@ from minialign.trainers.policy_gradient import leave_one_out_baseline
 from minialign.trainers.rlhf import RLHF
 
 
-# ------------------------------------------------------------------------------ the GPT with prompts (Eq. 5.18)
+# ------------------------------------------------------------------------------ the GPT with prompts (Eq. 5.19)
 def test_no_prompt_leaves_every_log_probability_unchanged():
     """prompt_len None or 0 is the unconditional model, bit for bit; a prompt of P tokens zeroes the first P."""
     model = lab_model(1, vocab_size=4, block_size=5)
@@ -34,7 +34,7 @@ def test_no_prompt_leaves_every_log_probability_unchanged():
 
 @pytest.mark.parametrize("length", [1, 2])
 def test_conditional_distribution_sums_to_one_and_times_the_prefix_gives_the_joint(length):
-    """Eq. (5.18): Σ_y π(y|x) = 1 for every prompt x, and log π(x, y) = log π(x as a prefix) + log π(y|x), where
+    """Eq. (5.19): Σ_y π(y|x) = 1 for every prompt x, and log π(x, y) = log π(x as a prefix) + log π(y|x), where
     π(x as a prefix) = Σ of π over every sequence that begins with x."""
     model = lab_model(2, vocab_size=4, block_size=5)
     plab = PromptedLab.first_tokens(model, length)
@@ -151,7 +151,7 @@ def test_sampled_batches_hold_groups_of_one_prompt():
 
 
 def test_leave_one_out_baseline_stays_within_each_group():
-    """Eq. (5.19): b_i is the mean of the other responses to the same prompt; without groups, of the whole batch."""
+    """Eq. (5.20): b_i is the mean of the other responses to the same prompt; without groups, of the whole batch."""
     v = np.array([1.0, 2.0, 6.0, 10.0, 20.0])
     group = np.array([0, 0, 0, 1, 1])
     np.testing.assert_allclose(leave_one_out_baseline(v, group), [4.0, 3.5, 1.5, 20.0, 10.0])
@@ -159,10 +159,10 @@ def test_leave_one_out_baseline_stays_within_each_group():
     np.testing.assert_allclose(leave_one_out_baseline(v, np.arange(5)), 0.0)  # groups of one: no baseline
 
 
-# ------------------------------------------------------------------------------ RLHF with prompts (Eq. 5.19)
+# ------------------------------------------------------------------------------ RLHF with prompts (Eq. 5.20)
 def test_conditional_rloo_expected_gradient_is_the_kl_control_gradient():
     """On an exact batch (every (x, y) weighted by ρ(x) π(y|x)) the conditional RLOO loss with k1 in the reward has
-    the gradient −∇J of Eq. (5.19), J = Σ_x ρ(x)(E_π r − β KL(π(·|x)‖a(·|x))), by autograd through the lab."""
+    the gradient −∇J of Eq. (5.20), J = Σ_x ρ(x)(E_π r − β KL(π(·|x)‖a(·|x))), by autograd through the lab."""
     a, policy, plab, r, beta = prompted_lab(0)
     method = RLHF(a, lab_fn(plab, r), beta=beta, algo="reinforce", prompts=plab.prompts, group_size=4)
     g = exact_grad(method, policy, exact_batch(plab, policy, ref=a))
@@ -193,7 +193,7 @@ def test_conditional_rloo_drives_the_mean_kl_to_the_optimum_below_005():
     assert j_star - 1e-12 <= j_star and j > j_star - 0.05
 
 
-# ------------------------------------------------------------------------------ DPO on triples (Eq. 5.20)
+# ------------------------------------------------------------------------------ DPO on triples (Eq. 5.21)
 def test_dpo_on_triples_is_dpo_on_whole_rows_when_the_pair_shares_its_prompt():
     """The prompt's log-probability is common to y_w and y_l under π and under a, so it cancels in the margin:
     the loss with the prompt masked equals the loss on the whole rows (to rounding)."""
@@ -238,7 +238,7 @@ def expected_conditional_dpo_gradient(a, plab, r, beta, policy):
 
 
 def test_conditional_dpo_expected_gradient_vanishes_at_the_conditional_optimum_and_only_there():
-    """Eq. (5.20): with triples (x, y_w, y_l), the expected DPO gradient is zero at π*(·|x) ∝ a(·|x) e^{r/β} for every
+    """Eq. (5.21): with triples (x, y_w, y_l), the expected DPO gradient is zero at π*(·|x) ∝ a(·|x) e^{r/β} for every
     prompt, and not at a, nor at the optimum for 2β."""
     a, _, plab, r, beta = prompted_lab(4, block_size=4)
     log_a = np.log(plab.distribution(a))

@@ -26,9 +26,9 @@ from minialign.trainers.grpo import GRPO, response_lengths
 from minialign.trainers.policy_gradient import expected_group_advantage, group_normalised_advantages
 
 
-# ------------------------------------------------------------------------------ the advantage (Eqs. 5.21–5.22)
+# ------------------------------------------------------------------------------ the advantage (Eqs. 5.22–5.23)
 def test_group_normalised_advantages_by_hand():
-    """Eq. (5.21): (r − mean)/(std + 1e-4) within each group, std with the k − 1 divisor; equal rewards give 0."""
+    """Eq. (5.22): (r − mean)/(std + 1e-4) within each group, std with the k − 1 divisor; equal rewards give 0."""
     r = np.array([1.0, 2.0, 3.0, 5.0, 5.0, 0.0, 4.0])
     g = np.array([0, 0, 0, 1, 1, 2, 2])
     a = group_normalised_advantages(r, g)
@@ -42,7 +42,7 @@ def test_group_normalised_advantages_by_hand():
 
 @pytest.mark.parametrize("k", [2, 3, 5])
 def test_expected_group_advantage_matches_monte_carlo(k):
-    """Eq. (5.22): ā(y) = E[A_1 | y_1 = y], by enumerating the other k − 1 responses, against 40 000 simulated
+    """Eq. (5.23): ā(y) = E[A_1 | y_1 = y], by enumerating the other k − 1 responses, against 40 000 simulated
     groups per response (each estimate within 5 of its standard errors)."""
     rng = np.random.default_rng(k)
     p, r = rng.dirichlet(np.ones(5)), rng.normal(size=5)
@@ -67,7 +67,7 @@ def test_without_the_std_the_expected_advantage_is_the_centred_reward_times_k_mi
 
 
 def test_grpo_exact_batch_gradient_is_the_expectation_of_its_monte_carlo_gradient():
-    """The loss on an exact batch of the prompted lab (advantages of Eq. 5.22, k3 in the loss) has as gradient the
+    """The loss on an exact batch of the prompted lab (advantages of Eq. 5.23, k3 in the loss) has as gradient the
     mean of GRPO's gradient over sampled batches of groups: 400 batches of 16 groups of 4, every coordinate within 5
     standard errors (and the two vectors within 5% of each other)."""
     a, policy, plab, r, beta = prompted_lab(1, block_size=4)
@@ -95,7 +95,7 @@ def test_grpo_gradient_against_the_true_kl_control_gradient():
 
 
 def test_the_std_turns_the_reward_gradient_towards_one_weighted_by_one_over_sigma():
-    """As k grows the std-normalised reward gradient points along Σ_x ρ(x)/σ_π(x)·∇E_π[r(x,·)] (Eq. 5.24): its
+    """As k grows the std-normalised reward gradient points along Σ_x ρ(x)/σ_π(x)·∇E_π[r(x,·)] (Eq. 5.25): its
     direction error against it falls with k (measured 0.30, 0.23, 0.13, 0.06 at k = 2, 4, 8, 16 on this lab, whose
     prompts have σ_π = 0.13 and 1.34), while against the unweighted reward gradient it stays near 1 (1.20, 1.15,
     1.08, 1.05)."""
@@ -109,10 +109,10 @@ def test_the_std_turns_the_reward_gradient_towards_one_weighted_by_one_over_sigm
     assert errors[-1] < 0.1 and scaled_error(g["reward_std"], g["true_reward"]) > 3 * errors[-1], errors
 
 
-# ------------------------------------------------------------------------------ what GRPO optimises (Eq. 5.23)
+# ------------------------------------------------------------------------------ what GRPO optimises (Eq. 5.24)
 @pytest.mark.parametrize("scale", [True, False])
 def test_grpo_expected_updates_reach_the_predicted_fixed_point(scale):
-    """With k1 in the reward, GRPO's expected update vanishes where π(y|x) ∝ a(y|x) e^{ā_π(x,y)/β} (Eq. 5.23).
+    """With k1 in the reward, GRPO's expected update vanishes where π(y|x) ∝ a(y|x) e^{ā_π(x,y)/β} (Eq. 5.24).
     400 steps of exact expected gradients take the tiny GPT there (KL below 1e-4; measured ~1e-6), far from the
     KL-control optimum π* when the std divides (KL(π̃‖π*) 0.27 here). Without the std the fixed point is π* at
     β·k/(k−1), to 1e-10."""
@@ -134,7 +134,7 @@ def test_grpo_expected_updates_reach_the_predicted_fixed_point(scale):
 
 def test_with_the_std_grpo_ignores_how_large_each_prompts_rewards_are():
     """Dividing by the group's std makes the advantage, and so the fixed point, invariant to rescaling r(x,·) by
-    any c(x) > 0 (up to the ε of Eq. 5.21, which leaves a KL of 7e-6 here): the KL-control optimum is not, nor is
+    any c(x) > 0 (up to the ε of Eq. 5.22, which leaves a KL of 7e-6 here): the KL-control optimum is not, nor is
     GRPO without the std (both move by more than 0.05 nats)."""
     a, _, plab, r, beta = prompted_lab(3, block_size=4)
     log_a = np.log(plab.distribution(a))
@@ -207,7 +207,7 @@ def test_grpo_refuses_bad_settings():
 # ------------------------------------------------------------------------------ the std's difficulty bias (§12)
 def test_the_std_reweights_a_pass_fail_prompt_by_one_over_sigma_only_as_the_group_grows():
     """A pass/fail prompt with solve rate p: GRPO's exact expected logit update is (k−1)/k·p(1−p) without the std,
-    and with it tends to p(1−p)/σ = √(p(1−p)) (Eq. 5.24) as k grows; easy and hard prompts (p and 1 − p) get the
+    and with it tends to p(1−p)/σ = √(p(1−p)) (Eq. 5.25) as k grows; easy and hard prompts (p and 1 − p) get the
     same update either way. At k = 4 the std barely changes the ratio of a 50% prompt's update to a 1% prompt's
     (23.6 with it, 25.3 without: measured 0.3498/0.0148 and 0.1875/0.0074); it never gives them the same weight."""
     for k in (2, 4, 16):
@@ -220,7 +220,7 @@ def test_the_std_reweights_a_pass_fail_prompt_by_one_over_sigma_only_as_the_grou
     assert pass_fail_update(0.1, 400) == pytest.approx(np.sqrt(0.09), rel=0.02)
 
 
-# ------------------------------------------------------------------------------ how a response's tokens add up (5.27)
+# ------------------------------------------------------------------------------ how a response's tokens add up (5.26)
 def test_response_lengths_count_the_response_and_its_eos():
     rows = np.array([[3, 0, 0, 0], [3, 1, 2, 0], [3, 1, 0, 0]])
     np.testing.assert_array_equal(response_lengths(rows, np.array([1, 1, 1]), 0), [1, 3, 2])
@@ -228,8 +228,8 @@ def test_response_lengths_count_the_response_and_its_eos():
 
 
 def test_each_aggregation_has_the_expected_update_it_states():
-    """Eq. (5.27) on an exact batch (β = 0, std): ``seq_sum``'s gradient is −Σ_x ρ Σ_y π ā ∇log π(y|x) (autograd through
-    the enumeration, ā of Eq. 5.22), ``token_mean``'s the same with ā/|y|, and ``constant``'s is ``seq_sum``'s over
+    """Eq. (5.26) on an exact batch (β = 0, std): ``seq_sum``'s gradient is −Σ_x ρ Σ_y π ā ∇log π(y|x) (autograd through
+    the enumeration, ā of Eq. 5.23), ``token_mean``'s the same with ā/|y|, and ``constant``'s is ``seq_sum``'s over
     L = the longest response (block size − prompt length), all to rounding."""
     a, policy, plab, r, _ = prompted_lab(0, block_size=5)
     p = plab.distribution(policy)
@@ -286,7 +286,7 @@ def test_the_token_mean_makes_wrong_responses_longer_and_right_ones_shorter():
 def test_with_k1_in_the_reward_the_token_mean_changes_the_path_not_the_fixed_point():
     """With the KL in the reward (and its baseline) the token mean's update vanishes where (ā − β(log π/a − KL))/|y|
     is constant in y, i.e. log π = log a + ā/β − λ|y|/β + const with λ = E_π[ā]/E_π|y| = 0 (ā has mean 0): the fixed
-    point of Eq. (5.23), the same as the sequence sum's (KL below 1e-8 after 400 steps of the exact expected update),
+    point of Eq. (5.24), the same as the sequence sum's (KL below 1e-8 after 400 steps of the exact expected update),
     though on the way the wrong responses first grow longer (by more than 0.2 tokens)."""
     a, plab, r, _ = length_lab(0)
     fixed = np.exp(grpo_fixed_point(plab, np.log(plab.distribution(a)), r, 0.5, 4))
@@ -296,7 +296,7 @@ def test_with_k1_in_the_reward_the_token_mean_changes_the_path_not_the_fixed_poi
 
 
 def test_a_pass_fail_prompts_fixed_point_depends_on_its_solve_rate_with_or_without_the_std():
-    """Eq. (5.23) for a two-outcome prompt, β = 0.5, k = 4. Without the std it is π* at β·k/(k−1) in closed form (to
+    """Eq. (5.24) for a two-outcome prompt, β = 0.5, k = 4. Without the std it is π* at β·k/(k−1) in closed form (to
     1e-10). With it, the fixed point is unchanged by rescaling the reward but not by the solve rate: a prompt solved 1%
     of the time by a ends 0.29 nats from a, one solved 10% of the time 0.89 (measured 0.289 and 0.886)."""
     beta, k = 0.5, 4

@@ -5,15 +5,15 @@ quantity — Z(x), the optimum π*(y|x) ∝ a(y|x) e^{r(x,y)/β}, KL averaged ov
 a trainer's loss on an exact batch has as gradient the exact expectation of its Monte-Carlo gradient. Here:
 
 * ``prompted_lab``: a base model a, a policy π near it, the prompted lab (ρ not uniform), a reward r(x, y);
-* ``conditional_optimum`` / ``conditional_objective``: Eqs. (5.18)–(5.19) per prompt;
-* ``grpo_gradients``: GRPO's exact expected gradient (Eq. 5.22) against the true KL-control gradient, split into
+* ``conditional_optimum`` / ``conditional_objective``: Eqs. (5.19)–(5.20) per prompt;
+* ``grpo_gradients``: GRPO's exact expected gradient (Eq. 5.23) against the true KL-control gradient, split into
   its reward part and its KL part, with and without the division by the group's std — the table of §12;
 * ``grpo_fixed_point``: where GRPO's expected update vanishes for a policy that can represent anything
-  (Eq. 5.23): π(y|x) ∝ a(y|x) e^{ā_π(x,y)/β}, with ā the expected group advantage;
+  (Eq. 5.24): π(y|x) ∝ a(y|x) e^{ā_π(x,y)/β}, with ā the expected group advantage;
 * ``pass_fail_update``: GRPO's exact expected update of a pass/fail prompt's logit at solve rate p (the std's
   difficulty bias, Liu et al. 2025);
 * ``aggregation_gradient`` / ``length_lab`` / ``tabular_lengths``: the three ways of adding up a response's
-  token terms (Eq. 5.27) — their exact expected updates and the lengths of right and wrong responses they lead to;
+  token terms (Eq. 5.26) — their exact expected updates and the lengths of right and wrong responses they lead to;
 * ``train_exact``: a trainer run on exact batches — its expected gradient, with no sampling noise.
 """
 from __future__ import annotations
@@ -56,7 +56,7 @@ def trainable(model):
 
 
 def conditional_optimum(plab, log_a, r, beta):
-    """Eq. (5.19) per prompt: π*(y|x) = a(y|x) e^{r(x,y)/β} / Z(x). Returns (log π* over the rows, log Z(x) [m])."""
+    """Eq. (5.20) per prompt: π*(y|x) = a(y|x) e^{r(x,y)/β} / Z(x). Returns (log π* over the rows, log Z(x) [m])."""
     return plab.normalise(np.asarray(log_a, np.float64) + np.asarray(r, np.float64) / beta)
 
 
@@ -74,14 +74,14 @@ def reward_std(plab, p, r) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ GRPO's gradient (§12)
 def grpo_gradients(plab, a, policy, r, beta, k, clip=0.2, which=None):
-    """GRPO's exact expected loss gradient (Eq. 5.22) next to the truths it is compared with, all flattened.
+    """GRPO's exact expected loss gradient (Eq. 5.23) next to the truths it is compared with, all flattened.
 
     Returns a dict (only the keys in ``which``, if given): ``grpo`` (as published: std, k3 in the loss),
     ``grpo_no_std`` (k3, no division), ``grpo_k1`` (std, k1 in the reward), ``grpo_k1_no_std``; their reward
     parts ``reward_std`` and ``reward_no_std`` (β = 0) and KL part ``kl_k3`` (reward 0); and the truths by
-    autograd through the enumeration: ``true`` = −∇J (J of Eq. 5.19), ``true_reward`` = −∇ Σ_x ρ E_π[r],
+    autograd through the enumeration: ``true`` = −∇J (J of Eq. 5.20), ``true_reward`` = −∇ Σ_x ρ E_π[r],
     ``true_kl`` = β∇ Σ_x ρ KL(π‖a), ``true_kl_forward`` = β∇ Σ_x ρ KL(a‖π), and ``sigma_reward`` =
-    −∇ Σ_x ρ(x) E_π[r]/σ_π(x) with σ held fixed (Eq. 5.24).
+    −∇ Σ_x ρ(x) E_π[r]/σ_π(x) with σ held fixed (Eq. 5.25).
     """
     batch = exact_batch(plab, policy, ref=a)
     reward, zero = lab_fn(plab, r), (lambda b: np.zeros(len(b)))
@@ -150,9 +150,9 @@ def grpo_gradient_survey(seeds=GRPO_SEEDS, k=4, **lab_kwargs) -> dict:
 
 # ------------------------------------------------------------------------------ what GRPO converges to
 def grpo_fixed_point(plab, log_a, r, beta, k, scale=True, damping=0.5, tol=1e-12, max_iter=10_000):
-    """Eq. (5.23): the conditional distribution at which GRPO's expected update (k1 in the reward, or any exact
+    """Eq. (5.24): the conditional distribution at which GRPO's expected update (k1 in the reward, or any exact
     KL gradient) vanishes for a policy that can represent every π(·|x): π(y|x) ∝ a(y|x) exp(ā_π(x, y)/β), with
-    ā_π the expected group advantage of Eq. (5.22) under π itself, prompt by prompt (:func:`group_fixed_point`).
+    ā_π the expected group advantage of Eq. (5.23) under π itself, prompt by prompt (:func:`group_fixed_point`).
     Returns log π over the rows.
 
     Without the division by the std, ā = (k−1)/k·(r − E_π r) and the fixed point is π* at β·k/(k−1); with it,
@@ -166,7 +166,7 @@ def grpo_fixed_point(plab, log_a, r, beta, k, scale=True, damping=0.5, tol=1e-12
 
 
 def group_fixed_point(log_a, r, beta, k, scale=True, damping=0.5, tol=1e-12, max_iter=10_000):
-    """Eq. (5.23) for one prompt: log π with π ∝ a·exp(ā_π/β), by damped fixed-point iteration in log space."""
+    """Eq. (5.24) for one prompt: log π with π ∝ a·exp(ā_π/β), by damped fixed-point iteration in log space."""
     log_a, r = np.asarray(log_a, dtype=np.float64), np.asarray(r, dtype=np.float64)
     log_pi = log_a - np.logaddexp.reduce(log_a)
     for _ in range(max_iter):
@@ -182,16 +182,16 @@ def group_fixed_point(log_a, r, beta, k, scale=True, damping=0.5, tol=1e-12, max
 # ------------------------------------------------------------------------------ the std's difficulty bias
 def pass_fail_update(p, k, scale=True) -> float:
     """GRPO's exact expected update of the logit θ of a pass/fail prompt, π(right) = p = σ(θ), reward 1 or 0:
-    Σ_y π(y) ā(y) ∂log π(y)/∂θ = p(1 − p)·(ā(right) − ā(wrong)), with ā of Eq. (5.22) for groups of k.
+    Σ_y π(y) ā(y) ∂log π(y)/∂θ = p(1 − p)·(ā(right) − ā(wrong)), with ā of Eq. (5.23) for groups of k.
 
-    Without the std it is (k−1)/k·p(1 − p); with it, as k → ∞, p(1 − p)/σ = √(p(1 − p)) (Eq. 5.24's 1/σ)."""
+    Without the std it is (k−1)/k·p(1 − p); with it, as k → ∞, p(1 − p)/σ = √(p(1 − p)) (Eq. 5.25's 1/σ)."""
     probs = np.array([1.0 - p, p])
     adv = expected_group_advantage(probs, np.array([0.0, 1.0]), k, scale=scale)
     return float(p * (1 - p) * (adv[1] - adv[0]))
 
 
 def pass_fail_fixed_point(p, beta, k, scale=True) -> tuple[float, float]:
-    """Eq. (5.23) for a pass/fail prompt that a solves with probability p: (the solve rate at GRPO's fixed point,
+    """Eq. (5.24) for a pass/fail prompt that a solves with probability p: (the solve rate at GRPO's fixed point,
     its KL(π̃‖a)), for groups of k."""
     log_a, r = np.log([1.0 - p, p]), np.array([0.0, 1.0])
     log_pi = group_fixed_point(log_a, r, beta, k, scale=scale)
@@ -209,7 +209,7 @@ def length_lab(seed=0, block_size=5):
 
 
 def aggregation_gradient(plab, a, policy, r, k, loss_agg, scale=True) -> np.ndarray:
-    """The exact expected gradient of GRPO's reward part (β = 0) under ``loss_agg`` (Eq. 5.27)."""
+    """The exact expected gradient of GRPO's reward part (β = 0) under ``loss_agg`` (Eq. 5.26)."""
     method = GRPO(a, lab_fn(plab, r), plab.prompts, k, beta=0.0, scale=scale, loss_agg=loss_agg)
     return exact_grad(method, policy, exact_batch(plab, policy, ref=a))
 
@@ -222,8 +222,8 @@ def conditional_length(plab, p, lengths, where) -> float:
 
 def tabular_lengths(loss_agg, steps=300, lr=0.5, k=4, beta=0.0, scale=True, seed=0):
     """GRPO's exact expected update on a policy with one logit per response (any π(·|x)), in the natural geometry:
-    log π(x|c) += lr·(f(x) − E_π f) with f(x) = ν(x)·(ā_π(x) − β(log π(x)/a(x) − KL(π‖a))) — Eq. (5.27)'s ν of
-    ``loss_agg``, ā of Eq. (5.22), k1 in the reward with its expected baseline. Under it the odds of two responses
+    log π(x|c) += lr·(f(x) − E_π f) with f(x) = ν(x)·(ā_π(x) − β(log π(x)/a(x) − KL(π‖a))) — Eq. (5.26)'s ν of
+    ``loss_agg``, ā of Eq. (5.23), k1 in the reward with its expected baseline. Under it the odds of two responses
     with equal f never change, so with ``seq_sum`` (ν = 1) and β = 0 the lengths among wrong responses, and among
     right ones, stay where a put them; with ``token_mean`` (ν = 1/|x|) a negative ā favours the long wrong responses
     and a positive one the short right ones. On :func:`length_lab`. Returns arrays ``wrong``, ``right``, ``solved``

@@ -11,7 +11,7 @@ maximum a posteriori fit). The proxy is then optimised two ways, both exactly on
 * RLHF: the KL-control optimum π_β = a·e^{s/β}/Z (Eq. 5.6) for many β.
 
 Gold and proxy reward (each measured from its value under a) are plotted against d = √KL(π‖a), and the two
-functional forms of Gao et al. are fitted (Eq. 5.29): best-of-n R(d) = d(u − v·d), RL R(d) = d(u − v·log d).
+functional forms of Gao et al. are fitted (Eq. 5.28): best-of-n R(d) = d(u − v·d), RL R(d) = d(u − v·log d).
 
 ``python -m minialign.experiments overopt [--out DIR] [--quick]`` prints the tables and writes the figure.
 """
@@ -95,7 +95,7 @@ def infinite_data_proxy(p_a, gold, n_pairs=1e12, prior=1.0) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ two ways of optimising the proxy
 def best_of_n(p, score, n) -> np.ndarray:
-    """Eq. (5.28): the exact distribution of the best of n independent samples of p by ``score``, ties broken uniformly:
+    """Eq. (5.27): the exact distribution of the best of n independent samples of p by ``score``, ties broken uniformly:
     a block of sequences with equal score s is reached with probability F(s)^n − F(s⁻)^n (F the CDF of the score
     under p), shared within the block in proportion to p."""
     p, score = np.asarray(p, np.float64), np.asarray(score, np.float64)
@@ -108,12 +108,12 @@ def best_of_n(p, score, n) -> np.ndarray:
 
 
 def bon_kl_bound(n) -> float:
-    """Eq. (5.28): log n − (n−1)/n, KL(best-of-n ‖ p) for a continuous score and an upper bound when it has atoms."""
+    """Eq. (5.27): log n − (n−1)/n, KL(best-of-n ‖ p) for a continuous score and an upper bound when it has atoms."""
     return float(np.log(n) - (n - 1) / n)
 
 
 def tilted(p, score, beta) -> np.ndarray:
-    """Eqs. (5.6), (5.28) on the enumeration: π_β = p·e^{s/β}/Z."""
+    """Eqs. (5.6), (5.27) on the enumeration: π_β = p·e^{s/β}/Z."""
     logits = np.log(p) + np.asarray(score, np.float64) / beta
     return np.exp(logits - np.logaddexp.reduce(logits))
 
@@ -151,7 +151,7 @@ def curve_points(p_a, gold, proxy, how):
 
 
 def fit_form(d, gain, how) -> tuple[float, float, float]:
-    """Eq. (5.29) by least squares (points with d > 0): best-of-n R = d(u − v·d), RL R = d(u − v·log d) (Gao et al.).
+    """Eq. (5.28) by least squares (points with d > 0): best-of-n R = d(u − v·d), RL R = d(u − v·log d) (Gao et al.).
     Returns (u, v, R² of the fit)."""
     d, gain = np.asarray(d), np.asarray(gain)
     at = d > 1e-9
@@ -209,7 +209,7 @@ def summary(curves) -> str:
 
 def plot(curves, path, shown=(30, 1000, 10000)) -> None:
     """Gold (solid) and proxy (dashed) gain against √KL(π‖a), averaged over the data seeds at each n or β, for the
-    proxies fitted on the ``shown`` numbers of pairs; best-of-n left and RLHF right; the fitted forms (5.29) dotted;
+    proxies fitted on the ``shown`` numbers of pairs; best-of-n left and RLHF right; the fitted forms (5.28) dotted;
     the infinite-data proxy (the gold reward itself) in black."""
     import matplotlib
 
@@ -235,7 +235,7 @@ def plot(curves, path, shown=(30, 1000, 10000)) -> None:
         ax.set_xlabel("√KL(π‖a)  (nats^½)")
         ax.axhline(0.0, color="grey", lw=0.5)
     axes[0].set_ylabel("reward gain over a (mean of the data sets)")
-    axes[1].legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="dotted: fit of (5.29)",
+    axes[1].legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="dotted: fit of (5.28)",
                    title_fontsize=7.5)
     fig.tight_layout()
     fig.savefig(path, dpi=110, metadata={"Software": None})

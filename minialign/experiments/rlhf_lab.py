@@ -9,8 +9,8 @@ a dot product and every expected gradient is one backward pass. Here:
 * ``kl_gradient_variance`` / ``kl_variance_survey``: the exact variance of each choice's one-sample gradient;
 * ``goodhart_curve``: the optimum π*_β (Eq. 5.6) of a misspecified reward as β falls — §8;
 * ``dpo_lab``: the lab of DPO's fixed point (Eqs. 5.14–5.15) — §9;
-* seed 002 (§11): ``elbo_terms`` (Eq. 5.16) on the worked example ``WORKED_PRIOR``, ``WORKED_LIKELIHOOD``,
-  and the sampling layer, ``reparameterised_sample`` (Eq. 5.17) against ``seed002_sample``.
+* seed 002 (§11): ``elbo_terms`` (Eq. 5.17) on the worked example ``WORKED_PRIOR``, ``WORKED_LIKELIHOOD``,
+  and the sampling layer, ``reparameterised_sample`` (Eq. 5.18) against ``seed002_sample``.
 """
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def dpo_lab(seed=0, beta=0.5):
 def elbo_terms(log_prior, log_likelihood, q):
     """One observation x of a discrete latent-variable model p(z) p(x|z), and an encoder distribution q(z|x).
 
-    Returns (log p(x), E_q[log p(x|z)], KL(q‖p(z)), KL(q‖p(z|x))), with Eq. (5.16):
+    Returns (log p(x), E_q[log p(x|z)], KL(q‖p(z)), KL(q‖p(z|x))), with Eq. (5.17):
     log p(x) = E_q[log p(x|z)] − KL(q‖p(z)) + KL(q‖p(z|x)).
     """
     log_prior, log_likelihood, q = (np.asarray(v, dtype=np.float64) for v in (log_prior, log_likelihood, q))
@@ -183,7 +183,7 @@ def elbo_terms(log_prior, log_likelihood, q):
 
 
 def reparameterised_sample(mu, log_sigma, eps):
-    """Eq. (5.17): z = μ + σ·ε with σ = e^{log σ} and ε ~ N(0, 1): z ~ N(μ, σ²), differentiable in μ and log σ."""
+    """Eq. (5.18): z = μ + σ·ε with σ = e^{log σ} and ε ~ N(0, 1): z ~ N(μ, σ²), differentiable in μ and log σ."""
     return mu + log_sigma.exp() * eps
 
 

@@ -83,7 +83,7 @@ def sample_batch(sampler, n: int, rng, ref=None, tokenizer=None, prompts=None, g
     sampler and, if given, under the reference model ``ref``.
 
     With ``prompts`` (a ``prompts.Prompts``): n / ``group_size`` prompts drawn from ρ, and ``group_size``
-    responses to each (Eq. 5.19's groups); the log-probabilities are then log q(y|x) and log a(y|x)."""
+    responses to each (Eq. 5.20's groups); the log-probabilities are then log q(y|x) and log a(y|x)."""
     if prompts is None:
         tokens, log_q = sampler.generate(n, rng=rng)
         prompt_len = group = None

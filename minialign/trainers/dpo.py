@@ -3,7 +3,7 @@
 From π*(x) = a(x) e^{r(x)/β}/Z, the reward is r(x) = β log(π*(x)/a(x)) + β log Z; put into Bradley–Terry,
 Z cancels, and the preference likelihood becomes a loss on π directly — no reward model, no sampling.
 With prompts (chapter 05, §12) the pairs are triples (x, y_w, y_l) and every log-ratio is conditional:
-log π(y|x)/a(y|x), Eq. (5.20). The pairs, their batches and reference log-probabilities are ``pairs.PairMethod``'s.
+log π(y|x)/a(y|x), Eq. (5.21). The pairs, their batches and reference log-probabilities are ``pairs.PairMethod``'s.
 """
 from __future__ import annotations
 

@@ -1,19 +1,19 @@
 """GRPO (Shao et al. 2024, DeepSeekMath): group-relative policy optimisation (chapter 05, §12).
 
 For each prompt c, G responses x_1..x_G are drawn from π_old(·|c) and scored; a response's advantage is its
-reward standardised within its group, A_i = (r_i − mean r)/(std r + ε) (Eq. 5.21) — the other responses to
+reward standardised within its group, A_i = (r_i − mean r)/(std r + ε) (Eq. 5.22) — the other responses to
 the same prompt are the baseline, with no value network. π is updated by PPO-clip on w = π(x|c)/π_old(x|c)
 (Eq. 5.12), with the KL to the reference a in the loss as k3 per token (Eq. 5.9), as published; or, as an
 option, with the sampled k1 = log π_old(x|c) − log a(x|c) in the reward, after the normalisation (so that β
 keeps its meaning as the weight of KL(π‖a)). ``scale=False`` leaves out the division by the group's std.
 
-``loss_agg`` is how a response's token terms are added up (Eq. 5.27): ``seq_sum`` sums them (the whole response is
+``loss_agg`` is how a response's token terms are added up (Eq. 5.26): ``seq_sum`` sums them (the whole response is
 one term); ``token_mean`` divides the sum by the response's length |x| (GRPO as published, TRL's ``grpo``);
 ``constant`` divides it by the largest response length L (Dr. GRPO, Liu et al. 2025; TRL's ``dr_grpo``). On the
 first step on a batch the three gradients are Σ_i ν_i A_i ∇log π(x_i|c) with ν_i = 1, 1/|x_i| and 1/L.
 
 As in the rest of the course a whole response is one action (one ratio per sequence). On an exact batch of the
-prompted lab the advantage is its exact expectation over the other G − 1 responses (Eq. 5.22), so the loss's
+prompted lab the advantage is its exact expectation over the other G − 1 responses (Eq. 5.23), so the loss's
 gradient is the exact expectation of the Monte-Carlo gradient (``experiments/conditional_lab.py`` measures it).
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def response_lengths(tokens, prompt_len, eos_id: int) -> np.ndarray:
 
 
 def aggregation_weights(loss_agg: str, lengths, max_length: int) -> np.ndarray:
-    """Eq. (5.27): the factor ν_i of response i's summed token terms: 1, 1/|x_i| or 1/L."""
+    """Eq. (5.26): the factor ν_i of response i's summed token terms: 1, 1/|x_i| or 1/L."""
     if loss_agg == "seq_sum":
         return np.ones(len(lengths))
     if loss_agg == "token_mean":
@@ -52,7 +52,7 @@ def aggregation_weights(loss_agg: str, lengths, max_length: int) -> np.ndarray:
 
 
 class GRPO(Method):
-    """Eq. (5.21)–(5.22): group-normalised advantages, PPO-clip, and β·KL(π‖a) by k3 in the loss or k1 in the reward.
+    """Eq. (5.22)–(5.23): group-normalised advantages, PPO-clip, and β·KL(π‖a) by k3 in the loss or k1 in the reward.
 
     ``prompts`` None means the one empty prompt: groups of k unconditional samples."""
 
@@ -87,7 +87,7 @@ class GRPO(Method):
         return self._batch
 
     def advantages(self, r, batch: Batch) -> np.ndarray:
-        """Eq. (5.21) on a sampled batch; on an exact batch its expectation given the response, Eq. (5.22)."""
+        """Eq. (5.22) on a sampled batch; on an exact batch its expectation given the response, Eq. (5.23)."""
         if not batch.exact:
             return group_normalised_advantages(r, batch.group, scale=self.scale)
         adv = np.zeros(len(batch))
@@ -119,7 +119,7 @@ class GRPO(Method):
         return loss, metrics
 
     def max_response_length(self, batch: Batch) -> int:
-        """L of Eq. (5.27): the most tokens a response can have, its EOS included (block size − prompt length)."""
+        """L of Eq. (5.26): the most tokens a response can have, its EOS included (block size − prompt length)."""
         prompt = 0 if batch.prompt_len is None else int(np.max(batch.prompt_len))
         return self.ref.config.block_size - prompt
 

@@ -2,7 +2,7 @@
 squared loss on the margin of log-ratios, whose optimum stays finite where DPO's does not (chapter 05).
 
 With h(y) = log π(y) − log a(y) (h(y|x) with prompts) and a pair (y_w, y_l), DPO minimises −log σ(β(h_w − h_l))
-(Eq. 5.12): a loss that keeps falling as the margin grows, so on a pair whose preference is deterministic its
+(Eq. 5.14): a loss that keeps falling as the margin grows, so on a pair whose preference is deterministic its
 optimum runs to the boundary, π(y_l) → 0, whatever β. IPO regresses the margin onto a fixed target instead:
 
     loss = (h_w − h_l − 1/(2β))², averaged over pairs,
@@ -18,7 +18,7 @@ from .pairs import PairMethod, log_ratio_margins, margin_metrics
 
 
 class IPO(PairMethod):
-    """loss = mean over pairs of (h_w − h_l − 1/(2β))², h = log π/a (Azar et al. 2023).
+    """Eq. (5.16): loss = mean over pairs of (h_w − h_l − 1/(2β))², h = log π/a (Azar et al. 2023).
 
     Its metrics are those of DPO: ``pair_accuracy`` and ``margin`` = β(h_w − h_l), the implicit reward margin,
     whose IPO optimum is 1/2."""

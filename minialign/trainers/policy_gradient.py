@@ -39,7 +39,7 @@ def checked_rewards(reward_fn, batch) -> np.ndarray:
 def leave_one_out_baseline(values, group=None) -> np.ndarray:
     """Eq. (4.4), RLOO (Ahmadian et al. 2024): b_i = mean of the other samples' values (0 for a single sample).
 
-    With ``group`` (one id per sample), Eq. (5.19): the mean of the other samples *of the same group* — the other
+    With ``group`` (one id per sample), Eq. (5.20): the mean of the other samples *of the same group* — the other
     responses to the same prompt — so that the baseline does not depend on y_i but does on x."""
     values = np.asarray(values, dtype=np.float64)
     if group is not None:
@@ -71,7 +71,7 @@ def _per_group(fn, values, group, *more) -> np.ndarray:
 
 
 def group_normalised_advantages(values, group, scale: bool = True, eps: float = 1e-4) -> np.ndarray:
-    """Eq. (5.21), GRPO (Shao et al. 2024): A_i = (r_i − mean_g r) / (std_g r + ε) within each prompt's group g
+    """Eq. (5.22), GRPO (Shao et al. 2024): A_i = (r_i − mean_g r) / (std_g r + ε) within each prompt's group g
     (std with the k − 1 divisor; ε = 1e-4 keeps a group of equal rewards at A = 0). ``scale=False`` leaves out
     the division: A_i = r_i − mean_g r. A group of one response has no standard deviation: an error."""
     values, group = np.asarray(values, dtype=np.float64), np.asarray(group)
@@ -89,7 +89,7 @@ def group_normalised_advantages(values, group, scale: bool = True, eps: float = 
 
 def expected_group_advantage(probs, values, k: int, scale: bool = True, eps: float = 1e-4,
                              max_multisets: int = 2_000_000) -> np.ndarray:
-    """Eq. (5.22), exactly: ā(y) = E[A_1 | y_1 = y] for a group of k responses y_1..y_k drawn independently from
+    """Eq. (5.23), exactly: ā(y) = E[A_1 | y_1 = y] for a group of k responses y_1..y_k drawn independently from
     ``probs`` (one prompt's distribution over its responses, with ``values`` r(y)), A from
     :func:`group_normalised_advantages`. By exchangeability the expected GRPO gradient is Σ_y π(y) ā(y) ∇log π(y).
 
