@@ -156,7 +156,7 @@ def _verdict(value, goal):
 def _liger():
     """Liger-Kernel's losses, or None with the reason (it is optional and never a dependency)."""
     try:
-        from liger_kernel.transformers import (LigerFusedLinearCrossEntropyLoss, LigerJSD, LigerKLDIVLoss)
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss, LigerJSD, LigerKLDIVLoss
     except Exception as e:  # noqa: BLE001
         return None, f"liger-kernel not importable ({type(e).__name__}); pip install liger-kernel to compare"
     return {"jsd": LigerJSD, "kl": LigerKLDIVLoss, "flce": LigerFusedLinearCrossEntropyLoss}, None
@@ -295,7 +295,8 @@ def bench_linear(args, run: Runner):
     liger, _ = _liger()
     n, d = args.linear_tokens, args.linear_dim
     dtype = torch.float32 if run.smoke and not run.cuda else torch.bfloat16
-    print(f"(b) the output head and log pi(y), forward + backward: N = {n}, d = {d}, {str(dtype).removeprefix('torch.')}"
+    dtype_name = str(dtype).removeprefix("torch.")
+    print(f"(b) the output head and log pi(y), forward + backward: N = {n}, d = {d}, {dtype_name}"
           " — written out (logits [N, V] held) vs chunked (logits recomputed chunk by chunk in the backward)")
     print(f"    {'V':>7} {'written ms':>11} {'chunked ms':>11} {'chunked/written':>16} {'written GiB':>12} "
           f"{'chunked GiB':>12} {'Liger FLCE ms':>14}")
@@ -325,7 +326,7 @@ def bench_linear(args, run: Runner):
         print(f"    {v:7d} {a[0] if ok else float('nan'):11.3f} {b[0] if ok else float('nan'):11.3f} "
               f"{b[0] / a[0] if ok else float('nan'):16.2f} {_gib(a[1]) if ok else '—':>12} "
               f"{_gib(b[1]) if ok else '—':>12} {lig}")
-        del h, W
+        h = W = None  # release this size's arrays before the next
         del_cache(run)
     faster = [v for v, row in results.items() if _ok(row) and row["chunked"][0] <= row["written"][0]]
     print(f"    time crossover: {'chunked is not faster at any V measured' if not faster else f'V >= {min(faster)}'}"
@@ -383,7 +384,7 @@ def bench_attention(args, run: Runner):
                   f"{times['sdpa'] / times['flash']:11.2f} {times['eager'] / times['flash']:12.2f} {tflops:14.2f} "
                   f"{err:12.1e}")
             results[(t, d)] = times
-            del q, k, v, do
+            q = k = v = do = None  # release this size's arrays before the next
             del_cache(run)
     ratios = [r["sdpa"] / r["flash"] for r in results.values() if not math.isnan(r["sdpa"])]
     if ratios:

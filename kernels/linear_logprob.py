@@ -65,11 +65,13 @@ def _check(hidden, weight, targets, w, u, ref_hidden, ref_weight):
         got = (tuple(targets.shape), targets.dtype) if isinstance(targets, torch.Tensor) else type(targets).__name__
         raise ValueError(f"targets must be an int64 tensor of shape ({n},); got {got}")
     if w is not None and (not isinstance(w, torch.Tensor) or tuple(w.shape) != (n,)):
-        raise ValueError(f"w must be a tensor of shape ({n},); got {tuple(w.shape) if isinstance(w, torch.Tensor) else w}")
+        got = tuple(w.shape) if isinstance(w, torch.Tensor) else w
+        raise ValueError(f"w must be a tensor of shape ({n},); got {got}")
     if (ref_hidden is None) != (ref_weight is None):
         raise ValueError("ref_hidden and ref_weight must be given together (or both left out)")
     if ref_hidden is not None:
-        if ref_hidden.shape[0] != n or ref_weight.shape[0] != weight.shape[0] or ref_hidden.shape[1] != ref_weight.shape[1]:
+        if (ref_hidden.shape[0] != n or ref_weight.shape[0] != weight.shape[0]
+                or ref_hidden.shape[1] != ref_weight.shape[1]):
             raise ValueError(
                 f"ref_hidden [N, d'] and ref_weight [V, d'] must have N = {n} and V = {weight.shape[0]}; "
                 f"got {tuple(ref_hidden.shape)} and {tuple(ref_weight.shape)}"

@@ -33,7 +33,8 @@ def torch_reference_gpt(model: GPT, device="cpu"):
     params = {name: torch.tensor(arr, requires_grad=True, device=device) for name, arr in model.state_dict().items()}
 
     def ln(x, prefix):
-        return torch.nn.functional.layer_norm(x, (cfg.n_embd,), params[prefix + ".weight"], params[prefix + ".bias"], 1e-5)
+        weight, bias = params[prefix + ".weight"], params[prefix + ".bias"]
+        return torch.nn.functional.layer_norm(x, (cfg.n_embd,), weight, bias, 1e-5)
 
     def lin(x, prefix):
         return x @ params[prefix + ".weight"].T + params[prefix + ".bias"]
@@ -45,7 +46,8 @@ def torch_reference_gpt(model: GPT, device="cpu"):
         for i in range(cfg.n_layer):
             p = f"h.{i}."
             h = ln(x, p + "ln_1")
-            qkv = lin(h, p + "attn.c_attn").reshape(b, t, 3, cfg.n_head, cfg.n_embd // cfg.n_head).permute(2, 0, 3, 1, 4)
+            qkv = lin(h, p + "attn.c_attn").reshape(b, t, 3, cfg.n_head, cfg.n_embd // cfg.n_head)
+            qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
             q, k, v = qkv[0], qkv[1], qkv[2]
             s = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
             s = s.masked_fill(torch.ones(t, t, dtype=torch.bool, device=device).triu(1), float("-inf"))
@@ -131,7 +133,6 @@ def _rows(cfg, batch_size, seed=0):
 def bench_gpt_step(run, configs):
     """(d) A training step (forward, backward, AdamW) of our engine with the kernels (the torch backend on
     ``run.device``) against the same model in torch eager on the same device, same weights and batch."""
-    import torch
 
     from .torch_backend import TorchBackend
 

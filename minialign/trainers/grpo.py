@@ -23,8 +23,16 @@ import numpy as np
 from ..metrics import kl_estimates
 from ..prompts import Prompts
 from .common import Batch, Method, batch_from_state, batch_state
-from .policy_gradient import (checked_rewards, expected_group_advantage, group_normalised_advantages, kl_loss,
-                              leave_one_out_baseline, ppo_clip_coefficients, ref_token_logprobs, weighted_surrogate)
+from .policy_gradient import (
+    checked_rewards,
+    expected_group_advantage,
+    group_normalised_advantages,
+    kl_loss,
+    leave_one_out_baseline,
+    ppo_clip_coefficients,
+    ref_token_logprobs,
+    weighted_surrogate,
+)
 
 KL_MODES = ("k3_loss", "k1_reward")
 LOSS_AGGS = ("seq_sum", "token_mean", "constant")
