@@ -154,7 +154,7 @@ def fit(step, steps: int, *, model, optimizer, out=None, identity: dict | None =
     every = checkpoint_every or steps
     done = start
     saved = snapshot(start) if out is not None else None
-    bar = tqdm(range(start, steps), desc=desc, disable=not progress, initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=desc, disable=None if progress else True, initial=start, total=steps)
     with _deferred_interrupts() as interrupt:
         try:
             for i in bar:

@@ -74,8 +74,8 @@ def resolve(args: list, platform: str) -> subprocess.CompletedProcess:
     env["PIP_CONFIG_FILE"] = os.devnull
     markers = {**markers, "python_version": PYTHON, "python_full_version": f"{PYTHON}.0"}
     cmd = [sys.executable, "-c", PIP_AS, json.dumps(markers), "install", "--dry-run", "--ignore-installed",
-           "--quiet", "--report", "-", *[f"--platform={t}" for t in tags], "--python-version", PYTHON, "--only-binary=:all:",
-           "--disable-pip-version-check", *args]
+           "--quiet", "--report", "-", *[f"--platform={t}" for t in tags], "--python-version", PYTHON,
+           "--only-binary=:all:", "--disable-pip-version-check", *args]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
