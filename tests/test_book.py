@@ -96,6 +96,10 @@ def test_every_page_of_the_book_opens_offline_with_its_math_images_and_links(chr
         problems += [f"{rel}: raw TeX: {t!r}" for t in page.evaluate(RAW_TEX)]
         if seconds > 5:
             problems.append(f"{rel}: took {seconds:.1f} s to load and typeset (over 5 s)")
+        if rel == "notebooks/00-map.html":  # the notebook executed at build time: its outputs and figures inline
+            figures = page.evaluate("document.querySelectorAll('.cell_output img').length")
+            if not figures:
+                problems.append(f"{rel}: executed, yet no figure among its outputs")
         ids[path.resolve()] = set(page.evaluate(IDS))
         links += [(rel, href) for href in page.evaluate(LINKS)]
         page.screenshot(path=str(SHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")))
