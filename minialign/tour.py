@@ -199,7 +199,7 @@ def gdc_stage(t: Tour) -> list:
     base_row = evals["base model a"]._replace(fractions={"female": base_rate})
     lines += _header("female fraction") + [_row(k, base_row if k == "base model a" else e, fractions=["female"])
                                            for k, e in evals.items()]
-    return lines + [""] + [f"Samples ({k}): " + ", ".join(e.names[:12]) for k, e in evals.items()] + [""]
+    return lines + [""] + [f"- Samples ({k}): " + ", ".join(e.names[:12]) for k, e in evals.items()] + [""]
 
 
 def fdpg_stage(t: Tour) -> list:
