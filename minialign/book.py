@@ -3,9 +3,12 @@ handouts and an API reference from the docstrings, built into one static site th
 
     python -m minialign.book --out site            # then open site/index.html
 
-The stack is Sphinx with MyST-NB (Markdown and notebooks) and the book theme: Sphinx has been maintained for
-well over a decade, MyST-NB executes notebooks through a cache (jupyter-cache: a notebook whose code has not
-changed is not run again), and the search index is Sphinx's own, a file in the site. The chapters stay plain
+The stack is Sphinx with MyST-NB (Markdown and notebooks) and the book theme, chosen for the long run: Sphinx has
+been maintained for well over a decade and MyST-NB by the Executable Books project; MyST-NB executes notebooks
+through a cache (jupyter-cache: a notebook whose code has not changed is not run again); autodoc reads the
+docstrings; the search index is Sphinx's own, a file in the site. MkDocs with Material builds faster, but Material
+for MkDocs has announced its end of maintenance and MkDocs itself has had no release since 2024; Jupyter Book 2
+(mystmd) fetches its theme from the network at build time, which an offline build cannot do. The chapters stay plain
 Markdown: they are copied into a staging folder and only the copy is changed: each numbered equation gets an
 anchor (``#eq-5-3``), each "(5.3)" of the prose becomes a link to it, and each chapter's page opens with links to its
 notebook and its assignment. MathJax comes from the package index (``django-static-mathjax``, MathJax 3 as static
