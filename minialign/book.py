@@ -137,6 +137,23 @@ def plain_docstring(lines: list) -> None:
                            for k, part in enumerate(parts))
 
 
+def titled_notebook(text: str, title: str) -> str:
+    """The notebook with one page title: where it has no top-level heading, or several (one per section), it opens
+    with "# <chapter title> — experiments" (the others a level down), so that it is one page of the book."""
+    import json
+
+    nb = json.loads(text)
+    cells = [c for c in nb["cells"] if c["cell_type"] == "markdown"]
+    heads = [line for c in cells for line in "".join(c["source"]).splitlines() if line.startswith("# ")]
+    first = "".join(cells[0]["source"]).lstrip() if cells else ""
+    if len(heads) == 1 and first.startswith("# "):
+        return text
+    for c in cells if heads else ():  # several top-level headings: each goes down a level
+        c["source"] = ["#" + line if line.startswith("#") else line for line in "".join(c["source"]).splitlines(True)]
+    nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": [f"# {title} — experiments"]})
+    return json.dumps(nb, indent=1, ensure_ascii=False)
+
+
 def api_page() -> str:
     """The API reference: every module of the package, its docstrings as written."""
     import pkgutil
@@ -177,7 +194,11 @@ def stage(src: Path, cache: Path, execute: str) -> None:
         nb = next((p.name for p in notebooks if p.stem == path.stem), None)
         ho = next((p.name for p in handouts if p.name[:3] == path.name[:3]), None)
         (src / "chapters" / path.name).write_text(chapter_page(path.read_text(), path.name, tags, nb, ho))
-    shutil.copytree(ROOT / "notebooks", src / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    (src / "notebooks").mkdir()
+    for path in notebooks:
+        chapter = next((c for c in chapters if c.stem == path.stem), None)
+        title = chapter.read_text().splitlines()[0].lstrip("# ").strip() if chapter else path.stem
+        (src / "notebooks" / path.name).write_text(titled_notebook(path.read_text(), title))
     shutil.copytree(ROOT / "course" / "handouts", src / "handouts")
     (src / "api.md").write_text(api_page())
     (src / "index.md").write_text(index_page(chapters, notebooks, handouts))
