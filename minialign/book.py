@@ -119,6 +119,7 @@ mathjax3_config = {{"tex": {{"tags": "none"}}, "svg": {{"fontCache": "global"}}}
 suppress_warnings = ["myst.header", "myst.xref_missing", "docutils", "autodoc", "misc.highlighting_failure"]
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 html_context = {{"default_mode": "light"}}
+html_show_search_summary = False  # a summary is fetched from the page, which a browser refuses under file://
 
 
 def setup(app):

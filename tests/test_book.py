@@ -104,6 +104,11 @@ def test_every_page_of_the_book_opens_offline_with_its_math_images_and_links(chr
         links += [(rel, href) for href in page.evaluate(LINKS)]
         page.screenshot(path=str(SHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")))
         page.close()
+    page, _, errors = open_page(chromium, site / "search.html")  # the search index is in the site, offline
+    page.goto((site / "search.html").as_uri() + "?q=reward")
+    page.wait_for_selector("#search-results li", timeout=5_000)
+    problems += [f"search.html?q=reward: console error: {e}" for e in errors]
+    page.close()
     for rel, href in links:
         url = urlparse(href)
         if url.scheme != "file":
