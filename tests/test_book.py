@@ -2,9 +2,9 @@
 URLs, no server), within 5 s, with no console error, every image loaded, every formula typeset by the bundled
 MathJax (none left as raw TeX), and every internal link and anchor resolving to a page and an element of the site.
 
-One screenshot per page goes to ``runs/book-screenshots/`` (or ``$MINIALIGN_ARTEFACTS/book-screenshots``), for a
-person to look at. Chromium comes from Debian's packages (`apt-get update && apt-get install -y chromium`; `.ci/run`
-installs it); without it the test is skipped outside CI and fails in CI.
+One screenshot per page goes to ``runs/book-screenshots/`` (CI's artefact), for a person to look at. Chromium
+comes from Debian's packages (`apt-get update && apt-get install -y chromium`; `.ci/run` installs it); without it
+the test is skipped outside CI and fails in CI.
 """
 import os
 import shutil
@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SHOTS = Path(os.environ.get("MINIALIGN_ARTEFACTS", ROOT / "runs")) / "book-screenshots"
+SHOTS = ROOT / "runs" / "book-screenshots"
 RAW_TEX = r"""(() => {
   const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT, {acceptNode: n =>
       n.parentElement.closest('pre, code, script, style, mjx-container, .highlight') ? NodeFilter.FILTER_REJECT

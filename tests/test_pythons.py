@@ -23,7 +23,7 @@ VERSIONS = sorted({c.rsplit(":: ", 1)[1] for c in PROJECT["classifiers"] if re.s
 
 def interpreter(version: str):
     """A working ``pythonX.Y``: on the PATH, or among pyenv's versions (whose shims may refuse to run it)."""
-    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    pyenv = Path.home() / ".pyenv" / "versions"
     candidates = [shutil.which(f"python{version}")]
     candidates += sorted(str(p) for p in pyenv.glob(f"{version}.*/bin/python{version}"))
     for exe in filter(None, candidates):
