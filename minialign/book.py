@@ -236,6 +236,7 @@ def build(out: Path, execute: str = "all", cache: Path | None = None, quiet: boo
     except ModuleNotFoundError:
         raise SystemExit("minialign book: Sphinx is not installed; run: pip install -e '.[book]'") from None
     out = Path(out).resolve()
+    shutil.rmtree(out / "reports", ignore_errors=True)  # tracebacks of an earlier build's failed notebooks
     cache = Path(cache or out.parent / ".book-cache").resolve()
     os.environ.setdefault("MINIALIGN_OUT", tempfile.mkdtemp(prefix="minialign-book-figures-"))  # notebooks' files
     backend = os.environ.pop("MPLBACKEND", None)  # the notebooks' kernels draw inline, whatever the caller uses
@@ -250,6 +251,10 @@ def build(out: Path, execute: str = "all", cache: Path | None = None, quiet: boo
             os.environ["MPLBACKEND"] = backend
     if rc != 0:
         raise SystemExit(f"minialign book: Sphinx failed (exit status {rc})")
+    failed = sorted(p.name.removesuffix(".err.log") for p in (out / "reports").rglob("*.err.log"))
+    if failed:  # the site is built, each failing cell shown with its traceback; the build still says so
+        raise SystemExit(f"minialign book: {len(failed)} notebook(s) failed to execute: {', '.join(failed)} "
+                         f"(tracebacks in {out / 'reports'}); the site is in {out}")
     return out / "index.html"
 
 
