@@ -151,7 +151,10 @@ def titled_notebook(text: str, title: str) -> str:
         return text
     for c in cells if heads else ():  # several top-level headings: each goes down a level
         c["source"] = ["#" + line if line.startswith("#") else line for line in "".join(c["source"]).splitlines(True)]
-    nb["cells"].insert(0, {"cell_type": "markdown", "metadata": {}, "source": [f"# {title} — experiments"]})
+    cell = {"cell_type": "markdown", "metadata": {}, "source": [f"# {title} — experiments"]}
+    if nb.get("nbformat_minor", 0) >= 5:  # from 4.5 on, every cell has an id
+        cell["id"] = "book-title"
+    nb["cells"].insert(0, cell)
     return json.dumps(nb, indent=1, ensure_ascii=False)
 
 
