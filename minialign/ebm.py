@@ -593,7 +593,8 @@ def fit_names_ebm(base_model, constraints, n_samples: int = 20_000, seed: int = 
                          f"{cfg.vocab_size}")
     rng = np.random.default_rng(seed)
     names: list[str] = []
-    with tqdm(total=int(n_samples), desc="samples of a", disable=not progress or n_samples <= batch_size) as bar:
+    shown = None if progress and n_samples > batch_size else True  # None: a bar only on a terminal
+    with tqdm(total=int(n_samples), desc="samples of a", disable=shown) as bar:
         while len(names) < n_samples:
             tokens, _ = base_model.generate(min(int(batch_size), int(n_samples) - len(names)), rng)
             names += names_of(tokens)

@@ -234,7 +234,8 @@ def fit(step, loop: LoopConfig, *, model, optimizer, rngs: dict | None = None, s
     every = checkpoint_every or steps
     done = start
     saved = snapshot(start) if out is not None else None
-    bar = tqdm(range(start, steps), desc=loop.desc, disable=not loop.progress, initial=start, total=steps)
+    bar = tqdm(range(start, steps), desc=loop.desc, disable=None if loop.progress else True, initial=start,
+               total=steps)
     with _deferred_interrupts() as interrupt:
         try:
             for i in bar:

@@ -235,7 +235,7 @@ def sample_names(model: GPT, n: int, seed: int, temperature: float = 1.0, batch_
     tok = CharTokenizer()
     rng = np.random.default_rng(seed)
     names: list[str] = []
-    with tqdm(total=n, desc="sampling names", disable=not progress or n <= batch_size) as bar:
+    with tqdm(total=n, desc="sampling names", disable=None if progress and n > batch_size else True) as bar:
         while len(names) < n:
             ids, _ = model.generate(min(batch_size, n - len(names)), rng=rng, temperature=temperature)
             names.extend(tok.decode_batch(ids))

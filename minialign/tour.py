@@ -1,5 +1,6 @@
 """The tour: the course's main job in one run — base model, reward model, RLHF, DPO, GDC, f-DPG and, with prompts,
-RLOO and GRPO on names — writing ``report.md`` with its plots and printing how long each stage took.
+RLOO and GRPO on names — writing ``report.md`` with its plots and, self-contained, ``report.html``, and printing one
+line per stage: its result (the number that matters, with its standard error) and how long it took.
 
 One function per stage; each returns the lines it adds to the report. The methods run through the method table,
 as on the command line. Every figure in the report is measured in this run: policies are compared on fresh
@@ -8,6 +9,7 @@ the last training steps with their standard errors — never by one batch.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +17,7 @@ from pathlib import Path
 from . import methods as M
 from . import tasks
 from .ingredients import Ingredients
-from .metrics import DIVERSITY_N, SELF_BLEU_N, MomentCheck, binomial_tolerance, last_steps
+from .metrics import DIVERSITY_N, SELF_BLEU_N, Estimate, MomentCheck, binomial_tolerance, last_steps
 from .trainers.common import RunContext, TrainConfig
 
 LAST = 20  # training steps over which a training metric is averaged in the report
@@ -35,6 +37,7 @@ class Tour:
     base: object = None
     seconds: dict = field(default_factory=dict)
     runs: dict = field(default_factory=dict)  # stage results used by later stages and the plots
+    result: str = ""  # the stage's one result line for the terminal: the number that matters, with its SE
 
     def __post_init__(self):
         self.cfg = TrainConfig(steps=8 if self.quick else 80, batch_size=32 if self.quick else 64, lr=3e-4, seed=0,
@@ -49,11 +52,11 @@ class Tour:
         return RunContext(cfg, self.base, progress=not self.quick, backend=self.backend)
 
     def stage(self, name, fn):
-        print(f"\n== {name}", flush=True)
-        t0 = time.perf_counter()
+        """Run one stage; print one line: its result and how long it took."""
+        t0, self.result = time.perf_counter(), ""
         lines = fn(self)
         self.seconds[name] = time.perf_counter() - t0
-        print(f"stage {name}: {self.seconds[name]:.1f} s", flush=True)
+        print(f"{name}: {self.result} [{self.seconds[name]:.1f} s]", flush=True)
         return lines
 
 
@@ -62,6 +65,11 @@ def _row(label, e, rewards=(), fractions=()):
     cells = [str(e.rewards[r]) for r in rewards] + [str(e.fractions[f]) for f in fractions]
     return (f"| {label} | " + " | ".join(cells + [str(e.kl), f"{e.distinct_2:.3f}", f"{e.self_bleu:.3f}",
                                                   f"{e.unique:.3f}", f"{e.in_corpus:.3f}"]) + " |")
+
+
+def _binomial(p: float, n: int) -> Estimate:
+    """A fraction of n independent draws, with its binomial standard error √(p(1−p)/n)."""
+    return Estimate(p, math.sqrt(p * (1 - p) / n), n)
 
 
 def _header(*first):
@@ -86,7 +94,7 @@ def base_stage(t: Tour) -> list:
     _, _, val_ids = names_dataset(t.base.config.block_size)
     val = evaluate(t.base, val_ids)
     t.runs["bigram"] = bigram = bigram_baseline(t.base.config.block_size)
-    print(f"validation loss: GPT {val:.4f} vs bigram {bigram:.4f} nats/token")
+    t.result = f"validation loss GPT {val:.4f} vs bigram {bigram:.4f} nats/token (all validation names, exact)"
     origin = "pretrained in this run" if t.pretrain else "the committed checkpoint, trained by `minialign pretrain`"
     return ["## Base model", "", f"GPT with {t.base.num_parameters():,} parameters ({origin}).", "",
             "| model | validation loss (nats/token, all validation names) |", "|---|---|", f"| GPT | {val:.4f} |",
@@ -99,7 +107,8 @@ def reward_stage(t: Tour) -> list:
     pairs = simulate_preferences(t.base, 600 if t.quick else 3000, seed=0)
     fit = tasks.fit_names_reward_model(t.base, pairs, steps=40 if t.quick else 300, progress=False,
                                        normalise_samples=1024 if t.quick else 4096)
-    print(fit)
+    t.result = (f"held-out pair accuracy {_binomial(fit.accuracy, fit.n_val)} on {fit.n_val} pairs (the annotator's "
+                f"ceiling {fit.ceiling.expected:.3f})")
     t.runs["reward"], t.runs["pairs"] = fit.model, tasks.split_pairs(pairs)[0]
     return ["## Preferences and the reward model", "",
             f"{len(pairs)} pairs of base-model samples labelled by a simulated Bradley–Terry annotator with the "
@@ -119,6 +128,9 @@ def rlhf_stage(t: Tour) -> list:
         result = spec.run(Ingredients(reward=rm.score), spec.defaults(beta=beta), t.context(t.cfg))
         evals[f"RLHF β = {beta}"] = tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)
     t.runs["rlhf"] = evals
+    e, a = evals["RLHF β = 0.1"], evals["base model a"]
+    t.result = (f"β = 0.1: true reward r* {e.rewards['true reward r*']} (base {a.rewards['true reward r*']}), "
+                f"KL(π‖a) {e.kl} on {e.n} fresh samples")
     lines = ["## RLHF", "", f"RLOO with the sequence-level k1 penalty in the reward, against the reward model, "
              f"{t.cfg.steps} steps of {t.cfg.batch_size} samples per β. Every column is measured on {t.n_eval} fresh "
              "samples of each policy (± one standard error). Where the true reward r* stops following the reward "
@@ -138,8 +150,10 @@ def dpo_stage(t: Tour) -> list:
     evals = {"base model a": t.runs["rlhf"]["base model a"],
              "DPO β = 0.1": tasks.evaluate(result.policy, t.base, t.n_eval, rewards=rewards)}
     accuracy = last_steps(result.history, "pair_accuracy", LAST)
-    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no "
-            "reward "
+    e, a = evals["DPO β = 0.1"], evals["base model a"]
+    t.result = (f"true reward r* {e.rewards['true reward r*']} (base {a.rewards['true reward r*']}), KL(π‖a) {e.kl} "
+                f"on {e.n} fresh samples")
+    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no reward "
             f"model and no sampling; training pair accuracy {accuracy} (mean over the last {LAST} steps). On "
             f"{t.n_eval} fresh samples:", ""] + _header(*rewards) + [_row(k, e, rewards) for k, e in evals.items()] \
         + ["", "Samples: " + ", ".join(evals["DPO β = 0.1"].names[:12]), ""]
@@ -149,8 +163,9 @@ def gdc_stage(t: Tour) -> list:
     from .ebm import feature, fit_names_ebm, parse_constraint
 
     ebm, report = fit_names_ebm(t.base, [parse_constraint("female=0.5")], n_samples=2000 if t.quick else 10000)
-    print(report)
     t.runs["ebm"] = ebm
+    # one figure for the base model's rate: the EBM's sample of a, the largest, with its standard error
+    base_rate = _binomial(report.base_rates["female"], report.n_samples)
     female, spec = feature("female"), M.METHODS["gdc"]
     evals, hists = {"base model a": tasks.evaluate(t.base, t.base, t.n_eval, features=[female])}, {}
     for name, calibrate in (("GDC, λ of the I-projection", None), ("GDC, λ on π's moment", 0.1)):
@@ -169,16 +184,24 @@ def gdc_stage(t: Tour) -> list:
     cal, cal_hist = evals["GDC, λ on π's moment"].fractions["female"], hists["GDC, λ on π's moment"]
     check = MomentCheck("female", calibrated, 0.5, binomial_tolerance(t.n_eval), t.n_eval)
     tol, verdict = check.tolerance, "within" if check.met else "outside"
-    lines = ["## GDC: half the names female", "", "```", str(report), "```", "",
+    kl_cal = evals["GDC, λ on π's moment"].kl
+    t.result = (f"female fraction {cal} with λ on π's moment, {plain} towards p (base a {base_rate}); KL(π‖a) "
+                f"{kl_cal} vs REINFORCE's {evals[rein].kl} at that fraction")
+    fit = "\n".join(line for line in str(report).splitlines() if "base rate" not in line)
+    lines = ["## GDC: half the names female", "", "```", fit, "```", "",
              f"{t.gdc_cfg.steps} DPG steps of {t.gdc_cfg.batch_size} (GDC++ baseline, KL-adaptive proposal). Towards "
              f"the I-projection p the female fraction of {t.n_eval} fresh samples is {plain}; with λ moved by dual "
              f"ascent on the policy's own moment (rate 0.1; λ {cal_hist['lambda_0'][-1]:.3f} at the end, against "
              f"the I-projection's {ebm.lam[0]:.3f}) it is {cal}, "
              f"{verdict} the target 0.5 ± {tol:.3f} (two binomial standard errors). REINFORCE with the feature as the "
              f"reward (lr 1e-4) is stopped after {len(hists[rein]['loss'])} steps, when {t.n_eval} fresh samples reach "
-             "that fraction. Every column is measured on new fresh samples.", ""]
-    lines += _header("female fraction") + [_row(k, e, fractions=["female"]) for k, e in evals.items()]
-    return lines + [""] + [f"Samples ({k}): " + ", ".join(e.names[:12]) for k, e in evals.items()] + [""]
+             f"that fraction. Every column is measured on {t.n_eval} new fresh samples, but the base model's female "
+             f"fraction: {base_rate}, on the {report.n_samples:,} samples of a that fit λ (one figure, the most "
+             "precise).", ""]
+    base_row = evals["base model a"]._replace(fractions={"female": base_rate})
+    lines += _header("female fraction") + [_row(k, base_row if k == "base model a" else e, fractions=["female"])
+                                           for k, e in evals.items()]
+    return lines + [""] + [f"- Samples ({k}): " + ", ".join(e.names[:12]) for k, e in evals.items()] + [""]
 
 
 def fdpg_stage(t: Tour) -> list:
@@ -191,6 +214,8 @@ def fdpg_stage(t: Tour) -> list:
     e = tasks.evaluate(result.policy, t.base, t.n_eval, features=[feature("female")])
     gdc = t.runs["gdc"]["GDC, λ of the I-projection"]
     last = min(50, len(hist["loss"]))
+    t.result = (f"female fraction {e.fractions['female']}, KL(π‖a) {e.kl} on {t.n_eval} fresh samples; KL(p‖π) "
+                f"{last_steps(hist, 'kl_p_pi_est', last)} (GDC {last_steps(gdc, 'kl_p_pi_est', last)})")
     return ["## f-DPG with Jensen–Shannon", "", f"The same target, minimising JS(π‖p) instead of KL(p‖π), "
             f"{t.gdc_cfg.steps} steps of {t.gdc_cfg.batch_size}: female fraction {e.fractions['female']} and KL(π‖a) "
             f"{e.kl} on {t.n_eval} fresh samples. KL(p‖π), the importance-sampling estimate averaged over the last "
@@ -216,11 +241,13 @@ def conditional_stage(t: Tour) -> list:
         models[name], hists[name] = result.policy, result.history
     t.runs["conditional"] = hists
     n = 200 if t.quick else 1000
-    rows = []
+    rows, true = [], {}
     for name, model in models.items():
         names, kl, se = tasks.fresh_prompted_samples(model, t.base, prompts, n, seed=1)
-        rows.append(f"| {name} | {mean_se(t.runs['reward'].score(names))} | {mean_se(true_reward(names))} | "
-                    f"{kl:.3f} ± {se:.3f} |")
+        true[name] = mean_se(true_reward(names))
+        rows.append(f"| {name} | {mean_se(t.runs['reward'].score(names))} | {true[name]} | {kl:.3f} ± {se:.3f} |")
+    t.result = (f"true reward r* on {n} fresh completions: RLOO {true['RLOO, k1 in the reward']}, GRPO "
+                f"{true['GRPO (std, k3 in the loss)']} (base {true['base a']})")
     lines = ["## Prompts: completing first letters", "",
              f"The prompt is a name's first letter, drawn with the share of corpus names that begin with it; the "
              f"model completes it, against the reward model, β = 0.1, 4 completions per prompt, {cfg.steps} steps of "
@@ -237,12 +264,15 @@ def conditional_stage(t: Tour) -> list:
 
 def report_stage(t: Tour, lines: list) -> None:
     from .plots import tour_plots
+    from .report import write_html
 
     paths = tour_plots(t)
     if "pretrain" in paths:
         lines.insert(3, f"![pretraining]({paths['pretrain']})\n")
     lines += ["## Timings", ""] + [f"- {k}: {v:.1f} s" for k, v in t.seconds.items()]
     (t.out / "report.md").write_text("\n".join(lines) + "\n")
+    html = write_html(t.out / "report.md", title="minialign tour report")
+    t.result = f"{t.out / 'report.md'} and, self-contained, {html}"
 
 
 def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False, backend=None) -> int:
@@ -256,5 +286,5 @@ def run_tour(out="runs/tour", quick: bool = False, pretrain: bool = False, backe
                      ("f-DPG (JS), same target", fdpg_stage), ("prompts: RLOO and GRPO", conditional_stage)):
         lines += t.stage(name, fn)
     t.stage("report", lambda t: report_stage(t, lines))
-    print(f"\ntour finished in {sum(t.seconds.values()):.0f} s; report: {t.out / 'report.md'}")
+    print(f"tour finished in {sum(t.seconds.values()):.0f} s; report: {t.out / 'report.html'}")
     return 0

@@ -1,4 +1,6 @@
 """The command line and the tour, end to end on small settings."""
+import re
+
 import numpy as np
 import pytest
 
@@ -44,9 +46,18 @@ def test_tour_quick_runs_every_stage_and_writes_its_report(tmp_path, capsys):
         assert section in report, section
     for png in ("pretrain_loss.png", "reward_kl.png", "constraint.png", "kl_p_pi.png", "dpo.png"):
         assert (tmp_path / png).stat().st_size > 1000, png
-    printed = capsys.readouterr().out
-    assert "stage base model" in printed and "stage f-DPG (JS), same target" in printed
-    assert "stage prompts: RLOO and GRPO" in printed
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    for stage in ("base model", "reward model", "RLHF (RLOO, k1 in the reward)", "DPO", "GDC: 50% female",
+                  "f-DPG (JS), same target", "prompts: RLOO and GRPO"):
+        [line] = [x for x in lines if x.startswith(stage + ": ")]  # one result line per stage, with its time
+        assert re.search(r"\[\d+\.\d s\]$", line), line
+        assert stage == "base model" or " ± " in line, line  # an estimate carries its standard error
+    assert "it/s" not in captured.err  # progress bars only on a terminal
+    page = (tmp_path / "report.html").read_text()
+    assert "<table>" in page and "## " not in page
+    images = re.findall(r'<img [^>]*src="([^"]*)"', page)
+    assert len(images) == report.count("![") and all(src.startswith("data:image/png;base64,") for src in images)
 
 
 def test_grpo_and_the_conditional_variants_run_on_names(tmp_path, capsys):
