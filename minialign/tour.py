@@ -153,8 +153,8 @@ def dpo_stage(t: Tour) -> list:
     e, a = evals["DPO β = 0.1"], evals["base model a"]
     t.result = (f"true reward r* {e.rewards['true reward r*']} (base {a.rewards['true reward r*']}), KL(π‖a) {e.kl} "
                 f"on {e.n} fresh samples")
-    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no reward "
-            f"model and no sampling; training pair accuracy {accuracy} (mean over the last {LAST} steps). On "
+    return ["## DPO", "", f"DPO (β = 0.1) on the reward model's training pairs ({len(t.runs['pairs'])}), with no "
+            f"reward model and no sampling; training pair accuracy {accuracy} (mean over the last {LAST} steps). On "
             f"{t.n_eval} fresh samples:", ""] + _header(*rewards) + [_row(k, e, rewards) for k, e in evals.items()] \
         + ["", "Samples: " + ", ".join(evals["DPO β = 0.1"].names[:12]), ""]
 
