@@ -288,18 +288,26 @@ def _course_grade(args):
     import json
     from pathlib import Path
 
-    from .course import grade
+    from .course import CourseError, grade, load
+    from .course.grade import zero_results
 
     if args.json:
         target = Path(args.json)
         if target.is_dir() or not target.parent.is_dir():
             raise ValueError(f"--json {args.json}: expected a file in an existing folder"
                              + (" (it is a folder)" if target.is_dir() else f" ({target.parent} is not a folder)"))
-    g = grade(Path(args.dir), args.assignment, args.extra_tests, timeout=args.timeout)
+    try:
+        g = grade(Path(args.dir), args.assignment, args.extra_tests, timeout=args.timeout, jobs=args.jobs)
+    except CourseError as e:
+        if args.json:  # an autograder always gets its results: 0, and why
+            points = load(args.assignment).points if args.assignment else None
+            Path(args.json).write_text(json.dumps(zero_results(str(e), points), indent=1), encoding="utf-8")
+            print(f"results: {args.json} (0: not graded)")
+        raise
     print(g.table())
-    print(f"graded in {g.seconds:.1f} s; taken from the student: {', '.join(g.student_files)}; "
+    print(f"graded in {g.seconds:.1f} s; taken from the student: the units' bodies in {', '.join(g.student_files)}; "
           f"minialign from {g.modules.get('minialign')}, minialign.kernels from {g.modules.get('minialign.kernels')}")
-    if args.json:
+    if args.json:  # written here, after every process of the grade is gone; the same numbers as the table
         Path(args.json).write_text(json.dumps(g.gradescope(), indent=1, ensure_ascii=False), encoding="utf-8")
         print(f"results: {args.json}")
     return 0
@@ -337,7 +345,7 @@ def _course_handouts(args):
 
 def _course_parser(sub):
     """``minialign course``: list, make, grade, restore, check (and handouts, for maintainers)."""
-    from .course import DEFAULT_TIMEOUT, HANDOUTS
+    from .course import HANDOUTS, TASK_TIMEOUT
 
     p = sub.add_parser("course", help="course assignments: list, make a student repository, grade, release check")
     actions = p.add_subparsers(dest="course_command", required=True, metavar="ACTION")
@@ -353,8 +361,9 @@ def _course_parser(sub):
     c.add_argument("--assignment", default=None, help="the assignment (default: read from the tree's handout)")
     c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
     c.add_argument("--json", default=None, metavar="PATH", help="write Gradescope's results.json here")
-    c.add_argument("--timeout", type=A.positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="seconds the tests may run")
+    c.add_argument("--timeout", type=A.positive_float, default=TASK_TIMEOUT, metavar="SECONDS",
+                   help="seconds each task's tests may run (a task that runs longer fails its unreported tests)")
+    c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="tasks graded at the same time")
     c.set_defaults(fn=_course_grade)
     c = actions.add_parser("restore", help="put the solution back into an untouched student repository",
                            formatter_class=_fmt())

@@ -203,7 +203,7 @@ def test_points_are_the_fraction_of_a_task_s_tests_that_pass_and_hidden_tests_sh
     results = g.gradescope()
     assert results["score"] == 22.5 and [t["max_score"] for t in results["tests"]] == [10.0] * 4
     for text in (json.dumps(results), g.table()):
-        assert "test_task4_2_3 [hidden]: AssertionError" in text
+        assert "test_task4_2_3 [hidden]: failed" in text
         assert text.count("assert secret_value == 3") == 6  # the six visible failures' messages, not the hidden one's
     with pytest.raises(course.CourseError, match="task 4.1 of 04-rl has no tests"):
         course.score(a, course.Run({}, [], {}, 1, 1.0, ROOT))
@@ -304,7 +304,7 @@ def test_the_grading_copy_takes_only_the_units_files_from_the_student(tmp_path):
     with pytest.raises(course.CourseError, match="has the name of a test file of the repository"):
         course.grading_workspace(student, a, tmp_path / "work2", clash, ROOT)
     (student / "minialign/ebm.py").unlink()
-    with pytest.raises(course.CourseError, match="has no minialign/ebm.py, which holds units of 06-gdc"):
+    with pytest.raises(course.CourseError, match="the student tree .* has no minialign/ebm.py"):
         course.grading_workspace(student, a, tmp_path / "work3", None, ROOT)
 
 

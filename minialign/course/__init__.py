@@ -21,9 +21,10 @@ Tests run in another process through ``course/plugin.py``, which reports each te
 (if any) that made it fail.
 """
 from .cut import Cut, apply_cuts, cuts_by_file, locate, region_names, restore_cuts, split_spec, stub_line
-from .grade import Grade, Run, TaskScore, TestOutcome, extra_test_files, grade, grading_workspace, run_tests, score
+from .grade import (Grade, Run, TaskScore, TestOutcome, collect, extra_test_files, grade, grading_workspace, outcomes,
+                    run_tests, score, zero_results)
 from .handout import exercises, handout, tests_of_task
-from .manifest import (COURSE, DEFAULT_TIMEOUT, HANDOUT, HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment,
+from .manifest import (COURSE, DEFAULT_TIMEOUT, HANDOUT, NOT_RUN, TASK_TIMEOUT, HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment,
                        CourseError, Question, Task, assignments, load, marked_files, parse_manifest,
                        require_repository, task_expression)
-from .tree import assignment_of, make, project_files, restore, student_files, tree_differences, write_tree
+from .tree import recorded_assignment, assignment_of, make, project_files, restore, student_files, tree_differences, write_tree

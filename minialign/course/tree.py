@@ -103,6 +103,18 @@ def tree_differences(tree: Path, root: Path = ROOT) -> list:
     return problems
 
 
+def recorded_assignment(tree: Path):
+    """The assignment a tree records it was made for (its handout's first line), or None when it records none
+    (a loose-file upload, a tree not made by `minialign course make`)."""
+    file = Path(tree) / HANDOUT
+    if os.path.islink(file) or not file.is_file():
+        return None
+    with open(file, encoding="utf-8", errors="replace") as f:
+        first = f.readline(1000)
+    m = re.search(r"minialign course assignment ([\w-]+)", first)
+    return m.group(1) if m else None
+
+
 def assignment_of(tree: Path) -> str:
     """The assignment a student tree was made for, from the first line of its handout."""
     file = Path(tree) / HANDOUT
