@@ -24,7 +24,8 @@ from .cut import Cut, apply_cuts, cuts_by_file, locate, region_names, restore_cu
 from .grade import (Grade, Run, TaskScore, TestOutcome, collect, extra_test_files, grade, grading_workspace, outcomes,
                     run_tests, score, zero_results)
 from .handout import exercises, handout, tests_of_task
-from .manifest import (COURSE, DEFAULT_TIMEOUT, HANDOUT, NOT_RUN, TASK_TIMEOUT, HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment,
-                       CourseError, Question, Task, assignments, load, marked_files, parse_manifest,
+from .manifest import (COURSE, DEFAULT_TIMEOUT, HANDOUT, HANDOUTS, NOT_RUN, RELEASE_TEST, ROOT, SOLUTIONS, TASK_TIMEOUT,
+                       Assignment, CourseError, Question, Task, assignments, load, marked_files, parse_manifest,
                        require_repository, task_expression)
-from .tree import recorded_assignment, assignment_of, make, project_files, restore, student_files, tree_differences, write_tree
+from .tree import (assignment_of, make, project_files, recorded_assignment, restore, student_files, tree_differences,
+                   write_tree)

@@ -206,7 +206,7 @@ def check_assignment(name: str, workdir: Path, root: Path = ROOT, extra_tests=No
     if (tree / SOLUTIONS).exists():
         problems.append(f"the student tree holds {SOLUTIONS}")
     t0 = time.perf_counter()
-    student = grade(tree, extra_tests=extra_tests, root=root)
+    student = grade(tree, extra_tests=extra_tests, root=root, run_stubs=True)
     seconds["grade student tree"] = time.perf_counter() - t0
     found, unproven = student_grade_problems(a, student)
     problems += found

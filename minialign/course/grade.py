@@ -1,10 +1,10 @@
 """Running the tests in a tree and scoring them: the grader."""
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import sandbox
-from .cut import split_spec
+from .cut import apply_cuts, cuts_by_file, split_spec
 from .manifest import (
     DEFAULT_TIMEOUT,
     HANDOUT,
@@ -153,9 +153,28 @@ def run_tests(tree: Path, args, timeout: float = DEFAULT_TIMEOUT, log=None, unti
                o.seconds, Path(tree).resolve(), o.end)
 
 
+_COLLECTED = {}
+
+
+def _fingerprint(tree: Path, files) -> tuple:
+    """What a collection run depends on: the test files, the tree's Python files and its pytest settings (path,
+    size, modification time), and the files asked for."""
+    tree = Path(tree)
+    paths = sorted([*tree.glob("tests/*.py"), tree / "pyproject.toml", *tree.glob("minialign/**/*.py")])
+    return (tuple(files), tuple((p.relative_to(tree).as_posix(), p.stat().st_size, p.stat().st_mtime_ns,
+                                 hashlib.sha256(p.read_bytes()).hexdigest() if "tests" in p.parts else "")
+                                for p in paths if p.is_file()))
+
+
 def collect(tree: Path, files, timeout: float = DEFAULT_TIMEOUT, user=None) -> tuple:
     """The tests of ``files`` in ``tree`` (nodeid → task markers) and the collection errors, from a collection
-    run: the expected tests of a grade, taken from the instructor's copy, where no student code runs."""
+    run: the expected tests of a grade, taken from the instructor's copy, where no student code runs. A
+    collection of the same files in the same tree is made once per process (a class graded in one process
+    collects once)."""
+    key = _fingerprint(tree, files)
+    if key in _COLLECTED:
+        found, errors = _COLLECTED[key]
+        return dict(found), list(errors)
     o = sandboxed_pytest(tree, ["--collect-only", *files], timeout, user=user)
     found = {e["collected"]: list(e.get("tasks", [])) for e in o.events if "collected" in e}
     errors = [{"nodeid": e["collect_error"], "message": str(e.get("message", ""))} for e in o.events
@@ -163,6 +182,7 @@ def collect(tree: Path, files, timeout: float = DEFAULT_TIMEOUT, user=None) -> t
     if not found and not errors:
         tail = "\n".join(o.log.strip().splitlines()[-15:])
         raise CourseError(f"collecting the tests in the instructor's copy failed ({o.end}):\n{tail}")
+    _COLLECTED[key] = (dict(found), list(errors))
     return found, errors
 
 
@@ -397,13 +417,15 @@ def _write_over(tree: Path, rel: str, text: str) -> None:
 
 
 def grade(student: Path, name: str | None = None, extra_tests=None, root: Path = ROOT,
-          timeout: float = TASK_TIMEOUT, jobs: int = 1, check_policy: bool = True, limits=None) -> Grade:
+          timeout: float = TASK_TIMEOUT, jobs: int = 1, check_policy: bool = True, limits=None,
+          run_stubs: bool = False) -> Grade:
     """Grade a submission (a student tree, or a folder of loose files with ``name`` given), each task on its own:
     a copy of this repository with that task's unit bodies from the student (``sandbox.splice``), every other
     unit the instructor's; its tests — the ones a collection run in the untouched copy expects — in a sandboxed
     process (``sandbox.run``) with ``timeout`` seconds, then the hidden tests of the task in a separate pass that
-    reports pass or fail per name only. ``check_policy=False`` skips the unit-body policy (only for trying the
-    process boundary on its own)."""
+    reports pass or fail per name only. A task whose units are all still their stubs fails its tests without a
+    run unless ``run_stubs`` (the release check runs them). ``check_policy=False`` skips the unit-body policy
+    (only for trying the process boundary on its own)."""
     root = require_repository(root)
     student = Path(student)
     if not student.is_dir():
@@ -426,7 +448,7 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
 
             def one(task):
                 return _grade_task(a, task, tmp, base, texts, missing, root, expected, hidden, errors,
-                                   visible_files, hidden_files, timeout, user, check_policy, limits)
+                                   visible_files, hidden_files, timeout, user, check_policy, limits, run_stubs)
 
             if jobs > 1:
                 with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -474,8 +496,14 @@ def _expected(a: Assignment, found: dict, errors: list, hidden_files) -> tuple:
     return expected, hidden
 
 
+def _still_stubs(task: Task, files: dict, root: Path) -> bool:
+    stubbed = {rel: apply_cuts((Path(root) / rel).read_text(encoding="utf-8"), cuts)
+               for rel, cuts in cuts_by_file([(u, task) for u in task.units], root).items()}
+    return all(files.get(rel) == text for rel, text in stubbed.items())
+
+
 def _grade_task(a, task, tmp, base, texts, missing, root, expected, hidden, errors, visible_files, hidden_files,
-                timeout, user, check_policy, limits):
+                timeout, user, check_policy, limits, run_stubs):
     """(TaskScore, modules, collection errors) of one task, graded on its own."""
     mine = expected[task.id]
     unreadable = sorted({e["nodeid"].split("::")[0] for e in errors
@@ -486,6 +514,12 @@ def _grade_task(a, task, tmp, base, texts, missing, root, expected, hidden, erro
     if not mine and not unreadable:
         raise CourseError(f"task {task.id} of {a.name} has no tests: no test carries the marker {task.marker}")
     files, problems = spliced_files(task, texts, missing, root, check=check_policy)
+    if not problems and run_stubs is False and _still_stubs(task, files, root):
+        # every unit of the task is still its stub: each of its tests fails there (the release check's (a)
+        # proves it for every test), so there is nothing to run
+        ts.tests = [TestOutcome(n, list(m), "failed", "call", "NotImplementedError", "the task's stub",
+                                [f"{task.id} {task.units[0]}"]) for n, m in mine.items()]
+        return ts, {}, []
     if problems:
         ts.problems = problems
         ts.tests = [TestOutcome(n, list(m), "failed", "", "Refused", "the task's code was refused")

@@ -9,6 +9,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10: the same parser, packaged (a dependency of minialign on 3.10)
     pass
 
+from . import policy
 from .cut import split_spec
 from .manifest import ROOT, Assignment, Task, marked_files, task_expression
 
@@ -41,7 +42,17 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
             "tests, their fixtures and data come from the instructor's copy, and the instructor may add hidden tests "
             "with the same markers (other seeds and shapes). A problem earns its points times the fraction of its "
             "tests that pass. Tolerances are stated in the tests; none depends on the platform, a GPU or the "
-            "network.", ""]
+            "network.", "",
+            "Each problem is graded on its own: its tests run with every other problem's code taken from the "
+            "instructor's solution, so a mistake in one problem costs only that problem's points (your own runs "
+            "still show the cascade: a later problem may fail because an earlier one does). Only the bodies of "
+            "the units named below are taken from your files — your imports, module-level code and other "
+            "functions are replaced by the instructor's — and each body must keep to the policy below."
+            + (f" A problem whose core test (marked [core] in the grader's report) fails keeps at most "
+               f"{a.core_cap:g} of its points." if a.core_cap < 1 and any(t.core for t in a.tasks) else ""), "",
+            "**What a unit's body may contain.** The grader checks each body before running anything; a body "
+            "that breaks a rule scores 0 for its problem, with the line and the rule named:", "",
+            policy.rules_text(), ""]
     for t in a.tasks:
         files = sorted({split_spec(u)[0] for u in t.units})
         out += [f"## Problem ({t.marker}): {t.title} ({t.points:g} points)", "", t.text, "",
