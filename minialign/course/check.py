@@ -64,6 +64,7 @@ def static_problems(root: Path = ROOT) -> list:
                 if (rel, name) not in used:
                     problems.append(f"{rel}:{line}: region {name!r} is marked but no manifest names it")
     problems += _marker_problems(root, known)
+    problems += _core_problems(root, known)
     for a in known.values():
         problems += _document_problems(root, a)
     return problems
@@ -89,6 +90,26 @@ def _marker_problems(root: Path, known: dict) -> list:
         used |= found
         problems += [f"tests/{path.name} uses marker {m}, which no manifest has" for m in sorted(found - wanted)]
     problems += [f"no test carries marker {m}" for m in sorted(wanted - used)]
+    return problems
+
+
+def _core_problems(root: Path, known: dict) -> list:
+    """Every core test a manifest names exists and carries its task's marker."""
+    problems = []
+    for a in known.values():
+        for t in a.tasks:
+            for c in t.core:
+                path, name = c.split("::")
+                file = Path(root) / path
+                text = file.read_text(encoding="utf-8") if file.is_file() else ""
+                m = re.search(rf"^def {re.escape(name)}\(", text, flags=re.M)
+                above = text[:m.start()].splitlines()[-12:] if m else []
+                decorators = "\n".join(above[max((i + 1 for i, line in enumerate(above) if not line.strip()),
+                                                 default=0):])
+                if not m:
+                    problems.append(f"course/{a.name}.toml: core test {c} of task {t.id} does not exist")
+                elif f"mark.{t.marker}" not in decorators:
+                    problems.append(f"course/{a.name}.toml: core test {c} of task {t.id} lacks the marker {t.marker}")
     return problems
 
 
