@@ -277,9 +277,14 @@ def _course_make(args):
 
     t0 = time.perf_counter()
     a = load(args.name)
-    tree = make(args.name, args.out)
-    print(f"{tree}: the student repository of {a.name} ({len(a.units())} units stubbed in "
-          f"{len({split_spec(u)[0] for u, _ in a.units()})} files), handout {HANDOUT} "
+    if args.stub_earlier and not args.term:
+        raise ValueError("--stub-earlier goes with --term (a term tree); without it only this assignment's units "
+                         "are stubbed")
+    tree = make(args.name, args.out, term=args.term, stub_earlier=args.stub_earlier)
+    what = ("a term tree: this and every later assignment stubbed"
+            + (", and every earlier one" if args.stub_earlier else "") + "; a git repository with one commit"
+            if args.term else f"{len(a.units())} units stubbed in {len({split_spec(u)[0] for u, _ in a.units()})} files")
+    print(f"{tree}: the student repository of {a.name} ({what}), handout {HANDOUT} "
           f"({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -355,6 +360,10 @@ def _course_parser(sub):
                            formatter_class=_fmt())
     c.add_argument("name", help="an assignment, e.g. 05-rlhf (see `minialign course list`)")
     c.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    c.add_argument("--term", action="store_true",
+                   help="the tree of a term: every later assignment stubbed too, no instructor README or CI, "
+                        "a fresh git repository")
+    c.add_argument("--stub-earlier", action="store_true", help="with --term: stub the earlier assignments too")
     c.set_defaults(fn=_course_make)
     c = actions.add_parser("grade", help="grade a student repository with this repository's tests", formatter_class=_fmt())
     c.add_argument("dir", help="the student's repository")

@@ -335,3 +335,28 @@ def test_a_syntax_error_in_a_student_s_file_scores_zero_naming_file_and_line(tmp
     assert g.score == 0
     assert f"SyntaxError in minialign/tensor.py, line {line}" in g.table()
     assert json.loads(json.dumps(g.gradescope()))["score"] == 0
+
+
+@instructor_only
+def test_a_term_tree_holds_no_future_answers_no_instructor_files_and_one_commit(tmp_path):
+    """`course make 03-f-divergences --term`: the units of 03…08 stubbed, those of 01 and 02 in place (or stubbed
+    with --stub-earlier), no README or CI of the instructor's, a git repository with one commit, and the tree
+    records its assignment (another one's grade is refused)."""
+    known = course.assignments(ROOT)
+    assert main(["course", "make", "03-f-divergences", "--out", str(tmp_path / "t"), "--term"]) == 0
+    tree = tmp_path / "t"
+    for a in known.values():
+        for path, cuts in course.cuts_by_file(a.units(), ROOT).items():
+            text = (tree / path).read_text()
+            assert all((c.stub in text) == (a.number >= 3) for c in cuts), (a.name, path)
+    assert not (tree / "README.md").exists() and not (tree / ".ci").exists() and not (tree / course.SOLUTIONS).exists()
+    log = subprocess.run(["git", "-C", str(tree), "log", "--oneline"], capture_output=True, text=True).stdout
+    assert len(log.splitlines()) == 1
+    assert subprocess.run(["git", "-C", str(tree), "status", "--porcelain"], capture_output=True,
+                          text=True).stdout == ""
+    assert course.recorded_assignment(tree) == "03-f-divergences"
+    with pytest.raises(course.CourseError, match="made for 03-f-divergences, not 05-rlhf"):
+        course.grade(tree, "05-rlhf", root=ROOT)
+    early = course.make("03-f-divergences", tmp_path / "e", ROOT, term=True, stub_earlier=True)
+    cut = course.cuts_by_file(known["01-autograd"].units(), ROOT)["minialign/tensor.py"][0]
+    assert cut.stub in (early / "minialign/tensor.py").read_text()
