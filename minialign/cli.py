@@ -318,6 +318,15 @@ def _course_grade(args):
     return 0
 
 
+def _course_autograder(args):
+    from .course.bundle import autograder
+
+    target = autograder(args.name, args.out, args.extra_tests)
+    print(f"{target}: the Gradescope autograder of {args.name} (setup.sh, run_autograder, the instructor's copy"
+          + (", hidden tests" if args.extra_tests else "") + "); upload it as the assignment's autograder")
+    return 0
+
+
 def _course_restore(args):
     from .course import assignment_of, restore
 
@@ -374,6 +383,12 @@ def _course_parser(sub):
                    help="seconds each task's tests may run (a task that runs longer fails its unreported tests)")
     c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="tasks graded at the same time")
     c.set_defaults(fn=_course_grade)
+    c = actions.add_parser("autograder", help="write the Gradescope autograder bundle (a zip) of an assignment",
+                           formatter_class=_fmt())
+    c.add_argument("name", help="an assignment, e.g. 05-rlhf")
+    c.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
+    c.set_defaults(fn=_course_autograder)
     c = actions.add_parser("restore", help="put the solution back into an untouched student repository",
                            formatter_class=_fmt())
     c.add_argument("dir", help="a student repository made by `make`, its stubs untouched")
