@@ -318,6 +318,34 @@ def _course_grade(args):
     return 0
 
 
+def _course_grade_all(args):
+    import threading
+    import time
+    from pathlib import Path
+
+    from .course import load
+    from .course.grade import grade_all, write_class_csv
+
+    a = load(args.assignment)
+    if not Path(args.csv).parent.is_dir() or Path(args.csv).is_dir():
+        raise ValueError(f"--csv {args.csv}: expected a file in an existing folder")
+    lock, done = threading.Lock(), []
+    t0 = time.perf_counter()
+
+    def progress(row):
+        with lock:
+            done.append(row)
+            score = f"{row.grade.score:g} / {a.points:g}" if row.grade is not None else f"not graded: {row.error}"
+            print(f"[{len(done)}] {row.submission}: {score}", flush=True)
+
+    rows = grade_all(Path(args.submissions), a.name, args.jobs, args.extra_tests, timeout=args.timeout,
+                     progress=progress)
+    write_class_csv(rows, a, Path(args.csv))
+    print(f"{len(rows)} submissions of {a.name} graded in {time.perf_counter() - t0:.1f} s with --jobs {args.jobs}; "
+          f"grades: {args.csv}")
+    return 0
+
+
 def _course_autograder(args):
     from .course.bundle import autograder
 
@@ -383,6 +411,16 @@ def _course_parser(sub):
                    help="seconds each task's tests may run (a task that runs longer fails its unreported tests)")
     c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="tasks graded at the same time")
     c.set_defaults(fn=_course_grade)
+    c = actions.add_parser("grade-all", help="grade a class: every submission folder, in parallel, to a CSV",
+                           formatter_class=_fmt())
+    c.add_argument("submissions", help="a folder holding one folder per student (a repository or loose files)")
+    c.add_argument("--assignment", required=True, help="the assignment, e.g. 05-rlhf")
+    c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="submissions graded at the same time")
+    c.add_argument("--csv", required=True, metavar="PATH", help="where the grades go (one row per student)")
+    c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
+    c.add_argument("--timeout", type=A.positive_float, default=TASK_TIMEOUT, metavar="SECONDS",
+                   help="seconds each task's tests may run")
+    c.set_defaults(fn=_course_grade_all)
     c = actions.add_parser("autograder", help="write the Gradescope autograder bundle (a zip) of an assignment",
                            formatter_class=_fmt())
     c.add_argument("name", help="an assignment, e.g. 05-rlhf")

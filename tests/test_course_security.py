@@ -407,3 +407,25 @@ def test_a_loose_file_upload_is_graded_and_a_missing_file_scores_zero_with_the_r
     assert g.score == 0 and "has no minialign/mini.py" in g.table()
     with pytest.raises(course.CourseError, match="name it with --assignment"):
         course.grade(empty, root=mini)
+
+
+# ---------------------------------------------------------------------------------------- a class
+def test_a_class_is_graded_in_parallel_and_a_broken_submission_never_stops_the_others(tmp_path, mini):
+    subs = tmp_path / "class"
+    subs.mkdir()
+    _student(subs, mini, HONEST, name="alice")
+    _student(subs, mini, name="bob")                                  # the stubs
+    _student(subs, mini, {"double": "return (x +"}, name="carol")      # does not parse
+    _student(subs, mini, {"total": "import os\nreturn 0.0"}, name="dave")
+    (subs / "erin").mkdir()                                           # handed in nothing
+    rows = grading.grade_all(subs, "01-mini", jobs=2, root=mini, timeout=60)
+    by = {r.submission: r for r in rows}
+    assert [r.submission for r in rows] == ["alice", "bob", "carol", "dave", "erin"]
+    assert by["alice"].grade.score == 30 and by["bob"].grade.score == 0
+    assert "SyntaxError in minialign/mini.py" in by["carol"].reasons()
+    assert by["dave"].grade.score == 0 and "rule 'import'" in by["dave"].reasons()
+    assert by["erin"].grade.score == 0 and "has no minialign/mini.py" in by["erin"].reasons()
+    grading.write_class_csv(rows, course.load("01-mini", mini), tmp_path / "grades.csv")
+    lines = (tmp_path / "grades.csv").read_text().splitlines()
+    assert lines[0] == "submission,total,max,task 1.1,task 1.2,task 1.3,reasons"
+    assert lines[1].startswith("alice,30,30,10,10,10,") and lines[2].startswith("bob,0,30,0,0,0,")

@@ -564,3 +564,67 @@ def _inside(file, tree: Path) -> str:
     except (ValueError, OSError):
         return "(outside the grading copy)"
     return "<grading copy>/" + rel if re.fullmatch(r"[\w./-]+", rel) else "(outside the grading copy)"
+
+
+# ============================================================================ a class at a time
+
+
+@dataclass
+class ClassRow:
+    submission: str
+    grade: Grade | None
+    error: str = ""         # why a submission could not be graded at all
+
+    def reasons(self) -> str:
+        """Why each task that scored 0 did (its first failure), or why nothing was graded."""
+        if self.grade is None:
+            return self.error
+        out = []
+        for t in self.grade.tasks:
+            if t.score == 0 and t.failures():
+                name, why = t.failures()[0]
+                out.append(f"{t.task.id}: {why}" if name == "your code" else f"{t.task.id}: {name}: {why}")
+        return "; ".join(out)
+
+
+def grade_all(submissions: Path, name: str, jobs: int = 1, extra_tests=None, root: Path = ROOT,
+              timeout: float = TASK_TIMEOUT, progress=None) -> list:
+    """Grade every submission folder in ``submissions`` (one per student, named for them) as ``name``, ``jobs``
+    at a time, each as ``grade`` does (its own sandboxed processes); a submission that cannot be graded is a
+    row with its reason, never a stop. The expected tests are collected once for the class."""
+    submissions = Path(submissions)
+    if not submissions.is_dir():
+        raise CourseError(f"SUBMISSIONS {submissions}: expected a folder holding one folder per student")
+    load(name, root)
+    folders = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.is_symlink())
+    if not folders:
+        raise CourseError(f"SUBMISSIONS {submissions} holds no folder (one folder per student)")
+
+    def one(folder):
+        try:
+            row = ClassRow(folder.name, grade(folder, name, extra_tests, root, timeout))
+        except CourseError as e:
+            row = ClassRow(folder.name, None, str(e).splitlines()[0][:300])
+        except Exception as e:  # the grader's own failure on one submission never stops the class
+            row = ClassRow(folder.name, None, f"the grader failed: {type(e).__name__}: {e}"[:300])
+        if progress is not None:
+            progress(row)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, folders))
+
+
+def write_class_csv(rows, a: Assignment, path: Path) -> None:
+    """One row per student: total, points per task, the reason for any zero."""
+    import csv
+
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["submission", "total", "max", *[f"task {t.id}" for t in a.tasks], "reasons"])
+        for r in rows:
+            points = [t.score for t in r.grade.tasks] if r.grade is not None else [0.0] * len(a.tasks)
+            w.writerow([r.submission, f"{r.grade.score if r.grade is not None else 0.0:g}", f"{a.points:g}",
+                        *[f"{p:g}" for p in points], r.reasons()])
+    os.replace(tmp, path)
