@@ -10,6 +10,7 @@ the policy.
 """
 import importlib
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ instructor_only = pytest.mark.skipif(STUDENT_TREE, reason="the grader is tried i
 
 MODULE = '''"""A miniature library: three units, one per task."""
 import os
+import re
 
 import numpy as np
 
@@ -56,6 +58,8 @@ def shifted(x, by):
 
 TESTS = '''import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minialign.mini import double, shifted, total
 
@@ -89,6 +93,12 @@ def test_total_of_nothing_is_zero():
 @pytest.mark.task1_3
 def test_shifted_on_known_values():
     assert np.array_equal(np.asarray(shifted([3.0, 4.0], 1.0), dtype=float), [2.0, 3.0])
+
+
+@pytest.mark.task1_3
+@given(st.integers(0, 10))
+def test_shifting_by_zero_changes_nothing(v):
+    assert float(np.asarray(shifted([v], 0.0), dtype=float)[0]) == v
 '''
 
 MANIFEST = '''number = 1
@@ -123,6 +133,18 @@ units = ["minialign/mini.py::shifted#shift"]
 text = "x - by."
 '''
 
+CONFTEST = '''import os
+
+from hypothesis import Phase, settings
+
+import minialign  # noqa: F401
+
+# as the repository's conftest: the grader's profile does not shrink
+settings.register_profile("grading", max_examples=20, derandomize=True,
+                          phases=[p for p in Phase if p.name not in ("shrink", "explain")])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+'''
+
 HIDDEN = '''import numpy as np
 import pytest
 
@@ -146,7 +168,7 @@ def _mini_repo(where: Path) -> Path:
         "chapters/01-mini.md": "# a miniature chapter\n",
         "minialign/__init__.py": "",
         "minialign/mini.py": MODULE,
-        "tests/conftest.py": "import minialign  # noqa: F401\n",
+        "tests/conftest.py": CONFTEST,
         "tests/test_mini.py": TESTS,
     }
     for rel, text in files.items():
@@ -361,6 +383,14 @@ def test_a_fork_bomb_is_stopped_and_leaves_no_process(tmp_path, mini):
     assert g.score == 0, g.table()
     forked = [int(p.read_text()) for p in tmp_path.glob("pid*") if p.read_text()]
     assert forked and not any(_alive(pid) for pid in forked)
+
+
+def test_a_failing_property_test_shows_its_example_when_graded(tmp_path, mini):
+    g = course.grade(_student(tmp_path, mini, {"shifted#shift": "out = out - by - 1"}), root=mini, timeout=60)
+    assert g.score == 0
+    assert "test_shifting_by_zero_changes_nothing: AssertionError" in g.table()
+    assert re.search(r"(Falsifying example|Failing test case): test_shifting_by_zero_changes_nothing\(v=\d+\)",
+                     g.table()), g.table()
 
 
 # ---------------------------------------------------------------------------------------- hidden tests

@@ -85,11 +85,12 @@ def _example(exc):
     """A property test's falsifying example (hypothesis adds it to the exception's notes), on one line."""
     notes = [n for n in getattr(exc, "__notes__", ()) or () if isinstance(n, str)]
     lines = [line.strip() for n in notes for line in n.splitlines()]
-    start = next((i for i, line in enumerate(lines) if line.startswith("Falsifying example")), None)
+    start = next((i for i, line in enumerate(lines) if line.startswith(("Falsifying example", "Failing test case"))),
+                 None)
     if start is None:
         return ""
     text = " ".join(line for line in lines[start:] if line and not line.startswith(("Explanation", "You can")))
-    return text[:500]
+    return re.sub(r",?\s+\)", ")", re.sub(r"\(\s+", "(", text))[:500]
 
 
 def _tasks(item):
