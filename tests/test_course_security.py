@@ -28,7 +28,6 @@ instructor_only = pytest.mark.skipif(STUDENT_TREE, reason="the grader is tried i
 
 MODULE = '''"""A miniature library: three units, one per task."""
 import os
-import re
 
 import numpy as np
 
