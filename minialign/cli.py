@@ -283,7 +283,8 @@ def _course_make(args):
     tree = make(args.name, args.out, term=args.term, stub_earlier=args.stub_earlier)
     what = ("a term tree: this and every later assignment stubbed"
             + (", and every earlier one" if args.stub_earlier else "") + "; a git repository with one commit"
-            if args.term else f"{len(a.units())} units stubbed in {len({split_spec(u)[0] for u, _ in a.units()})} files")
+            if args.term else
+            f"{len(a.units())} units stubbed in {len({split_spec(u)[0] for u, _ in a.units()})} files")
     print(f"{tree}: the student repository of {a.name} ({what}), handout {HANDOUT} "
           f"({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -417,7 +418,8 @@ def _course_parser(sub):
     c.add_argument("--assignment", required=True, help="the assignment, e.g. 05-rlhf")
     c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="submissions graded at the same time")
     c.add_argument("--csv", required=True, metavar="PATH", help="where the grades go (one row per student)")
-    c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
+    c.add_argument("--extra-tests", default=None, metavar="PATH",
+                   help="hidden tests: a test_*.py file or a folder of them")
     c.add_argument("--timeout", type=A.positive_float, default=TASK_TIMEOUT, metavar="SECONDS",
                    help="seconds each task's tests may run")
     c.set_defaults(fn=_course_grade_all)
@@ -425,7 +427,8 @@ def _course_parser(sub):
                            formatter_class=_fmt())
     c.add_argument("name", help="an assignment, e.g. 05-rlhf")
     c.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
-    c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
+    c.add_argument("--extra-tests", default=None, metavar="PATH",
+                   help="hidden tests: a test_*.py file or a folder of them")
     c.set_defaults(fn=_course_autograder)
     c = actions.add_parser("restore", help="put the solution back into an untouched student repository",
                            formatter_class=_fmt())

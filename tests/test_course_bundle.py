@@ -114,3 +114,13 @@ def test_the_bundle_gives_the_solution_full_marks_a_loose_upload_its_points_and_
     (where / "submission" / "divergences.py").unlink()
     data = _run(where)
     assert data["score"] == 0 and "has no minialign/divergences.py" in json.dumps(data)
+
+
+@instructor_only
+def test_the_bundle_writes_a_zero_with_the_reason_when_the_grader_itself_cannot_run(tmp_path, monkeypatch):
+    """A broken setup (here: no Python where setup.sh puts it) still gives Gradescope a results.json: 0, why."""
+    where = _unpack(autograder("04-rl", tmp_path / "bundle", root=ROOT), tmp_path / "autograder")
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    data = _run(where)
+    assert data["score"] == 0 and "the grader stopped (exit status 1)" in data["output"]
+    assert data["tests"][0]["max_score"] == course.load("04-rl", ROOT).points

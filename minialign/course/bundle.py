@@ -60,8 +60,9 @@ status=$?
 cat "$RESULTS/grade.log"
 if [ ! -s "$RESULTS/results.json" ]; then
   reason="the grader stopped (exit status $status) before writing results; the instructor has its log"
-  printf '{{"score": 0.0, "output": "not graded: %s", "tests": [{{"name": "grading", "score": 0.0, "max_score": {points}, "output": "%s", "visibility": "visible"}}]}}\n' \
-    "$reason" "$reason" > "$RESULTS/results.json"
+  printf '{{"score": 0.0, "output": "not graded: %s", "tests": [{{"name": "grading", "score": 0.0, %s}}]}}\n' \
+    "$reason" "\"max_score\": {points}, \"output\": \"$reason\", \"visibility\": \"visible\"" \
+    > "$RESULTS/results.json"
 fi
 exit 0
 """
