@@ -279,14 +279,17 @@ def test_a_body_that_breaks_the_policy_is_refused_naming_line_and_rule(attack, m
 
 
 @instructor_only
-def test_every_unit_of_the_course_as_written_passes_the_policy_and_splices_back_to_itself():
-    """The policy refuses no honest body: the solution of every unit of the eight assignments passes it."""
+def test_every_unit_of_the_course_as_written_passes_the_policy_and_splices_back_to_itself(tmp_path):
+    """The policy refuses no honest body: the solution of every unit of the eight assignments passes it, and so
+    does every stub (whose message may name a unit such as Tensor.__mul__)."""
     for a in course.assignments(ROOT).values():
         texts, missing = grading.read_units_files(ROOT, a)
+        stubbed, _ = grading.read_units_files(course.make(a.name, tmp_path / a.name, ROOT), a)
         for t in a.tasks:
             files, problems = grading.spliced_files(t, texts, missing, ROOT)
             assert not problems, (a.name, t.id, problems)
             assert all(files[rel] == texts[rel] for rel in files)
+            assert not grading.spliced_files(t, stubbed, {}, ROOT)[1], (a.name, t.id)
 
 
 def test_the_policy_is_in_every_handout():

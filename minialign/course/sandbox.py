@@ -48,7 +48,7 @@ from pathlib import Path
 
 from . import policy
 from .cut import _find_function, _function_end, locate, split_spec
-from .manifest import CourseError, Task
+from .manifest import HANDOUT, CourseError, Task
 
 MAX_FILE_BYTES = 2_000_000
 CHANNEL_ENV = "MINIALIGN_COURSE_FD"
@@ -164,6 +164,7 @@ def splice(rel: str, instructor: str, student: str, specs, task: Task, package: 
     if check:
         module, values = policy.module_names(tree, package), policy.module_values(tree)
         privates = _privates(str(root)) if root is not None else frozenset()
+        stubs = frozenset(f"Task {task.id}: {spec} — {task.title}; see {HANDOUT}" for spec in task.units)
         for icut, body, first, spec in pieces:
             fn = _find_function(tree, split_spec(spec)[1], spec)
             try:
@@ -172,7 +173,8 @@ def splice(rel: str, instructor: str, student: str, specs, task: Task, package: 
                 problems.append(f"{rel}, line {first + (e.lineno or 1) - 1}: the body of {split_spec(spec)[1]} "
                                 f"does not parse on its own: {e.msg}")
                 continue
-            problems += [f"{rel}, {v}" for v in policy.check_body(statements, fn, module, first - 1, values, privates)]
+            problems += [f"{rel}, {v}" for v in policy.check_body(statements, fn, module, first - 1, values, privates,
+                                                                     stubs)]
     return Spliced(source if not problems else instructor, problems)
 
 
