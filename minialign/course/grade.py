@@ -167,14 +167,14 @@ def _fingerprint(tree: Path, files) -> tuple:
 
 
 def collect(tree: Path, files, timeout: float = DEFAULT_TIMEOUT, user=None) -> tuple:
-    """The tests of ``files`` in ``tree`` (nodeid → task markers) and the collection errors, from a collection
-    run: the expected tests of a grade, taken from the instructor's copy, where no student code runs. A
+    """The tests of ``files`` in ``tree`` (nodeid → task markers), the collection errors and where minialign was
+    imported from, from a collection run: the expected tests of a grade, taken from the instructor's copy, where no student code runs. A
     collection of the same files in the same tree is made once per process (a class graded in one process
     collects once)."""
     key = _fingerprint(tree, files)
     if key in _COLLECTED:
-        found, errors = _COLLECTED[key]
-        return dict(found), list(errors)
+        found, errors, modules = _COLLECTED[key]
+        return dict(found), list(errors), dict(modules)
     o = sandboxed_pytest(tree, ["--collect-only", *files], timeout, user=user)
     found = {e["collected"]: list(e.get("tasks", [])) for e in o.events if "collected" in e}
     errors = [{"nodeid": e["collect_error"], "message": str(e.get("message", ""))} for e in o.events
@@ -182,8 +182,10 @@ def collect(tree: Path, files, timeout: float = DEFAULT_TIMEOUT, user=None) -> t
     if not found and not errors:
         tail = "\n".join(o.log.strip().splitlines()[-15:])
         raise CourseError(f"collecting the tests in the instructor's copy failed ({o.end}):\n{tail}")
-    _COLLECTED[key] = (dict(found), list(errors))
-    return found, errors
+    modules = next((e["modules"] for e in reversed(o.events) if isinstance(e.get("modules"), dict)), {})
+    modules = {k: _inside(v, tree) for k, v in modules.items()}
+    _COLLECTED[key] = (dict(found), list(errors), dict(modules))
+    return found, errors, modules
 
 
 # ============================================================================ grading
@@ -442,7 +444,7 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
         visible_files = marked_files(base, a.markers)
         sandbox.lock_tree(base, user)
         try:
-            found, errors = collect(base, [*visible_files, *hidden_files], timeout, user)
+            found, errors, collected_modules = collect(base, [*visible_files, *hidden_files], timeout, user)
             expected, hidden = _expected(a, found, errors, hidden_files)
             texts, missing = read_units_files(student, a)
 
@@ -461,7 +463,7 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
                     sandbox.unlock_tree(d)
     tasks = [r[0] for r in results]
     tests = {t.nodeid: t for r in results for t in r[0].tests}
-    modules = next((r[1] for r in results if r[1]), {})
+    modules = next((r[1] for r in results if r[1]), collected_modules)
     run = Run(tests, [e for r in results for e in r[2]], modules, 0, time.perf_counter() - t0, tmp / "base")
     return Grade(a, tasks, modules, run.seconds, unit_files(a), run)
 
