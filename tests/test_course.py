@@ -360,3 +360,19 @@ def test_a_term_tree_holds_no_future_answers_no_instructor_files_and_one_commit(
     early = course.make("03-f-divergences", tmp_path / "e", ROOT, term=True, stub_earlier=True)
     cut = course.cuts_by_file(known["01-autograd"].units(), ROOT)["minialign/tensor.py"][0]
     assert cut.stub in (early / "minialign/tensor.py").read_text()
+
+
+@instructor_only
+@pytest.mark.slow
+def test_a_stub_in_one_task_costs_only_that_task_on_a_real_assignment(tmp_path):
+    """05-rlhf with task 5.2 alone stubbed: 5.3 and 5.4, whose tests run RLHF.loss, keep their points (each task
+    is graded with every other unit the instructor's); 5.2 scores 0."""
+    a = course.load("05-rlhf", ROOT)
+    tree = course.make("05-rlhf", tmp_path / "student", ROOT)
+    course.restore(tree, "05-rlhf", ROOT)
+    task = next(t for t in a.tasks if t.id == "5.2")
+    for path, cuts in course.cuts_by_file([(u, task) for u in task.units], ROOT).items():
+        (tree / path).write_text(course.apply_cuts((tree / path).read_text(), cuts))
+    g = course.grade(tree, root=ROOT, jobs=2)
+    assert {t.task.id: t.score for t in g.tasks} == {t.id: (0 if t.id == "5.2" else t.points) for t in a.tasks}, \
+        g.table()

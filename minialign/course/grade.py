@@ -550,9 +550,11 @@ def _grade_task(a, task, tmp, base, texts, missing, root, expected, hidden, erro
     if hid:
         files_h = sorted({n.split("::")[0] for n in hid})
         r = run_tests(ws, ["-m", task.marker, *files_h], timeout, expected=hid, user=user, limits=limits)
-        for n, t in r.tests.items():   # a hidden test's record: pass or fail, and nothing its run wrote
+        units = {f"{u.id} {spec}" for u in a.tasks for spec in u.units}
+        for n, t in r.tests.items():   # a hidden test's record: pass or fail, the stub it met, nothing else it wrote
             outs[n] = TestOutcome(n, t.tasks, "passed" if t.outcome == "passed" else "failed", "",
-                                  "NotRun" if t.error == "NotRun" else "", t.message if t.error == "NotRun" else "")
+                                  "NotRun" if t.error == "NotRun" else "", t.message if t.error == "NotRun" else "",
+                                  [s for s in t.stubs if s in units])
     ts.tests = [outs[n] for n in mine]
     return ts, modules, [e for e in errs]
 
