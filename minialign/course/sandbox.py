@@ -51,6 +51,7 @@ from .cut import _find_function, _function_end, locate, split_spec
 from .manifest import HANDOUT, CourseError, Task
 
 MAX_FILE_BYTES = 2_000_000
+MAX_CHANNEL_BYTES = 64 << 20
 CHANNEL_ENV = "MINIALIGN_COURSE_FD"
 TOKEN_ENV = "MINIALIGN_SANDBOX_TOKEN"
 DEFAULT_LIMITS = {"memory_bytes": 6 << 30, "file_bytes": 64 << 20, "processes": 2048}
@@ -335,7 +336,9 @@ def _run(cmd, cwd, env, timeout, limits, user, token, read_end, write_end, log) 
                 if not chunk:           # every writer closed: the run is over
                     break
                 buffer += chunk
-            elif proc.poll() is not None:
+                if len(buffer) > MAX_CHANNEL_BYTES:   # a flood is no report: stop reading, end the run
+                    break
+            if proc.poll() is not None:  # the run is over, whatever a stray child still holds open
                 break
     finally:
         _kill_group(proc)
