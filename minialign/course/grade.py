@@ -168,9 +168,9 @@ def _fingerprint(tree: Path, files) -> tuple:
 
 def collect(tree: Path, files, timeout: float = DEFAULT_TIMEOUT, user=None) -> tuple:
     """The tests of ``files`` in ``tree`` (nodeid → task markers), the collection errors and where minialign was
-    imported from, from a collection run: the expected tests of a grade, taken from the instructor's copy, where no student code runs. A
-    collection of the same files in the same tree is made once per process (a class graded in one process
-    collects once)."""
+    imported from, from a collection run: the expected tests of a grade, taken from the instructor's copy, where no
+    student code runs. A collection of the same files in the same tree is made once per process (a class graded in
+    one process collects once)."""
     key = _fingerprint(tree, files)
     if key in _COLLECTED:
         found, errors, modules = _COLLECTED[key]
