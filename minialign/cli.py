@@ -329,7 +329,8 @@ def _course_grade_all(args):
 
     a = load(args.assignment)
     if not Path(args.csv).parent.is_dir() or Path(args.csv).is_dir():
-        raise ValueError(f"--csv {args.csv}: expected a file in an existing folder")
+        raise ValueError(f"--csv {args.csv}: expected a file in an existing folder"
+                         + (" (it is a folder)" if Path(args.csv).is_dir() else ""))
     lock, done = threading.Lock(), []
     t0 = time.perf_counter()
 

@@ -600,6 +600,8 @@ def grade_all(submissions: Path, name: str, jobs: int = 1, extra_tests=None, roo
     if not submissions.is_dir():
         raise CourseError(f"SUBMISSIONS {submissions}: expected a folder holding one folder per student")
     load(name, root)
+    if extra_tests is not None:
+        extra_test_files(extra_tests)   # refused once, before any submission
     folders = sorted(p for p in submissions.iterdir() if p.is_dir() and not p.is_symlink())
     if not folders:
         raise CourseError(f"SUBMISSIONS {submissions} holds no folder (one folder per student)")
