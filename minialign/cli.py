@@ -411,9 +411,15 @@ def _course_make(args):
 
     t0 = time.perf_counter()
     a = load(args.name)
-    tree = make(args.name, args.out)
-    print(f"{tree}: the student repository of {a.name} ({len(a.units())} units stubbed in "
-          f"{len({split_spec(u)[0] for u, _ in a.units()})} files), handout {HANDOUT} "
+    if args.stub_earlier and not args.term:
+        raise ValueError("--stub-earlier goes with --term (a term tree); without it only this assignment's units "
+                         "are stubbed")
+    tree = make(args.name, args.out, term=args.term, stub_earlier=args.stub_earlier)
+    what = ("a term tree: this and every later assignment stubbed"
+            + (", and every earlier one" if args.stub_earlier else "") + "; a git repository with one commit"
+            if args.term else
+            f"{len(a.units())} units stubbed in {len({split_spec(u)[0] for u, _ in a.units()})} files")
+    print(f"{tree}: the student repository of {a.name} ({what}), handout {HANDOUT} "
           f"({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -422,20 +428,66 @@ def _course_grade(args):
     import json
     from pathlib import Path
 
-    from .course import grade
+    from .course import CourseError, grade, load
+    from .course.grade import zero_results
 
     if args.json:
         target = Path(args.json)
         if target.is_dir() or not target.parent.is_dir():
             raise ValueError(f"--json {args.json}: expected a file in an existing folder"
                              + (" (it is a folder)" if target.is_dir() else f" ({target.parent} is not a folder)"))
-    g = grade(Path(args.dir), args.assignment, args.extra_tests, timeout=args.timeout)
+    try:
+        g = grade(Path(args.dir), args.assignment, args.extra_tests, timeout=args.timeout, jobs=args.jobs)
+    except CourseError as e:
+        if args.json:  # an autograder always gets its results: 0, and why
+            points = load(args.assignment).points if args.assignment else None
+            Path(args.json).write_text(json.dumps(zero_results(str(e), points), indent=1), encoding="utf-8")
+            print(f"results: {args.json} (0: not graded)")
+        raise
     print(g.table())
-    print(f"graded in {g.seconds:.1f} s; taken from the student: {', '.join(g.student_files)}; "
+    print(f"graded in {g.seconds:.1f} s; taken from the student: the units' bodies in {', '.join(g.student_files)}; "
           f"minialign from {g.modules.get('minialign')}, minialign.kernels from {g.modules.get('minialign.kernels')}")
-    if args.json:
+    if args.json:  # written here, after every process of the grade is gone; the same numbers as the table
         Path(args.json).write_text(json.dumps(g.gradescope(), indent=1, ensure_ascii=False), encoding="utf-8")
         print(f"results: {args.json}")
+    return 0
+
+
+def _course_grade_all(args):
+    import threading
+    import time
+    from pathlib import Path
+
+    from .course import load
+    from .course.grade import grade_all, write_class_csv
+
+    a = load(args.assignment)
+    if not Path(args.csv).parent.is_dir() or Path(args.csv).is_dir():
+        raise ValueError(f"--csv {args.csv}: expected a file in an existing folder"
+                         + (" (it is a folder)" if Path(args.csv).is_dir() else ""))
+    lock, done = threading.Lock(), []
+    t0 = time.perf_counter()
+
+    def progress(row):
+        with lock:
+            done.append(row)
+            score = f"{row.grade.score:g} / {a.points:g}" if row.grade is not None else f"not graded: {row.error}"
+            print(f"[{len(done)}] {row.submission}: {score}", flush=True)
+
+    rows = grade_all(Path(args.submissions), a.name, args.jobs, args.extra_tests, timeout=args.timeout,
+                     progress=progress)
+    write_class_csv(rows, a, Path(args.csv))
+    print(f"{len(rows)} submissions of {a.name} graded in {time.perf_counter() - t0:.1f} s with --jobs {args.jobs}; "
+          f"grades: {args.csv}")
+    return 0
+
+
+def _course_autograder(args):
+    from .course.bundle import autograder
+
+    target = autograder(args.name, args.out, args.extra_tests)
+    print(f"{target}: the Gradescope autograder of {args.name} (setup.sh, run_autograder, the instructor's copy"
+          + (", hidden tests" if args.extra_tests else "") + "); upload it as the assignment's autograder")
     return 0
 
 
@@ -484,7 +536,7 @@ def _rewrite(path, edit):
 
 def _course_parser(sub):
     """``minialign course``: list, make, grade, restore, check (and handouts, for maintainers)."""
-    from .course import DEFAULT_TIMEOUT, HANDOUTS
+    from .course import HANDOUTS, TASK_TIMEOUT
 
     p = sub.add_parser("course", help="course assignments: list, make a student repository, grade, release check")
     actions = p.add_subparsers(dest="course_command", required=True, metavar="ACTION")
@@ -494,15 +546,38 @@ def _course_parser(sub):
                            formatter_class=_fmt())
     c.add_argument("name", help="an assignment, e.g. 05-rlhf (see `minialign course list`)")
     c.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    c.add_argument("--term", action="store_true",
+                   help="the tree of a term: every later assignment stubbed too, no instructor README or CI, "
+                        "a fresh git repository")
+    c.add_argument("--stub-earlier", action="store_true", help="with --term: stub the earlier assignments too")
     c.set_defaults(fn=_course_make)
     c = actions.add_parser("grade", help="grade a student repository with this repository's tests", formatter_class=_fmt())
     c.add_argument("dir", help="the student's repository")
     c.add_argument("--assignment", default=None, metavar="NAME", help="the assignment (default: read from the tree's handout)")
     c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
     c.add_argument("--json", default=None, metavar="PATH", help="write Gradescope's results.json here")
-    c.add_argument("--timeout", type=A.positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                   help="seconds the tests may run")
+    c.add_argument("--timeout", type=A.positive_float, default=TASK_TIMEOUT, metavar="SECONDS",
+                   help="seconds each task's tests may run (a task that runs longer fails its unreported tests)")
+    c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="tasks graded at the same time")
     c.set_defaults(fn=_course_grade)
+    c = actions.add_parser("grade-all", help="grade a class: every submission folder, in parallel, to a CSV",
+                           formatter_class=_fmt())
+    c.add_argument("submissions", help="a folder holding one folder per student (a repository or loose files)")
+    c.add_argument("--assignment", required=True, help="the assignment, e.g. 05-rlhf")
+    c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="submissions graded at the same time")
+    c.add_argument("--csv", required=True, metavar="PATH", help="where the grades go (one row per student)")
+    c.add_argument("--extra-tests", default=None, metavar="PATH",
+                   help="hidden tests: a test_*.py file or a folder of them")
+    c.add_argument("--timeout", type=A.positive_float, default=TASK_TIMEOUT, metavar="SECONDS",
+                   help="seconds each task's tests may run")
+    c.set_defaults(fn=_course_grade_all)
+    c = actions.add_parser("autograder", help="write the Gradescope autograder bundle (a zip) of an assignment",
+                           formatter_class=_fmt())
+    c.add_argument("name", help="an assignment, e.g. 05-rlhf")
+    c.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    c.add_argument("--extra-tests", default=None, metavar="PATH",
+                   help="hidden tests: a test_*.py file or a folder of them")
+    c.set_defaults(fn=_course_autograder)
     c = actions.add_parser("restore", help="put the solution back into an untouched student repository",
                            formatter_class=_fmt())
     c.add_argument("dir", help="a student repository made by `make`, its stubs untouched")

@@ -402,7 +402,16 @@ CHOICES = [("align rlhf --kl k4", "--kl", "'k4'", "k1_seq"), ("align rlhf --algo
            ("course restore {readonly}", "ASSIGNMENT.md", "--assignment"),
            ("course restore {readonly} --assignment 05-rlhf", "readonly", "not a student repository"),
            ("course restore {readonly} --assignment 99-x", "no assignment", "'99-x'"),
-           ("course check 99-x", "no assignment", "'99-x'")] + \
+           ("course check 99-x", "no assignment", "'99-x'"),
+           ("course grade-all {missing} --assignment 05-rlhf --csv g.csv", "SUBMISSIONS", "missing.npz"),
+           ("course grade-all {readonly} --assignment 99-x --csv g.csv", "no assignment", "'99-x'"),
+           ("course grade-all {readonly} --assignment 05-rlhf --csv {dir}", "--csv", "folder.npz"),
+           ("course grade-all {readonly} --assignment 05-rlhf --csv g.csv --extra-tests {missing}", "--extra-tests",
+            "missing.npz"),
+           ("course grade-all {readonly} --assignment 05-rlhf --csv g.csv", "SUBMISSIONS", "no folder"),
+           ("course autograder 05-rlhf --out {file}", "--out", "plain.txt", "not an empty folder"),
+           ("course autograder 05-rlhf --out {readonly}/gs --extra-tests {missing}", "--extra-tests", "missing.npz"),
+           ("course make 05-rlhf --out {missing} --stub-earlier", "--stub-earlier", "--term")] + \
     [(f"{command} --prompts first9", "--prompts", "'first9'", "first1") for command in flag_commands("--prompts")] + \
     [(f"{command} --device tpu" + (" --teacher {ok}" if command == "distill" else ""), "--device", "'tpu'", "cuda")
      for command in flag_commands("--device")] + \

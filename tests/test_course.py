@@ -258,7 +258,7 @@ def test_points_are_the_fraction_of_a_task_s_tests_that_pass_and_hidden_tests_sh
     results = g.gradescope()
     assert results["score"] == 22.5 and [t["max_score"] for t in results["tests"]] == [10.0] * 4
     for text in (json.dumps(results), g.table()):
-        assert "test_task4_2_3 [hidden]: AssertionError" in text
+        assert "test_task4_2_3 [hidden]: failed" in text
         assert text.count("assert secret_value == 3") == 6  # the six visible failures' messages, not the hidden one's
     with pytest.raises(course.CourseError, match="task 4.1 of 04-rl has no tests"):
         course.score(a, course.Run({}, [], {}, 1, 1.0, ROOT))
@@ -360,7 +360,7 @@ def test_the_grading_copy_takes_only_the_units_files_from_the_student(tmp_path):
     with pytest.raises(course.CourseError, match="has the name of a test file of the repository"):
         course.grading_workspace(student, a, tmp_path / "work2", clash, ROOT)
     (student / "minialign/ebm.py").unlink()
-    with pytest.raises(course.CourseError, match="has no minialign/ebm.py, which holds units of 06-gdc"):
+    with pytest.raises(course.CourseError, match="the student tree .* has no minialign/ebm.py"):
         course.grading_workspace(student, a, tmp_path / "work3", None, ROOT)
 
 
@@ -379,14 +379,56 @@ def test_a_student_runs_a_task_in_their_tree_against_their_own_code(tmp_path):
 
 
 @instructor_only
-@pytest.mark.slow
-def test_a_tree_whose_tests_cannot_start_scores_zero_and_says_why(tmp_path):
-    """A syntax error in a unit's file stops pytest before any test (the engine is imported by the suite's
-    conftest): the grade is still a grade, 0, with the reason, so that an autograder always writes results."""
+def test_a_syntax_error_in_a_student_s_file_scores_zero_naming_file_and_line(tmp_path):
+    """A student's file that does not parse: every task with a unit in it scores 0, the reason names the file and
+    the line (nothing runs: only unit bodies are ever taken from the file), and the grade is still a grade, so
+    that an autograder always writes results."""
     tree = course.make("01-autograd", tmp_path / "student", ROOT)
     tensor = tree / "minialign" / "tensor.py"
     tensor.write_text(tensor.read_text() + "\ndef broken(:\n")
+    line = len(tensor.read_text().splitlines())
     g = course.grade(tree, root=ROOT)
-    assert g.score == 0 and [t.total for t in g.tasks] == [1] * 5
-    assert "the tests did not run" in g.table() and "SyntaxError" in g.table()
+    assert g.score == 0
+    assert f"SyntaxError in minialign/tensor.py, line {line}" in g.table()
     assert json.loads(json.dumps(g.gradescope()))["score"] == 0
+
+
+@instructor_only
+def test_a_term_tree_holds_no_future_answers_no_instructor_files_and_one_commit(tmp_path):
+    """`course make 03-f-divergences --term`: the units of 03…08 stubbed, those of 01 and 02 in place (or stubbed
+    with --stub-earlier), no README or CI of the instructor's, a git repository with one commit, and the tree
+    records its assignment (another one's grade is refused)."""
+    known = course.assignments(ROOT)
+    assert main(["course", "make", "03-f-divergences", "--out", str(tmp_path / "t"), "--term"]) == 0
+    tree = tmp_path / "t"
+    for a in known.values():
+        for path, cuts in course.cuts_by_file(a.units(), ROOT).items():
+            text = (tree / path).read_text()
+            assert all((c.stub in text) == (a.number >= 3) for c in cuts), (a.name, path)
+    assert not (tree / "README.md").exists() and not (tree / ".ci").exists() and not (tree / course.SOLUTIONS).exists()
+    log = subprocess.run(["git", "-C", str(tree), "log", "--oneline"], capture_output=True, text=True).stdout
+    assert len(log.splitlines()) == 1
+    assert subprocess.run(["git", "-C", str(tree), "status", "--porcelain"], capture_output=True,
+                          text=True).stdout == ""
+    assert course.recorded_assignment(tree) == "03-f-divergences"
+    with pytest.raises(course.CourseError, match="made for 03-f-divergences, not 05-rlhf"):
+        course.grade(tree, "05-rlhf", root=ROOT)
+    early = course.make("03-f-divergences", tmp_path / "e", ROOT, term=True, stub_earlier=True)
+    cut = course.cuts_by_file(known["01-autograd"].units(), ROOT)["minialign/tensor.py"][0]
+    assert cut.stub in (early / "minialign/tensor.py").read_text()
+
+
+@instructor_only
+@pytest.mark.slow
+def test_a_stub_in_one_task_costs_only_that_task_on_a_real_assignment(tmp_path):
+    """05-rlhf with task 5.2 alone stubbed: 5.3 and 5.4, whose tests run RLHF.loss, keep their points (each task
+    is graded with every other unit the instructor's); 5.2 scores 0."""
+    a = course.load("05-rlhf", ROOT)
+    tree = course.make("05-rlhf", tmp_path / "student", ROOT)
+    course.restore(tree, "05-rlhf", ROOT)
+    task = next(t for t in a.tasks if t.id == "5.2")
+    for path, cuts in course.cuts_by_file([(u, task) for u in task.units], ROOT).items():
+        (tree / path).write_text(course.apply_cuts((tree / path).read_text(), cuts))
+    g = course.grade(tree, root=ROOT, jobs=2)
+    assert {t.task.id: t.score for t in g.tasks} == {t.id: (0 if t.id == "5.2" else t.points) for t in a.tasks}, \
+        g.table()

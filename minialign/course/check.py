@@ -30,8 +30,9 @@ from .manifest import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, Cour
 from .tree import make, project_files, restore, tree_differences, write_tree
 
 
-# Not run in the tree with every unit stubbed: the release check's own tests (they build such trees themselves).
-NOT_IN_STUB_RUN = (RELEASE_TEST,)
+# Not run in the tree with every unit stubbed: the release check's own tests and the grader's (they build trees
+# from the repository themselves).
+NOT_IN_STUB_RUN = (RELEASE_TEST, "tests/test_course_security.py", "tests/test_course_bundle.py")
 
 
 def static_problems(root: Path = ROOT) -> list:
@@ -65,6 +66,7 @@ def static_problems(root: Path = ROOT) -> list:
                 if (rel, name) not in used:
                     problems.append(f"{rel}:{line}: region {name!r} is marked but no manifest names it")
     problems += _marker_problems(root, known)
+    problems += _core_problems(root, known)
     for a in known.values():
         problems += _document_problems(root, a)
     problems += _chapter_marker_problems(root, known)
@@ -98,6 +100,26 @@ def _marker_problems(root: Path, known: dict) -> list:
         used |= found
         problems += [f"tests/{path.name} uses marker {m}, which no manifest has" for m in sorted(found - wanted)]
     problems += [f"no test carries marker {m}" for m in sorted(wanted - used)]
+    return problems
+
+
+def _core_problems(root: Path, known: dict) -> list:
+    """Every core test a manifest names exists and carries its task's marker."""
+    problems = []
+    for a in known.values():
+        for t in a.tasks:
+            for c in t.core:
+                path, name = c.split("::")
+                file = Path(root) / path
+                text = file.read_text(encoding="utf-8") if file.is_file() else ""
+                m = re.search(rf"^def {re.escape(name)}\(", text, flags=re.M)
+                above = text[:m.start()].splitlines()[-12:] if m else []
+                decorators = "\n".join(above[max((i + 1 for i, line in enumerate(above) if not line.strip()),
+                                                 default=0):])
+                if not m:
+                    problems.append(f"course/{a.name}.toml: core test {c} of task {t.id} does not exist")
+                elif f"mark.{t.marker}" not in decorators:
+                    problems.append(f"course/{a.name}.toml: core test {c} of task {t.id} lacks the marker {t.marker}")
     return problems
 
 
@@ -265,7 +287,7 @@ def check_assignment(name: str, workdir: Path, root: Path = ROOT, extra_tests=No
     if (tree / SOLUTIONS).exists():
         problems.append(f"the student tree holds {SOLUTIONS}")
     t0 = time.perf_counter()
-    student = grade(tree, extra_tests=extra_tests, root=root)
+    student = grade(tree, extra_tests=extra_tests, root=root, run_stubs=True)
     seconds["grade student tree"] = time.perf_counter() - t0
     found, unproven = student_grade_problems(a, student)
     problems += found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from . import policy
 from .cut import split_spec
 from .manifest import ROOT, Assignment, CourseError, Task, marked_files, task_expression
 
@@ -44,6 +45,16 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
             "with the same markers (other seeds and shapes). A problem earns its points times the fraction of its "
             "tests that pass. Tolerances are stated in the tests; none depends on the platform, a GPU or the "
             "network.", "",
+            "Each problem is graded on its own: its tests run with every other problem's code taken from the "
+            "instructor's solution, so a mistake in one problem costs only that problem's points (your own runs "
+            "still show the cascade: a later problem may fail because an earlier one does). Only the bodies of "
+            "the units named below are taken from your files — your imports, module-level code and other "
+            "functions are replaced by the instructor's — and each body must keep to the policy below."
+            + (f" A problem whose core test (marked [core] in the grader's report) fails keeps at most "
+               f"{a.core_cap:g} of its points." if a.core_cap < 1 and any(t.core for t in a.tasks) else ""), "",
+            "**What a unit's body may contain.** The grader checks each body before running anything; a body "
+            "that breaks a rule scores 0 for its problem, with the line and the rule named:", "",
+            policy.rules_text(), "",
             "## How to hand in", "",
             "- **Code**: your repository as it stands (a git repository or an archive of it). Only the files named "
             "in the deliverables are graded, so keep your changes inside the stubbed pieces; run "

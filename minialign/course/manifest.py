@@ -23,7 +23,9 @@ UNIT = re.compile(r"^(?P<path>[\w./-]+\.py)::(?P<qualname>[A-Za-z_][\w.]*)(?:#(?
 BEGIN = re.compile(r"^(?P<indent>[ \t]*)# BEGIN SOLUTION (?P<name>[\w-]+)\s*$")
 END = re.compile(r"^[ \t]*# END SOLUTION\s*$")
 TASK_ID = re.compile(r"^(\d+)\.(\d+)$")
-DEFAULT_TIMEOUT = 1800
+DEFAULT_TIMEOUT = 1800    # seconds a whole-suite run of the release check may take
+TASK_TIMEOUT = 600        # seconds one task's tests may run when graded
+NOT_RUN = "not run"       # a test's outcome until it reports one
 
 
 class CourseError(ValueError):
@@ -39,6 +41,7 @@ class Task:
     units: tuple            # unit specs, "path::Qual.name" or "path::Qual.name#region"
     text: str               # what to implement (Markdown), for the handout
     minutes: int
+    core: tuple = ()        # the tests that establish the core result (test ids, parametrized cases included)
 
     @property
     def marker(self) -> str:
@@ -76,6 +79,7 @@ class Assignment:
     tasks: tuple
     questions: tuple
     experiments: tuple = ()     # short experiments with a written report, graded by a rubric
+    core_cap: float = 1.0   # the fraction of a task's points it keeps at most when one of its core tests fails
 
     @property
     def points(self) -> float:
@@ -125,7 +129,7 @@ def parse_manifest(name: str, text: str) -> Assignment:
         at = f"{where}, task {i + 1}"
         task = Task(id=_field(t, "id", str, at), title=_field(t, "title", str, at), points=_field(t, "points", float, at),
                     units=tuple(_field(t, "units", list, at)), text=_field(t, "text", str, at).strip(),
-                    minutes=_field(t, "minutes", int, at))
+                    minutes=_field(t, "minutes", int, at), core=tuple(_field(t, "core", list, at, default=[])))
         m = TASK_ID.match(task.id)
         if not m or int(m.group(1)) != number:
             raise CourseError(f"{at}: task id must be '{number}.M' (chapter {number}); got {task.id!r}")
@@ -133,6 +137,9 @@ def parse_manifest(name: str, text: str) -> Assignment:
             raise CourseError(f"{at}: a task title goes into a Python string; it must not hold quotes or backslashes")
         if not task.points > 0 or not task.units:
             raise CourseError(f"{at}: a task needs points > 0 and at least one unit")
+        if not all(isinstance(c, str) and re.match(r"^tests/test_\w+\.py::\w+$", c) for c in task.core):
+            raise CourseError(f"{at}: field 'core' lists test ids of the form tests/test_x.py::test_name; "
+                              f"got {list(task.core)}")
         for spec in task.units:
             if not isinstance(spec, str) or not UNIT.match(spec):
                 raise CourseError(f"{at}: unit {spec!r} is not of the form path.py::Qual.name or "
@@ -155,7 +162,8 @@ def parse_manifest(name: str, text: str) -> Assignment:
                       chapter=_field(data, "chapter", str, where), read=tuple(_field(data, "read", list, where)),
                       extras=_field(data, "extras", str, where, default="dev"),
                       intro=_field(data, "intro", str, where, default="").strip(),
-                      tasks=tuple(tasks), questions=questions, experiments=experiments)
+                      tasks=tuple(tasks), questions=questions, experiments=experiments,
+                      core_cap=_core_cap(data, where))
 
 
 def _experiment(e, at) -> Experiment:
@@ -170,6 +178,13 @@ def _experiment(e, at) -> Experiment:
         if not m or m.group("region"):
             raise CourseError(f"{at}: {spec!r} in 'uses' is not of the form path.py::Qual.name")
     return exp
+
+
+def _core_cap(data, where) -> float:
+    cap = _field(data, "core_cap", float, where, default=1.0)
+    if not 0 <= cap <= 1:
+        raise CourseError(f"{where}: field 'core_cap' must be a fraction in [0, 1]; got {cap}")
+    return cap
 
 
 def require_repository(root: Path = ROOT) -> Path:

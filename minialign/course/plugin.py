@@ -1,10 +1,12 @@
-"""The course grader's pytest plugin: it records, for every test, its task markers, its outcome and — for a
-failure — which course stub's ``NotImplementedError`` caused it, and writes them as JSON to the file named by
-``$MINIALIGN_COURSE_REPORT`` (``minialign/course/grade.py`` reads it).
+"""The course grader's pytest plugin: for every test phase it writes one JSON line — the test's name, its task
+markers, the phase's outcome and, for a failure, the exception's type, the first line of its message (with a
+property test's falsifying example) and the course stub whose ``NotImplementedError`` caused it — to the pipe
+the grader passed as file descriptor ``$MINIALIGN_COURSE_FD`` (``sandbox.py``). A collection run
+(``--collect-only``) writes the selected tests instead. The variable is removed from the environment as the
+plugin loads, before any code under test is imported.
 
 It imports nothing from minialign: the grader loads it from the instructor's copy before the tree under test
-is on the path. A record holds test names, outcomes, exception types and the first line of an exception's
-message — never a test's source, so an instructor's hidden tests stay hidden.
+is on the path. A record never holds a test's source; the grader shows a hidden test's name and pass/fail only.
 """
 import json
 import os
@@ -19,9 +21,18 @@ STUB_MESSAGE = re.compile(r"^Task (\d+\.\d+): (\S+)")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # a notebook kernel's traceback comes coloured
 STUB_IN_TEXT = re.compile(r"NotImplementedError\W{1,3}Task (\d+\.\d+): ([^\s'\"]+)")
 
-_tests = {}
-_collect_errors = []
 _seen = set()
+_fd = os.environ.pop("MINIALIGN_COURSE_FD", None)
+_CHANNEL = int(_fd) if _fd and _fd.isdigit() else None
+
+
+def _send(event):
+    """One JSON line on the grader's pipe (nothing when run without the grader)."""
+    if _CHANNEL is None:
+        return
+    data = (json.dumps(event) + "\n").encode("utf-8")
+    while data:
+        data = data[os.write(_CHANNEL, data):]
 
 
 def _first_stub_in_chain(exc):
@@ -70,28 +81,40 @@ def _first_line(exc):
     return text[0][:300] if text else ""
 
 
+def _example(exc):
+    """A property test's falsifying example (hypothesis adds it to the exception's notes), on one line."""
+    notes = [n for n in getattr(exc, "__notes__", ()) or () if isinstance(n, str)]
+    lines = [line.strip() for n in notes for line in n.splitlines()]
+    start = next((i for i, line in enumerate(lines) if line.startswith(("Falsifying example", "Failing test case"))),
+                 None)
+    if start is None:
+        return ""
+    text = " ".join(line for line in lines[start:] if line and not line.startswith(("Explanation", "You can")))
+    return re.sub(r",?\s+\)", ")", re.sub(r"\(\s+", "(", text))[:500]
+
+
+def _tasks(item):
+    return sorted({m.name for m in item.iter_markers() if TASK_MARKER.match(m.name)})
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
-    record = _tests.setdefault(item.nodeid, {
-        "nodeid": item.nodeid,
-        "tasks": sorted({m.name for m in item.iter_markers() if TASK_MARKER.match(m.name)}),
-        "outcome": "passed", "phase": "", "error": "", "message": "", "stubs": [],
-    })
-    if record["outcome"] != "passed" or not (report.failed or report.skipped):
-        return
-    exc = call.excinfo.value if call.excinfo is not None else None
-    record["outcome"] = "failed" if report.failed else "skipped"
-    record["phase"] = report.when
+    event = {"nodeid": item.nodeid, "when": report.when, "tasks": _tasks(item), "outcome": report.outcome,
+             "error": "", "message": "", "stubs": []}
     if report.skipped:
         reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else str(report.longrepr)
-        record["error"], record["message"] = "Skipped", str(reason)[:300]
-        return
-    record["error"] = type(exc).__name__ if exc is not None else "Failed"
-    record["message"] = _first_line(exc) if exc is not None else ""
-    record["stubs"] = stubs_of(exc, report.longreprtext)
-    _stop_when_every_unit_was_seen(item.session, record["stubs"])
+        event["error"], event["message"] = "Skipped", str(reason)[:300]
+    elif report.failed:
+        exc = call.excinfo.value if call.excinfo is not None else None
+        event["error"] = type(exc).__name__ if exc is not None else "Failed"
+        message = _first_line(exc) if exc is not None else ""
+        example = _example(exc) if exc is not None else ""
+        event["message"] = f"{message} — {example}" if message and example else message or example
+        event["stubs"] = stubs_of(exc, report.longreprtext)
+        _stop_when_every_unit_was_seen(item.session, event["stubs"])
+    _send(event)
 
 
 def _stop_when_every_unit_was_seen(session, stubs):
@@ -108,26 +131,21 @@ def _stop_when_every_unit_was_seen(session, stubs):
 def pytest_collectreport(report):
     if report.failed:
         lines = [line for line in report.longreprtext.strip().splitlines() if line.strip()]
-        _collect_errors.append({"nodeid": report.nodeid, "message": lines[-1][:300] if lines else "collection failed"})
+        _send({"collect_error": report.nodeid, "message": lines[-1][:300] if lines else "collection failed"})
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        for item in session.items:
+            _send({"collected": item.nodeid, "tasks": _tasks(item)})
 
 
 def _module_file(name):
-    try:
-        __import__(name)
-        return getattr(sys.modules[name], "__file__", None)
-    except Exception as e:  # a tree that cannot even be imported: say so in the report
-        return f"import failed: {type(e).__name__}: {_first_line(e)}"
+    module = sys.modules.get(name)
+    file = getattr(module, "__file__", None) if module is not None else None
+    return file if isinstance(file, str) else None
 
 
 def pytest_sessionfinish(session, exitstatus):
-    path = os.environ.get("MINIALIGN_COURSE_REPORT")
-    if not path:
-        return
-    report = {
-        "tests": list(_tests.values()),
-        "collect_errors": _collect_errors,
-        "modules": {name: _module_file(name) for name in ("minialign", "minialign.kernels")},
-        "exitstatus": int(exitstatus),
-    }
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+    _send({"modules": {name: _module_file(name) for name in ("minialign", "minialign.kernels")},
+           "exitstatus": int(exitstatus)})

@@ -5,17 +5,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # Python 3.10: the same parser, packaged (a dependency of minialign on 3.10)
-    pass
 
 from .cut import apply_cuts, cuts_by_file, restore_cuts
 from .handout import handout
-from .manifest import HANDOUT, IGNORED_PARTS, ROOT, SOLUTIONS, CourseError, load
+from .manifest import HANDOUT, IGNORED_PARTS, ROOT, SOLUTIONS, CourseError, assignments, load
 
 
 def project_files(root: Path) -> list:
@@ -58,11 +52,17 @@ def _empty_target(out: Path) -> Path:
     return out
 
 
-def write_tree(root: Path, out: Path, units, handout: str | None = None) -> Path:
-    """A copy of the project in ``out`` with ``units`` ((spec, task) pairs) stubbed, and the handout if given."""
+INSTRUCTOR_ONLY = ("README.md", ".ci/")   # left out of a term tree: the instructor's README and CI
+
+
+def write_tree(root: Path, out: Path, units, handout: str | None = None, leave_out=()) -> Path:
+    """A copy of the project in ``out`` with ``units`` ((spec, task) pairs) stubbed, and the handout if given;
+    files under ``leave_out`` (paths, or folders ending in /) are not copied."""
     root, out = Path(root), _empty_target(out)
     cuts = cuts_by_file(units, root)
     for rel in student_files(root):
+        if any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in leave_out):
+            continue
         dst = out / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         if rel in cuts:
@@ -74,10 +74,29 @@ def write_tree(root: Path, out: Path, units, handout: str | None = None) -> Path
     return out
 
 
-def make(name: str, out: Path, root: Path = ROOT) -> Path:
-    """The student repository of assignment ``name`` in ``out`` (a new or empty folder)."""
+def make(name: str, out: Path, root: Path = ROOT, term: bool = False, stub_earlier: bool = False) -> Path:
+    """The student repository of assignment ``name`` in ``out`` (a new or empty folder). With ``term``, the tree
+    of a term: the units of this and every later assignment stubbed (no future answers in it), those of the
+    earlier ones in place unless ``stub_earlier``, without the instructor's README and CI, as a fresh git
+    repository with one commit."""
     a = load(name, root)
-    return write_tree(root, out, a.units(), handout(a, root))
+    if not term:
+        return write_tree(root, out, a.units(), handout(a, root))
+    units = [ut for b in assignments(root).values() if b.number >= a.number or stub_earlier for ut in b.units()]
+    tree = write_tree(root, out, units, handout(a, root), leave_out=INSTRUCTOR_ONLY)
+    _fresh_repository(tree, f"Assignment {a.number}: {a.title} (minialign course assignment {a.name})")
+    return tree
+
+
+def _fresh_repository(tree: Path, message: str) -> None:
+    if not shutil.which("git"):
+        raise CourseError("--term makes a git repository, and git is not installed")
+    git = ["git", "-C", str(tree), "-c", "user.name=minialign course", "-c", "user.email=course@minialign.invalid",
+           "-c", "commit.gpgsign=false", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", message]):
+        run = subprocess.run(git + args, capture_output=True, text=True)
+        if run.returncode != 0:
+            raise CourseError(f"git {args[0]} in {tree} failed: {run.stderr.strip()}")
 
 
 def restore(tree: Path, name: str, root: Path = ROOT) -> None:
@@ -101,6 +120,18 @@ def tree_differences(tree: Path, root: Path = ROOT) -> list:
     problems += [f"differs: {p}" for p in sorted(want & have)
                  if (tree / p).read_bytes() != (Path(root) / p).read_bytes()]
     return problems
+
+
+def recorded_assignment(tree: Path):
+    """The assignment a tree records it was made for (its handout's first line), or None when it records none
+    (a loose-file upload, a tree not made by `minialign course make`)."""
+    file = Path(tree) / HANDOUT
+    if os.path.islink(file) or not file.is_file():
+        return None
+    with open(file, encoding="utf-8", errors="replace") as f:
+        first = f.readline(1000)
+    m = re.search(r"minialign course assignment ([\w-]+)", first)
+    return m.group(1) if m else None
 
 
 def assignment_of(tree: Path) -> str:
