@@ -551,10 +551,13 @@ def _course_parser(sub):
                         "a fresh git repository")
     c.add_argument("--stub-earlier", action="store_true", help="with --term: stub the earlier assignments too")
     c.set_defaults(fn=_course_make)
-    c = actions.add_parser("grade", help="grade a student repository with this repository's tests", formatter_class=_fmt())
+    c = actions.add_parser("grade", help="grade a student repository with this repository's tests",
+                           formatter_class=_fmt())
     c.add_argument("dir", help="the student's repository")
-    c.add_argument("--assignment", default=None, metavar="NAME", help="the assignment (default: read from the tree's handout)")
-    c.add_argument("--extra-tests", default=None, metavar="PATH", help="hidden tests: a test_*.py file or a folder of them")
+    c.add_argument("--assignment", default=None, metavar="NAME",
+                   help="the assignment (default: read from the tree's handout)")
+    c.add_argument("--extra-tests", default=None, metavar="PATH",
+                   help="hidden tests: a test_*.py file or a folder of them")
     c.add_argument("--json", default=None, metavar="PATH", help="write Gradescope's results.json here")
     c.add_argument("--timeout", type=A.positive_float, default=TASK_TIMEOUT, metavar="SECONDS",
                    help="seconds each task's tests may run (a task that runs longer fails its unreported tests)")
@@ -563,7 +566,7 @@ def _course_parser(sub):
     c = actions.add_parser("grade-all", help="grade a class: every submission folder, in parallel, to a CSV",
                            formatter_class=_fmt())
     c.add_argument("submissions", help="a folder holding one folder per student (a repository or loose files)")
-    c.add_argument("--assignment", required=True, help="the assignment, e.g. 05-rlhf")
+    c.add_argument("--assignment", required=True, metavar="NAME", help="the assignment, e.g. 05-rlhf")
     c.add_argument("--jobs", type=A.positive_int, default=1, metavar="N", help="submissions graded at the same time")
     c.add_argument("--csv", required=True, metavar="PATH", help="where the grades go (one row per student)")
     c.add_argument("--extra-tests", default=None, metavar="PATH",
@@ -581,7 +584,8 @@ def _course_parser(sub):
     c = actions.add_parser("restore", help="put the solution back into an untouched student repository",
                            formatter_class=_fmt())
     c.add_argument("dir", help="a student repository made by `make`, its stubs untouched")
-    c.add_argument("--assignment", default=None, metavar="NAME", help="the assignment (default: read from the tree's handout)")
+    c.add_argument("--assignment", default=None, metavar="NAME",
+                   help="the assignment (default: read from the tree's handout)")
     c.set_defaults(fn=_course_restore)
     c = actions.add_parser("check", help="the release check of the manifests (a few minutes)", formatter_class=_fmt())
     c.add_argument("names", nargs="*", help="assignments to check (default: all)")

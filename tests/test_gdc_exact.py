@@ -258,5 +258,5 @@ def test_a_calibrated_run_resumes_where_it_stopped(tmp_path):
     assert resumed.value == whole.value
     policy = trainable(a)
     plain = DPG(a, policy, lab_fn(lab, np.log(lab.distribution(a))), proposal="adaptive")
-    with pytest.raises(ValueError, match="written by a different run .calibration: .*in the checkpoint, None now"):
+    with pytest.raises(ValueError, match=r"written by a different run .*--calibration rate: 0\.5 in the checkpoint, \(not set\) now"):
         train(plain, policy, TrainConfig(steps=7, batch_size=32, seed=0), out=tmp_path / "part.npz", progress=False)

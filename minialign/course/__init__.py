@@ -32,3 +32,12 @@ from .manifest import (COURSE, DEFAULT_TIMEOUT, HANDOUT, HANDOUTS, NOT_RUN, RELE
                        require_repository, task_expression)
 from .tree import (assignment_of, make, project_files, recorded_assignment, restore, student_files, tree_differences,
                    write_tree)
+
+__all__ = ["Cut", "apply_cuts", "cuts_by_file", "locate", "region_names", "restore_cuts", "split_spec", "stub_line",
+           "Grade", "Run", "TaskScore", "TestOutcome", "collect", "extra_test_files", "grade", "grading_workspace",
+           "outcomes", "run_tests", "score", "zero_results", "exercises", "handout", "marker_rows", "tests_of_task",
+           "with_exercises", "with_marker_rows", "COURSE", "DEFAULT_TIMEOUT", "HANDOUT", "HANDOUTS", "NOT_RUN",
+           "RELEASE_TEST", "ROOT", "SOLUTIONS", "TASK_TIMEOUT", "Assignment", "CourseError", "Experiment", "Question",
+           "Task", "assignments", "load", "marked_files", "parse_manifest", "require_repository", "task_expression",
+           "assignment_of", "make", "project_files", "recorded_assignment", "restore", "student_files",
+           "tree_differences", "write_tree"]

@@ -242,12 +242,19 @@ def plot(curves, path, shown=(30, 1000, 10000)) -> None:
     plt.close(fig)
 
 
-def main(argv=None) -> int:
+def options(parser=None):
+    """The study's command line (``parser``: its subcommand of ``python -m minialign.experiments``, or a new one)."""
+    from .. import argtypes as A
     from . import study_parser
 
-    parser = study_parser("overopt", __doc__, "three values of N and three data seeds (seconds), for tests")
-    parser.add_argument("--figure", default=None, help="where to write the figure (default: OUT/05-overopt.png)")
-    args = parser.parse_args(argv)
+    parser = study_parser("overopt", __doc__, "three values of N and three data seeds (seconds), for tests", parser)
+    parser.add_argument("--figure", type=A.output_file(".png"), default=None, metavar="PATH",
+                        help="where to write the figure (default: OUT/05-overopt.png)")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args) -> int:
     curves = overopt_curves((100, 1000, 10000), range(3)) if args.quick else overopt_curves()
     print(summary(curves))
     for how in ("bon", "rl"):
@@ -266,6 +273,10 @@ def main(argv=None) -> int:
     plot(curves, path)
     print(f"figure: {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run(options().parse_args(argv))
 
 
 if __name__ == "__main__":
