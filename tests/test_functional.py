@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from helpers import check_against_torch, t64
+from helpers import assert_close, check_against_torch, t64
 from minialign import Tensor, functional as F, gradcheck
 from strategies import float_arrays, small_shapes
 
@@ -253,4 +253,4 @@ def test_attention_matches_the_masked_softmax_formula(qkv, causal, scale):
             w = np.array([np.exp(s * q[idx][i] @ k[idx][j]) for j in seen])
             expected[idx][i] = sum(wj * v[idx][j] for wj, j in zip(w, seen)) / w.sum()
     out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=causal, scale=scale).numpy()
-    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+    assert_close(out, expected, rtol=1e-10, atol=1e-12)

@@ -8,6 +8,7 @@ from minialign import gradcheck
 from minialign.bench import torch_reference_gpt
 from minialign.gpt import GPT, GPTConfig
 from minialign.lab import lab_model
+from helpers import assert_close, assert_equal
 
 
 def all_sequences(vocab_size, horizon, eos=0):
@@ -27,7 +28,7 @@ def test_exact_sequence_distribution_sums_to_one(vocab_size, block_size, seed):
     x = all_sequences(vocab_size, block_size)
     logp = model.sequence_logprob(x).numpy()
     assert len(x) == sum((vocab_size - 1) ** n for n in range(block_size))
-    np.testing.assert_allclose(np.exp(logp).sum(), 1.0, rtol=0, atol=1e-12)
+    assert_close(np.exp(logp).sum(), 1.0, rtol=0, atol=1e-12)
 
 
 @pytest.mark.task2_2
@@ -40,11 +41,11 @@ def test_sequence_logprob_is_the_sum_of_next_token_logprobs_up_to_eos():
     by_hand = [logsm[0, 0, 1] + logsm[0, 1, 2] + logsm[0, 2, 0],
                logsm[1, 0, 3] + logsm[1, 1, 0],
                logsm[2, 0, 1] + logsm[2, 1, 1] + logsm[2, 2, 1] + logsm[2, 3, 1]]  # the EOS at t=4 is forced
-    np.testing.assert_allclose(model.sequence_logprob(x).numpy(), by_hand, rtol=1e-12)
+    assert_close(model.sequence_logprob(x).numpy(), by_hand, rtol=1e-12)
     # tokens after the first EOS are padding and change nothing
     y = x.copy()
     y[0, 3:] = [1, 2]
-    np.testing.assert_allclose(model.sequence_logprob(y).numpy(), model.sequence_logprob(x).numpy(), rtol=0)
+    assert_close(model.sequence_logprob(y).numpy(), model.sequence_logprob(x).numpy(), rtol=0)
 
 
 def test_logits_and_gradients_match_a_torch_model_with_the_same_weights(torch):
@@ -80,10 +81,10 @@ def test_kv_cache_gives_identical_samples_and_logprobs(temperature, top_k):
     model = lab_model(7, vocab_size=5, block_size=7, scale=0.5)
     a, lp_a = model.generate(64, rng=11, temperature=temperature, top_k=top_k, use_cache=True)
     b, lp_b = model.generate(64, rng=11, temperature=temperature, top_k=top_k, use_cache=False)
-    np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(lp_a, lp_b, rtol=1e-12)
+    assert_equal(a, b)
+    assert_close(lp_a, lp_b, rtol=1e-12)
     # the incremental log-probabilities are the model's own: they equal the full forward's
-    np.testing.assert_allclose(lp_a, model.sequence_logprob(a).numpy(), rtol=1e-10)
+    assert_close(lp_a, model.sequence_logprob(a).numpy(), rtol=1e-10)
 
 
 @pytest.mark.task2_3
@@ -93,7 +94,7 @@ def test_cached_incremental_logits_equal_the_full_forward():
     full = model(x).numpy()
     cache = model.new_cache()
     steps = [model(x[:, t:t + 1], cache=cache, start=t).numpy()[:, 0] for t in range(6)]
-    np.testing.assert_allclose(np.stack(steps, axis=1), full, rtol=1e-10, atol=1e-12)
+    assert_close(np.stack(steps, axis=1), full, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.task2_4

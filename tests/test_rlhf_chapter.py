@@ -23,6 +23,7 @@ from minialign.trainers.common import Batch
 from minialign.trainers.dpo import DPO
 from minialign.functional import log_sigmoid
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
+from helpers import assert_close
 
 
 # ------------------------------------------------------------------------------ the KL-gradient table
@@ -214,7 +215,7 @@ def test_minimising_the_expected_dpo_loss_over_a_tabular_policy_recovers_pi_star
 
     # the vectorised loss has the same gradient as the library's per-pair DPO loss, weighted by the labels
     g_lib = expected_dpo_gradient(a, lab, r, beta, TabularPolicy(lab, log_a))
-    np.testing.assert_allclose(loss_and_grad(log_a)[1] * len(x), g_lib, rtol=1e-9, atol=1e-12)
+    assert_close(loss_and_grad(log_a)[1] * len(x), g_lib, rtol=1e-9, atol=1e-12)
     res = minimize(loss_and_grad, log_a, jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15})
     pi_hat = np.exp(res.x - np.logaddexp.reduce(res.x))
     p_star = np.exp(log_star)
@@ -314,4 +315,4 @@ def test_dpo_loss_is_the_logistic_loss_of_the_implicit_reward_margin():
     loss.backward()
     eye = np.eye(len(lab))
     numeric = [(by_hand(logits + 1e-6 * e)[0] - by_hand(logits - 1e-6 * e)[0]) / 2e-6 for e in eye]
-    np.testing.assert_allclose(policy.logits.grad, numeric, rtol=1e-6, atol=1e-9)
+    assert_close(policy.logits.grad, numeric, rtol=1e-6, atol=1e-9)

@@ -7,7 +7,7 @@ trainer's loss on it has as gradient the exact expectation of its Monte-Carlo gr
 import numpy as np
 import pytest
 
-from helpers import FAMILY, close, rlhf_target
+from helpers import FAMILY, assert_close, close, rlhf_target
 from minialign import divergences as D
 from minialign.experiments.rlhf_lab import kl_penalty_gradients, relative_error, tiny_lab
 from minialign.lab import autograd_of, exact_grad, fdiv_to_target, lab_fn
@@ -245,6 +245,6 @@ def test_ppo_clip_coefficients_are_the_gradient_of_the_clipped_objective():
     logp = log_old + log_ratio
     coef, fraction = ppo_clip_coefficients(Tensor(logp), log_old, adv, w, clip)
     numeric = np.array([(objective(logp + 1e-6 * e) - objective(logp - 1e-6 * e)) / 2e-6 for e in np.eye(n)])
-    np.testing.assert_allclose(coef, numeric, rtol=1e-6, atol=1e-8)
+    assert_close(coef, numeric, rtol=1e-6, atol=1e-8)
     active = np.sum((np.exp(log_ratio) * adv) > (np.clip(np.exp(log_ratio), 1 - clip, 1 + clip) * adv))
     assert 0 < active < n and fraction == pytest.approx(active / n)
