@@ -20,7 +20,7 @@ import itertools
 import numpy as np
 import pytest
 
-from helpers import assert_close, central_difference, close, rlhf_target
+from helpers import assert_close, assert_equal, central_difference, close, rlhf_target
 from minialign import divergences as D
 from minialign.experiments.rlhf_lab import tiny_lab
 from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model, score_function_gradient
@@ -469,3 +469,32 @@ def test_with_exact_gradients_kl_p_pi_keeps_the_neglected_mode_and_kl_pi_p_gives
     assert min(reverse["covered"]) < start / 5, min(reverse["covered"])
     h_p = pr.lab.entropy(pr.p)
     assert min(forward["entropy"]) > h_p and min(reverse["entropy"]) < h_p - 0.5, (h_p, min(reverse["entropy"]))
+
+
+# ------------------------------------------------------------------------------ the weighted baseline, entry by entry
+@pytest.mark.task7_3
+def test_weighted_leave_one_out_baseline_entry_by_entry_with_and_without_groups():
+    """b_i = Σ_{j≠i} ρ_j v_j / Σ_{j≠i} ρ_j for every i (never the sample's own value, unweighted means or ρ_i):
+    checked entry by entry against np.delete, and within groups (a group of one gets 0)."""
+    from minialign.trainers.policy_gradient import leave_one_out_weighted_baseline
+
+    v = np.array([1.0, -2.0, 5.0, 0.5, 3.0])
+    rho = np.array([0.2, 3.0, 1.0, 0.7, 2.5])
+    expected = [np.sum(np.delete(rho * v, i)) / np.sum(np.delete(rho, i)) for i in range(5)]
+    assert_close(leave_one_out_weighted_baseline(v, rho), expected, rtol=1e-12, what="weighted baseline")
+    group = np.array([1, 0, 1, 0, 2])
+    by_group = [v[2], v[3], v[0], v[1], 0.0]  # each of a pair sees only the other; a singleton sees nobody
+    assert_close(leave_one_out_weighted_baseline(v, rho, group), by_group, rtol=1e-12, what="weighted baseline in groups")
+
+
+@pytest.mark.task7_3
+def test_others_sum_is_exact_entry_by_entry_even_next_to_a_dominant_value():
+    """Σ_{j≠i} v_j by prefix and suffix sums: exact beside a value of 1e20 (a total minus v_i would give 0 or
+    garbage), for a single value (0) and for two."""
+    from minialign.trainers.policy_gradient import _others_sum
+
+    v = np.array([1e20, 1.0, 2.0, 4.0])
+    assert_equal(_others_sum(v), [7.0, 1e20 + 6.0, 1e20 + 5.0, 1e20 + 3.0], what="others' sums")
+    assert_equal(_others_sum(np.array([1.0, 2.0, 3.0, 4.0, 5.0])), [14.0, 13.0, 12.0, 11.0, 10.0], what="others' sums")
+    assert_equal(_others_sum(np.array([3.0])), [0.0], what="others' sum of one value")
+    assert_equal(_others_sum(np.array([3.0, -1.0])), [-1.0, 3.0], what="others' sums of two values")

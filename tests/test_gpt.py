@@ -48,6 +48,30 @@ def test_sequence_logprob_is_the_sum_of_next_token_logprobs_up_to_eos():
     assert_close(model.sequence_logprob(y).numpy(), model.sequence_logprob(x).numpy(), rtol=0)
 
 
+@pytest.mark.task2_2
+def test_token_logprobs_entry_by_entry_with_a_different_prompt_length_in_each_row():
+    """Eq. (5.18): with prompt_len [B], row b counts the positions from prompt_len[b] to its first EOS (the forced
+    EOS at block_size − 1 and the padding after the first EOS count 0); every other entry is exactly 0."""
+    model = lab_model(4, vocab_size=4, block_size=5)
+    x = np.array([[1, 2, 0, 3, 3], [3, 1, 2, 0, 0], [1, 1, 1, 1, 0], [2, 0, 0, 0, 0]])
+    prompt_len = np.array([2, 1, 3, 0])
+    inp = np.concatenate([np.zeros((4, 1), dtype=np.int64), x[:, :-1]], axis=1)
+    z = model(inp).numpy()
+    logsm = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    first_eos = [2, 3, 4, 1]
+    expected = np.zeros(x.shape)
+    for b in range(4):
+        for t in range(prompt_len[b], min(first_eos[b] + 1, 4)):  # t = 4 is the forced EOS: log 1 = 0
+            expected[b, t] = logsm[b, t, x[b, t]]
+    assert_close(model.token_logprobs(x, prompt_len).numpy(), expected, rtol=1e-12, atol=1e-15,
+                 what="token_logprobs(x, prompt_len)")
+    assert_close(model.sequence_logprob(x, prompt_len).numpy(), expected.sum(axis=1), rtol=1e-12, atol=1e-15,
+                 what="sequence_logprob(x, prompt_len)")
+    full = np.where(np.arange(5)[None, :] <= np.minimum(first_eos, 3)[:, None], logsm[np.arange(4)[:, None],
+                    np.arange(5)[None, :], x], 0.0)
+    assert_close(model.token_logprobs(x).numpy(), full, rtol=1e-12, atol=1e-15, what="token_logprobs(x)")
+
+
 def test_logits_and_gradients_match_a_torch_model_with_the_same_weights(torch):
     model = lab_model(5, vocab_size=5, block_size=6, scale=0.3)
     params, forward = torch_reference_gpt(model)
@@ -117,6 +141,54 @@ def test_top_k_only_samples_the_k_most_likely_first_tokens():
     top2 = set(np.argsort(logits)[-2:])
     samples, _ = model.generate(300, rng=0, top_k=2)
     assert set(samples[:, 0]) <= top2
+
+
+@pytest.mark.task2_4
+@pytest.mark.parametrize("top_k", [None, 1, 2, 4])
+def test_inverse_cdf_sampling_gives_each_allowed_token_on_its_own_stretch_of_u(top_k):
+    """Inverse-CDF sampling row by row: with the kept tokens' probabilities renormalised (the top k when given,
+    every token otherwise), u in the middle of token i's stretch of the cumulative distribution gives i — so every
+    allowed token can be drawn, with its probability, and no other token ever is."""
+    from minialign.gpt import _sample_rows
+
+    logits = np.array([0.3, -1.2, 2.0, 0.9, -0.4])
+    order = np.argsort(-logits)
+    kept = np.sort(order[:top_k]) if top_k else np.arange(5)
+    p = np.exp(logits[kept] - logits[kept].max())
+    p /= p.sum()
+    cdf = np.cumsum(p)
+    mids = cdf - p / 2
+    rows = np.tile(logits, (len(kept), 1))
+    got = _sample_rows(rows, mids, top_k)
+    assert_equal(got, kept, what=f"tokens drawn at the middle of each kept token's stretch of u (top_k={top_k})")
+    edge = _sample_rows(np.tile(logits, (2, 1)), np.array([1e-12, 1 - 1e-12]), top_k)
+    assert_equal(edge, kept[[0, -1]], what="tokens drawn at u → 0 and u → 1")
+
+
+@pytest.mark.task2_4
+def test_sampling_never_draws_a_token_of_probability_zero_and_each_row_uses_its_own_u():
+    from minialign.gpt import _sample_rows
+
+    logits = np.array([[-np.inf, 0.0, 0.0, -np.inf], [1.0, -np.inf, -np.inf, 1.0]])
+    assert_equal(_sample_rows(logits, np.array([0.25, 0.75])), [1, 3], what="tokens of rows with −∞ logits")
+    assert_equal(_sample_rows(logits, np.array([0.75, 0.25])), [2, 0], what="tokens of rows with −∞ logits")
+
+
+@pytest.mark.task2_4
+def test_top_k_samples_each_of_the_k_most_likely_tokens_with_its_renormalised_probability():
+    model = lab_model(10, vocab_size=6, block_size=3, scale=1.0)
+    logits = model(np.zeros((1, 1), dtype=np.int64)).numpy()[0, 0]
+    top3 = np.argsort(logits)[-3:]
+    p = np.exp(logits[top3] - logits[top3].max())
+    p /= p.sum()
+    n = 4000
+    samples, _ = model.generate(n, rng=0, top_k=3)
+    counts = np.array([(samples[:, 0] == t).sum() for t in top3])
+    assert counts.sum() == n, f"tokens outside the top 3 were drawn: {sorted(set(samples[:, 0]) - set(top3))}"
+    bound = 5 * np.sqrt(n * p * (1 - p)) + 1
+    assert np.all(np.abs(counts - n * p) <= bound), \
+        f"counts of the top-3 tokens {top3.tolist()}: expected {np.round(n * p).tolist()} ± {np.round(bound).tolist()}, " \
+        f"got {counts.tolist()}"
 
 
 def test_save_load_round_trips_bit_exactly(tmp_path):

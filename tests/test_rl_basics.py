@@ -529,3 +529,15 @@ def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
         expected = [np.delete(values, i).mean() for i in range(n)]
         assert_close(leave_one_out_baseline(values), expected, rtol=1e-12, atol=1e-12)
     assert_equal(leave_one_out_baseline([5.0]), [0.0])
+
+
+@pytest.mark.task4_4
+def test_leave_one_out_baseline_with_groups_is_the_mean_of_the_other_samples_of_the_same_group():
+    """Eq. (5.19) entry by entry: with one group id per sample (interleaved, of sizes 3, 2 and 1), b_i is the mean
+    of the other values of i's group only; a group of one sample gets 0."""
+    values = np.array([1.0, 10.0, 3.0, 100.0, 7.0, -4.0])
+    group = np.array([0, 1, 0, 1, 0, 2])
+    expected = [(3 + 7) / 2, 100.0, (1 + 7) / 2, 10.0, (1 + 3) / 2, 0.0]
+    assert_close(leave_one_out_baseline(values, group), expected, rtol=1e-12, what="grouped leave-one-out baseline")
+    assert_close(leave_one_out_baseline(values, np.zeros(6, dtype=np.int64)),
+                 [np.delete(values, i).mean() for i in range(6)], rtol=1e-12, what="one group of six")

@@ -271,6 +271,41 @@ def test_a_value_used_twice_accumulates_both_gradients():
 
 
 @pytest.mark.task1_1
+def test_an_interior_node_used_three_times_passes_on_the_sum_of_its_uses():
+    """Question 1.C's graph: L = (y·y + y)·y with y = 2x, so dL/dx = 2(3y² + 2y). The interior node y must be
+    walked once, after every node that uses it (a walk that reaches it early, or twice, gets another number)."""
+    x = t64([0.7, -1.3, 2.0])
+    y = x * 2.0
+    loss = (y * y + y) * y
+    loss.backward(np.ones(3))
+    y_ = 2 * x.data
+    assert_close(x.grad, 2 * (3 * y_**2 + 2 * y_), rtol=1e-12, what="dL/dx through an interior node used 3 times")
+
+
+@pytest.mark.task1_1
+def test_topological_order_lists_every_reachable_node_once_each_after_its_parents():
+    x, w = t64([1.0, 2.0]), t64([0.5, -1.0])
+    h = x * w               # interior, used by three nodes below
+    a, b = h + x, h * h
+    top = (a * b + h).sum()
+    order = top._topological_order()
+    ids = [id(n) for n in order]
+    assert len(ids) == len(set(ids)), f"a node appears more than once: {len(ids)} entries, {len(set(ids))} nodes"
+    reachable, todo = set(), [top]
+    while todo:
+        n = todo.pop()
+        if id(n) not in reachable:
+            reachable.add(id(n))
+            todo += list(n._parents)
+    assert set(ids) == reachable, f"expected the {len(reachable)} reachable nodes, got {len(set(ids))}"
+    where = {i: k for k, i in enumerate(ids)}
+    for n in order:
+        for p in n._parents:
+            assert where[id(p)] < where[id(n)], "a node comes before one of its parents"
+    assert order[-1] is top
+
+
+@pytest.mark.task1_1
 def test_backward_on_a_deep_chain_does_not_recurse():
     x = t64([0.5])
     y = x
