@@ -750,3 +750,26 @@ def test_a_subnormal_q_gives_a_finite_alpha_divergence():
         assert np.isinf(P[1] / Q[1]) and np.isnan(Q[1] * f.f(P[1] / Q[1]))
     value = dv.divergence("alpha:0.5", P, Q)
     assert value == pytest.approx(4 * (1 - np.sum(np.sqrt(P * Q))), rel=1e-12)
+
+
+@pytest.mark.task3_3
+def test_partial_derivatives_refuse_other_shapes_and_entries_that_are_not_strictly_positive():
+    P = np.array([0.2, 0.3, 0.5])
+    with pytest.raises(ValueError):
+        dv.partial_derivatives("kl", P, np.array([0.5, 0.5]))
+    with pytest.raises(ValueError):
+        dv.partial_derivatives("kl", P[None, :], P[:, None])
+    for Q in ([0.5, 0.0, 0.5], [0.6, -0.1, 0.5]):
+        with pytest.raises(ValueError):
+            dv.partial_derivatives("kl", P, np.array(Q))
+        with pytest.raises(ValueError):
+            dv.partial_derivatives("kl", np.array(Q), P)
+
+
+@pytest.mark.task3_3
+def test_partial_derivatives_of_kl_by_hand_on_unnormalised_arrays():
+    """For f = t log t: ∂/∂P = log t + 1 and ∂/∂Q = −t, t = P/Q, entry by entry on arrays that sum to anything."""
+    P, Q = np.array([[0.5, 2.0, 1.0], [3.0, 0.25, 4.0]]), np.array([[1.0, 0.5, 1.0], [1.5, 1.0, 0.1]])
+    d_p, d_q = dv.partial_derivatives("kl", P, Q)
+    assert_entries_close(d_p, np.log(P / Q) + 1, rtol=1e-12, what="∂D_kl/∂P")
+    assert_entries_close(d_q, -P / Q, rtol=1e-12, what="∂D_kl/∂Q")

@@ -21,7 +21,7 @@ from minialign.mdp import (
     seed004_worked_example,
     value_iteration,
 )
-from helpers import assert_close, assert_equal
+from helpers import assert_close, assert_equal, names_shape
 
 
 @st.composite
@@ -223,3 +223,73 @@ def test_bad_inputs_are_rejected():
         bellman_optimality_backup(TabularMDP(P, np.zeros((2, 1)), 0.5), np.zeros((3, 1)))
     with pytest.raises(ValueError, match="epsilon"):
         q_learning(TabularMDP(P, np.zeros((2, 1)), 0.5), epsilon=1.5)
+
+
+# ----------------------------------------------------------------------------- what the handout asks for, by task
+def _two_by_two(gamma=0.5):
+    """Two states, two actions: action 0 stays (reward 1 in state 0, 0 in state 1), action 1 moves to the other
+    state (reward 0 from state 0, 3 from state 1)."""
+    P = np.zeros((2, 2, 2))
+    P[0, 0, 0] = P[1, 0, 1] = 1.0
+    P[0, 1, 1] = P[1, 1, 0] = 1.0
+    R = np.array([[1.0, 0.0], [0.0, 3.0]])
+    return TabularMDP(P, R, gamma)
+
+
+@pytest.mark.task4_1
+def test_bellman_backup_and_value_iteration_refuse_what_the_handout_names():
+    mdp = _two_by_two()
+    for shape in [(2,), (3, 2), (2, 3)]:
+        with pytest.raises(ValueError):
+            bellman_optimality_backup(mdp, np.zeros(shape))
+    for gamma in (1.0,):
+        with pytest.raises(ValueError, match="(?i)gamma|γ"):
+            value_iteration(_two_by_two(gamma))
+    with pytest.raises(RuntimeError):
+        value_iteration(_two_by_two(0.99), tol=1e-12, max_iter=5)
+
+
+@pytest.mark.task4_1
+def test_bellman_backup_entry_by_entry_on_a_two_by_two_mdp():
+    """(TQ)(s,a) = r(s,a) + γ max_a' Q(s', a') with s' the deterministic next state, for a Q whose maxima lie in
+    different columns (a backup that takes the max over states, or the min, gives other numbers)."""
+    mdp = _two_by_two(0.5)
+    mdp = TabularMDP(mdp.P, np.array([[1.2, 0.0], [0.0, 3.0]]), 0.5)
+    Q = np.array([[2.0, -1.0], [0.5, 4.0]])
+    expected = np.array([[1.2 + 0.5 * 2.0, 0 + 0.5 * 4.0], [0 + 0.5 * 4.0, 3 + 0.5 * 2.0]])
+    assert_close(bellman_optimality_backup(mdp, Q), expected, rtol=1e-12, what="(TQ)(s, a)")
+    Q_star, V_star, greedy = value_iteration(mdp)
+    # staying in 0 is worth 1.2/(1 − γ) = 2.4 > γ V*(1); V*(1) = 3 + γ V*(0) = 4.2
+    assert_close(V_star, [2.4, 4.2], rtol=1e-9, what="V*")
+    assert_close(Q_star, [[2.4, 0.5 * 4.2], [0.5 * 4.2, 4.2]], rtol=1e-9, what="Q*")
+    assert_equal(greedy, [0, 1], what="greedy policy")
+
+
+@pytest.mark.task4_2
+def test_evaluate_policy_refuses_what_is_not_a_policy_naming_the_expected_shapes():
+    mdp = _two_by_two()
+    for bad in ([0, 2], [-1, 0], np.array([0.0, 1.0])):  # an action out of range, a negative one, not integers
+        with pytest.raises(ValueError):
+            evaluate_policy(mdp, np.asarray(bad))
+    for bad in ([[0.5, 0.6], [1.0, 0.0]], [[1.5, -0.5], [0.0, 1.0]]):  # rows not summing to 1, a negative entry
+        with pytest.raises(ValueError):
+            evaluate_policy(mdp, np.array(bad))
+    with pytest.raises(ValueError) as e:
+        evaluate_policy(mdp, np.zeros((3, 2)))
+    assert names_shape(str(e.value), (2,)) and names_shape(str(e.value), (2, 2)), \
+        f"the error must name the expected shapes (2,) and (2, 2); it says {str(e.value)!r}"
+
+
+@pytest.mark.task4_2
+def test_evaluate_policy_of_a_stochastic_policy_entry_by_entry():
+    """V^π = (I − γP_π)⁻¹ r_π for π mixing the two actions differently in each state, solved by hand; the
+    deterministic policies are its corners."""
+    mdp = _two_by_two(0.5)
+    pi = np.array([[0.25, 0.75], [0.6, 0.4]])
+    r = np.array([0.25 * 1.0, 0.4 * 3.0])
+    P_pi = np.array([[0.25, 0.75], [0.4, 0.6]])
+    expected = np.linalg.solve(np.eye(2) - 0.5 * P_pi, r)
+    assert_close(evaluate_policy(mdp, pi), expected, rtol=1e-12, what="V^π of a stochastic policy")
+    assert_close(evaluate_policy(mdp, np.array([1, 0])), [0.5 * 0.0 / 1, 0.0], rtol=1e-12, atol=1e-15,
+                 what="V^π moving from 0 to the absorbing-at-zero state 1")
+    assert_close(evaluate_policy(mdp, np.array([0, 1])), [2.0, 3 + 0.5 * 2.0], rtol=1e-12, what="V^π of [stay, move]")

@@ -248,3 +248,30 @@ def test_ppo_clip_coefficients_are_the_gradient_of_the_clipped_objective():
     assert_close(coef, numeric, rtol=1e-6, atol=1e-8)
     active = np.sum((np.exp(log_ratio) * adv) > (np.clip(np.exp(log_ratio), 1 - clip, 1 + clip) * adv))
     assert 0 < active < n and fraction == pytest.approx(active / n)
+
+
+# ------------------------------------------------------------------------------------------- Eq. (5.9), entry by entry
+@pytest.mark.task5_4
+@pytest.mark.parametrize("kind", ["k2_loss", "k3_loss"])
+def test_kl_loss_value_and_gradient_entry_by_entry_with_weights_and_padding(kind):
+    """Σ_i w_i Σ_t k(d_t), d = log a_t − log π_t, k2 = ½d², k3 = e^d − 1 − d, with a different weight per row and
+    padding (d = 0); its gradient in log π_t is w_i·(−d) for k2 and w_i·(1 − e^d) for k3, entry by entry. Any
+    other kind is refused."""
+    from minialign.tensor import Tensor
+    from minialign.trainers.policy_gradient import kl_loss
+
+    rng = np.random.default_rng(3)
+    logp, ref = rng.normal(-1.5, 0.7, (3, 4)), rng.normal(-1.5, 0.7, (3, 4))
+    logp[2, 2:] = ref[2, 2:] = 0.0  # padding
+    w = np.array([0.5, 2.0, 1.25])
+    d = ref - logp
+    per_token = 0.5 * d * d if kind == "k2_loss" else np.exp(d) - 1 - d
+    grad = -d if kind == "k2_loss" else 1 - np.exp(d)
+    t = Tensor(logp.copy(), requires_grad=True)
+    loss = kl_loss(t, ref, w, kind)
+    assert_close(loss.item(), (per_token.sum(axis=1) * w).sum(), rtol=1e-12, what=f"{kind} loss")
+    loss.backward()
+    assert_close(t.grad, w[:, None] * grad, rtol=1e-12, atol=1e-15, what=f"∂({kind})/∂log π_t")
+    for bad in ("k1_seq", "k2", "K3_LOSS"):
+        with pytest.raises(ValueError):
+            kl_loss(Tensor(logp), ref, w, bad)
