@@ -16,6 +16,7 @@
   a pseudo-reward, next to the right ones.
 """
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -498,3 +499,24 @@ def test_others_sum_is_exact_entry_by_entry_even_next_to_a_dominant_value():
     assert_equal(_others_sum(np.array([1.0, 2.0, 3.0, 4.0, 5.0])), [14.0, 13.0, 12.0, 11.0, 10.0], what="others' sums")
     assert_equal(_others_sum(np.array([3.0])), [0.0], what="others' sum of one value")
     assert_equal(_others_sum(np.array([3.0, -1.0])), [-1.0, 3.0], what="others' sums of two values")
+
+
+@pytest.mark.task7_1
+def test_log_t_max_caps_only_above_the_cap_entry_by_entry_and_the_refusal_counts_the_samples():
+    """With log t = log π − log P + log Z, samples below the cap keep −f'(t) and only those above it (or at P = 0)
+    get −f'(e^{log_t_max}); the cap and log Z both enter. Without a cap, f = kl refuses P = 0 naming how many."""
+    logp_pi = np.array([-1.0, -2.0, -0.5, -3.0, -1.5])
+    log_p = np.array([-4.0, -1.0, -np.inf, -2.0, -1.5])
+    log_z = 0.5
+    log_t = np.array([3.5, -0.5, np.inf, -0.5, 0.5])
+    method = FDPG(None, None, None, f="kl", log_z=0.0, log_t_max=1.0)
+    expected = -(np.minimum(log_t, 1.0) + 1.0)  # f = t log t: f'(t) = log t + 1
+    assert_close(method.pseudo_reward(logp_pi, log_p, log_z), expected, rtol=1e-12,
+                 what="kl pseudo-reward with log_t_max = 1")
+    uncapped = FDPG(None, None, None, f="kl", log_z=0.0)
+    finite = np.isfinite(log_p)
+    assert_close(uncapped.pseudo_reward(logp_pi[finite], log_p[finite], log_z), -(log_t[finite] + 1.0), rtol=1e-12,
+                 what="kl pseudo-reward without a cap")
+    with pytest.raises(ValueError) as e:
+        uncapped.pseudo_reward(np.array([-1.0, -1.0, -2.0]), np.array([-np.inf, -1.0, -np.inf]), 0.0)
+    assert re.search(r"(?<![\d.])2(?![\d.])", str(e.value)), f"the error must name the 2 samples; it says {e.value}"

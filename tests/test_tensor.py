@@ -189,6 +189,29 @@ def test_max_shares_gradient_between_ties():
     assert_close(x.grad, [0.0, 0.5, 0.5], rtol=1e-7)
 
 
+@pytest.mark.task1_4
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [1, (0, 2), -1])
+def test_sum_and_max_gradients_entry_by_entry_over_interior_axes_with_ties(axis, keepdims):
+    """Eq. (1.5) on a [2, 3, 4] array reduced over interior axes, with and without keepdims: the sum's gradient is
+    the output gradient broadcast back; the max's goes to the maximal entries of each reduced slice, shared
+    equally between ties (the array has ties inside slices)."""
+    data = np.array([[[1.0, 5.0, 2.0, 2.0], [5.0, 0.0, 2.0, 7.0], [3.0, 5.0, -1.0, 7.0]],
+                     [[4.0, 4.0, 4.0, 0.0], [4.0, 1.0, 9.0, 0.0], [-2.0, 4.0, 9.0, 0.0]]])
+    axes = (axis % 3,) if isinstance(axis, int) else axis
+    out_shape = tuple(1 if i in axes else n for i, n in enumerate(data.shape))
+    c = np.random.default_rng(0).standard_normal(out_shape)
+    g = c if keepdims else c.reshape(tuple(n for i, n in enumerate(data.shape) if i not in axes))
+    x = t64(data)
+    x.sum(axis=axis, keepdims=keepdims).backward(g)
+    assert_close(x.grad, np.broadcast_to(c, data.shape), rtol=1e-12, what=f"sum(axis={axis}, keepdims={keepdims})")
+    hit = data == data.max(axis=axes, keepdims=True)
+    x = t64(data)
+    x.max(axis=axis, keepdims=keepdims).backward(g)
+    assert_close(x.grad, c * hit / hit.sum(axis=axes, keepdims=True), rtol=1e-12,
+                 what=f"max(axis={axis}, keepdims={keepdims}) with ties")
+
+
 @given(x=float_arrays(hnp.array_shapes(min_dims=2, max_dims=4, max_side=3)), data=st.data())
 def test_reshape_and_permute_gradients_match_finite_differences(x, data):
     perm = data.draw(st.permutations(range(x.ndim)))

@@ -38,6 +38,8 @@ from .cut import locate, split_spec
 from .manifest import ROOT, Assignment, CourseError, Task, assignments, marked_files, tomllib
 
 RECORD = "course/mutants.json"
+# Bump when the operators change: every unit's record is then stale (its mutants are no longer the same ones).
+OPERATORS = "1"
 REFRESH = "python -m minialign course check --mutants"
 
 
@@ -129,7 +131,7 @@ def expression_mutations(node):
             if kw.arg is not None:
                 out.append(("mask" if kw.arg == "mask" else "arg",
                             ast.Call(func, node.args, node.keywords[:i] + node.keywords[i + 1:])))
-    elif isinstance(node, ast.IfExp) and not isinstance(node.test, ast.Compare):
+    elif isinstance(node, ast.IfExp) and not isinstance(node.test, (ast.Compare, ast.UnaryOp)):
         out.append(("compare", ast.IfExp(ast.UnaryOp(ast.Not(), node.test), node.body, node.orelse)))
     return out
 
@@ -146,7 +148,8 @@ def statement_mutations(stmt):
         out.append(("refuse", [ast.Pass()]))
     elif isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call):
         out.append(("call", [ast.Pass()]))
-    elif isinstance(stmt, (ast.If, ast.While)) and not isinstance(stmt.test, ast.Compare):
+    elif isinstance(stmt, (ast.If, ast.While)) and not isinstance(stmt.test, ast.Compare) \
+            and not (isinstance(stmt.test, ast.UnaryOp) and isinstance(stmt.test.op, ast.Not)):
         new = copy.copy(stmt)
         new.test = ast.UnaryOp(ast.Not(), stmt.test)
         out.append(("compare", [new]))
@@ -334,17 +337,36 @@ def grade_mutant(m: Mutant, task: Task, tree: Path) -> Outcome:
 
 # ------------------------------------------------------------------------------------------------ the record
 def unit_hash(spec: str, task: Task, root: Path = ROOT) -> str:
-    """A hash of what decides a unit's mutants and their outcome: the unit's own lines, the task's test files and
-    the operators. (Code the unit calls is not in it: a change there that turns a caught mutant into a survivor
-    shows at the next full pass, ``REFRESH``.)"""
+    """A hash of what decides a unit's mutants and their outcome: the unit's own lines, its task's test files and
+    the operators' version. Code the unit calls, the shared test helpers and other tasks' tests are not in it, so
+    that an edit elsewhere does not make every unit stale; a change there that lets a mutant survive shows at the
+    next full pass (``REFRESH`` with ``--all``)."""
     root = Path(root)
     path = split_spec(spec)[0]
     source = (root / path).read_text(encoding="utf-8")
     cut = locate(source, spec, task)
-    h = hashlib.sha256(spec.encode() + b"\0" + "".join(source.splitlines(keepends=True)[cut.start:cut.stop]).encode())
-    for rel in [*marked_files(root, [task.marker]), "minialign/course/mutate.py"]:
-        h.update(b"\0" + rel.encode() + b"\0" + (root / rel).read_bytes())
+    h = hashlib.sha256(f"{OPERATORS}\0{spec}\0".encode())
+    h.update("".join(source.splitlines(keepends=True)[cut.start:cut.stop]).encode())
+    for rel in marked_files(root, [task.marker]):
+        h.update(b"\0" + rel.encode() + b"\0" + _task_source(root / rel, task.marker).encode())
     return h.hexdigest()[:16]
+
+
+def _task_source(file: Path, marker: str) -> str:
+    """A test file's text without the tests of other tasks: its module-level code (imports, helpers, fixtures,
+    constants) and the tests that carry ``marker``, so that a test added to another task leaves this one's hash."""
+    text = file.read_text(encoding="utf-8")
+    lines = text.splitlines(keepends=True)
+    mark = re.compile(rf"\bmark\.{re.escape(marker)}\b")
+    kept = []
+    for node in ast.parse(text).body:
+        first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+        segment = "".join(lines[first - 1:node.end_lineno])
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name.startswith(("test", "Test")) \
+                and not mark.search("".join(lines[first - 1:node.lineno])):
+            continue
+        kept.append(segment)
+    return "\n".join(kept)
 
 
 def load_record(root: Path = ROOT) -> dict:
