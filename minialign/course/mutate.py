@@ -40,6 +40,9 @@ from .manifest import ROOT, Assignment, CourseError, Task, assignments, marked_f
 RECORD = "course/mutants.json"
 # Bump when the operators change: every unit's record is then stale (its mutants are no longer the same ones).
 OPERATORS = "1"
+# Mutants graded per unit by `course check --mutants`: spread over the operators (see :func:`sample`), so that a
+# full pass over the 45 units stays within half an hour on one core; None grades every mutant.
+LIMIT = 16
 REFRESH = "python -m minialign course check --mutants"
 
 
@@ -336,6 +339,15 @@ def grade_mutant(m: Mutant, task: Task, tree: Path) -> Outcome:
 
 
 # ------------------------------------------------------------------------------------------------ the record
+def unit_size(spec: str, task: Task, root: Path = ROOT) -> int:
+    """The size of a unit's body in AST nodes (blank lines, comments and formatting do not count)."""
+    path = split_spec(spec)[0]
+    source = (Path(root) / path).read_text(encoding="utf-8")
+    cut = locate(source, spec, task)
+    return sum(1 for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.stmt, ast.expr))
+               and n.lineno - 1 >= cut.start and n.end_lineno <= cut.stop)
+
+
 def unit_hash(spec: str, task: Task, root: Path = ROOT) -> str:
     """A hash of what decides a unit's mutants and their outcome: the unit's own lines, its task's test files and
     the operators' version. Code the unit calls, the shared test helpers and other tasks' tests are not in it, so
@@ -422,7 +434,8 @@ def mutate_assignment(a: Assignment, tree: Path, limit=None, root: Path = ROOT, 
         for o in outcomes:
             if not o["caught"]:
                 out(f"    survivor {o['id']}: {o['description']}")
-        units[spec] = {"task": task.id, "hash": h, "possible": len(every), "tried": len(chosen),
+        units[spec] = {"task": task.id, "hash": h, "size": unit_size(spec, task, tree), "possible": len(every),
+                       "tried": len(chosen),
                        "outcomes": [{k: (round(v, 2) if k == "seconds" else v) for k, v in o.items()}
                                     for o in outcomes]}
     return units
