@@ -275,3 +275,52 @@ def test_kl_loss_value_and_gradient_entry_by_entry_with_weights_and_padding(kind
     for bad in ("k1_seq", "k2", "K3_LOSS"):
         with pytest.raises(ValueError):
             kl_loss(Tensor(logp), ref, w, bad)
+
+
+# ------------------------------------------------------------------------------------------- Eq. (5.8), entry by entry
+class _FreeTokens:
+    """A policy stand-in whose token log-probabilities are free parameters θ [B, L] (the loss's gradient in θ is
+    then each token's coefficient); the reference is one with fixed token log-probabilities."""
+
+    def __init__(self, logp_tok, requires_grad=True):
+        from minialign.tensor import Tensor
+
+        self.t = Tensor(np.array(logp_tok, dtype=np.float64), requires_grad=requires_grad)
+
+    def token_logprobs(self, tokens, prompt_len=None):
+        return self.t
+
+    def sequence_logprob(self, tokens, prompt_len=None):
+        return self.t.sum(axis=1)
+
+
+@pytest.mark.task5_2
+@pytest.mark.parametrize("group", [None, [0, 1, 0, 1, 1]])
+@pytest.mark.parametrize("kl", ["k1_seq", "k2_loss", "k3_loss"])
+def test_rloo_advantage_entry_by_entry_with_the_kl_in_the_reward_only_when_asked(kl, group):
+    """With kl = 'k1_seq' the return is R = r − β(log q − log a), otherwise R = r (the KL then enters the loss,
+    whose own gradient is β·w·∂k/∂log π_t); the advantage is R minus the leave-one-out mean of the other R of
+    the same group (prompt), checked entry by entry through the loss's gradient in each token's log π."""
+    from minialign.trainers.common import Batch
+    from minialign.trainers.policy_gradient import leave_one_out_baseline
+
+    rng = np.random.default_rng(4)
+    logp_tok, ref_tok = rng.normal(-1.0, 0.5, (5, 3)), rng.normal(-1.0, 0.5, (5, 3))
+    logp_tok[:, 2] = ref_tok[:, 2] = 0.0  # a padding column
+    r = np.array([1.0, -0.5, 2.0, 0.3, -1.2])
+    w = np.full(5, 0.2)
+    beta = 0.7
+    batch = Batch(np.zeros((5, 3), dtype=np.int64), w, logp_tok.sum(axis=1), ref_tok.sum(axis=1),
+                  group=None if group is None else np.array(group))
+    policy, ref = _FreeTokens(logp_tok), _FreeTokens(ref_tok, requires_grad=False)
+    method = RLHF(ref, lambda b: r, beta=beta, kl=kl, algo="rloo")
+    loss, _ = method.loss(policy, batch)
+    loss.backward()
+    returns = r - beta * (batch.log_q - batch.log_ref) if kl == "k1_seq" else r
+    adv = returns - leave_one_out_baseline(returns, None if group is None else np.array(group))
+    expected = -np.broadcast_to((w * adv)[:, None], logp_tok.shape).copy()
+    d = ref_tok - logp_tok
+    if kl != "k1_seq":
+        expected += beta * w[:, None] * (-d if kl == "k2_loss" else 1 - np.exp(d))
+    assert_close(policy.t.grad, expected, rtol=1e-10, atol=1e-14,
+                 what=f"∂loss/∂log π_t (kl={kl}, groups={group}): −w·A plus the KL term's gradient")
