@@ -152,6 +152,24 @@ def reduction_input(reduction, x):
     return x
 
 
+@pytest.mark.task1_3
+@pytest.mark.parametrize("g_shape, shape", [((2, 3), (2, 1)), ((4, 2, 3), (2, 3)), ((4, 2, 3), (1, 3)),
+                                            ((5, 2, 3), (1, 1, 3)), ((3,), (1,)), ((2, 3), (2, 3))])
+def test_unbroadcast_entry_by_entry_on_the_numpy_and_the_torch_backend(g_shape, shape, torch):
+    """Each entry of unbroadcast(g, shape) is the sum of the entries of g that broadcasting copied it to — with the
+    backend's own sums (torch's sum over an empty tuple of axes sums everything, numpy's nothing)."""
+    from helpers import torch_device
+    from minialign.torch_backend import TorchBackend
+
+    g = np.random.default_rng(2).standard_normal(g_shape)
+    index = np.broadcast_to(np.arange(int(np.prod(shape))).reshape(shape), g_shape)
+    expected = np.bincount(index.ravel(), weights=g.ravel(), minlength=int(np.prod(shape))).reshape(shape)
+    assert_close(unbroadcast(g, shape), expected, rtol=1e-12, atol=1e-14, what=f"unbroadcast {g_shape} → {shape}")
+    bk = TorchBackend(torch_device(True))
+    got = bk.to_numpy(unbroadcast(bk.asarray(g), shape, bk))
+    assert_close(got, expected, rtol=1e-12, atol=1e-14, what=f"unbroadcast {g_shape} → {shape} on the torch backend")
+
+
 @pytest.mark.task1_4
 @pytest.mark.parametrize("reduction", ["sum", "mean", "max"])
 @given(data=array_and_axis())
