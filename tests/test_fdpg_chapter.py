@@ -520,3 +520,43 @@ def test_log_t_max_caps_only_above_the_cap_entry_by_entry_and_the_refusal_counts
     with pytest.raises(ValueError) as e:
         uncapped.pseudo_reward(np.array([-1.0, -1.0, -2.0]), np.array([-np.inf, -1.0, -np.inf]), 0.0)
     assert re.search(r"(?<![\d.])2(?![\d.])", str(e.value)), f"the error must name the 2 samples; it says {e.value}"
+
+
+# ------------------------------------------------------------------------------ Eq. (7.4), entry by entry
+class _FreeSequences:
+    """A policy stand-in with given log π(x) per row."""
+
+    def __init__(self, logp):
+        self.logp = np.asarray(logp, dtype=np.float64)
+
+    def sequence_logprob(self, tokens, prompt_len=None):
+        return Tensor(self.logp.copy())
+
+
+@pytest.mark.task7_2
+@pytest.mark.parametrize("group", [None, [0, 1, 0, 1, 1]])
+@pytest.mark.parametrize("baseline, exact", [(True, False), (False, False), (True, True)])
+def test_fdpg_coefficients_entry_by_entry(baseline, exact, group):
+    """(s, w·ρ·(R − b), R − b) with R = −f'(t) (f = js: −½ log(2t/(1+t))), ρ = π/q, and b the weighted
+    leave-one-out mean of the other R of the sample's group — subtracted only when the baseline is on and the
+    batch is a sample (not exact); a point where the target has no mass is known (Z is) and gets R's limit."""
+    logp_pi = np.array([-1.0, -2.0, -0.5, -3.0, -1.5])
+    log_q = np.array([-1.2, -1.0, -1.5, -2.0, -1.1])
+    log_p = np.array([-2.0, -0.5, -1.0, -np.inf, -1.0])
+    w = np.array([0.1, 0.3, 0.2, 0.15, 0.25])
+    log_z = 0.4
+    batch = Batch(np.zeros((5, 3), dtype=np.int64), w, log_q, np.zeros(5), exact=exact,
+                  group=None if group is None else np.array(group))
+    method = FDPG(None, None, lambda b: log_p, f="js", proposal="policy", baseline=baseline, log_z=log_z)
+    s, coef, centred = method.coefficients(_FreeSequences(logp_pi), batch)
+    t = np.exp(np.where(np.isfinite(log_p), logp_pi - log_p + log_z, 0.0))
+    reward = np.where(np.isfinite(log_p), -0.5 * np.log(2 * t / (1 + t)), -0.5 * np.log(2.0))  # t → ∞ where P = 0
+    rho = np.exp(logp_pi - log_q)
+    if baseline and not exact:
+        ids = np.zeros(5, dtype=int) if group is None else np.array(group)
+        b = np.array([np.sum((rho * reward)[(ids == ids[i]) & (np.arange(5) != i)])
+                      / np.sum(rho[(ids == ids[i]) & (np.arange(5) != i)]) for i in range(5)])
+        reward = reward - b
+    assert_close(centred, reward, rtol=1e-12, atol=1e-15, what="R − b")
+    assert_close(coef, w * rho * reward, rtol=1e-12, atol=1e-15, what="w·ρ·(R − b)")
+    assert_close(s.logp_pi, logp_pi, rtol=0, what="the scored log π")
