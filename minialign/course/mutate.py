@@ -29,6 +29,7 @@ import copy
 import hashlib
 import json
 import re
+import shutil
 import textwrap
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +43,7 @@ RECORD = "course/mutants.json"
 OPERATORS = "1"
 # Mutants graded per unit by `course check --mutants`: spread over the operators (see :func:`sample`), so that a
 # full pass over the 45 units stays within half an hour on one core; None grades every mutant.
-LIMIT = 16
+LIMIT = 8
 REFRESH = "python -m minialign course check --mutants"
 
 
@@ -473,13 +474,15 @@ def mutation_pass(names=None, limit=None, only_stale: bool = False, root: Path =
     record["limit"] = limit
     problems = []
     with tempfile.TemporaryDirectory(prefix="minialign-mutants-") as tmp:
-        tree = write_tree(root, Path(tmp) / "tree", [])
         for a in chosen:
             out(f"{a.name}:")
-            for spec, task in a.units():
+            for i, (spec, task) in enumerate(a.units()):
                 if only_stale and spec not in stale:
                     continue
+                # a fresh copy per unit: the record's hash and the outcomes come from the same files
+                tree = write_tree(root, Path(tmp) / f"{a.name}-{i}", [])
                 units = mutate_assignment(_only(a, spec), tree, limit, root, out=out)
+                shutil.rmtree(tree, ignore_errors=True)
                 record["units"].update(units)
                 if write:
                     write_record(record, root)
