@@ -62,6 +62,20 @@ def assert_equal(actual, expected, what: str = "value"):
     assert_close(actual, expected, rtol=0.0, atol=0.0, what=what)
 
 
+def assert_near(actual, expected, rel: float = 1e-8, what: str = "gradient"):
+    """max |actual − expected| ≤ rel · max |expected| (vectors compared relative to their size, as :func:`close`),
+    with a message that gives the relative error reached and the entries that differ most."""
+    got, want = as_float_array(actual), as_float_array(expected)
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: expected shape {want.shape}, got shape {got.shape}")
+    err, scale = np.abs(got - want), np.abs(want).max()
+    if not err.max() <= rel * scale:
+        worst = [np.unravel_index(i, got.shape) for i in np.argsort(-err, axis=None)[:3]]
+        raise AssertionError(f"{what}: max |got − expected| = {err.max():.3g}, above {rel:g} × max |expected| = "
+                             f"{rel * scale:.3g}; largest differences: expected {_entries(want, worst)}; "
+                             f"got {_entries(got, worst)}")
+
+
 def names_shape(message: str, shape) -> bool:
     """Whether an error message names a shape, written any usual way: (3,), (3), [3], 3 for a vector; (2, 4),
     [2, 4], 2x4 for more axes."""
