@@ -773,3 +773,16 @@ def test_partial_derivatives_of_kl_by_hand_on_unnormalised_arrays():
     d_p, d_q = dv.partial_derivatives("kl", P, Q)
     assert_entries_close(d_p, np.log(P / Q) + 1, rtol=1e-12, what="∂D_kl/∂P")
     assert_entries_close(d_q, -P / Q, rtol=1e-12, what="∂D_kl/∂Q")
+
+
+@pytest.mark.task3_4
+def test_k1_k2_k3_sample_by_sample():
+    """Each estimator on each sample, not only in expectation: with log ρ = log p − log q, k1 = −log ρ,
+    k2 = ½(log ρ)², k3 = ρ − 1 − log ρ (written as expm1 so that it keeps its digits near ρ = 1)."""
+    log_q = np.array([-1.0, -2.5, -0.3, -7.0, -1.0])
+    log_p = np.array([-1.5, -0.5, -0.3 + 1e-9, -1.0, -25.0])
+    r = log_p - log_q
+    assert_entries_close(dv.k1(log_q, log_p), -r, rtol=1e-12, atol=0, what="k1")
+    assert_entries_close(dv.k2(log_q, log_p), 0.5 * r**2, rtol=1e-12, atol=0, what="k2")
+    assert_entries_close(dv.k3(log_q, log_p), np.expm1(r) - r, rtol=1e-9, atol=0, what="k3")
+    assert_entries_close(dv.k3(log_q[:1], log_q[:1] + 1e-6), [0.5e-12], rtol=1e-5, atol=0, what="k3 near ρ = 1")
