@@ -43,7 +43,7 @@ RECORD = "course/mutants.json"
 OPERATORS = "1"
 # Mutants graded per unit by `course check --mutants`: spread over the operators (see :func:`sample`), so that a
 # full pass over the 45 units stays within half an hour on one core; None grades every mutant.
-LIMIT = 8
+LIMIT = 6
 REFRESH = "python -m minialign course check --mutants"
 
 
