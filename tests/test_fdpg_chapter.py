@@ -108,7 +108,7 @@ def test_pseudo_reward_ranges_bounded_and_unbounded():
     assert (r["reverse_kl"] > 0).all() and r["reverse_kl"].max() > 1e17
     assert r["kl"].min() < -40 and r["kl"].max() > 38
     # zero target mass: kl's pseudo-reward is −∞ (the trainer refuses it unless log t is capped) ...
-    with pytest.raises(ValueError, match="infinite"):
+    with pytest.raises(ValueError):  # its message must name the count: see the test of log_t_max below
         pseudo_reward("kl", np.array([-1.0]), np.array([-np.inf]), 0.0)
     capped = FDPG(None, None, None, f="kl", log_z=0.0, log_t_max=20.0).pseudo_reward(np.array([-1.0]), np.array([-np.inf]), 0.0)
     assert_close(capped, -21.0, rtol=1e-7)
