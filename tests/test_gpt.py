@@ -121,6 +121,26 @@ def test_cached_incremental_logits_equal_the_full_forward():
     assert_close(np.stack(steps, axis=1), full, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.task2_3
+def test_the_cache_holds_detached_keys_and_values_of_every_position_so_far():
+    """The cache stores the concatenated keys and values, detached (no graph kept from step to step), even when
+    the parameters require gradients; a step's output still has its gradient through this step's own k and v."""
+    model = lab_model(8, vocab_size=5, block_size=6, scale=0.5)
+    for p in model.parameters():
+        p.requires_grad = True
+    x = np.array([[0, 3, 1, 4], [0, 1, 1, 2]])
+    cache = model.new_cache()
+    for t in range(3):
+        out = model(x[:, t:t + 1], cache=cache, start=t)
+        for layer, entry in enumerate(cache):
+            for name in ("k", "v"):
+                kept = entry[name]
+                assert kept.shape[2] == t + 1, f"layer {layer}'s cached {name} after step {t}: shape {kept.shape}"
+                assert not kept.requires_grad and not kept._parents, \
+                    f"layer {layer}'s cached {name} after step {t} keeps its graph: store it detached"
+    assert out.requires_grad
+
+
 @pytest.mark.task2_4
 def test_samples_follow_the_model_distribution():
     model = lab_model(9, vocab_size=3, block_size=3, scale=1.0)
