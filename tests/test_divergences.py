@@ -786,3 +786,34 @@ def test_k1_k2_k3_sample_by_sample():
     assert_entries_close(dv.k2(log_q, log_p), 0.5 * r**2, rtol=1e-12, atol=0, what="k2")
     assert_entries_close(dv.k3(log_q, log_p), np.expm1(r) - r, rtol=1e-9, atol=0, what="k3")
     assert_entries_close(dv.k3(log_q[:1], log_q[:1] + 1e-6), [0.5e-12], rtol=1e-5, atol=0, what="k3 near ρ = 1")
+
+
+@pytest.mark.task3_1
+def test_divergence_refuses_distributions_on_different_supports_even_when_numpy_would_broadcast_them():
+    """The input checks the handout names: a distribution on 3 points against one on 1 point (which numpy would
+    silently broadcast), and batch axes that do not broadcast, are ValueErrors; so is a row that does not sum
+    to 1 or a negative entry."""
+    P = np.array([0.2, 0.3, 0.5])
+    for Q in (np.array([1.0]), np.full((2, 1), 1.0)):
+        with pytest.raises(ValueError):
+            dv.divergence("kl", P, Q)
+        with pytest.raises(ValueError):
+            dv.divergence("kl", Q, P)
+    with pytest.raises(ValueError):
+        dv.divergence("kl", np.tile(P, (2, 1)), np.tile(P, (4, 1)))
+    with pytest.raises(ValueError):
+        dv.divergence("kl", P, np.array([0.2, 0.3, 0.6]))
+    with pytest.raises(ValueError):
+        dv.divergence("kl", P, np.array([0.7, 0.4, -0.1]))
+
+
+@pytest.mark.task3_2
+def test_divergence_from_logs_refuses_different_supports_even_when_numpy_would_broadcast_them():
+    log_p = np.log(np.array([0.2, 0.3, 0.5]))
+    for log_q in (np.array([0.0]), np.zeros((2, 1))):
+        with pytest.raises(ValueError):
+            dv.divergence_from_logs("kl", log_p, log_q)
+        with pytest.raises(ValueError):
+            dv.divergence_from_logs("kl", log_q, log_p)
+    with pytest.raises(ValueError):
+        dv.divergence_from_logs("kl", np.tile(log_p, (2, 1)), np.tile(log_p, (4, 1)))
