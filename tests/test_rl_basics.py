@@ -541,3 +541,13 @@ def test_leave_one_out_baseline_with_groups_is_the_mean_of_the_other_samples_of_
     assert_close(leave_one_out_baseline(values, group), expected, rtol=1e-12, what="grouped leave-one-out baseline")
     assert_close(leave_one_out_baseline(values, np.zeros(6, dtype=np.int64)),
                  [np.delete(values, i).mean() for i in range(6)], rtol=1e-12, what="one group of six")
+
+
+@pytest.mark.task4_4
+def test_leave_one_out_baseline_of_integer_rewards_is_exact_with_and_without_groups():
+    """Rewards may come as integers (counts, 0/1 labels): the baseline is still the exact float mean."""
+    values = np.array([1, 2, 4, 7, 0])
+    assert_close(leave_one_out_baseline(values), [13 / 4, 12 / 4, 10 / 4, 7 / 4, 14 / 4], rtol=1e-12,
+                 what="baseline of integer rewards")
+    assert_close(leave_one_out_baseline(values, np.array([0, 0, 0, 1, 1])), [3.0, 2.5, 1.5, 0.0, 7.0], rtol=1e-12,
+                 what="grouped baseline of integer rewards")
