@@ -316,3 +316,23 @@ def test_dpo_loss_is_the_logistic_loss_of_the_implicit_reward_margin():
     eye = np.eye(len(lab))
     numeric = [(by_hand(logits + 1e-6 * e)[0] - by_hand(logits - 1e-6 * e)[0]) / 2e-6 for e in eye]
     assert_close(policy.logits.grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.task5_5
+def test_dpo_pair_accuracy_counts_only_strictly_positive_margins():
+    """At π = a every margin is exactly 0: no pair is ranked right (pair_accuracy 0, margin 0), and the loss is
+    log 2; with π tilted towards the chosen sequences every margin is positive (pair_accuracy 1)."""
+    a, lab, r, beta = dpo_lab(0)
+    log_a = np.log(lab.distribution(a))
+    w, l = np.array([1, 4, 7]), np.array([2, 5, 0])
+    method = DPO(a, lab.sequences[w], lab.sequences[l], beta=beta)
+    tokens = lab.sequences[np.concatenate([w, l])]
+    log_ref = TabularPolicy(lab, log_a).sequence_logprob(tokens).numpy()  # log a exactly as the policy computes it
+    batch = Batch(tokens, np.full(6, 1 / 3), np.zeros(6), log_ref)
+    loss, metrics = method.loss(TabularPolicy(lab, log_a.copy()), batch)
+    assert metrics["pair_accuracy"] == 0.0 and metrics["margin"] == 0.0, metrics
+    assert_close(loss.item(), np.log(2.0), rtol=1e-12, what="the DPO loss at π = a")
+    tilted = log_a.copy()
+    tilted[w] += 1.0
+    _, metrics = method.loss(TabularPolicy(lab, tilted), batch)
+    assert metrics["pair_accuracy"] == 1.0 and metrics["margin"] == pytest.approx(beta, rel=1e-12), metrics
