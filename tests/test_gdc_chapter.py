@@ -440,3 +440,23 @@ def test_adapt_keeps_q_when_fixed_or_on_an_exact_batch_and_records_only_log_z_be
         assert {"kl_p_pi_est", "kl_p_q_est", "log_z", "replacements"} <= set(metrics)
     method, old_q, *_, metrics = _adapt("adaptive", target, log_z=-np.inf)
     assert method.q is old_q and set(metrics) == {"log_z", "replacements"}, metrics
+
+
+@pytest.mark.task6_3
+def test_gdcpp_coefficients_entry_by_entry_and_zero_where_the_rows_normaliser_is_unknown():
+    """w·(P/(Z q) − π/q) on each sample whose Z (with prompts: the row's Z(x)) is known, and exactly 0 on a row
+    whose Z(x) is not known yet (no signal there, not −π/q)."""
+    class Scripted(DPG):
+        def score(self, policy, batch):
+            return self.scored
+
+    logp_pi = np.array([-1.3, -2.0, -0.8, -2.3])
+    rows = np.array([0.3, -np.inf, 1.1, -0.4])
+    batch, s = _scored_batch(logp_pi, rows)
+    method = Scripted(None, None, lambda b: s.log_p, proposal="policy", baseline=True)
+    method.scored = s
+    _, coef = method.coefficients(None, batch)
+    known = np.isfinite(rows) & np.isfinite(s.log_p)
+    p_over_q = np.exp(np.where(known, s.log_p - np.where(np.isfinite(rows), rows, 0) - batch.log_q, -np.inf))
+    expected = np.where(np.isfinite(rows), batch.weights * (p_over_q - np.exp(logp_pi - batch.log_q)), 0.0)
+    assert_close(coef, expected, rtol=1e-12, atol=1e-15, what="GDC++ coefficients w·(p/q − π/q)")
