@@ -460,3 +460,15 @@ def test_gdcpp_coefficients_entry_by_entry_and_zero_where_the_rows_normaliser_is
     p_over_q = np.exp(np.where(known, s.log_p - np.where(np.isfinite(rows), rows, 0) - batch.log_q, -np.inf))
     expected = np.where(np.isfinite(rows), batch.weights * (p_over_q - np.exp(logp_pi - batch.log_q)), 0.0)
     assert_close(coef, expected, rtol=1e-12, atol=1e-15, what="GDC++ coefficients w·(p/q − π/q)")
+
+
+@pytest.mark.task6_4
+def test_adapt_with_per_row_normalisers_records_their_mean_over_known_rows_or_minus_infinity():
+    """With prompts each row has its own log Z(x): the recorded log_z is their mean over the rows where it is
+    known, and −inf (nothing known yet) when no row's is; q is then kept."""
+    target = np.array([-1.3, -3.0, -0.8, -2.3])
+    method, old_q, *_, metrics = _adapt("adaptive", target, log_z=np.full(4, -np.inf))
+    assert metrics["log_z"] == -np.inf and set(metrics) == {"log_z", "replacements"}, metrics
+    assert method.q is old_q
+    method, old_q, *_, metrics = _adapt("fixed", target, log_z=np.array([0.5, -np.inf, 1.5, 2.5]))
+    assert metrics["log_z"] == pytest.approx(1.5), metrics
