@@ -561,3 +561,40 @@ def test_fdpg_coefficients_entry_by_entry(baseline, exact, group):
     assert_close(centred, reward, rtol=1e-12, atol=1e-15, what="R − b")
     assert_close(coef, w * rho * reward, rtol=1e-12, atol=1e-15, what="w·ρ·(R − b)")
     assert_close(s.logp_pi, logp_pi, rtol=0, what="the scored log π")
+
+
+@pytest.mark.task7_2
+def test_fdpg_coefficients_are_zero_on_the_rows_of_a_prompt_whose_normaliser_is_unknown():
+    """With prompts each group has its own Z(x); a group whose Z(x) is not known yet carries no signal: its
+    coefficients are exactly 0, and the other groups' are w·ρ·(R − b) with b from their own group."""
+    class Scripted(FDPG):
+        def score(self, policy, batch):
+            return self.scored
+
+    from minialign.trainers.proposal import Scored
+
+    logp_pi = np.array([-1.0, -2.0, -0.5, -3.0, -1.5])
+    log_q = np.array([-1.2, -1.0, -1.5, -2.0, -1.1])
+    log_p = np.array([-2.0, -0.5, -1.0, -1.2, -1.0])
+    group = np.array([0, 1, 0, 1, 1])
+    rows = np.where(group == 0, 0.4, -np.inf)  # prompt 1's Z(x) is not known yet
+    w = np.array([0.1, 0.3, 0.2, 0.15, 0.25])
+    batch = Batch(np.zeros((5, 3), dtype=np.int64), w, log_q, np.zeros(5), group=group)
+    method = Scripted(None, None, lambda b: log_p, f="js", proposal="policy", baseline=True)
+    method.scored = Scored(Tensor(logp_pi), logp_pi, log_p, rows)
+    _, coef, _ = method.coefficients(None, batch)
+    t = np.exp(logp_pi - log_p + 0.4)
+    reward, rho = -0.5 * np.log(2 * t / (1 + t)), np.exp(logp_pi - log_q)
+    known = group == 0
+    b = np.array([reward[2], 0, reward[0], 0, 0])  # a pair in group 0: each one's baseline is the other's R
+    assert_close(coef, np.where(known, w * rho * (reward - b), 0.0), rtol=1e-12, atol=1e-15,
+                 what="coefficients with one prompt's Z(x) unknown")
+
+
+@pytest.mark.task7_1
+def test_a_point_where_both_the_policy_and_the_target_have_no_mass_gets_the_limit_not_nan():
+    """P(x) = 0 gives log t = +inf whatever log π(x) is — also where π(x) = 0 (an off-policy sample)."""
+    for f, limit in (("js", -0.5 * np.log(2)), ("tv", -0.5), ("reverse_kl", 0.0)):
+        r = FDPG(None, None, None, f=f, log_z=0.0).pseudo_reward(np.array([-np.inf, -1.0]),
+                                                                  np.array([-np.inf, -np.inf]), 0.0)
+        assert_close(r, [limit, limit], rtol=1e-12, atol=1e-15, what=f"{f}'s pseudo-reward where P = 0")
