@@ -81,7 +81,8 @@ def test_equivalent_tables_need_a_unit_a_mutant_and_a_reason(tmp_path):
     root = course.write_tree(ROOT, tmp_path / "repo", [])
     manifest = root / "course" / "05-rlhf.toml"
     text = manifest.read_text()
-    manifest.write_text(text + '\n[[equivalent]]\nunit = "minialign/rewards.py::bradley_terry_loss"\nmutant = "x@1:1"\n')
+    unit = "minialign/rewards.py::bradley_terry_loss"
+    manifest.write_text(text + f'\n[[equivalent]]\nunit = "{unit}"\nmutant = "x@1:1"\n')
     with pytest.raises(course.CourseError, match="one-line reason"):
         mutate.equivalents("05-rlhf", root)
     manifest.write_text(text + '\n[[equivalent]]\nunit = "u.py::f"\nmutant = "swap@1:2"\nreason = "why"\n')
