@@ -266,7 +266,7 @@ def check(names=None, root: Path = ROOT, out=print, mutants: bool = False, all_u
         problems += shrink_problems(root, names)
     if mutants and not problems:
         mutation_pass(names, limit=LIMIT if limit is None else limit, only_stale=not all_units, root=root, out=out)
-    found = mutation_record_problems(root, names, out=out)
+    found = mutation_record_problems(root, names, out=None if mutants else out)  # the pass printed its summary
     out(f"mutants: {len(found)} problems")
     problems += found
     if mutants:
