@@ -470,5 +470,13 @@ def test_adapt_with_per_row_normalisers_records_their_mean_over_known_rows_or_mi
     method, old_q, *_, metrics = _adapt("adaptive", target, log_z=np.full(4, -np.inf))
     assert metrics["log_z"] == -np.inf and set(metrics) == {"log_z", "replacements"}, metrics
     assert method.q is old_q
-    method, old_q, *_, metrics = _adapt("fixed", target, log_z=np.array([0.5, -np.inf, 1.5, 2.5]))
+    rows = np.array([0.5, -np.inf, 1.5, 2.5])
+    method, old_q, policy, batch, s, metrics = _adapt("fixed", target, log_z=rows)
     assert metrics["log_z"] == pytest.approx(1.5), metrics
+    known = np.isfinite(rows) & np.isfinite(s.log_p)
+    z, log_p = np.where(known, rows, 0.0), np.where(known, s.log_p, 0.0)
+    w = np.where(known, np.exp(log_p - z - batch.log_q), 0.0) * batch.weights
+    assert_close(metrics["kl_p_pi_est"], np.sum(w * (log_p - z - target)), rtol=1e-12,
+                 what="KL̂(p‖π) over the rows whose Z(x) is known")
+    assert_close(metrics["kl_p_q_est"], np.sum(w * (log_p - z - batch.log_q)), rtol=1e-12,
+                 what="KL̂(p‖q) over the rows whose Z(x) is known")

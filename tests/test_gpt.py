@@ -195,6 +195,27 @@ def test_sampling_never_draws_a_token_of_probability_zero_and_each_row_uses_its_
 
 
 @pytest.mark.task2_4
+def test_u_near_one_never_draws_an_excluded_token_and_huge_logits_do_not_overflow():
+    """u is scaled by the row's total, which rounding leaves slightly below 1 on some rows: u just below 1 must
+    still give a kept token (never the excluded last one through the clamp at V − 1); and logits shifted by
+    +700 give the same tokens (the softmax is shift-invariant and must not overflow)."""
+    from minialign.gpt import _sample_rows
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(300, 6))
+    logits[:, -1] = logits.min(axis=1) - 1.0  # the last token is never among the top 3
+    u = np.full(300, np.nextafter(1.0, 0.0))
+    got = _sample_rows(logits, u, top_k=3)
+    top3 = np.argsort(logits, axis=1)[:, -3:]
+    bad = [i for i in range(300) if got[i] not in top3[i]]
+    assert not bad, f"u just below 1 drew a token outside the top 3 in {len(bad)} rows, e.g. row {bad[0]}: {got[bad[0]]}"
+    u = rng.uniform(size=300)
+    assert_equal(_sample_rows(logits + 700.0, u, top_k=3), _sample_rows(logits, u, top_k=3),
+                 what="tokens drawn from logits shifted by +700")
+    assert_equal(_sample_rows(logits + 700.0, u), _sample_rows(logits, u), what="tokens from logits + 700, no top-k")
+
+
+@pytest.mark.task2_4
 def test_top_k_samples_each_of_the_k_most_likely_tokens_with_its_renormalised_probability():
     model = lab_model(10, vocab_size=6, block_size=3, scale=1.0)
     logits = model(np.zeros((1, 1), dtype=np.int64)).numpy()[0, 0]
