@@ -293,3 +293,15 @@ def test_evaluate_policy_of_a_stochastic_policy_entry_by_entry():
     assert_close(evaluate_policy(mdp, np.array([1, 0])), [0.5 * 0.0 / 1, 0.0], rtol=1e-12, atol=1e-15,
                  what="V^π moving from 0 to the absorbing-at-zero state 1")
     assert_close(evaluate_policy(mdp, np.array([0, 1])), [2.0, 3 + 0.5 * 2.0], rtol=1e-12, what="V^π of [stay, move]")
+
+
+@pytest.mark.task4_3
+def test_q_update_by_hand_from_a_table_that_is_not_zero():
+    """Eq. (4.7) on a non-zero table (from zero, Q(s,a) vanishes and a missing −Q(s,a) goes unseen): 2 + 0.3·(0.5 +
+    0.9·3 − 2) = 2.36, and on a self-loop, where Q(s', ·) is the row being updated."""
+    Q = np.array([[1.0, 2.0], [0.5, 3.0]])
+    assert_close(q_update(Q, 0, 1, 0.5, 1, alpha=0.3, gamma=0.9), 2.0 + 0.3 * (0.5 + 0.9 * 3.0 - 2.0), rtol=1e-12,
+                 what="Q(0, 1) after one update")
+    assert_close(q_update(Q, 1, 0, -1.0, 1, alpha=0.5, gamma=0.5), 0.5 + 0.5 * (-1.0 + 0.5 * 3.0 - 0.5), rtol=1e-12,
+                 what="Q(1, 0) after a self-loop")
+    assert_equal(Q, [[1.0, 2.0], [0.5, 3.0]], what="the table (q_update returns the value, it does not write it)")
