@@ -503,7 +503,7 @@ def _course_restore(args):
 def _course_check(args):
     from .course.check import check
 
-    problems = check(args.names or None)
+    problems = check(args.names or None, mutants=args.mutants, all_units=args.all, accept_shrink=args.accept_shrink)
     for p in problems:
         print(f"problem: {p}")
     print("release check passed" if not problems else f"release check failed: {len(problems)} problems")
@@ -589,6 +589,12 @@ def _course_parser(sub):
     c.set_defaults(fn=_course_restore)
     c = actions.add_parser("check", help="the release check of the manifests (a few minutes)", formatter_class=_fmt())
     c.add_argument("names", nargs="*", help="assignments to check (default: all)")
+    c.add_argument("--mutants", action="store_true",
+                   help="run the mutation pass (course/mutate.py) on the units whose record is stale and rewrite "
+                        "course/mutants.json (seconds per mutant); without it the committed record is checked")
+    c.add_argument("--all", action="store_true", help="with --mutants: every unit, stale or not")
+    c.add_argument("--accept-shrink", action="store_true",
+                   help="with --mutants: accept units that shrank below their recorded size (on purpose)")
     c.set_defaults(fn=_course_check)
     c = actions.add_parser("handouts", formatter_class=_fmt(),
                            help=f"regenerate {HANDOUTS}/*.md, the chapters' Exercises and the map's task markers "

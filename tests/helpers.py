@@ -6,6 +6,7 @@ a test that calls them requests the ``torch`` fixture of conftest.py, which skip
 run selects course tasks) where torch is not installed.
 """
 import importlib.util
+import re
 
 import numpy as np
 
@@ -15,6 +16,76 @@ from minialign.divergences import NAMES
 
 # every member of the f family, with three concrete α for the parametrised one: the one list the tests share
 FAMILY = [n for n in NAMES if not n.startswith("alpha:")] + ["alpha:0.5", "alpha:-1", "alpha:2.5"]
+
+
+# ---------------------------------------------------------------- graded assertions: what was expected, what came back
+def as_float_array(x) -> np.ndarray:
+    """A plain float64 ndarray of a value: a Tensor's data, a torch tensor's numbers, a scalar or a sequence. An
+    ndarray subclass is converted too, so its own ``__eq__`` or comparison methods never decide a check."""
+    if isinstance(x, Tensor):
+        x = x.data
+    elif type(x).__module__.startswith("torch"):
+        x = x.detach().cpu().double().numpy()
+    return np.array(np.asarray(x, dtype=float), dtype=np.float64, copy=True).view(np.ndarray)
+
+
+def _entries(a: np.ndarray, index) -> str:
+    return ", ".join(f"[{', '.join(str(int(k)) for k in i)}] {float(a[i]):.12g}" if i else f"{float(a):.12g}"
+                     for i in index)
+
+
+def assert_close(actual, expected, rtol: float = 1e-10, atol: float = 0.0, what: str = "value", shown: int = 3):
+    """|actual − expected| ≤ atol + rtol·|expected| entry by entry, with the same shape and the same non-finite
+    entries (±∞ in the same places, NaN where NaN is expected). On failure the message says what was checked,
+    the shapes, the tolerance and the first differing entries (index and value, expected then got), on one line
+    (the grader shows a failure's first line)."""
+    got, want = as_float_array(actual), as_float_array(expected)
+    if got.shape != want.shape:
+        if want.size == 1 and got.size == 1 and want.ndim + got.ndim <= 1:  # a scalar against a one-entry array
+            got, want = got.reshape(()), want.reshape(())
+        else:
+            raise AssertionError(f"{what}: expected shape {want.shape}, got shape {got.shape}")
+    both_nan = np.isnan(got) & np.isnan(want)
+    same_inf = np.isinf(want) & (got == want)
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = both_nan | same_inf | (np.abs(got - want) <= atol + rtol * np.abs(want))
+    if not ok.all():
+        bad = list(zip(*np.nonzero(~ok))) if got.ndim else [()]
+        err = np.abs(got - want)[~ok].max() if got.ndim else abs(float(got) - float(want))
+        raise AssertionError(
+            f"{what}: expected {_entries(want, bad[:shown])}; got {_entries(got, bad[:shown])} — {len(bad)} of "
+            f"{max(got.size, 1)} entries of shape {got.shape} differ beyond |got − expected| ≤ {atol:g} + "
+            f"{rtol:g}·|expected| (largest difference {err:.3g})")
+
+
+def assert_equal(actual, expected, what: str = "value"):
+    """Exactly equal as float64 arrays (integers, indices, counts), with the same message as :func:`assert_close`."""
+    assert_close(actual, expected, rtol=0.0, atol=0.0, what=what)
+
+
+def assert_near(actual, expected, rel: float = 1e-8, what: str = "gradient"):
+    """max |actual − expected| ≤ rel · max |expected| (vectors compared relative to their size, as :func:`close`),
+    with a message that gives the relative error reached and the entries that differ most."""
+    got, want = as_float_array(actual), as_float_array(expected)
+    if got.shape != want.shape:
+        raise AssertionError(f"{what}: expected shape {want.shape}, got shape {got.shape}")
+    err, scale = np.abs(got - want), np.abs(want).max()
+    if not err.max() <= rel * scale:
+        worst = [np.unravel_index(i, got.shape) for i in np.argsort(-err, axis=None)[:3]]
+        raise AssertionError(f"{what}: max |got − expected| = {err.max():.3g}, above {rel:g} × max |expected| = "
+                             f"{rel * scale:.3g}; largest differences: expected {_entries(want, worst)}; "
+                             f"got {_entries(got, worst)}")
+
+
+def names_shape(message: str, shape) -> bool:
+    """Whether an error message names a shape, written any usual way: (3,), (3), [3], 3 for a vector; (2, 4),
+    [2, 4], 2x4 for more axes."""
+    dims = [str(d) for d in tuple(shape)]
+    if len(dims) == 1:
+        pattern = rf"(?<![\d.]){dims[0]}(?![\d.])"
+    else:
+        pattern = r"[\(\[]?" + r"\s*[,x×]\s*".join(dims) + r"[\)\]]?"
+    return re.search(pattern, message) is not None
 
 
 def installed(*modules) -> bool:

@@ -13,6 +13,7 @@ from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
 from helpers import FAMILY, central_difference
+from helpers import assert_close as assert_entries_close
 from strategies import distribution_pairs, distributions, markov_kernels, rational_distributions
 
 from minialign import divergences as dv
@@ -35,11 +36,8 @@ HAND = {
 
 
 def assert_close(a, b, rtol=RTOL, atol=ATOL):
-    """Equal to rounding, where +inf must match +inf exactly."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    assert np.array_equal(np.isinf(a), np.isinf(b)), (a, b)
-    finite = np.isfinite(a)
-    np.testing.assert_allclose(a[finite], b[finite], rtol=rtol, atol=atol)
+    """Equal to rounding entry by entry, where +inf must match +inf exactly; a failure names the entries."""
+    assert_entries_close(a, b, rtol=rtol, atol=atol, what="divergence")
 
 
 def safe_log(x):
@@ -661,8 +659,8 @@ def test_partial_derivatives_match_finite_differences(name):
     P, Q = rng.uniform(0.2, 1.0, 5), rng.uniform(0.2, 1.0, 5)
     f = HAND[name][0]
     d_p, d_q = dv.partial_derivatives(name, P, Q)
-    np.testing.assert_allclose(d_p, central_difference(lambda x: (Q * f(x / Q)).sum(), P), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(d_q, central_difference(lambda y: (y * f(P / y)).sum(), Q), rtol=1e-6, atol=1e-8)
+    assert_close(d_p, central_difference(lambda x: (Q * f(x / Q)).sum(), P), rtol=1e-6, atol=1e-8)
+    assert_close(d_q, central_difference(lambda y: (y * f(P / y)).sum(), Q), rtol=1e-6, atol=1e-8)
 
 
 def _kl_free(p1, p2):
@@ -752,3 +750,70 @@ def test_a_subnormal_q_gives_a_finite_alpha_divergence():
         assert np.isinf(P[1] / Q[1]) and np.isnan(Q[1] * f.f(P[1] / Q[1]))
     value = dv.divergence("alpha:0.5", P, Q)
     assert value == pytest.approx(4 * (1 - np.sum(np.sqrt(P * Q))), rel=1e-12)
+
+
+@pytest.mark.task3_3
+def test_partial_derivatives_refuse_other_shapes_and_entries_that_are_not_strictly_positive():
+    P = np.array([0.2, 0.3, 0.5])
+    with pytest.raises(ValueError):
+        dv.partial_derivatives("kl", P, np.array([0.5, 0.5]))
+    with pytest.raises(ValueError):
+        dv.partial_derivatives("kl", P[None, :], P[:, None])
+    for Q in ([0.5, 0.0, 0.5], [0.6, -0.1, 0.5]):
+        with pytest.raises(ValueError):
+            dv.partial_derivatives("kl", P, np.array(Q))
+        with pytest.raises(ValueError):
+            dv.partial_derivatives("kl", np.array(Q), P)
+
+
+@pytest.mark.task3_3
+def test_partial_derivatives_of_kl_by_hand_on_unnormalised_arrays():
+    """For f = t log t: ∂/∂P = log t + 1 and ∂/∂Q = −t, t = P/Q, entry by entry on arrays that sum to anything."""
+    P, Q = np.array([[0.5, 2.0, 1.0], [3.0, 0.25, 4.0]]), np.array([[1.0, 0.5, 1.0], [1.5, 1.0, 0.1]])
+    d_p, d_q = dv.partial_derivatives("kl", P, Q)
+    assert_entries_close(d_p, np.log(P / Q) + 1, rtol=1e-12, what="∂D_kl/∂P")
+    assert_entries_close(d_q, -P / Q, rtol=1e-12, what="∂D_kl/∂Q")
+
+
+@pytest.mark.task3_4
+def test_k1_k2_k3_sample_by_sample():
+    """Each estimator on each sample, not only in expectation: with log ρ = log p − log q, k1 = −log ρ,
+    k2 = ½(log ρ)², k3 = ρ − 1 − log ρ (written as expm1 so that it keeps its digits near ρ = 1)."""
+    log_q = np.array([-1.0, -2.5, -0.3, -7.0, -1.0])
+    log_p = np.array([-1.5, -0.5, -0.3 + 1e-9, -1.0, -25.0])
+    r = log_p - log_q
+    assert_entries_close(dv.k1(log_q, log_p), -r, rtol=1e-12, atol=0, what="k1")
+    assert_entries_close(dv.k2(log_q, log_p), 0.5 * r**2, rtol=1e-12, atol=0, what="k2")
+    assert_entries_close(dv.k3(log_q, log_p), np.expm1(r) - r, rtol=1e-9, atol=0, what="k3")
+    assert_entries_close(dv.k3(log_q[:1], log_q[:1] + 1e-6), [0.5e-12], rtol=1e-5, atol=0, what="k3 near ρ = 1")
+
+
+@pytest.mark.task3_1
+def test_divergence_refuses_distributions_on_different_supports_even_when_numpy_would_broadcast_them():
+    """The input checks the handout names: a distribution on 3 points against one on 1 point (which numpy would
+    silently broadcast), and batch axes that do not broadcast, are ValueErrors; so is a row that does not sum
+    to 1 or a negative entry."""
+    P = np.array([0.2, 0.3, 0.5])
+    for Q in (np.array([1.0]), np.full((2, 1), 1.0)):
+        with pytest.raises(ValueError):
+            dv.divergence("kl", P, Q)
+        with pytest.raises(ValueError):
+            dv.divergence("kl", Q, P)
+    with pytest.raises(ValueError):
+        dv.divergence("kl", np.tile(P, (2, 1)), np.tile(P, (4, 1)))
+    with pytest.raises(ValueError):
+        dv.divergence("kl", P, np.array([0.2, 0.3, 0.6]))
+    with pytest.raises(ValueError):
+        dv.divergence("kl", P, np.array([0.7, 0.4, -0.1]))
+
+
+@pytest.mark.task3_2
+def test_divergence_from_logs_refuses_different_supports_even_when_numpy_would_broadcast_them():
+    log_p = np.log(np.array([0.2, 0.3, 0.5]))
+    for log_q in (np.array([0.0]), np.zeros((2, 1))):
+        with pytest.raises(ValueError):
+            dv.divergence_from_logs("kl", log_p, log_q)
+        with pytest.raises(ValueError):
+            dv.divergence_from_logs("kl", log_q, log_p)
+    with pytest.raises(ValueError):
+        dv.divergence_from_logs("kl", np.tile(log_p, (2, 1)), np.tile(log_p, (4, 1)))

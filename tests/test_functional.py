@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from helpers import check_against_torch, t64
+from helpers import assert_close, check_against_torch, t64
 from minialign import Tensor, functional as F, gradcheck
 from strategies import float_arrays, small_shapes
 
@@ -115,6 +115,33 @@ def layer_norm_inputs(x, data):
 def test_layer_norm_gradients(x, data):
     x, w, b = layer_norm_inputs(x, data)
     assert gradcheck(lambda t, w_, b_: F.layer_norm(t, w_, b_), t64(x), t64(w), t64(b))
+
+
+@pytest.mark.task1_5
+@pytest.mark.parametrize("with_weight, with_bias", [(False, False), (True, False), (False, True)])
+def test_layer_norm_gradients_without_weight_or_bias_and_only_for_parents_that_require_them(with_weight, with_bias):
+    """Eq. (1.9) when the weight or the bias is absent (then g' = g), on a [2, 3, 4] input; a parameter that does
+    not require gradients is never touched, and x's gradient is the same whether or not the others require them."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 4))
+    w, b = rng.standard_normal(4) + 1.5, rng.standard_normal(4)
+    args = [t64(x), t64(w) if with_weight else None, t64(b) if with_bias else None]
+    inputs = [a for a in args if a is not None]
+    assert gradcheck(lambda *ts: F.layer_norm(*_fill(args, ts)), *inputs)
+    frozen = [t64(x)] + [None if a is None else Tensor(a.data.copy()) for a in args[1:]]
+    c = np.random.default_rng(0).standard_normal(x.shape)
+    F.layer_norm(*frozen).backward(c)
+    live = [t64(x)] + [None if a is None else t64(a.data) for a in args[1:]]
+    F.layer_norm(*live).backward(c)
+    for t in frozen[1:]:
+        assert t is None or t.grad is None, "a parameter that does not require gradients was given one"
+    assert_close(frozen[0].grad, live[0].grad, rtol=1e-12, what="dL/dx")
+
+
+def _fill(args, ts):
+    """``args`` with its non-None entries replaced, in order, by ``ts``."""
+    it = iter(ts)
+    return [None if a is None else next(it) for a in args]
 
 
 @given(x=float_arrays(hnp.array_shapes(min_dims=1, max_dims=3, min_side=2, max_side=5)), data=st.data())
@@ -253,4 +280,4 @@ def test_attention_matches_the_masked_softmax_formula(qkv, causal, scale):
             w = np.array([np.exp(s * q[idx][i] @ k[idx][j]) for j in seen])
             expected[idx][i] = sum(wj * v[idx][j] for wj, j in zip(w, seen)) / w.sum()
     out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=causal, scale=scale).numpy()
-    np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-12)
+    assert_close(out, expected, rtol=1e-10, atol=1e-12)

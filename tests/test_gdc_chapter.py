@@ -21,6 +21,7 @@ from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab
 from minialign.trainers.common import exact_batch, sample_batch
 from minialign.trainers.gdc import DPG
 from minialign.trainers.proposal import Scored
+from helpers import assert_close, assert_near
 
 
 def lab_instance(seed=0):
@@ -188,7 +189,7 @@ def test_dpg_expected_gradient_is_minus_grad_kl_p_pi_from_any_proposal(baseline)
     method = DPG(a, a, lab_fn(lab, scores), proposal="fixed", baseline=baseline, log_z=log_z)
     g = exact_grad(method, policy, exact_batch(lab, a, ref=a))
     truth = autograd_of(policy, lambda: fdiv_to_target("reverse_kl", lab.log_probs(policy), log_p))
-    assert np.abs(g - truth).max() <= 1e-8 * np.abs(truth).max()
+    assert_near(g, truth, rel=1e-8)
     # the gradient is not trivially small: π is far from p
     assert np.linalg.norm(truth) > 1e-2
 
@@ -219,7 +220,7 @@ def test_importance_sampling_estimates_of_z_and_kl_p_pi_converge():
         method = DPG(a, a, lab_fn(lab, scores), proposal="fixed")
         metrics = {}
         method.adapt(policy, batch, Scored(None, log_pi_all[idx], scores[idx], np.log(z_hat)), metrics)
-        np.testing.assert_allclose(metrics["kl_p_pi_est"], kl_hat, rtol=1e-10)
+        assert_close(metrics["kl_p_pi_est"], kl_hat, rtol=1e-10)
         se_z = r.std() / np.sqrt(n) / z_hat  # relative SE of Ẑ ≈ SE of log Ẑ
         se_kl = np.sqrt(np.mean((r / z_hat * (terms - kl_hat)) ** 2) / n)
         assert abs(np.log(z_hat) - log_z) < 5 * se_z
@@ -358,3 +359,124 @@ def test_the_study_s_rejection_sampler_draws_the_target_on_names():
     female = ebm.phi(names)[:, 0].mean()
     assert abs(female - 0.5) < 4 * np.sqrt(0.25 / n) + 0.03  # + the SNIS error of λ from 2000 samples
     assert abs(proposals / n - np.exp(-report.log_z)) < 0.25 * np.exp(-report.log_z)
+
+
+# ------------------------------------------------------------------------------ Eq. (6.7) and (6.9), entry by entry
+def _scored_batch(logp_pi, log_z, exact=False):
+    """Four samples of q with their log q, batch weights 1/4, log P (one point of zero target mass)."""
+    from minialign.trainers.common import Batch
+
+    log_q = np.log([0.1, 0.2, 0.3, 0.4])
+    log_p = np.array([-1.0, -np.inf, -0.5, -2.0])
+    batch = Batch(np.zeros((4, 5), dtype=np.int64), np.full(4, 0.25), log_q, np.zeros(4), exact=exact)
+    return batch, Scored(None, np.asarray(logp_pi, dtype=np.float64), log_p, log_z)
+
+
+@pytest.mark.task6_2
+def test_target_ratio_entry_by_entry_with_one_log_z_and_with_each_rows_own():
+    """p/q = exp(log P − log Z − log q) where Z is known (finite), 0 where P = 0 or Z is not known yet; a row's
+    own log Z(x) when log Z is an array."""
+    from minialign.trainers.proposal import target_ratio
+
+    batch, s = _scored_batch(np.zeros(4), 0.3)
+    known, ratio = target_ratio(s, batch)
+    assert_close(known, [True] * 4, what="known")
+    expected = np.exp(s.log_p - 0.3 - batch.log_q)
+    assert_close(ratio, expected, rtol=1e-12, what="p/q with one log Z")
+    rows = np.array([0.3, -np.inf, 1.1, -0.4])
+    known, ratio = target_ratio(s._replace(log_z=rows), batch)
+    assert_close(known, [True, False, True, True], what="known rows")
+    assert_close(ratio, [np.exp(-1.0 - 0.3 - batch.log_q[0]), 0.0, np.exp(-0.5 - 1.1 - batch.log_q[2]),
+                         np.exp(-2.0 + 0.4 - batch.log_q[3])], rtol=1e-12, what="p/q with each row's log Z(x)")
+    known, ratio = target_ratio(s._replace(log_z=-np.inf), batch)
+    assert_close(known, [False] * 4, what="known before any mass was seen")
+    assert_close(ratio, np.zeros(4), what="p/q before any mass was seen")
+
+
+def _adapt(proposal, logp_pi, log_z=0.3, exact=False):
+    a = lab_model(0, vocab_size=4, block_size=5, scale=0.5)
+    policy = lab_model(1, vocab_size=4, block_size=5, scale=0.5)
+    method = DPG(a, a, lambda batch: np.zeros(len(batch)), proposal=proposal)
+    old_q = method.q
+    batch, s = _scored_batch(logp_pi, log_z, exact)
+    metrics = {}
+    method.adapt(policy, batch, s, metrics)
+    return method, old_q, policy, batch, s, metrics
+
+
+@pytest.mark.task6_4
+@pytest.mark.parametrize("closer", [True, False])
+def test_adapt_estimates_both_kls_entry_by_entry_and_replaces_q_only_when_pi_is_closer(closer):
+    """w = P/(Z q)·(batch weight), 0 where P = 0; KL̂(p‖π) = Σ w (log P − log Z − log π) and KL̂(p‖q) likewise
+    with log q. An adaptive proposal on a sampled batch is replaced by a copy of π exactly when KL̂(p‖π) <
+    KL̂(p‖q) — both sides of the decision are checked."""
+    log_z = 0.3
+    log_q = np.log([0.1, 0.2, 0.3, 0.4])
+    target = np.array([-1.0, -np.inf, -0.5, -2.0]) - log_z
+    logp_pi = np.where(np.isfinite(target), target, -3.0) + (0.01 if closer else -3.0)  # π ≈ p, or far below it
+    method, old_q, policy, batch, s, metrics = _adapt("adaptive", logp_pi, log_z)
+    w = np.where(np.isfinite(target), np.exp(target - log_q), 0.0) * 0.25
+    kl_pi = np.sum(np.where(w > 0, w * (np.where(w > 0, target, 0) - logp_pi), 0.0))
+    kl_q = np.sum(np.where(w > 0, w * (np.where(w > 0, target, 0) - log_q), 0.0))
+    assert_close(metrics["kl_p_pi_est"], kl_pi, rtol=1e-12, what="KL̂(p‖π)")
+    assert_close(metrics["kl_p_q_est"], kl_q, rtol=1e-12, what="KL̂(p‖q)")
+    assert (kl_pi < kl_q) == closer
+    if closer:
+        assert method.q is not old_q and method.replacements == 1, "π is closer to p than q: q must become a copy of π"
+        for (name, p), (_, c) in zip(policy.named_parameters(), method.q.named_parameters()):
+            assert_close(c.data, p.data, rtol=0, what=f"the new proposal's {name}")
+        assert c is not p, "the proposal must be a frozen copy of π, not π itself"
+    else:
+        assert method.q is old_q and method.replacements == 0, "q is closer to p than π: q must be kept"
+    assert metrics["replacements"] == 0 and metrics["log_z"] == pytest.approx(log_z)
+
+
+@pytest.mark.task6_4
+def test_adapt_keeps_q_when_fixed_or_on_an_exact_batch_and_records_only_log_z_before_mass_is_seen():
+    target = np.array([-1.3, -3.0, -0.8, -2.3])
+    for proposal, exact in (("fixed", False), ("adaptive", True)):
+        method, old_q, *_ , metrics = _adapt(proposal, target, exact=exact)
+        assert method.q is old_q and method.replacements == 0, f"a {proposal} proposal (exact={exact}) was replaced"
+        assert {"kl_p_pi_est", "kl_p_q_est", "log_z", "replacements"} <= set(metrics)
+    method, old_q, *_, metrics = _adapt("adaptive", target, log_z=-np.inf)
+    assert method.q is old_q and set(metrics) == {"log_z", "replacements"}, metrics
+
+
+@pytest.mark.task6_3
+def test_gdcpp_coefficients_entry_by_entry_and_zero_where_the_rows_normaliser_is_unknown():
+    """w·(P/(Z q) − π/q) on each sample whose Z (with prompts: the row's Z(x)) is known, and exactly 0 on a row
+    whose Z(x) is not known yet (no signal there, not −π/q)."""
+    class Scripted(DPG):
+        def score(self, policy, batch):
+            return self.scored
+
+    logp_pi = np.array([-1.3, -2.0, -0.8, -2.3])
+    rows = np.array([0.3, -np.inf, 1.1, -0.4])
+    batch, s = _scored_batch(logp_pi, rows)
+    method = Scripted(None, None, lambda b: s.log_p, proposal="policy", baseline=True)
+    method.scored = s
+    _, coef = method.coefficients(None, batch)
+    known = np.isfinite(rows) & np.isfinite(s.log_p)
+    p_over_q = np.exp(np.where(known, s.log_p - np.where(np.isfinite(rows), rows, 0) - batch.log_q, -np.inf))
+    expected = np.where(np.isfinite(rows), batch.weights * (p_over_q - np.exp(logp_pi - batch.log_q)), 0.0)
+    assert_close(coef, expected, rtol=1e-12, atol=1e-15, what="GDC++ coefficients w·(p/q − π/q)")
+
+
+@pytest.mark.task6_4
+def test_adapt_with_per_row_normalisers_records_their_mean_over_known_rows_or_minus_infinity():
+    """With prompts each row has its own log Z(x): the recorded log_z is their mean over the rows where it is
+    known, and −inf (nothing known yet) when no row's is; q is then kept."""
+    target = np.array([-1.3, -3.0, -0.8, -2.3])
+    method, old_q, *_, metrics = _adapt("adaptive", target, log_z=np.full(4, -np.inf))
+    assert metrics["log_z"] == -np.inf and set(metrics) == {"log_z", "replacements"}, metrics
+    assert method.q is old_q
+    rows = np.array([0.5, -np.inf, 1.5, 2.5])
+    method, old_q, policy, batch, s, metrics = _adapt("fixed", target, log_z=rows)
+    assert metrics["log_z"] == pytest.approx(1.5), metrics
+    known = np.isfinite(rows) & np.isfinite(s.log_p)
+    z, log_p = np.where(known, rows, 0.0), np.where(known, s.log_p, 0.0)
+    w = np.where(known, np.exp(log_p - z - batch.log_q), 0.0) * batch.weights
+    assert_close(metrics["kl_p_pi_est"], np.sum(w * (log_p - z - target)), rtol=1e-12,
+                 what="KL̂(p‖π) over the rows whose Z(x) is known")
+    assert_close(metrics["kl_p_q_est"], np.sum(w * (log_p - z - batch.log_q)), rtol=1e-12,
+                 what="KL̂(p‖q) over the rows whose Z(x) is known")

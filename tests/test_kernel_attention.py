@@ -245,3 +245,25 @@ def test_backward_rejects_a_wrong_lse():
     q = torch.zeros(1, 1, 4, 16, device=DEVICE)
     with pytest.raises(ValueError, match=r"lse must be a float32 tensor of shape \(1, 1, 4\)"):
         flash_attention_backward(q, q, q, q, torch.zeros(1, 1, 5, device=DEVICE), q)
+
+
+@pytest.mark.task8_1
+@pytest.mark.parametrize("causal", [True, False])
+def test_rows_of_very_different_scores_each_keep_their_own_running_maximum(causal):
+    """Eq. (8.3) shifts each query row by its own running maximum: in one block, rows whose scores sit near +60
+    and rows near −60 must both come out right (a shift shared across rows — the block's maximum, a column's —
+    underflows e^{s − m} to 0 for the low rows, and 0/0 follows)."""
+    gen = torch.Generator().manual_seed(31)
+    b, h, t, d = 1, 1, 16, 16
+    direction = torch.ones(d) / math.sqrt(d)
+    sign = torch.where(torch.arange(t) % 2 == 0, 1.0, -1.0)
+    q = (sign[:, None] * 60.0 * direction * math.sqrt(d) + 0.1 * torch.randn(t, d, generator=gen))
+    k = direction + 0.05 * torch.randn(t, d, generator=gen)
+    v = torch.randn(t, d, generator=gen)
+    q, k, v = (x.reshape(b, h, t, d).to(device=DEVICE, dtype=torch.float32) for x in (q, k, v))
+    o, lse = flash_attention_forward(q, k, v, causal=causal)
+    o_ref, lse_ref = attention_reference(q, k, v, causal=causal, return_lse=True)
+    assert torch.isfinite(o).all() and torch.isfinite(lse).all(), "NaN or inf where scores differ by row"
+    assert rel_err(o, o_ref) <= tol(torch.float32), f"output: relative error {rel_err(o, o_ref):.3g}"
+    err = (lse.double() - lse_ref.double()).abs().max().item()
+    assert err <= 1e-5 * max(1.0, lse_ref.abs().max().item()), f"LSE: max error {err:.3g}"

@@ -478,3 +478,26 @@ def test_row_strided_views_are_read_in_place_and_transposes_are_copied():
     assert torch.equal(dz, logprob_fdiv_backward(z.contiguous(), r.contiguous(), y, out_c, w, u, f="js", block_v=16))
     zt = z.contiguous().T.contiguous().T  # same values, column-major
     assert torch.equal(logprob_fdiv_forward(zt, r, y, f="js", block_v=16).div, out.div)
+
+
+@pytest.mark.task8_2
+@pytest.mark.parametrize("spread", [3.0, 3000.0])
+@pytest.mark.parametrize("f", F_NAMES)
+def test_a_whole_block_of_minus_infinity_logits_changes_nothing_and_makes_no_nan(f, spread):
+    """Masked entries are −inf, and a whole block of them (the first, a middle one, the last) must leave the running
+    maximum at −inf while it lasts and every output equal to the reference: no NaN from −inf − (−inf), and no
+    overflow from logits in the thousands (the shift is the running maximum wherever it is finite)."""
+    v, block_v = 40, 16
+    z, r, _ = make_inputs(3, v, seed=23, spread=spread)
+    masked = [slice(0, 16), slice(16, 32), slice(32, 40)]
+    for row, cols in enumerate(masked):
+        z[row, cols] = float("-inf")
+        r[row, cols] = float("-inf")
+    y = torch.tensor([20, 5, 3], device=DEVICE)
+    out = logprob_fdiv_forward(z, r, y, f=f, block_v=block_v)
+    ref = logprob_fdiv_reference(z, r, y, f=f)
+    for name in FIELDS:
+        got = getattr(out, name)
+        assert torch.isfinite(got).all(), f"{name} is not finite where a block of logits is −inf: {got.tolist()}"
+        assert rel_err(got, getattr(ref, name)) <= tol(torch.float32), \
+            f"{name}: expected {getattr(ref, name).tolist()}, got {got.tolist()} (tolerance {tol(torch.float32):g})"

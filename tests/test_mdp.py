@@ -21,6 +21,7 @@ from minialign.mdp import (
     seed004_worked_example,
     value_iteration,
 )
+from helpers import assert_close, assert_equal, names_shape
 
 
 @st.composite
@@ -59,8 +60,8 @@ def bellman_residual(mdp, Q):
 def test_value_iteration_satisfies_bellman_optimality(mdp):
     Q, V, pi = value_iteration(mdp, tol=1e-12)
     assert bellman_residual(mdp, Q) < 1e-10
-    np.testing.assert_array_equal(V, Q.max(axis=1))
-    np.testing.assert_array_equal(pi, Q.argmax(axis=1))
+    assert_equal(V, Q.max(axis=1))
+    assert_equal(pi, Q.argmax(axis=1))
 
 
 @given(random_mdps())
@@ -84,8 +85,8 @@ def test_policy_evaluation_on_a_two_state_chain_by_hand():
     # State 0 pays 1 and moves to 1; state 1 pays 0 and stays. V(1) = 0, V(0) = 1.
     # With a self-loop paying 1 in state 1 instead: V(1) = 1/(1-γ) = 2 for γ = 0.5, V(0) = 1 + 0.5·2 = 2.
     P = np.array([[[0.0, 1.0]], [[0.0, 1.0]]])
-    np.testing.assert_allclose(evaluate_policy(TabularMDP(P, np.array([[1.0], [0.0]]), 0.5), [0, 0]), [1.0, 0.0])
-    np.testing.assert_allclose(evaluate_policy(TabularMDP(P, np.array([[1.0], [1.0]]), 0.5), [0, 0]), [2.0, 2.0])
+    assert_close(evaluate_policy(TabularMDP(P, np.array([[1.0], [0.0]]), 0.5), [0, 0]), [1.0, 0.0], rtol=1e-7)
+    assert_close(evaluate_policy(TabularMDP(P, np.array([[1.0], [1.0]]), 0.5), [0, 0]), [2.0, 2.0], rtol=1e-7)
 
 
 # ------------------------------------------------------------------------------------ the seed's MDP
@@ -104,8 +105,8 @@ def test_repaired_seed_mdp_reads_the_stated_numbers_as_next_state_rows():
 def test_seed_mdp_true_q_star_is_one_and_u_ties_d_everywhere():
     # Nothing depends on s, so V* is one number v = 0.1·1 + 0.9·v, hence v = 1 and Q* = 0.1 + 0.9·1 = 1.
     Q, V, _ = value_iteration(seed004_mdp(), tol=1e-13)
-    np.testing.assert_allclose(Q, np.ones((3, 2)), rtol=0, atol=1e-11)
-    np.testing.assert_allclose(V, np.ones(3), rtol=0, atol=1e-11)
+    assert_close(Q, np.ones((3, 2)), rtol=0, atol=1e-11)
+    assert_close(V, np.ones(3), rtol=0, atol=1e-11)
     assert optimal_actions(Q).all()  # both actions optimal in every state
     assert not (Q[:, 1] > Q[:, 0] + 1e-9).any()  # "Q(s,D) > Q(s,U)" holds in no state
 
@@ -134,15 +135,15 @@ def test_q_learning_recovers_the_optimal_policy_on_a_random_mdp():
     Q_star, _, pi_star = value_iteration(mdp)
     Q = q_learning(mdp, alpha=lambda n: n**-0.8, steps=500_000, epsilon=0.3, seed=1, episode_length=50)
     assert np.abs(Q - Q_star).max() < 0.03, (Q, Q_star)
-    np.testing.assert_array_equal(greedy_policy(Q), pi_star)
+    assert_equal(greedy_policy(Q), pi_star)
 
 
 @pytest.mark.task4_3
 def test_q_learning_is_reproducible_and_zero_steps_returns_the_start():
     mdp = seed004_mdp()
     a = q_learning(mdp, alpha=0.1, steps=2000, seed=3)
-    np.testing.assert_array_equal(a, q_learning(mdp, alpha=0.1, steps=2000, seed=3))
-    np.testing.assert_array_equal(q_learning(mdp, steps=0, Q0=np.full((3, 2), 2.0)), np.full((3, 2), 2.0))
+    assert_equal(a, q_learning(mdp, alpha=0.1, steps=2000, seed=3))
+    assert_equal(q_learning(mdp, steps=0, Q0=np.full((3, 2), 2.0)), np.full((3, 2), 2.0))
 
 
 # -------------------------------------------------------------------------------- the seed's update
@@ -172,12 +173,12 @@ def test_worked_example_replayed_from_zero_under_both_rules():
     q2d = 0.1 * (1 + 0.9 * 0)
     q3u = 0.1 * (0 + 0.9 * q2d)
     q3d = 0.1 * (1 + 0.9 * max(q3u, 0.0))
-    np.testing.assert_allclose(correct, [[0, 0], [0, q2d], [q3u, q3d]], rtol=0, atol=1e-15)
+    assert_close(correct, [[0, 0], [0, q2d], [q3u, q3d]], rtol=0, atol=1e-15)
     assert (q2d, q3u, q3d) == pytest.approx((0.1, 0.009, 0.10081))
     seed = seed004_worked_example("seed")
     s3u = 0 + 0.1 * 0 + 0.9 * 0.1
     s3d = 0 + 0.1 * 1 + 0.9 * max(s3u, 0.0)
-    np.testing.assert_allclose(seed, [[0, 0], [0, 0.1], [s3u, s3d]], rtol=0, atol=1e-15)
+    assert_close(seed, [[0, 0], [0, 0.1], [s3u, s3d]], rtol=0, atol=1e-15)
     assert (s3u, s3d) == pytest.approx((0.09, 0.181))
     with pytest.raises(ValueError, match="'bogus'"):
         seed004_worked_example("bogus")
@@ -222,3 +223,85 @@ def test_bad_inputs_are_rejected():
         bellman_optimality_backup(TabularMDP(P, np.zeros((2, 1)), 0.5), np.zeros((3, 1)))
     with pytest.raises(ValueError, match="epsilon"):
         q_learning(TabularMDP(P, np.zeros((2, 1)), 0.5), epsilon=1.5)
+
+
+# ----------------------------------------------------------------------------- what the handout asks for, by task
+def _two_by_two(gamma=0.5):
+    """Two states, two actions: action 0 stays (reward 1 in state 0, 0 in state 1), action 1 moves to the other
+    state (reward 0 from state 0, 3 from state 1)."""
+    P = np.zeros((2, 2, 2))
+    P[0, 0, 0] = P[1, 0, 1] = 1.0
+    P[0, 1, 1] = P[1, 1, 0] = 1.0
+    R = np.array([[1.0, 0.0], [0.0, 3.0]])
+    return TabularMDP(P, R, gamma)
+
+
+@pytest.mark.task4_1
+def test_bellman_backup_and_value_iteration_refuse_what_the_handout_names():
+    mdp = _two_by_two()
+    for shape in [(2,), (3, 2), (2, 3)]:
+        with pytest.raises(ValueError):
+            bellman_optimality_backup(mdp, np.zeros(shape))
+    for gamma in (1.0,):
+        with pytest.raises(ValueError, match="(?i)gamma|γ"):
+            value_iteration(_two_by_two(gamma))
+    with pytest.raises(RuntimeError):
+        value_iteration(_two_by_two(0.99), tol=1e-12, max_iter=5)
+
+
+@pytest.mark.task4_1
+def test_bellman_backup_entry_by_entry_on_a_two_by_two_mdp():
+    """(TQ)(s,a) = r(s,a) + γ max_a' Q(s', a') with s' the deterministic next state, for a Q whose maxima lie in
+    different columns (a backup that takes the max over states, or the min, gives other numbers)."""
+    mdp = _two_by_two(0.5)
+    mdp = TabularMDP(mdp.P, np.array([[1.2, 0.0], [0.0, 3.0]]), 0.5)
+    Q = np.array([[2.0, -1.0], [0.5, 4.0]])
+    expected = np.array([[1.2 + 0.5 * 2.0, 0 + 0.5 * 4.0], [0 + 0.5 * 4.0, 3 + 0.5 * 2.0]])
+    assert_close(bellman_optimality_backup(mdp, Q), expected, rtol=1e-12, what="(TQ)(s, a)")
+    Q_star, V_star, greedy = value_iteration(mdp)
+    # staying in 0 is worth 1.2/(1 − γ) = 2.4 > γ V*(1); V*(1) = 3 + γ V*(0) = 4.2
+    assert_close(V_star, [2.4, 4.2], rtol=1e-9, what="V*")
+    assert_close(Q_star, [[2.4, 0.5 * 4.2], [0.5 * 4.2, 4.2]], rtol=1e-9, what="Q*")
+    assert_equal(greedy, [0, 1], what="greedy policy")
+
+
+@pytest.mark.task4_2
+def test_evaluate_policy_refuses_what_is_not_a_policy_naming_the_expected_shapes():
+    mdp = _two_by_two()
+    for bad in ([0, 2], [-1, 0], np.array([0.0, 1.0])):  # an action out of range, a negative one, not integers
+        with pytest.raises(ValueError):
+            evaluate_policy(mdp, np.asarray(bad))
+    for bad in ([[0.5, 0.6], [1.0, 0.0]], [[1.5, -0.5], [0.0, 1.0]]):  # rows not summing to 1, a negative entry
+        with pytest.raises(ValueError):
+            evaluate_policy(mdp, np.array(bad))
+    with pytest.raises(ValueError) as e:
+        evaluate_policy(mdp, np.zeros((3, 2)))
+    assert names_shape(str(e.value), (2,)) and names_shape(str(e.value), (2, 2)), \
+        f"the error must name the expected shapes (2,) and (2, 2); it says {str(e.value)!r}"
+
+
+@pytest.mark.task4_2
+def test_evaluate_policy_of_a_stochastic_policy_entry_by_entry():
+    """V^π = (I − γP_π)⁻¹ r_π for π mixing the two actions differently in each state, solved by hand; the
+    deterministic policies are its corners."""
+    mdp = _two_by_two(0.5)
+    pi = np.array([[0.25, 0.75], [0.6, 0.4]])
+    r = np.array([0.25 * 1.0, 0.4 * 3.0])
+    P_pi = np.array([[0.25, 0.75], [0.4, 0.6]])
+    expected = np.linalg.solve(np.eye(2) - 0.5 * P_pi, r)
+    assert_close(evaluate_policy(mdp, pi), expected, rtol=1e-12, what="V^π of a stochastic policy")
+    assert_close(evaluate_policy(mdp, np.array([1, 0])), [0.5 * 0.0 / 1, 0.0], rtol=1e-12, atol=1e-15,
+                 what="V^π moving from 0 to the absorbing-at-zero state 1")
+    assert_close(evaluate_policy(mdp, np.array([0, 1])), [2.0, 3 + 0.5 * 2.0], rtol=1e-12, what="V^π of [stay, move]")
+
+
+@pytest.mark.task4_3
+def test_q_update_by_hand_from_a_table_that_is_not_zero():
+    """Eq. (4.7) on a non-zero table (from zero, Q(s,a) vanishes and a missing −Q(s,a) goes unseen): 2 + 0.3·(0.5 +
+    0.9·3 − 2) = 2.36, and on a self-loop, where Q(s', ·) is the row being updated."""
+    Q = np.array([[1.0, 2.0], [0.5, 3.0]])
+    assert_close(q_update(Q, 0, 1, 0.5, 1, alpha=0.3, gamma=0.9), 2.0 + 0.3 * (0.5 + 0.9 * 3.0 - 2.0), rtol=1e-12,
+                 what="Q(0, 1) after one update")
+    assert_close(q_update(Q, 1, 0, -1.0, 1, alpha=0.5, gamma=0.5), 0.5 + 0.5 * (-1.0 + 0.5 * 3.0 - 0.5), rtol=1e-12,
+                 what="Q(1, 0) after a self-loop")
+    assert_equal(Q, [[1.0, 2.0], [0.5, 3.0]], what="the table (q_update returns the value, it does not write it)")

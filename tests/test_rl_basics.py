@@ -14,6 +14,7 @@ from minialign.mdp import TabularMDP, evaluate_policy, seed004_mdp, value_iterat
 from minialign.tensor import Tensor
 from minialign.trainers.common import sample_batch
 from minialign.trainers.policy_gradient import leave_one_out_baseline, weighted_surrogate
+from helpers import assert_close, assert_equal
 
 
 # ------------------------------------------------------------------------------------------------ the lab
@@ -520,5 +521,27 @@ def test_leave_one_out_baseline_is_the_mean_of_the_other_samples():
     for n in (2, 3, 7, 64):
         values = rng.normal(size=n) * 10.0 ** rng.integers(-3, 4)
         expected = [np.delete(values, i).mean() for i in range(n)]
-        np.testing.assert_allclose(leave_one_out_baseline(values), expected, rtol=1e-12, atol=1e-12)
-    np.testing.assert_array_equal(leave_one_out_baseline([5.0]), [0.0])
+        assert_close(leave_one_out_baseline(values), expected, rtol=1e-12, atol=1e-12)
+    assert_equal(leave_one_out_baseline([5.0]), [0.0])
+
+
+@pytest.mark.task4_4
+def test_leave_one_out_baseline_with_groups_is_the_mean_of_the_other_samples_of_the_same_group():
+    """Eq. (5.19) entry by entry: with one group id per sample (interleaved, of sizes 3, 2 and 1), b_i is the mean
+    of the other values of i's group only; a group of one sample gets 0."""
+    values = np.array([1.0, 10.0, 3.0, 100.0, 7.0, -4.0])
+    group = np.array([0, 1, 0, 1, 0, 2])
+    expected = [(3 + 7) / 2, 100.0, (1 + 7) / 2, 10.0, (1 + 3) / 2, 0.0]
+    assert_close(leave_one_out_baseline(values, group), expected, rtol=1e-12, what="grouped leave-one-out baseline")
+    assert_close(leave_one_out_baseline(values, np.zeros(6, dtype=np.int64)),
+                 [np.delete(values, i).mean() for i in range(6)], rtol=1e-12, what="one group of six")
+
+
+@pytest.mark.task4_4
+def test_leave_one_out_baseline_of_integer_rewards_is_exact_with_and_without_groups():
+    """Rewards may come as integers (counts, 0/1 labels): the baseline is still the exact float mean."""
+    values = np.array([1, 2, 4, 7, 0])
+    assert_close(leave_one_out_baseline(values), [13 / 4, 12 / 4, 10 / 4, 7 / 4, 14 / 4], rtol=1e-12,
+                 what="baseline of integer rewards")
+    assert_close(leave_one_out_baseline(values, np.array([0, 0, 0, 1, 1])), [3.0, 2.5, 1.5, 0.0, 7.0], rtol=1e-12,
+                 what="grouped baseline of integer rewards")

@@ -24,6 +24,7 @@ from minialign.trainers.common import Batch
 from minialign.trainers.dpo import DPO
 from minialign.functional import log_sigmoid
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
+from helpers import assert_close
 
 
 # ------------------------------------------------------------------------------ the KL-gradient table
@@ -201,7 +202,7 @@ def test_minimising_the_expected_dpo_loss_over_a_tabular_policy_recovers_pi_star
 
     # the vectorised loss has the same gradient as the library's per-pair DPO loss, weighted by the labels
     g_lib = expected_dpo_gradient(a, lab, r, beta, TabularPolicy(lab, log_a))
-    np.testing.assert_allclose(loss_and_grad(log_a)[1] * len(x), g_lib, rtol=1e-9, atol=1e-12)
+    assert_close(loss_and_grad(log_a)[1] * len(x), g_lib, rtol=1e-9, atol=1e-12)
     res = minimize(loss_and_grad, log_a, jac=True, method="L-BFGS-B", options={"gtol": 1e-12, "ftol": 1e-15})
     pi_hat = np.exp(res.x - np.logaddexp.reduce(res.x))
     p_star = np.exp(log_star)
@@ -301,4 +302,24 @@ def test_dpo_loss_is_the_logistic_loss_of_the_implicit_reward_margin():
     loss.backward()
     eye = np.eye(len(lab))
     numeric = [(by_hand(logits + 1e-6 * e)[0] - by_hand(logits - 1e-6 * e)[0]) / 2e-6 for e in eye]
-    np.testing.assert_allclose(policy.logits.grad, numeric, rtol=1e-6, atol=1e-9)
+    assert_close(policy.logits.grad, numeric, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.task5_5
+def test_dpo_pair_accuracy_counts_only_strictly_positive_margins():
+    """At π = a every margin is exactly 0: no pair is ranked right (pair_accuracy 0, margin 0), and the loss is
+    log 2; with π tilted towards the chosen sequences every margin is positive (pair_accuracy 1)."""
+    a, lab, r, beta = dpo_lab(0)
+    log_a = np.log(lab.distribution(a))
+    w, l = np.array([1, 4, 7]), np.array([2, 5, 0])
+    method = DPO(a, lab.sequences[w], lab.sequences[l], beta=beta)
+    tokens = lab.sequences[np.concatenate([w, l])]
+    log_ref = TabularPolicy(lab, log_a).sequence_logprob(tokens).numpy()  # log a exactly as the policy computes it
+    batch = Batch(tokens, np.full(6, 1 / 3), np.zeros(6), log_ref)
+    loss, metrics = method.loss(TabularPolicy(lab, log_a.copy()), batch)
+    assert metrics["pair_accuracy"] == 0.0 and metrics["margin"] == 0.0, metrics
+    assert_close(loss.item(), np.log(2.0), rtol=1e-12, what="the DPO loss at π = a")
+    tilted = log_a.copy()
+    tilted[w] += 1.0
+    _, metrics = method.loss(TabularPolicy(lab, tilted), batch)
+    assert metrics["pair_accuracy"] == 1.0 and metrics["margin"] == pytest.approx(beta, rel=1e-12), metrics

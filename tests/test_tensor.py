@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from helpers import check_against_torch, t64
+from helpers import assert_close, check_against_torch, t64
 from minialign import GradcheckError, Tensor, concatenate, gradcheck, no_grad, stack
 from minialign.tensor import unbroadcast
 from strategies import array_and_axis, broadcastable_pair, float_arrays, small_shapes
@@ -111,10 +111,10 @@ def test_unbroadcast_sums_back_to_the_input_shape(shapes):
     out = unbroadcast(g, a_shape)
     assert out.shape == tuple(a_shape)
     # the total is preserved: unbroadcasting only sums
-    np.testing.assert_allclose(out.sum(), g.sum(), rtol=1e-12, atol=1e-12)
+    assert_close(out.sum(), g.sum(), rtol=1e-12, atol=1e-12)
     # and it is the adjoint of broadcasting: <broadcast(a), g> = <a, unbroadcast(g)>
     a = np.random.default_rng(1).standard_normal(a_shape)
-    np.testing.assert_allclose((np.broadcast_to(a, g.shape) * g).sum(), (a * out).sum(), rtol=1e-10, atol=1e-10)
+    assert_close((np.broadcast_to(a, g.shape) * g).sum(), (a * out).sum(), rtol=1e-10, atol=1e-10)
 
 
 @st.composite
@@ -152,6 +152,24 @@ def reduction_input(reduction, x):
     return x
 
 
+@pytest.mark.task1_3
+@pytest.mark.parametrize("g_shape, shape", [((2, 3), (2, 1)), ((4, 2, 3), (2, 3)), ((4, 2, 3), (1, 3)),
+                                            ((5, 2, 3), (1, 1, 3)), ((3,), (1,)), ((2, 3), (2, 3))])
+def test_unbroadcast_entry_by_entry_on_the_numpy_and_the_torch_backend(g_shape, shape, torch):
+    """Each entry of unbroadcast(g, shape) is the sum of the entries of g that broadcasting copied it to — with the
+    backend's own sums (torch's sum over an empty tuple of axes sums everything, numpy's nothing)."""
+    from helpers import torch_device
+    from minialign.torch_backend import TorchBackend
+
+    g = np.random.default_rng(2).standard_normal(g_shape)
+    index = np.broadcast_to(np.arange(int(np.prod(shape))).reshape(shape), g_shape)
+    expected = np.bincount(index.ravel(), weights=g.ravel(), minlength=int(np.prod(shape))).reshape(shape)
+    assert_close(unbroadcast(g, shape), expected, rtol=1e-12, atol=1e-14, what=f"unbroadcast {g_shape} → {shape}")
+    bk = TorchBackend(torch_device(True))
+    got = bk.to_numpy(unbroadcast(bk.asarray(g), shape, bk))
+    assert_close(got, expected, rtol=1e-12, atol=1e-14, what=f"unbroadcast {g_shape} → {shape} on the torch backend")
+
+
 @pytest.mark.task1_4
 @pytest.mark.parametrize("reduction", ["sum", "mean", "max"])
 @given(data=array_and_axis())
@@ -186,7 +204,30 @@ def test_reduction_gradients_match_torch(reduction, data, torch):
 def test_max_shares_gradient_between_ties():
     x = t64([1.0, 3.0, 3.0])
     x.max().backward()
-    np.testing.assert_allclose(x.grad, [0.0, 0.5, 0.5])
+    assert_close(x.grad, [0.0, 0.5, 0.5], rtol=1e-7)
+
+
+@pytest.mark.task1_4
+@pytest.mark.parametrize("keepdims", [False, True])
+@pytest.mark.parametrize("axis", [1, (0, 2), -1])
+def test_sum_and_max_gradients_entry_by_entry_over_interior_axes_with_ties(axis, keepdims):
+    """Eq. (1.5) on a [2, 3, 4] array reduced over interior axes, with and without keepdims: the sum's gradient is
+    the output gradient broadcast back; the max's goes to the maximal entries of each reduced slice, shared
+    equally between ties (the array has ties inside slices)."""
+    data = np.array([[[1.0, 5.0, 2.0, 2.0], [5.0, 0.0, 2.0, 7.0], [3.0, 5.0, -1.0, 7.0]],
+                     [[4.0, 4.0, 4.0, 0.0], [4.0, 1.0, 9.0, 0.0], [-2.0, 4.0, 9.0, 0.0]]])
+    axes = (axis % 3,) if isinstance(axis, int) else axis
+    out_shape = tuple(1 if i in axes else n for i, n in enumerate(data.shape))
+    c = np.random.default_rng(0).standard_normal(out_shape)
+    g = c if keepdims else c.reshape(tuple(n for i, n in enumerate(data.shape) if i not in axes))
+    x = t64(data)
+    x.sum(axis=axis, keepdims=keepdims).backward(g)
+    assert_close(x.grad, np.broadcast_to(c, data.shape), rtol=1e-12, what=f"sum(axis={axis}, keepdims={keepdims})")
+    hit = data == data.max(axis=axes, keepdims=True)
+    x = t64(data)
+    x.max(axis=axis, keepdims=keepdims).backward(g)
+    assert_close(x.grad, c * hit / hit.sum(axis=axes, keepdims=True), rtol=1e-12,
+                 what=f"max(axis={axis}, keepdims={keepdims}) with ties")
 
 
 @given(x=float_arrays(hnp.array_shapes(min_dims=2, max_dims=4, max_side=3)), data=st.data())
@@ -267,7 +308,42 @@ def test_a_value_used_twice_accumulates_both_gradients():
     x = t64([1.5, -2.0])
     y = x * x + x
     y.backward(np.ones(2))
-    np.testing.assert_allclose(x.grad, 2 * x.data + 1)
+    assert_close(x.grad, 2 * x.data + 1, rtol=1e-7)
+
+
+@pytest.mark.task1_1
+def test_an_interior_node_used_three_times_passes_on_the_sum_of_its_uses():
+    """Question 1.C's graph: L = (y·y + y)·y with y = 2x, so dL/dx = 2(3y² + 2y). The interior node y must be
+    walked once, after every node that uses it (a walk that reaches it early, or twice, gets another number)."""
+    x = t64([0.7, -1.3, 2.0])
+    y = x * 2.0
+    loss = (y * y + y) * y
+    loss.backward(np.ones(3))
+    y_ = 2 * x.data
+    assert_close(x.grad, 2 * (3 * y_**2 + 2 * y_), rtol=1e-12, what="dL/dx through an interior node used 3 times")
+
+
+@pytest.mark.task1_1
+def test_topological_order_lists_every_reachable_node_once_each_after_its_parents():
+    x, w = t64([1.0, 2.0]), t64([0.5, -1.0])
+    h = x * w               # interior, used by three nodes below
+    a, b = h + x, h * h
+    top = (a * b + h).sum()
+    order = top._topological_order()
+    ids = [id(n) for n in order]
+    assert len(ids) == len(set(ids)), f"a node appears more than once: {len(ids)} entries, {len(set(ids))} nodes"
+    reachable, todo = set(), [top]
+    while todo:
+        n = todo.pop()
+        if id(n) not in reachable:
+            reachable.add(id(n))
+            todo += list(n._parents)
+    assert set(ids) == reachable, f"expected the {len(reachable)} reachable nodes, got {len(set(ids))}"
+    where = {i: k for k, i in enumerate(ids)}
+    for n in order:
+        for p in n._parents:
+            assert where[id(p)] < where[id(n)], "a node comes before one of its parents"
+    assert order[-1] is top
 
 
 @pytest.mark.task1_1
@@ -277,7 +353,7 @@ def test_backward_on_a_deep_chain_does_not_recurse():
     for _ in range(5000):
         y = y * 1.0
     y.sum().backward()
-    np.testing.assert_allclose(x.grad, [1.0])
+    assert_close(x.grad, [1.0], rtol=1e-7)
 
 
 def test_no_grad_records_nothing_and_detach_cuts_the_graph():
@@ -337,4 +413,4 @@ def test_a_second_backward_through_a_freed_graph_is_an_error():
     a.grad = None
     z.backward(retain_graph=True)
     z.backward()
-    np.testing.assert_allclose(a.grad, 4 * a.data)  # two walks, each adding 2a
+    assert_close(a.grad, 4 * a.data, rtol=1e-7)  # two walks, each adding 2a

@@ -7,7 +7,7 @@ trainer's loss on it has as gradient the exact expectation of its Monte-Carlo gr
 import numpy as np
 import pytest
 
-from helpers import FAMILY, close, rlhf_target
+from helpers import FAMILY, assert_close, assert_near, close, rlhf_target
 from minialign import divergences as D
 from minialign.experiments.rlhf_lab import kl_penalty_gradients, relative_error, tiny_lab
 from minialign.lab import autograd_of, exact_grad, fdiv_to_target, lab_fn
@@ -115,7 +115,7 @@ def test_fdpg_with_f_kl_minimises_kl_pi_p_as_kl_control_rlhf_does_scaled_by_one_
     batch = exact_batch(lab, policy, ref=a)
     g_f = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f="kl", log_z=log_z), policy, batch)
     g_r = exact_grad(RLHF(a, lab_fn(lab, r), beta=beta, kl="k1_seq", algo="reinforce"), policy, batch)
-    assert close(g_f, g_r / beta)
+    assert_near(g_f, g_r / beta)
     assert not close(g_f, g_r, rel=1e-2)  # the scale matters: β = 0.5 here
 
 
@@ -128,7 +128,7 @@ def test_fdpg_with_f_reverse_kl_minimises_kl_p_pi_as_dpg_does():
     batch = exact_batch(lab, policy, ref=a)
     g_f = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f="reverse_kl", log_z=log_z), policy, batch)
     g_d = exact_grad(DPG(a, policy, lab_fn(lab, log_scores), proposal="policy", log_z=log_z), policy, batch)
-    assert close(g_f, g_d, rel=1e-10)
+    assert_near(g_f, g_d, rel=1e-10)
 
 
 @pytest.mark.task7_2
@@ -141,7 +141,7 @@ def test_fdpg_expected_gradient_equals_autograd_of_the_divergence(f):
     batch = exact_batch(lab, policy, ref=a)
     g = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f=f, log_z=log_z), policy, batch)
     truth = autograd_of(policy, lambda: fdiv_to_target(f, lab.log_probs(policy), log_p))
-    assert close(g, truth)
+    assert_near(g, truth)
 
 
 @pytest.mark.parametrize("f", ["kl", "js", "tv"])
@@ -156,7 +156,7 @@ def test_adding_c_times_t_minus_one_to_f_leaves_the_expected_gradient_unchanged(
     target = lab_fn(lab, log_scores)
     g = exact_grad(FDPG(a, policy, target, f=f, log_z=log_z), policy, batch)
     g_shift = exact_grad(FDPG(a, policy, target, f=shifted, log_z=log_z), policy, batch)
-    assert close(g, g_shift)
+    assert_near(g, g_shift)
 
 
 def test_monte_carlo_coefficients_agree_sample_by_sample():
@@ -245,6 +245,82 @@ def test_ppo_clip_coefficients_are_the_gradient_of_the_clipped_objective():
     logp = log_old + log_ratio
     coef, fraction = ppo_clip_coefficients(Tensor(logp), log_old, adv, w, clip)
     numeric = np.array([(objective(logp + 1e-6 * e) - objective(logp - 1e-6 * e)) / 2e-6 for e in np.eye(n)])
-    np.testing.assert_allclose(coef, numeric, rtol=1e-6, atol=1e-8)
+    assert_close(coef, numeric, rtol=1e-6, atol=1e-8)
     active = np.sum((np.exp(log_ratio) * adv) > (np.clip(np.exp(log_ratio), 1 - clip, 1 + clip) * adv))
     assert 0 < active < n and fraction == pytest.approx(active / n)
+
+
+# ------------------------------------------------------------------------------------------- Eq. (5.9), entry by entry
+@pytest.mark.task5_4
+@pytest.mark.parametrize("kind", ["k2_loss", "k3_loss"])
+def test_kl_loss_value_and_gradient_entry_by_entry_with_weights_and_padding(kind):
+    """Σ_i w_i Σ_t k(d_t), d = log a_t − log π_t, k2 = ½d², k3 = e^d − 1 − d, with a different weight per row and
+    padding (d = 0); its gradient in log π_t is w_i·(−d) for k2 and w_i·(1 − e^d) for k3, entry by entry. Any
+    other kind is refused."""
+    from minialign.tensor import Tensor
+    from minialign.trainers.policy_gradient import kl_loss
+
+    rng = np.random.default_rng(3)
+    logp, ref = rng.normal(-1.5, 0.7, (3, 4)), rng.normal(-1.5, 0.7, (3, 4))
+    logp[2, 2:] = ref[2, 2:] = 0.0  # padding
+    w = np.array([0.5, 2.0, 1.25])
+    d = ref - logp
+    per_token = 0.5 * d * d if kind == "k2_loss" else np.exp(d) - 1 - d
+    grad = -d if kind == "k2_loss" else 1 - np.exp(d)
+    t = Tensor(logp.copy(), requires_grad=True)
+    loss = kl_loss(t, ref, w, kind)
+    assert_close(loss.item(), (per_token.sum(axis=1) * w).sum(), rtol=1e-12, what=f"{kind} loss")
+    loss.backward()
+    assert_close(t.grad, w[:, None] * grad, rtol=1e-12, atol=1e-15, what=f"∂({kind})/∂log π_t")
+    for bad in ("k1_seq", "k2", "K3_LOSS"):
+        with pytest.raises(ValueError):
+            kl_loss(Tensor(logp), ref, w, bad)
+
+
+# ------------------------------------------------------------------------------------------- Eq. (5.8), entry by entry
+class _FreeTokens:
+    """A policy stand-in whose token log-probabilities are free parameters θ [B, L] (the loss's gradient in θ is
+    then each token's coefficient); the reference is one with fixed token log-probabilities."""
+
+    def __init__(self, logp_tok, requires_grad=True):
+        from minialign.tensor import Tensor
+
+        self.t = Tensor(np.array(logp_tok, dtype=np.float64), requires_grad=requires_grad)
+
+    def token_logprobs(self, tokens, prompt_len=None):
+        return self.t
+
+    def sequence_logprob(self, tokens, prompt_len=None):
+        return self.t.sum(axis=1)
+
+
+@pytest.mark.task5_2
+@pytest.mark.parametrize("group", [None, [0, 1, 0, 1, 1]])
+@pytest.mark.parametrize("kl", ["k1_seq", "k2_loss", "k3_loss"])
+def test_rloo_advantage_entry_by_entry_with_the_kl_in_the_reward_only_when_asked(kl, group):
+    """With kl = 'k1_seq' the return is R = r − β(log q − log a), otherwise R = r (the KL then enters the loss,
+    whose own gradient is β·w·∂k/∂log π_t); the advantage is R minus the leave-one-out mean of the other R of
+    the same group (prompt), checked entry by entry through the loss's gradient in each token's log π."""
+    from minialign.trainers.common import Batch
+    from minialign.trainers.policy_gradient import leave_one_out_baseline
+
+    rng = np.random.default_rng(4)
+    logp_tok, ref_tok = rng.normal(-1.0, 0.5, (5, 3)), rng.normal(-1.0, 0.5, (5, 3))
+    logp_tok[:, 2] = ref_tok[:, 2] = 0.0  # a padding column
+    r = np.array([1.0, -0.5, 2.0, 0.3, -1.2])
+    w = np.full(5, 0.2)
+    beta = 0.7
+    batch = Batch(np.zeros((5, 3), dtype=np.int64), w, logp_tok.sum(axis=1), ref_tok.sum(axis=1),
+                  group=None if group is None else np.array(group))
+    policy, ref = _FreeTokens(logp_tok), _FreeTokens(ref_tok, requires_grad=False)
+    method = RLHF(ref, lambda b: r, beta=beta, kl=kl, algo="rloo")
+    loss, _ = method.loss(policy, batch)
+    loss.backward()
+    returns = r - beta * (batch.log_q - batch.log_ref) if kl == "k1_seq" else r
+    adv = returns - leave_one_out_baseline(returns, None if group is None else np.array(group))
+    expected = -np.broadcast_to((w * adv)[:, None], logp_tok.shape).copy()
+    d = ref_tok - logp_tok
+    if kl != "k1_seq":
+        expected += beta * w[:, None] * (-d if kl == "k2_loss" else 1 - np.exp(d))
+    assert_close(policy.t.grad, expected, rtol=1e-10, atol=1e-14,
+                 what=f"∂loss/∂log π_t (kl={kl}, groups={group}): −w·A plus the KL term's gradient")

@@ -30,9 +30,10 @@ from .manifest import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, Cour
 from .tree import make, project_files, restore, tree_differences, write_tree
 
 
-# Not run in the tree with every unit stubbed: the release check's own tests and the grader's (they build trees
-# from the repository themselves).
-NOT_IN_STUB_RUN = (RELEASE_TEST, "tests/test_course_security.py", "tests/test_course_bundle.py")
+# Not run in the tree with every unit stubbed: the release check's own tests, the grader's (they build trees from
+# the repository themselves), and the mutation record's test (it compares the units with their recorded hashes).
+NOT_IN_STUB_RUN = (RELEASE_TEST, "tests/test_course_security.py", "tests/test_course_bundle.py",
+                   "tests/test_course_mutation.py")
 
 
 def static_problems(root: Path = ROOT) -> list:
@@ -327,14 +328,29 @@ def check_stub_tree(workdir: Path, root: Path = ROOT) -> tuple:
     return stub_run_problems(run, known), run
 
 
-def check(names=None, root: Path = ROOT, out=print) -> list:
-    """The whole release check, for instructors editing manifests; returns the problems found."""
+def check(names=None, root: Path = ROOT, out=print, mutants: bool = False, all_units: bool = False,
+          limit=None, accept_shrink: bool = False) -> list:
+    """The whole release check, for instructors editing manifests; returns the problems found. With ``mutants``,
+    first the mutation pass (course/mutate.py) over the stale units (``all_units``: every unit), which rewrites
+    course/mutants.json; either way the record is then checked: no stale unit, no unlisted survivor, no unit
+    shrunk below its recorded size."""
+    from .mutate import LIMIT, mutation_pass
+
     root = require_repository(root)
     known = assignments(root)
     names = list(known) if not names else [load(n, root).name for n in names]  # an unknown name fails now
     problems = static_problems(root)
     out(f"static checks: {len(problems)} problems")
     if problems:
+        return problems
+    if not accept_shrink:
+        problems += shrink_problems(root, names)
+    if mutants and not problems:
+        mutation_pass(names, limit=LIMIT if limit is None else limit, only_stale=not all_units, root=root, out=out)
+    found = mutation_record_problems(root, names, out=None if mutants else out)  # the pass printed its summary
+    out(f"mutants: {len(found)} problems")
+    problems += found
+    if mutants:
         return problems
     with tempfile.TemporaryDirectory(prefix="minialign-check-") as tmp:
         t0 = time.perf_counter()
@@ -351,3 +367,64 @@ def check(names=None, root: Path = ROOT, out=print) -> list:
     return problems
 
 
+
+
+# ---------------------------------------------------------------------------------------- mutants and shrinking
+# A unit whose body falls below this fraction of its recorded size has lost work its task asks for (a refactoring
+# moved it to a helper outside the unit, say): the release check fails until the manifest moves the unit with
+# it, or the smaller size is accepted on purpose (``course check --mutants --accept-shrink``).
+SHRINK_FLOOR = 0.7
+
+
+def shrink_problems(root: Path = ROOT, names=None) -> list:
+    """Units whose body is now smaller than ``SHRINK_FLOOR`` of the size recorded in course/mutants.json (AST
+    nodes of the body: blank lines, comments and formatting do not count)."""
+    from .mutate import RECORD, load_record, unit_size
+
+    record = load_record(root).get("units", {})
+    problems = []
+    for a in assignments(root).values():
+        if names and a.name not in names:
+            continue
+        for spec, task in a.units():
+            before = record.get(spec, {}).get("size")
+            if before is None:
+                continue
+            now = unit_size(spec, task, root)
+            if now < SHRINK_FLOOR * before:
+                problems.append(f"unit {spec} (task {task.id}) shrank from {before} to {now} AST nodes (below "
+                                f"{SHRINK_FLOOR:.0%} of the size in {RECORD}): its task asks for the work it no longer "
+                                f"holds. Move the unit in course/{a.name}.toml to where the work went, or accept the "
+                                "smaller unit with `python -m minialign course check --mutants --accept-shrink`")
+    return problems
+
+
+def mutation_record_problems(root: Path = ROOT, names=None, out=None) -> list:
+    """From the committed record course/mutants.json, per assignment: units not in it or whose hash no longer
+    matches (stale: the unit or its task's tests changed), survivors the manifest does not list as equivalent,
+    listed equivalents the tests now catch. ``out`` gets each assignment's summary (mutants tried, caught, listed
+    equivalent)."""
+    from .mutate import REFRESH, equivalents, load_record, mutation_problems, stale_units, summary
+
+    record = load_record(root).get("units", {})
+    stale = stale_units(root)
+    problems = []
+    for a in assignments(root).values():
+        if names and a.name not in names:
+            continue
+        mine = [spec for n, spec in stale if n == a.name]
+        if mine:
+            problems.append(f"{a.name}: the mutation record is stale for {len(mine)} units ({', '.join(mine)}): "
+                            f"refresh it with `{REFRESH} {a.name}`")
+        units = {s: record[s] for s, _ in a.units() if s in record}
+        try:
+            equivalent = equivalents(a.name, root)
+        except CourseError as e:
+            problems.append(str(e))
+            continue
+        problems += mutation_problems(a, units, equivalent)
+        problems += [f"course/{a.name}.toml lists an equivalent mutant of {u}, which is not a unit of {a.name}"
+                     for u, _ in equivalent if u not in dict(a.units())]
+        if out is not None:
+            out(summary(a, units, equivalent))
+    return problems
