@@ -131,10 +131,12 @@ def files(tmp_path_factory):
         model.save(d / f"{name}.npz")
         f[name] = str(d / f"{name}.npz")
     state = load_checkpoint(ok)
-    np.savez(d / "badconfig.npz", config=np.array("{not json"), **{f"weights/{k}": v for k, v in state["weights"].items()})
+    np.savez(d / "badconfig.npz", config=np.array("{not json"),
+             **{f"weights/{k}": v for k, v in state["weights"].items()})
     f["badconfig"] = str(d / "badconfig.npz")
     cfg = {**json.loads(state["config"]), "n_wings": 2}
-    np.savez(d / "oddconfig.npz", config=np.array(json.dumps(cfg)), **{f"weights/{k}": v for k, v in state["weights"].items()})
+    np.savez(d / "oddconfig.npz", config=np.array(json.dumps(cfg)),
+             **{f"weights/{k}": v for k, v in state["weights"].items()})
     f["oddconfig"] = str(d / "oddconfig.npz")
     RewardModel(GPTConfig(n_layer=1, n_head=2, n_embd=8)).save(d / "reward.npz")
     f["reward"] = str(d / "reward.npz")
@@ -448,7 +450,8 @@ def _ids(n=4):
 P = np.array([0.5, 0.5])
 
 API = [
-    *[api(f"GPT.load {name}", lambda f, n=name: GPT.load(f[n]), f"{name}.npz", why) for name, why in CHECKPOINTS.items()],
+    *[api(f"GPT.load {name}", lambda f, n=name: GPT.load(f[n]), f"{name}.npz", why)
+      for name, why in CHECKPOINTS.items()],
     api("GPT.load missing", lambda f: GPT.load(f["missing"]), "no checkpoint at", raises=FileNotFoundError),
     api("GPT.load dir", lambda f: GPT.load(f["dir"]), "folder.npz", "directory"),
     api("GPT.load csv", lambda f: GPT.load(f["pairs"]), "pairs.csv", "not a minialign checkpoint"),
@@ -464,7 +467,8 @@ API = [
     *[api(f"parse_constraint {c}", lambda f, c=c: parse_constraint(c.strip("'")), *says)
       for c, says in CONSTRAINTS.items()],
     api("parse_constraint None", lambda f: parse_constraint(None), "str", raises=TypeError),
-    api("fit_names_ebm n_samples 0", lambda f: fit_names_ebm(tiny_gpt(), ["contains:a"], n_samples=0), "n_samples", "0"),
+    api("fit_names_ebm n_samples 0", lambda f: fit_names_ebm(tiny_gpt(), ["contains:a"], n_samples=0),
+        "n_samples", "0"),
     api("fit_names_ebm n_samples nan", lambda f: fit_names_ebm(tiny_gpt(), ["contains:a"], n_samples=float("nan")),
         "n_samples", "nan"),
     api("fit_names_ebm no constraint type", lambda f: fit_names_ebm(tiny_gpt(), [3]), "constraint", raises=TypeError),
@@ -502,7 +506,8 @@ API = [
     api("DPO beta -1", lambda f: DPO(ref(), _ids(), _ids(), beta=-1.0), "beta", "-1"),
     api("DPO shapes", lambda f: DPO(ref(), _ids(4), _ids(3)), "chosen", "rejected", "(4, 3)", "(3, 3)"),
     api("DPO empty", lambda f: DPO(ref(), _ids(0), _ids(0)), "chosen", "(0, 3)"),
-    api("DPG proposal", lambda f: DPG(ref(), ref(), lambda b: b.log_ref, proposal="sometimes"), "proposal", "sometimes"),
+    api("DPG proposal", lambda f: DPG(ref(), ref(), lambda b: b.log_ref, proposal="sometimes"),
+        "proposal", "sometimes"),
     api("FDPG f kl2", lambda f: FDPG(ref(), ref(), lambda b: b.log_ref, f="kl2"), "kl2", "reverse_kl"),
     api("FDPG f alpha:1", lambda f: FDPG(ref(), ref(), lambda b: b.log_ref, f="alpha:1"), "alpha", "kl"),
     api("FDPG calibrated", lambda f: FDPG(ref(), ref(), _lam()), "calibration", "GDC", raises=TypeError),

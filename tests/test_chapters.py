@@ -112,11 +112,13 @@ def test_the_order_check_can_fail():
 
 def test_the_checker_rejects_missing_and_dangling_references():
     """The checker itself must be able to fail."""
-    bad = "$$ x = 1 \\tag{1.1} $$\n\nno reference here\n\n$$ y \\tag{1.2} $$\n> code: `minialign/tensor.py::nope` · test: `tests/test_tensor.py::test_nope`\n"
+    bad = ("$$ x = 1 \\tag{1.1} $$\n\nno reference here\n\n$$ y \\tag{1.2} $$\n"
+           "> code: `minialign/tensor.py::nope` · test: `tests/test_tensor.py::test_nope`\n")
     refs = equation_references(bad)
     assert refs[0] == ("1.1", [], [])
     assert check_reference(refs[1][1][0], "code") and check_reference(refs[1][2][0], "test")
-    good = "$$\nx \\tag{1.3}\n$$\n> code: `minialign/tensor.py::unbroadcast` · test: `tests/test_tensor.py::test_unbroadcast_sums_back_to_the_input_shape`\n"
+    good = ("$$\nx \\tag{1.3}\n$$\n> code: `minialign/tensor.py::unbroadcast` · "
+            "test: `tests/test_tensor.py::test_unbroadcast_sums_back_to_the_input_shape`\n")
     (label, code, tests), = equation_references(good)
     assert check_reference(code[0], "code") is None and check_reference(tests[0], "test") is None
 

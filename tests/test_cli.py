@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 
 from minialign.cli import main
-from minialign.data import CharTokenizer
+from minialign.data import DATA_DIR, CharTokenizer
 from minialign.gpt import GPT
 from minialign.pretrain import bigram_baseline, evaluate, names_dataset
-from minialign.data import DATA_DIR
 
 BASE = DATA_DIR / "base.npz"
 
@@ -70,7 +69,8 @@ def test_grpo_and_the_conditional_variants_run_on_names(tmp_path, capsys):
     assert "clip_fraction" in out and "completions: m… →" in out
     assert main(grpo[:-5] + ["--steps", "3", "--batch-size", "8", "--quiet"]) == 0
     assert "resumed from" in capsys.readouterr().out
-    for method in (["rlhf", "--reward", "true", "--prompts", "first2"], ["dpo", "--prompts", "first1", "--n-pairs", "40"],
+    for method in (["rlhf", "--reward", "true", "--prompts", "first2"],
+                   ["dpo", "--prompts", "first1", "--n-pairs", "40"],
                    ["gdc", "--prompts", "first1", "--constraint", "contains:z", "--ebm-samples", "300",
                     "--eval-samples", "50"],
                    ["fdpg", "--prompts", "first1", "--target", "reward", "--reward", "true"]):

@@ -2,10 +2,9 @@
 groups, and RLHF, DPO, GDC (CDPG) and f-DPG with prompts, each against the exact per-prompt truth."""
 import numpy as np
 import pytest
-
 from helpers import ConditionalTabular, close
-from minialign.experiments.conditional_lab import (conditional_objective, conditional_optimum, prompted_lab,
-                                                   trainable)
+
+from minialign.experiments.conditional_lab import conditional_objective, conditional_optimum, prompted_lab, trainable
 from minialign.lab import ExactLab, PromptedLab, autograd_of, exact_grad, lab_fn, lab_model
 from minialign.prompts import Prompts, first_letters, names_prompts
 from minialign.tensor import Tensor

@@ -13,6 +13,7 @@ student tree and the restored solution once each, and runs mutant trees only for
 the student tree reached first — a test that fails at unit u before any other stub would fail at u with u
 alone stubbed too, so that run already proves (d) for u.
 """
+import builtins
 import json
 import os
 import subprocess
@@ -22,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from minialign import course
-from minialign.course import check as course_check
 from minialign.cli import main
+from minialign.course import check as course_check
 from minialign.course.plugin import stubs_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -235,7 +236,8 @@ def test_the_stub_a_test_reached_first_is_found_through_chains_groups_and_text()
     wrapped = RuntimeError("interpreter error")  # Triton's interpreter wraps the kernel's exception like this
     wrapped.__cause__ = NotImplementedError("Task 8.1: kernels/attention.py::_attn_fwd_kernel#online-softmax — t")
     assert stubs_of(wrapped) == ["8.1 kernels/attention.py::_attn_fwd_kernel#online-softmax"]
-    group = ExceptionGroup("two examples", [first, ValueError("other")]) if sys.version_info >= (3, 11) else None
+    exception_group = getattr(builtins, "ExceptionGroup", None)  # Python 3.11+
+    group = exception_group("two examples", [first, ValueError("other")]) if exception_group is not None else None
     if group is not None:
         assert stubs_of(group) == ["5.2 minialign/trainers/rlhf.py::RLHF.loss#kl-in-reward"]
     text = "CellExecutionError: ... NotImplementedError: Task 1.1: minialign/tensor.py::unbroadcast — t; see ..."
@@ -281,7 +283,8 @@ def test_make_writes_the_project_the_handout_and_no_instructor_solutions(tmp_pat
     assert handout == (ROOT / course.HANDOUTS / "03-f-divergences.md").read_text()
     assert "Problem (task3_2)" in handout and "python -m pytest -m task3_2" in handout
     assert not (tree / course.SOLUTIONS).exists() and (ROOT / course.SOLUTIONS).is_dir()
-    assert 'raise NotImplementedError("Task 3.4: minialign/divergences.py::k3' in (tree / "minialign/divergences.py").read_text()
+    divergences_py = (tree / "minialign/divergences.py").read_text()
+    assert 'raise NotImplementedError("Task 3.4: minialign/divergences.py::k3' in divergences_py
     assert course.assignment_of(tree) == "03-f-divergences"
     assert main(["course", "make", "03-f-divergences", "--out", str(tree)]) == 2  # not an empty folder
     assert "is not an empty folder" in capsys.readouterr().err

@@ -11,8 +11,8 @@ Python: a few seconds a run.
 """
 import numpy as np
 import pytest
-
 from helpers import installed, torch_device
+
 from minialign import device, tasks
 from minialign.backend import NUMPY
 from minialign.cli import main

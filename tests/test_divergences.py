@@ -7,13 +7,13 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import FAMILY, central_difference
+from helpers import assert_close as assert_entries_close
 from hypothesis import assume, given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.spatial.distance import jensenshannon
 from scipy.special import rel_entr
-from helpers import FAMILY, central_difference
-from helpers import assert_close as assert_entries_close
 from strategies import distribution_pairs, distributions, markov_kernels, rational_distributions
 
 from minialign import divergences as dv
@@ -326,7 +326,8 @@ def test_kl_chain_rule_for_autoregressive_sequences(data):
     for weight, seq in zip(joint_p, _sequences()):
         if weight == 0:
             continue
-        steps = [dv.divergence("kl", _conditional(table_p, seq[:t]), _conditional(table_q, seq[:t])) for t in range(len(seq))]
+        steps = [dv.divergence("kl", _conditional(table_p, seq[:t]), _conditional(table_q, seq[:t]))
+                 for t in range(len(seq))]
         expected_token_kl += weight * sum(steps)
     assert_close(dv.divergence("kl", joint_p, joint_q), expected_token_kl)
 
@@ -342,7 +343,8 @@ def test_log_form_equals_probability_form(name, pair, shift_p, shift_q):
     exact = dv.divergence(name, P, Q)
     log_p, log_q = safe_log(P) + shift_p, safe_log(Q) + shift_q
     assert_close(dv.divergence_from_logs(name, log_p, log_q), exact, rtol=1e-9, atol=1e-11)
-    assert_close(dv.divergence_from_logs(name, log_p, log_q, log_zp=shift_p, log_zq=shift_q), exact, rtol=1e-9, atol=1e-11)
+    assert_close(dv.divergence_from_logs(name, log_p, log_q, log_zp=shift_p, log_zq=shift_q), exact,
+                 rtol=1e-9, atol=1e-11)
 
 
 BOUNDED_BY_LOGITS = ["kl", "reverse_kl", "js", "tv", "hellinger", "alpha:0.5"]
@@ -455,7 +457,8 @@ def test_points_without_mass_on_either_side_contribute_nothing():
 
 
 def test_unknown_name_lists_the_known_names():
-    with pytest.raises(ValueError, match=r"unknown f-divergence 'klx'; known names: kl, reverse_kl, js, tv, chi2, hellinger, alpha:<value>"):
+    with pytest.raises(ValueError, match=r"unknown f-divergence 'klx'; "
+                                         r"known names: kl, reverse_kl, js, tv, chi2, hellinger, alpha:<value>"):
         dv.get("klx")
     with pytest.raises(ValueError, match="unknown f-divergence"):
         dv.divergence("wasserstein", [1.0], [1.0])
@@ -485,7 +488,8 @@ def test_negative_entries_are_rejected():
 
 
 def test_unnormalised_input_is_rejected_with_the_sums():
-    with pytest.raises(ValueError, match=r"P must sum to 1 along the last axis \(relative tolerance 1e-06\); got sums in \[0.93, 1.02\]"):
+    with pytest.raises(ValueError, match=r"P must sum to 1 along the last axis \(relative tolerance 1e-06\); "
+                                         r"got sums in \[0.93, 1.02\]"):
         dv.divergence("tv", [[0.5, 0.43], [0.5, 0.52]], [0.5, 0.5])
 
 

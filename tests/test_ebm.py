@@ -7,16 +7,26 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close, assert_equal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minialign import ebm
-from minialign.ebm import (EBM, DEFAULT_POINTWISE, Feature, Pointwise, dual, fit_lambda_exact, fit_lambda_snis,
-                           fit_names_ebm, log_scores, parse_constraint)
+from minialign.ebm import (
+    DEFAULT_POINTWISE,
+    EBM,
+    Feature,
+    Pointwise,
+    dual,
+    fit_lambda_exact,
+    fit_lambda_snis,
+    fit_names_ebm,
+    log_scores,
+    parse_constraint,
+)
 from minialign.gpt import GPT, GPTConfig
 from minialign.lab import ExactLab
 from minialign.tensor import Tensor
-from helpers import assert_close, assert_equal
 
 BASE_NPZ = Path(ebm.__file__).parent / "data" / "base.npz"
 

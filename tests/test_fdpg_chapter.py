@@ -20,8 +20,8 @@ import re
 
 import numpy as np
 import pytest
-
 from helpers import assert_close, assert_equal, assert_near, central_difference, close, rlhf_target
+
 from minialign import divergences as D
 from minialign.experiments.rlhf_lab import tiny_lab
 from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model, score_function_gradient
@@ -110,7 +110,8 @@ def test_pseudo_reward_ranges_bounded_and_unbounded():
     # zero target mass: kl's pseudo-reward is −∞ (the trainer refuses it unless log t is capped) ...
     with pytest.raises(ValueError):  # its message must name the count: see the test of log_t_max below
         pseudo_reward("kl", np.array([-1.0]), np.array([-np.inf]), 0.0)
-    capped = FDPG(None, None, None, f="kl", log_z=0.0, log_t_max=20.0).pseudo_reward(np.array([-1.0]), np.array([-np.inf]), 0.0)
+    capped_fdpg = FDPG(None, None, None, f="kl", log_z=0.0, log_t_max=20.0)
+    capped = capped_fdpg.pseudo_reward(np.array([-1.0]), np.array([-np.inf]), 0.0)
     assert_close(capped, -21.0, rtol=1e-7)
     # ... while the bounded members take the limit −lim f'(t)
     for f, limit in (("js", -0.5 * np.log(2)), ("tv", -0.5), ("reverse_kl", 0.0)):
@@ -254,7 +255,8 @@ def test_the_gradient_identity_needs_a_fixed_target(f):
         if moving:
             assert np.abs(identity - numeric).max() > 1e-2
             d1, d2 = D.partial_derivatives(f, p1, p2)  # Eq. (3.5): both partials, chained
-            np.testing.assert_allclose(d1 @ _jacobian(theta) + d2 @ (_jacobian(A @ theta) @ A), numeric, rtol=1e-6, atol=1e-8)
+            np.testing.assert_allclose(d1 @ _jacobian(theta) + d2 @ (_jacobian(A @ theta) @ A), numeric,
+                                       rtol=1e-6, atol=1e-8)
         else:
             np.testing.assert_allclose(identity, numeric, rtol=1e-6, atol=1e-8)
 
@@ -367,7 +369,7 @@ def test_leave_one_out_baseline_keeps_the_off_policy_expectation():
     assert 0 < scale < 0.5 and off > 0.05, (scale, off)
 
 
-# ------------------------------------------------------------------------------ Eq. (7.12)–(7.13): the study's first step
+# ---------------------------------------------------------------------------- Eq. (7.12)–(7.13): the study's first step
 def _study():
     from minialign.experiments import fdpg_study as E
 
@@ -486,7 +488,8 @@ def test_weighted_leave_one_out_baseline_entry_by_entry_with_and_without_groups(
     assert_close(leave_one_out_weighted_baseline(v, rho), expected, rtol=1e-12, what="weighted baseline")
     group = np.array([1, 0, 1, 0, 2])
     by_group = [v[2], v[3], v[0], v[1], 0.0]  # each of a pair sees only the other; a singleton sees nobody
-    assert_close(leave_one_out_weighted_baseline(v, rho, group), by_group, rtol=1e-12, what="weighted baseline in groups")
+    assert_close(leave_one_out_weighted_baseline(v, rho, group), by_group, rtol=1e-12,
+                 what="weighted baseline in groups")
 
 
 @pytest.mark.task7_3

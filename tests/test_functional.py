@@ -5,12 +5,14 @@ The finite-difference checks need nothing but NumPy; each torch check is a test 
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
-from hypothesis.extra import numpy as hnp
-
 from helpers import assert_close, check_against_torch, t64
-from minialign import Tensor, functional as F, gradcheck
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from strategies import float_arrays, small_shapes
+
+from minialign import Tensor, gradcheck
+from minialign import functional as F
 
 
 @pytest.mark.task1_5
@@ -252,9 +254,11 @@ def test_attention_gradients_match_torch(qkv, causal, torch):
 
 def test_attention_rejects_bad_shapes():
     with pytest.raises(ValueError, match="attention needs q"):
-        F.scaled_dot_product_attention(Tensor(np.ones((1, 2, 3))), Tensor(np.ones((1, 2, 4))), Tensor(np.ones((1, 2, 4))))
+        F.scaled_dot_product_attention(Tensor(np.ones((1, 2, 3))), Tensor(np.ones((1, 2, 4))),
+                                       Tensor(np.ones((1, 2, 4))))
     with pytest.raises(ValueError, match="more queries"):
-        F.scaled_dot_product_attention(Tensor(np.ones((1, 3, 2))), Tensor(np.ones((1, 2, 2))), Tensor(np.ones((1, 2, 2))))
+        F.scaled_dot_product_attention(Tensor(np.ones((1, 3, 2))), Tensor(np.ones((1, 2, 2))),
+                                       Tensor(np.ones((1, 2, 2))))
 
 
 def test_softmax_of_a_row_with_no_finite_entry_is_an_error_not_nan():

@@ -15,13 +15,13 @@ is enumerated), so "exact" means a sum over the enumeration, not a large sample.
 """
 import numpy as np
 import pytest
+from helpers import assert_close, assert_near
 
 from minialign.ebm import dual, fit_lambda_exact, log_scores
 from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model
 from minialign.trainers.common import exact_batch, sample_batch
 from minialign.trainers.gdc import DPG
 from minialign.trainers.proposal import Scored
-from helpers import assert_close, assert_near
 
 
 def lab_instance(seed=0):
@@ -303,7 +303,9 @@ def test_on_names_the_rlhf_target_and_the_gdc_target_have_the_same_log_ratios_an
     np.testing.assert_array_equal(reward(batch.names), -phi)
     log_rlhf, log_gdc = tilted_target(reward, beta)(batch), ebm_target(ebm)(batch)
     np.testing.assert_allclose(log_rlhf, log_gdc, rtol=0, atol=1e-12)
-    ratios = lambda lp: lp[:, None] - lp[None, :]
+    def ratios(lp):
+        return lp[:, None] - lp[None, :]
+
     np.testing.assert_allclose(ratios(log_rlhf - batch.log_ref), ratios(log_gdc - batch.log_ref), rtol=0, atol=1e-12)
 
     def snis_moment(log_p):  # samples of a: weights P/a

@@ -81,7 +81,8 @@ def test_adaptive_proposal_and_gdcpp_baseline_lower_the_gradient_variance():
     mse = {
         "q=a": gradient_mse(DPG(a, a, target, proposal="fixed", log_z=log_z), policy, truth),
         "q=pi": gradient_mse(DPG(a, policy, target, proposal="policy", log_z=log_z), policy, truth),
-        "q=pi, GDC++": gradient_mse(DPG(a, policy, target, proposal="policy", baseline=True, log_z=log_z), policy, truth),
+        "q=pi, GDC++": gradient_mse(DPG(a, policy, target, proposal="policy", baseline=True, log_z=log_z),
+                                    policy, truth),
     }
     print({k: round(v, 4) for k, v in mse.items()})
     assert mse["q=pi"] < 0.8 * mse["q=a"], mse
@@ -103,7 +104,8 @@ def test_reward_maximisation_collapses_where_gdc_keeps_diversity():
     p_a = lab.distribution(a)
     kl_gdc, kl_rl = lab.divergence("kl", pi_gdc, p_a), lab.divergence("kl", pi_rl, p_a)
     h_gdc, h_rl = lab.entropy(pi_gdc), lab.entropy(pi_rl)
-    print(f"GDC: KL(π‖a) {kl_gdc:.3f}, H {h_gdc:.3f} ({s_gdc} steps); REINFORCE: KL(π‖a) {kl_rl:.3f}, H {h_rl:.3f} ({s_rl} steps)")
+    print(f"GDC: KL(π‖a) {kl_gdc:.3f}, H {h_gdc:.3f} ({s_gdc} steps); "
+          f"REINFORCE: KL(π‖a) {kl_rl:.3f}, H {h_rl:.3f} ({s_rl} steps)")
     assert kl_rl > kl_gdc + 0.1 and h_rl < h_gdc - 0.1
 
 
@@ -258,5 +260,6 @@ def test_a_calibrated_run_resumes_where_it_stopped(tmp_path):
     assert resumed.value == whole.value
     policy = trainable(a)
     plain = DPG(a, policy, lab_fn(lab, np.log(lab.distribution(a))), proposal="adaptive")
-    with pytest.raises(ValueError, match=r"written by a different run .*--calibration rate: 0\.5 in the checkpoint, \(not set\) now"):
+    with pytest.raises(ValueError, match=r"written by a different run "
+                                         r".*--calibration rate: 0\.5 in the checkpoint, \(not set\) now"):
         train(plain, policy, TrainConfig(steps=7, batch_size=32, seed=0), out=tmp_path / "part.npz", progress=False)

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from minialign.data import load_names, split
-from minialign.gender import (GENDER_NPZ, GenderClassifier, default_classifier, encode_names, female_feature,
-                              gram_ids)
+from minialign.gender import GENDER_NPZ, GenderClassifier, default_classifier, encode_names, female_feature, gram_ids
 from minialign.io import save
 
 HELD_OUT_ACCURACY = 0.85

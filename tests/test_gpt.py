@@ -3,12 +3,12 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import assert_close, assert_equal
 
 from minialign import gradcheck
 from minialign.bench import torch_reference_gpt
 from minialign.gpt import GPT, GPTConfig
 from minialign.lab import lab_model
-from helpers import assert_close, assert_equal
 
 
 def all_sequences(vocab_size, horizon, eos=0):
@@ -82,7 +82,8 @@ def test_logits_and_gradients_match_a_torch_model_with_the_same_weights(torch):
     np.testing.assert_allclose(model(inp).numpy(), forward(inp).detach().numpy(), rtol=1e-10, atol=1e-12)
     loss = model.loss(x)
     loss.backward()
-    tloss = torch.nn.functional.cross_entropy(forward(inp).reshape(-1, 5), torch.tensor(np.where(counted, targets, -100)).reshape(-1))
+    tloss = torch.nn.functional.cross_entropy(forward(inp).reshape(-1, 5),
+                                              torch.tensor(np.where(counted, targets, -100)).reshape(-1))
     tloss.backward()
     np.testing.assert_allclose(loss.item(), tloss.item(), rtol=1e-10)
     for name, p in model.named_parameters():
@@ -208,7 +209,8 @@ def test_u_near_one_never_draws_an_excluded_token_and_huge_logits_do_not_overflo
     got = _sample_rows(logits, u, top_k=3)
     top3 = np.argsort(logits, axis=1)[:, -3:]
     bad = [i for i in range(300) if got[i] not in top3[i]]
-    assert not bad, f"u just below 1 drew a token outside the top 3 in {len(bad)} rows, e.g. row {bad[0]}: {got[bad[0]]}"
+    assert not bad, (f"u just below 1 drew a token outside the top 3 in {len(bad)} rows, "
+                     f"e.g. row {bad[0]}: {got[bad[0]]}")
     u = rng.uniform(size=300)
     assert_equal(_sample_rows(logits + 700.0, u, top_k=3), _sample_rows(logits, u, top_k=3),
                  what="tokens drawn from logits shifted by +700")
@@ -228,7 +230,8 @@ def test_top_k_samples_each_of_the_k_most_likely_tokens_with_its_renormalised_pr
     assert counts.sum() == n, f"tokens outside the top 3 were drawn: {sorted(set(samples[:, 0]) - set(top3))}"
     bound = 5 * np.sqrt(n * p * (1 - p)) + 1
     assert np.all(np.abs(counts - n * p) <= bound), \
-        f"counts of the top-3 tokens {top3.tolist()}: expected {np.round(n * p).tolist()} ± {np.round(bound).tolist()}, " \
+        f"counts of the top-3 tokens {top3.tolist()}: " \
+        f"expected {np.round(n * p).tolist()} ± {np.round(bound).tolist()}, " \
         f"got {counts.tolist()}"
 
 

@@ -11,8 +11,8 @@ import math
 from functools import partial
 
 import pytest
-
-from helpers import dtype_tolerance, installed, rel_err as relative_error, torch_device
+from helpers import dtype_tolerance, installed, torch_device
+from helpers import rel_err as relative_error
 
 KERNELS = installed("torch", "triton")
 if KERNELS:  # without them, the `triton` fixture skips (or fails) each test

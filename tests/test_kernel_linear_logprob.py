@@ -8,7 +8,6 @@ gradient are themselves rounded to bf16 before the matrix products, so the bf16 
 from functools import partial
 
 import pytest
-
 from helpers import dtype_tolerance, installed, rel_err, torch_device
 
 KERNELS = installed("torch", "triton")
@@ -117,7 +116,8 @@ def test_default_chunk_keeps_chunk_logits_about_the_size_of_the_hidden_states():
 
 def test_rejects_mismatched_hidden_and_weight():
     h = torch.zeros(3, 8, device=DEVICE)
-    with pytest.raises(ValueError, match=r"hidden \[N, d\] and weight \[V, d\] must share d; got \(3, 8\) and \(5, 9\)"):
+    with pytest.raises(ValueError,
+                       match=r"hidden \[N, d\] and weight \[V, d\] must share d; got \(3, 8\) and \(5, 9\)"):
         linear_logprob_fdiv(h, torch.zeros(5, 9, device=DEVICE), torch.zeros(3, dtype=torch.long, device=DEVICE),
                             torch.ones(3, device=DEVICE))
     with pytest.raises(ValueError, match=r"ref_hidden and ref_weight must be given together"):

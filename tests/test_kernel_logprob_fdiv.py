@@ -16,8 +16,8 @@ from functools import partial
 
 import numpy as np
 import pytest
-
 from helpers import dtype_tolerance, installed, rel_err, torch_device
+
 from minialign import divergences
 
 KERNELS = installed("torch", "triton")
@@ -26,6 +26,8 @@ if KERNELS:  # without them, the `triton` fixture skips (or fails) each test
 
     from minialign.kernels.logprob_fdiv import (
         F_NAMES as KERNEL_F_NAMES,
+    )
+    from minialign.kernels.logprob_fdiv import (
         LogprobFdivOutput,
         logprob_fdiv,
         logprob_fdiv_backward,

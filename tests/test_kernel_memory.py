@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from minialign.kernels.memory import (
-    BYTES_PER_ENTRY, COMPULSORY_PASSES, FUSED_ROW_STATS, compulsory_traffic_bytes, fused_state_bytes, logits_bytes,
+    BYTES_PER_ENTRY,
+    COMPULSORY_PASSES,
+    FUSED_ROW_STATS,
+    compulsory_traffic_bytes,
+    fused_state_bytes,
+    logits_bytes,
 )
 
 SHAPES = [(1, 1), (3, 37), (16, 1000), (129, 257)]

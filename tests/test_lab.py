@@ -1,11 +1,10 @@
 """The exact lab: enumeration, normalisation, Monte-Carlo estimators against the truth, the gradient identity."""
 import numpy as np
 import pytest
+from helpers import FAMILY
 
 from minialign import divergences as D
 from minialign.lab import ExactLab, fdiv_to_target, lab_model, score_function_gradient
-from helpers import FAMILY
-
 
 
 def test_enumeration_counts_and_pads_every_sequence():

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import special
 
-from minialign import Tensor, functional as F, gradcheck, logspace
+from minialign import Tensor, gradcheck, logspace
+from minialign import functional as F
 
 finite = st.floats(-700, 700, allow_nan=False, width=64)
 with_neg_inf = st.one_of(finite, st.just(-math.inf))

@@ -92,9 +92,11 @@ def assert_same_state(a, b):
 PRE = PretrainConfig(model=GPTConfig(n_layer=1, n_head=2, n_embd=16, dropout=0.2), steps=6, batch_size=16,
                      eval_every=2, warmup=2)
 TRAINING = lambda model, *args: model.training  # noqa: E731  (GPT.loss also serves the evaluation)
-PRE_PHASES = [  # (module or class, attribute, the call interrupted: on step index 3, counting from 0; which calls count)
+# (module or class, attribute, the call interrupted: on step index 3, counting from 0; which calls count)
+PRE_PHASES = [
     ("minialign.pretrain", "cosine_lr", 4, None), (GPT, "loss", 4, TRAINING), (Tensor, "backward", 4, None),
-    ("minialign.pretrain", "clip_grad_norm", 4, None), (AdamW, "step", 4, None), ("minialign.pretrain", "evaluate", 2, None),
+    ("minialign.pretrain", "clip_grad_norm", 4, None), (AdamW, "step", 4, None),
+    ("minialign.pretrain", "evaluate", 2, None),
 ]
 
 

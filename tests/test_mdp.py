@@ -3,6 +3,7 @@ import time
 
 import numpy as np
 import pytest
+from helpers import assert_close, assert_equal, names_shape
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -21,7 +22,6 @@ from minialign.mdp import (
     seed004_worked_example,
     value_iteration,
 )
-from helpers import assert_close, assert_equal, names_shape
 
 
 @st.composite

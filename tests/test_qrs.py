@@ -104,7 +104,8 @@ def test_estimates_from_proposal_samples_converge_to_the_closed_forms():
     for n in (4_000, 400_000):
         idx = np.random.default_rng(n).choice(len(lab), size=n, p=np.exp(log_q))
         est = qrs.estimates(log_P[idx], log_q[idx], betas)
-        errors[n] = max(abs(getattr(e, f) - getattr(x, f)) for e, x in zip(est, exact) for f in ("acceptance", "tv", "kl"))
+        errors[n] = max(abs(getattr(e, f) - getattr(x, f))
+                        for e, x in zip(est, exact) for f in ("acceptance", "tv", "kl"))
     assert errors[400_000] < 0.01 and errors[4_000] > errors[400_000], errors
 
 

@@ -8,11 +8,13 @@ import math
 
 import numpy as np
 import pytest
+from helpers import assert_close, names_shape
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minialign.data import load_names
+from minialign.functional import log_sigmoid
 from minialign.gpt import GPT, GPTConfig
 from minialign.gradcheck import gradcheck
 from minialign.rewards import (
@@ -28,9 +30,6 @@ from minialign.rewards import (
     simulate_preferences,
     true_reward,
 )
-
-from helpers import assert_close, names_shape
-from minialign.functional import log_sigmoid
 from minialign.tensor import Tensor
 
 NAMES = load_names().names
@@ -367,7 +366,8 @@ def test_pairs_survive_a_csv_round_trip(rows):
     ("chosen,rejected\nanna,bob\neve,maximilianus\n",
      r"line 3, column rejected: name 'maximilianus' has 12 letters; .* needs 13 positions but the model reads at "
      r"most 12"),
-    ("chosen,rejected\nanna,anna\nbob,bob\n", "in every one of its 2 pairs the chosen name is the same as the rejected"),
+    ("chosen,rejected\nanna,anna\nbob,bob\n",
+     "in every one of its 2 pairs the chosen name is the same as the rejected"),
     ("chosen,rejected\nanna,bob\n", "has 1 pair; at least 2 are needed"),
     ("chosen,rejected\nanna,bob\nanna,bob\neve,eve\n", r"holds one pair \(anna over bob\) 2 times"),
     (b"PK\x03\x04\x00\xff\xfe", "is not a text CSV file"),

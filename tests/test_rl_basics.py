@@ -8,13 +8,13 @@ from functools import lru_cache
 
 import numpy as np
 import pytest
+from helpers import assert_close, assert_equal
 
 from minialign.lab import ExactLab, flat_grad, lab_model, score_function_gradient
 from minialign.mdp import TabularMDP, evaluate_policy, seed004_mdp, value_iteration
 from minialign.tensor import Tensor
 from minialign.trainers.common import sample_batch
 from minialign.trainers.policy_gradient import leave_one_out_baseline, weighted_surrogate
-from helpers import assert_close, assert_equal
 
 
 # ------------------------------------------------------------------------------------------------ the lab
@@ -267,7 +267,8 @@ def test_rloo_is_unbiased_and_lowers_the_variance():
     rloo_coef = (R - np.stack([leave_one_out_baseline(r) for r in R])) / k
     rloo_err, rloo_g = batch_errors(rloo_coef, idx, S, g)
     exact_plain = (np.sum(p * reward**2 * np.einsum("ij,ij->i", S, S)) - g @ g) / k
-    assert abs(plain_err.mean() - exact_plain) < 4 * plain_err.std() / np.sqrt(n_batches), (plain_err.mean(), exact_plain)
+    assert abs(plain_err.mean() - exact_plain) < 4 * plain_err.std() / np.sqrt(n_batches), \
+        (plain_err.mean(), exact_plain)
     ratio = rloo_err.mean() / plain_err.mean()
     assert ratio < 0.5, ratio
     # unbiased: along g and along three random directions the batch mean is within 4 standard errors
@@ -474,8 +475,8 @@ def test_seed004_v_pi_is_v_star_only_for_an_optimal_policy():
     Σ_a π(a|s)Q^π(s,a) (Eq. 4.5) is what π earns; V* = max_π V^π (Eq. 4.6) is what the best policy earns, and
     V^π ≤ V* with equality only where π is optimal. On the delayed-reward chain the uniform policy earns
     V^π(0) = 0.368 against V*(0) = γ² = 0.9025, V^π < V* in every live state, and Q^π ≠ Q* in states 0
-    and 1 (from state 2 both actions end the episode, so there Q^π = Q* while V^π = 0.65 < V* = 1). The seed's own example
-    cannot show the difference: on its repaired MDP every policy earns V^π ≡ V* ≡ 1 (Section 3)."""
+    and 1 (from state 2 both actions end the episode, so there Q^π = Q* while V^π = 0.65 < V* = 1). The seed's
+    own example cannot show the difference: on its repaired MDP every policy earns V^π ≡ V* ≡ 1 (Section 3)."""
     chain = delayed_reward_chain()
     q_star, v_star, _ = value_iteration(chain)
     uniform = np.full((4, 2), 0.5)

@@ -13,18 +13,28 @@ import itertools
 
 import numpy as np
 import pytest
+from helpers import TabularPolicy, assert_close
 
-from helpers import TabularPolicy
 from minialign import functional as F
-from minialign.experiments.rlhf_lab import (ONE_STEP, SEQUENCES, WORKED_LIKELIHOOD, WORKED_PRIOR, dpo_lab, elbo_terms,
-                                            goodhart_curve, kl_gradient_survey, kl_variance_survey,
-                                            reparameterised_sample, seed002_sample, tiny_lab)
+from minialign.experiments.rlhf_lab import (
+    ONE_STEP,
+    SEQUENCES,
+    WORKED_LIKELIHOOD,
+    WORKED_PRIOR,
+    dpo_lab,
+    elbo_terms,
+    goodhart_curve,
+    kl_gradient_survey,
+    kl_variance_survey,
+    reparameterised_sample,
+    seed002_sample,
+    tiny_lab,
+)
+from minialign.functional import log_sigmoid
 from minialign.tensor import Tensor
 from minialign.trainers.common import Batch
 from minialign.trainers.dpo import DPO
-from minialign.functional import log_sigmoid
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
-from helpers import assert_close
 
 
 # ------------------------------------------------------------------------------ the KL-gradient table

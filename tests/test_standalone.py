@@ -76,7 +76,8 @@ def test_no_notebook_imports_the_tests(path):
 
 def test_the_checks_catch_what_they_forbid():
     """Each check must be able to fail."""
-    assert imports_of_test_modules("from test_gpt import tiny_gpt\nimport numpy as np\n") == ["line 1: imports test_gpt"]
+    assert imports_of_test_modules("from test_gpt import tiny_gpt\nimport numpy as np\n") == [
+        "line 1: imports test_gpt"]
     assert imports_of_test_modules("import tests.test_lab\nfrom helpers import close\n") == ["line 1: imports tests"]
     assert module_level_importorskips("import pytest\ntorch = pytest.importorskip('torch')\n") == [
         "line 2: module-level importorskip"]

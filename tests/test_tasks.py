@@ -5,8 +5,8 @@ import pytest
 from minialign import tasks
 from minialign.cli import main
 from minialign.ebm import feature, fit_names_ebm, parse_constraint
-from minialign.rewards import true_reward
 from minialign.metrics import distinct_n, self_bleu
+from minialign.rewards import true_reward
 from minialign.trainers.common import RunContext, TrainConfig
 
 CFG = TrainConfig(steps=4, batch_size=16, lr=3e-4, seed=0, checkpoint_every=2)
@@ -32,7 +32,8 @@ def test_gdc_on_names_reports_the_constraint(base):
     ebm, report = fit_names_ebm(base, [parse_constraint("female=0.5")], n_samples=1000, seed=0)
     assert abs(report.moments["female"] - 0.5) < 1e-8
     _, hist = tasks.run_gdc(ebm, RunContext(CFG, base, progress=False))
-    for key in ("E[female]", "kl_p_pi_est", "kl_pi_a_est", "entropy_est", "log_z", "self_bleu", "distinct_2", "in_corpus"):
+    for key in ("E[female]", "kl_p_pi_est", "kl_pi_a_est", "entropy_est", "log_z", "self_bleu", "distinct_2",
+                "in_corpus"):
         assert np.isfinite(hist[key]).all(), key
 
 
@@ -71,7 +72,8 @@ def test_diversity_metrics():
     ["align", "rlhf", "--reward", "true", "--kl", "full_token"],
     ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--baseline", "--compare-reinforce",
      "--eval-samples", "100"],
-    ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--calibrate", "0.1", "--eval-samples", "100"],
+    ["align", "gdc", "--constraint", "female=0.5", "--ebm-samples", "800", "--calibrate", "0.1",
+     "--eval-samples", "100"],
     ["align", "fdpg", "--f", "tv", "--constraint", "contains:a", "--ebm-samples", "800"],
     ["align", "dpo", "--n-pairs", "64"],
 ])
@@ -102,9 +104,11 @@ def exit_code(args) -> int:
 def test_align_reports_bad_input_clearly(tmp_path, capsys):
     assert exit_code(["align", "rlhf", "--beta", "0", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "argument --beta: expected a finite number > 0; got '0'" in capsys.readouterr().err
-    assert exit_code(["align", "gdc", "--constraint", "nosuch=0.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert exit_code(["align", "gdc", "--constraint", "nosuch=0.5", "--steps", "1",
+                      "--out", str(tmp_path / "x.npz")]) == 2
     assert "nosuch" in capsys.readouterr().err
-    assert exit_code(["align", "gdc", "--constraint", "female=1.5", "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2
+    assert exit_code(["align", "gdc", "--constraint", "female=1.5", "--steps", "1",
+                      "--out", str(tmp_path / "x.npz")]) == 2
     assert "[0, 1]" in capsys.readouterr().err
     assert exit_code(["align", "fdpg", "--f", "bogus", "--constraint", "female=0.5", "--ebm-samples", "500",
                       "--steps", "1", "--out", str(tmp_path / "x.npz")]) == 2

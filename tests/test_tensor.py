@@ -5,14 +5,14 @@ The finite-difference checks need nothing but NumPy; each torch check is a test 
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
-from hypothesis.extra import numpy as hnp
-
 from helpers import assert_close, check_against_torch, t64
-from minialign import GradcheckError, Tensor, concatenate, gradcheck, no_grad, stack
-from minialign.tensor import unbroadcast
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from strategies import array_and_axis, broadcastable_pair, float_arrays, small_shapes
 
+from minialign import GradcheckError, Tensor, concatenate, gradcheck, no_grad, stack
+from minialign.tensor import unbroadcast
 
 BINARY = {
     "add": (lambda a, b: a + b, lambda a, b: a + b),
@@ -159,6 +159,7 @@ def test_unbroadcast_entry_by_entry_on_the_numpy_and_the_torch_backend(g_shape, 
     """Each entry of unbroadcast(g, shape) is the sum of the entries of g that broadcasting copied it to — with the
     backend's own sums (torch's sum over an empty tuple of axes sums everything, numpy's nothing)."""
     from helpers import torch_device
+
     from minialign.torch_backend import TorchBackend
 
     g = np.random.default_rng(2).standard_normal(g_shape)
@@ -194,7 +195,8 @@ def test_reduction_gradients_match_torch(reduction, data, torch):
             out = t
             for d in sorted((d % t.ndim for d in dims), reverse=True):
                 out = out.max(dim=d, keepdim=True).values
-            return out if keepdims else out.reshape([s for i, s in enumerate(t.shape) if i not in {d % t.ndim for d in dims}])
+            reduced = {d % t.ndim for d in dims}
+            return out if keepdims else out.reshape([s for i, s in enumerate(t.shape) if i not in reduced])
         return getattr(torch, reduction)(t, dim=dims, keepdim=keepdims)
 
     check_against_torch(ours, theirs, x)
@@ -293,7 +295,8 @@ def test_concatenate_and_stack_split_the_gradient_back(a, b, c):
 
 @given(a=float_arrays((2, 3)), b=float_arrays((2, 1)), c=float_arrays((2, 4)))
 def test_concatenate_and_stack_match_torch(a, b, c, torch):
-    check_against_torch(lambda x, y, z: concatenate([x, y, z], axis=-1), lambda x, y, z: torch.cat([x, y, z], -1), a, b, c)
+    check_against_torch(lambda x, y, z: concatenate([x, y, z], axis=-1), lambda x, y, z: torch.cat([x, y, z], -1),
+                        a, b, c)
     check_against_torch(lambda x, y: stack([x, y], axis=1), lambda x, y: torch.stack([x, y], 1), a, a * 2)
 
 

@@ -9,17 +9,18 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
-
 from helpers import check_against_torch, installed, t64, torch_device
-from minialign import Tensor, divergences, functional as F, gradcheck
-from minialign.gpt import GPT, GPTConfig
+from hypothesis import given
+from hypothesis import strategies as st
 from strategies import float_arrays
+
+from minialign import Tensor, divergences, gradcheck
+from minialign import functional as F
+from minialign.gpt import GPT, GPTConfig
 
 F_NAMES = ("kl", "reverse_kl", "js", "tv")
 KERNELS = installed("torch", "triton")
 if KERNELS:
-    import torch
 
     from minialign.torch_backend import TorchBackend
 DEVICE = torch_device(KERNELS)

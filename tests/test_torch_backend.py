@@ -5,8 +5,8 @@ is exercised on the CPU; the same tests run unchanged on a GPU.
 """
 import numpy as np
 import pytest
-
 from helpers import installed, torch_device
+
 from minialign import functional as F
 from minialign.gpt import GPT, GPTConfig
 from minialign.optim import AdamW

@@ -6,8 +6,8 @@ trainer's loss on it has as gradient the exact expectation of its Monte-Carlo gr
 """
 import numpy as np
 import pytest
-
 from helpers import FAMILY, assert_close, assert_near, close, rlhf_target
+
 from minialign import divergences as D
 from minialign.experiments.rlhf_lab import kl_penalty_gradients, relative_error, tiny_lab
 from minialign.lab import autograd_of, exact_grad, fdiv_to_target, lab_fn
@@ -16,7 +16,6 @@ from minialign.trainers.fdpg import FDPG
 from minialign.trainers.gdc import DPG
 from minialign.trainers.policy_gradient import checked_rewards
 from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
-
 
 
 # ------------------------------------------------------------------------------------------- RLHF (chapter 05)

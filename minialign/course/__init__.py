@@ -3,7 +3,7 @@ grade-all | autograder | restore | check``, in ``cli.py``). One concern a module
 data), ``cut`` (where a unit's body lies, its stub), ``tree`` (student trees, term trees), ``grade`` (running the
 tests and scoring, a class at a time), ``sandbox`` (the trust boundary: what enters from a student, the process
 it runs in), ``policy`` (what a unit's body may contain), ``bundle`` (Gradescope), ``handout``, ``check`` (the
-release check) and ``plugin`` (pytest, inside the grading process).
+release check), ``mutate`` (its mutation pass) and ``plugin`` (pytest, inside the grading process).
 
 An assignment is data (``course/NN-name.toml``): its tasks, each with its points, the pytest marker that grades
 it (``taskN_M``) and its units — functions or methods (``path::Qual.name``) or named regions inside one
@@ -24,14 +24,53 @@ Tests run in another process through ``course/plugin.py``, which reports each te
 (if any) that made it fail through a pipe the grader owns (``sandbox.py``).
 """
 from .cut import Cut, apply_cuts, cuts_by_file, locate, region_names, restore_cuts, split_spec, stub_line
-from .grade import (Grade, Run, TaskScore, TestOutcome, collect, extra_test_files, grade, grading_workspace, outcomes,
-                    run_tests, score, zero_results)
+from .grade import (
+                    Grade,
+                    Run,
+                    TaskScore,
+                    TestOutcome,
+                    collect,
+                    extra_test_files,
+                    grade,
+                    grading_workspace,
+                    outcomes,
+                    run_tests,
+                    score,
+                    zero_results,
+)
 from .handout import exercises, handout, marker_rows, tests_of_task, with_exercises, with_marker_rows
-from .manifest import (COURSE, DEFAULT_TIMEOUT, HANDOUT, HANDOUTS, NOT_RUN, RELEASE_TEST, ROOT, SOLUTIONS, TASK_TIMEOUT,
-                       Assignment, CourseError, Experiment, Question, Task, assignments, load, marked_files, parse_manifest,
-                       require_repository, task_expression)
-from .tree import (assignment_of, make, project_files, recorded_assignment, restore, student_files, tree_differences,
-                   write_tree)
+from .manifest import (
+                    COURSE,
+                    DEFAULT_TIMEOUT,
+                    HANDOUT,
+                    HANDOUTS,
+                    NOT_RUN,
+                    RELEASE_TEST,
+                    ROOT,
+                    SOLUTIONS,
+                    TASK_TIMEOUT,
+                    Assignment,
+                    CourseError,
+                    Experiment,
+                    Question,
+                    Task,
+                    assignments,
+                    load,
+                    marked_files,
+                    parse_manifest,
+                    require_repository,
+                    task_expression,
+)
+from .tree import (
+                    assignment_of,
+                    make,
+                    project_files,
+                    recorded_assignment,
+                    restore,
+                    student_files,
+                    tree_differences,
+                    write_tree,
+)
 
 __all__ = ["Cut", "apply_cuts", "cuts_by_file", "locate", "region_names", "restore_cuts", "split_spec", "stub_line",
            "Grade", "Run", "TaskScore", "TestOutcome", "collect", "extra_test_files", "grade", "grading_workspace",

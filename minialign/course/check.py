@@ -25,10 +25,21 @@ from pathlib import Path
 from .cut import _find_function, cuts_by_file, region_names, split_spec
 from .grade import Grade, Run, grade, run_tests
 from .handout import MAP, exercises, exercises_of, handout, marker_block, marker_rows
-from .manifest import (HANDOUTS, RELEASE_TEST, ROOT, SOLUTIONS, Assignment, CourseError, Task, assignments, load,
-                       marked_files, require_repository, tomllib)
+from .manifest import (
+    HANDOUTS,
+    RELEASE_TEST,
+    ROOT,
+    SOLUTIONS,
+    Assignment,
+    CourseError,
+    Task,
+    assignments,
+    load,
+    marked_files,
+    require_repository,
+    tomllib,
+)
 from .tree import make, project_files, restore, tree_differences, write_tree
-
 
 # Not run in the tree with every unit stubbed: the release check's own tests, the grader's (they build trees from
 # the repository themselves), and the mutation record's test (it compares the units with their recorded hashes).
@@ -225,7 +236,8 @@ def stub_run_problems(run: Run, known: dict) -> list:
 def student_grade_problems(a: Assignment, g: Grade) -> tuple:
     """(a) and (e) for a student tree: every test of the assignment fails because of one of its stubs, and
     the grade is 0. Returns (problems, the units no test was seen failing at first)."""
-    problems = [f"{e['nodeid']} could not be collected in the student tree: {e['message']}" for e in g.run.collect_errors]
+    problems = [f"{e['nodeid']} could not be collected in the student tree: {e['message']}"
+                for e in g.run.collect_errors]
     mine = set(a.task_ids)
     seen = set()
     for ts in g.tasks:

@@ -45,7 +45,8 @@ def _find_function(tree, qualname: str, spec: str):
         found = next((n for n in nodes if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                       and n.name == part), None)
         if found is None:
-            raise CourseError(f"unit {spec} does not resolve: no {part!r} in {'.'.join(qualname.split('.')[:-1]) or 'the module'}")
+            owner = ".".join(qualname.split(".")[:-1]) or "the module"
+            raise CourseError(f"unit {spec} does not resolve: no {part!r} in {owner}")
         nodes = found.body
     if not isinstance(found, (ast.FunctionDef, ast.AsyncFunctionDef)):
         raise CourseError(f"unit {spec} does not resolve: {qualname} is a class, not a function or method")

@@ -315,8 +315,9 @@ def score(a: Assignment, run: Run, hidden=(), student=()) -> Grade:
     unreadable = _unreadable(a, run)
     tasks = []
     for t in a.tasks:
-        ts = TaskScore(t, run.with_marker(t.marker), {n for n in hidden if n in run.tests and t.marker in run.tests[n].tasks},
-                       unreadable.get(t.id, []), core=t.core, core_cap=a.core_cap)
+        hidden_here = {n for n in hidden if n in run.tests and t.marker in run.tests[n].tasks}
+        ts = TaskScore(t, run.with_marker(t.marker), hidden_here, unreadable.get(t.id, []), core=t.core,
+                       core_cap=a.core_cap)
         if ts.total == 0:
             raise CourseError(f"task {t.id} of {a.name} has no tests: no test carries the marker {t.marker}")
         tasks.append(ts)

@@ -71,7 +71,8 @@ def handout(a: Assignment, root: Path = ROOT) -> str:
         files = sorted({split_spec(u)[0] for u in t.units})
         out += [f"## Problem ({t.marker}): {t.title} ({t.points:g} points)", "", t.text, "",
                 "**Deliverable**: " + "; ".join(_deliverable(u) for u in t.units) + ".", "",
-                f"**Test**: `python -m pytest -m {t.marker}` (in {', '.join(f'`{f}`' for f in tests_of_task(root, t))}). "
+                f"**Test**: `python -m pytest -m {t.marker}` "
+                f"(in {', '.join(f'`{f}`' for f in tests_of_task(root, t))}). "
                 f"**Time**: about {t.minutes} minutes. **Files graded**: {', '.join(f'`{f}`' for f in files)}.", ""]
     for e in a.experiments:
         out += [f"## Experiment ({e.id}): {e.title} ({e.points:g} points)", "", e.text, "",
@@ -107,8 +108,8 @@ def exercises(a: Assignment) -> str:
            "how).", "",
            "| problem | points | write | test |", "|---|---|---|---|"]
     for t in a.tasks:
-        units = ", ".join(f"`{split_spec(u)[0]}::{split_spec(u)[1]}`" + (f" ({split_spec(u)[2]})" if split_spec(u)[2] else "")
-                          for u in t.units)
+        units = ", ".join(f"`{path}::{qualname}`" + (f" ({region})" if region else "")
+                          for path, qualname, region in map(split_spec, t.units))
         out.append(f"| {t.id} {t.title} | {t.points:g} | {units} | `pytest -m {t.marker}` |")
     out += ["", "Written questions:", ""]
     for q in a.questions:

@@ -127,7 +127,8 @@ def parse_manifest(name: str, text: str) -> Assignment:
     tasks = []
     for i, t in enumerate(_field(data, "task", list, where)):
         at = f"{where}, task {i + 1}"
-        task = Task(id=_field(t, "id", str, at), title=_field(t, "title", str, at), points=_field(t, "points", float, at),
+        task = Task(id=_field(t, "id", str, at), title=_field(t, "title", str, at),
+                    points=_field(t, "points", float, at),
                     units=tuple(_field(t, "units", list, at)), text=_field(t, "text", str, at).strip(),
                     minutes=_field(t, "minutes", int, at), core=tuple(_field(t, "core", list, at, default=[])))
         m = TASK_ID.match(task.id)
@@ -217,7 +218,8 @@ def marked_files(tree: Path, markers) -> list:
     the release check's own file is not one, though it names markers."""
     pattern = re.compile(r"\bmark\.(" + "|".join(map(re.escape, markers)) + r")\b")
     return sorted(rel for p in (Path(tree) / "tests").glob("test_*.py")
-                  if (rel := p.relative_to(tree).as_posix()) != RELEASE_TEST and pattern.search(p.read_text(encoding="utf-8")))
+                  if (rel := p.relative_to(tree).as_posix()) != RELEASE_TEST
+                  and pattern.search(p.read_text(encoding="utf-8")))
 
 
 def task_expression(markers) -> str:

@@ -332,7 +332,7 @@ def grade_mutant(m: Mutant, task: Task, tree: Path) -> Outcome:
                            time.perf_counter() - t0)
     finally:
         file.write_text(original, encoding="utf-8")
-    mine = run.with_task(task.id)
+    mine = run.with_marker(task.marker)
     failed = [t for t in mine if t.outcome != "passed"]
     caught = bool(failed) or bool(run.collect_errors) or not mine
     by = failed[0].nodeid if failed else (run.collect_errors[0]["nodeid"] if run.collect_errors else "")

@@ -41,7 +41,8 @@ def _empty_target(out: Path) -> Path:
         raise CourseError(f"--out {out} exists and is not an empty folder; choose a new one")
     blocked = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
-        raise CourseError(f"--out {out}: {blocked} is a file, not a folder; choose a folder that can hold the repository")
+        raise CourseError(f"--out {out}: {blocked} is a file, not a folder; choose a folder that can hold the "
+                          "repository")
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not os.access(existing, os.W_OK):
         raise CourseError(f"--out {out} cannot be created: the folder {existing} is not writable")
