@@ -16,6 +16,7 @@ alone stubbed too, so that run already proves (d) for u.
 import builtins
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -378,7 +379,8 @@ def test_a_student_runs_a_task_in_their_tree_against_their_own_code(tmp_path):
                           "tests/test_rewards.py"], cwd=tree, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 1, run.stdout[-2000:]
     assert "NotImplementedError: Task 5.1: minialign/rewards.py::bradley_terry_loss" in run.stdout
-    assert "3 failed" in run.stdout
+    summary = run.stdout.strip().splitlines()[-1]
+    assert re.search(r"\b\d+ failed", summary) and "passed" not in summary, summary  # every 5.1 test fails
 
 
 @instructor_only

@@ -6,7 +6,7 @@ labelled pairs (Eq. 5.3, a table with one score per sequence and a standard norm
 maximum a posteriori fit). The proxy is then optimised two ways, both exactly on the enumeration:
 
 * best-of-n: draw n samples from a, keep the one the proxy scores highest (ties broken at random): the
-  distribution :func:`best_of_n`, whose KL(π_n‖a) is at most log n − (n−1)/n (:func:`bon_kl_bound`), with
+  distribution ``best_of_n``, whose KL(π_n‖a) is at most log n − (n−1)/n (``bon_kl_bound``), with
   equality in the limit of a continuous score;
 * RLHF: the KL-control optimum π_β = a·e^{s/β}/Z (Eq. 5.6) for many β.
 
