@@ -119,12 +119,15 @@ def _marker_problems(root: Path, known: dict) -> list:
 
 
 def _core_problems(root: Path, known: dict) -> list:
-    """Every core test a manifest names exists and carries its task's marker."""
+    """Every core test a manifest names exists and carries its task's marker: on its decorators, or — for one
+    parameter of a test (``name[param]``) — where that parameter is given its marker (``"param": pytest.mark.…``)."""
     problems = []
     for a in known.values():
         for t in a.tasks:
             for c in t.core:
                 path, name = c.split("::")
+                name, _, param = name.partition("[")
+                param = param.rstrip("]")
                 file = Path(root) / path
                 text = file.read_text(encoding="utf-8") if file.is_file() else ""
                 m = re.search(rf"^def {re.escape(name)}\(", text, flags=re.M)
@@ -133,7 +136,8 @@ def _core_problems(root: Path, known: dict) -> list:
                                                  default=0):])
                 if not m:
                     problems.append(f"course/{a.name}.toml: core test {c} of task {t.id} does not exist")
-                elif f"mark.{t.marker}" not in decorators:
+                elif f"mark.{t.marker}" not in decorators and not (param and re.search(
+                        rf"[\"']{re.escape(param)}[\"']\s*:\s*pytest\.mark\.{t.marker}\b", text)):
                     problems.append(f"course/{a.name}.toml: core test {c} of task {t.id} lacks the marker {t.marker}")
     return problems
 

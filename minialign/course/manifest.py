@@ -138,8 +138,9 @@ def parse_manifest(name: str, text: str) -> Assignment:
             raise CourseError(f"{at}: a task title goes into a Python string; it must not hold quotes or backslashes")
         if not task.points > 0 or not task.units:
             raise CourseError(f"{at}: a task needs points > 0 and at least one unit")
-        if not all(isinstance(c, str) and re.match(r"^tests/test_\w+\.py::\w+$", c) for c in task.core):
-            raise CourseError(f"{at}: field 'core' lists test ids of the form tests/test_x.py::test_name; "
+        if not all(isinstance(c, str) and re.match(r"^tests/test_\w+\.py::\w+(\[[\w.-]+\])?$", c) for c in task.core):
+            raise CourseError(f"{at}: field 'core' lists test ids of the form tests/test_x.py::test_name "
+                              "(or test_name[param]); "
                               f"got {list(task.core)}")
         for spec in task.units:
             if not isinstance(spec, str) or not UNIT.match(spec):
