@@ -72,12 +72,18 @@ def test_grpo_exact_batch_gradient_is_the_expectation_of_its_monte_carlo_gradien
     standard errors (and the two vectors within 5% of each other)."""
     a, policy, plab, r, beta = prompted_lab(1, block_size=4)
     method = GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=beta)
+    assert_exact_batch_is_the_mean_of_sampled_ones(method, policy, plab, a, batches=400, seed=1, within=0.05)
+
+
+def assert_exact_batch_is_the_mean_of_sampled_ones(method, policy, plab, a, batches, seed, within):
+    """The gradient on the exact batch equals the mean gradient of ``batches`` sampled batches of 16 groups of 4:
+    every coordinate within 5 standard errors, and the two vectors within ``within`` of each other."""
     exact = exact_grad(method, policy, exact_batch(plab, policy, ref=a))
-    grads = np.array([exact_grad(method, policy, method.draw(policy, 64, np.random.default_rng([1, i])))
-                      for i in range(400)])
+    grads = np.array([exact_grad(method, policy, method.draw(policy, 64, np.random.default_rng([seed, i])))
+                      for i in range(batches)])
     mean, se = grads.mean(axis=0), grads.std(axis=0, ddof=1) / np.sqrt(len(grads))
     assert np.all(np.abs(mean - exact) <= 5 * se + 1e-12)
-    assert relative_error(mean, exact) < 0.05, relative_error(mean, exact)
+    assert relative_error(mean, exact) < within, relative_error(mean, exact)
 
 
 # ------------------------------------------------------------------------------ the gradient against the truth (§12)
@@ -256,12 +262,7 @@ def test_token_mean_exact_batch_gradient_is_the_expectation_of_its_monte_carlo_g
     the baseline out of the exact batch moves its gradient by 12% here)."""
     a, policy, plab, r, _ = prompted_lab(1, block_size=4)
     method = GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=2.0, kl="k1_reward", loss_agg="token_mean")
-    exact = exact_grad(method, policy, exact_batch(plab, policy, ref=a))
-    grads = np.array([exact_grad(method, policy, method.draw(policy, 64, np.random.default_rng([2, i])))
-                      for i in range(300)])
-    mean, se = grads.mean(axis=0), grads.std(axis=0, ddof=1) / np.sqrt(len(grads))
-    assert np.all(np.abs(mean - exact) <= 5 * se + 1e-12)
-    assert relative_error(mean, exact) < 0.06, relative_error(mean, exact)
+    assert_exact_batch_is_the_mean_of_sampled_ones(method, policy, plab, a, batches=300, seed=2, within=0.06)
 
 
 def test_the_token_mean_makes_wrong_responses_longer_and_right_ones_shorter():
