@@ -446,7 +446,8 @@ def _course_grade(args):
         raise
     print(g.table())
     print(f"graded in {g.seconds:.1f} s; taken from the student: the units' bodies in {', '.join(g.student_files)}; "
-          f"minialign from {g.modules.get('minialign')}, minialign.kernels from {g.modules.get('minialign.kernels')}")
+          f"minialign from {g.modules.get('minialign')}, minialign.kernels from {g.modules.get('minialign.kernels')}; "
+          f"the tests ran as {g.ran_as}")
     if args.json:  # written here, after every process of the grade is gone; the same numbers as the table
         Path(args.json).write_text(json.dumps(g.gradescope(), indent=1, ensure_ascii=False), encoding="utf-8")
         print(f"results: {args.json}")

@@ -9,11 +9,12 @@
 
 Budget (the whole suite must stay under 10 minutes on 2 cores): the suite runs once, in one tree with every
 unit stubbed (b); each assignment's check is one test (the eight spread over the workers) that grades the
-student tree and the restored solution once each, and runs mutant trees only for the units that no test of
-the student tree reached first — a test that fails at unit u before any other stub would fail at u with u
-alone stubbed too, so that run already proves (d) for u.
+student tree once (the restored solution's grade is the bundle's test, tests/test_course_bundle.py), and runs
+mutant trees only for the units that no test of the student tree reached first — a test that fails at unit u
+before any other stub would fail at u with u alone stubbed too, so that run already proves (d) for u.
 """
 import builtins
+import importlib
 import json
 import os
 import re
@@ -27,6 +28,8 @@ from minialign import course
 from minialign.cli import main
 from minialign.course import check as course_check
 from minialign.course.plugin import stubs_of
+
+grading = importlib.import_module("minialign.course.grade")  # the module (the package's `grade` is its function)
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSIGNMENTS = list(course.assignments(ROOT)) if (ROOT / "course").is_dir() else []
@@ -308,15 +311,17 @@ def test_with_every_unit_stubbed_every_test_passes_or_fails_at_a_stub(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ASSIGNMENTS)
 def test_release_check_of_each_assignment(name, tmp_path):
-    """(a), (c), (d), (e) for one assignment; 05-rlhf is graded with an instructor's hidden test as well."""
+    """(a), (c), (d), (e) for one assignment; 05-rlhf is graded with an instructor's hidden test as well. The
+    restored solution's full marks are the Gradescope bundle's test (tests/test_course_bundle.py), which grades
+    each assignment's solution through the bundle: the same grade, not run twice."""
     extra = None
     if name == "05-rlhf":
         extra = tmp_path / "hidden" / "test_hidden_rlhf.py"
         extra.parent.mkdir()
         extra.write_text(HIDDEN_TEST)
-    c = course_check.check_assignment(name, tmp_path / "check", ROOT, extra_tests=extra)
+    c = course_check.check_assignment(name, tmp_path / "check", ROOT, extra_tests=extra, grade_solution=False)
     assert not c.problems, "\n".join(c.problems)
-    assert c.student_score == 0 and c.solution_score == c.max_score == course.load(name, ROOT).points
+    assert c.student_score == 0 and c.solution_score is None and c.max_score == course.load(name, ROOT).points
 
 
 @instructor_only
@@ -421,6 +426,29 @@ def test_a_term_tree_holds_no_future_answers_no_instructor_files_and_one_commit(
     early = course.make("03-f-divergences", tmp_path / "e", ROOT, term=True, stub_earlier=True)
     cut = course.cuts_by_file(known["01-autograd"].units(), ROOT)["minialign/tensor.py"][0]
     assert cut.stub in (early / "minialign/tensor.py").read_text()
+
+
+@instructor_only
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_each_task_runs_in_the_instructors_copy_with_only_its_own_units_from_the_submission(name, tmp_path):
+    """Why a stub or a bug in one task costs only that task, on every task of every assignment: the files a
+    task's tests run against are the instructor's, but for that task's own units taken from the submission.
+    The submission here has every unit stubbed; for each task in turn, each file the grader writes into the
+    task's copy must equal the instructor's file with exactly that task's units stubbed — no other task's stub
+    — and no other file is written. (The whole grade with each task stubbed in turn is the exhaustive job's,
+    tests/test_course_mutation.py; here one task is graded so on a real assignment, below.)"""
+    a = course.load(name, ROOT)
+    tree = course.make(name, tmp_path / "student", ROOT)
+    texts, missing = grading.read_units_files(tree, a)
+    assert not missing
+    for task in a.tasks:
+        written, problems = grading.spliced_files(task, texts, missing, ROOT)
+        assert not problems, problems
+        own = course.cuts_by_file([(u, task) for u in task.units], ROOT)
+        assert set(written) == set(own), (task.id, sorted(written))
+        for rel, text in written.items():
+            expected = course.apply_cuts((ROOT / rel).read_text(encoding="utf-8"), own[rel])
+            assert text == expected, f"task {task.id}: {rel} differs from the instructor's with its own units stubbed"
 
 
 @instructor_only

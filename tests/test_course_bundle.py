@@ -73,45 +73,78 @@ def _run(where: Path) -> dict:
     return data
 
 
+HIDDEN = """import numpy as np
+import pytest
+
+from minialign.rewards import bradley_terry_loss
+
+EXPECTED = float(np.mean(np.logaddexp(0.0, -np.array([0.5, -1.0]))))  # computed before any student code runs
+
+
+@pytest.mark.task5_1
+def test_hidden_bradley_terry_on_two_pairs():
+    assert abs(bradley_terry_loss(np.array([1.0, 0.0]), np.array([0.5, 1.0])).item() - EXPECTED) < 1e-12
+"""
+
+
+def _clear(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.unlink() if path.is_file() else path.rmdir()
+
+
 @instructor_only
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ASSIGNMENTS)
-def test_the_bundle_of_each_assignment_grades_the_stubbed_tree_zero(name, tmp_path):
-    target = autograder(name, tmp_path / "bundle", root=ROOT)
+def test_the_bundle_of_each_assignment_grades_the_stubs_zero_and_the_solution_as_loose_files_full_marks(
+        name, tmp_path):
+    """For every assignment: the stubbed tree uploaded as a repository scores 0, and the solution's files
+    uploaded loose (at the top of the upload, as students usually do) score full marks on every task — the
+    solution's grade of the release check (tests/test_course.py), run through the bundle. 05-rlhf's bundle
+    carries a hidden test of the instructor's."""
+    a = course.load(name, ROOT)
+    hidden = None
+    if name == "05-rlhf":
+        hidden = tmp_path / "hidden" / "test_hidden_bundle.py"
+        hidden.parent.mkdir()
+        hidden.write_text(HIDDEN)
+    target = autograder(name, tmp_path / "bundle", extra_tests=hidden, root=ROOT)
     where = _unpack(target, tmp_path / "autograder")
     source = where / "source"
     assert os.access(source / "run_autograder", os.X_OK) and (source / "assignment.txt").read_text().strip() == name
     assert not (source / "repo" / course.SOLUTIONS).exists()
+    assert (source / "hidden").is_dir() == (hidden is not None)
+    files = sorted({s.split("::")[0] for s, _ in a.units()})
     tree = course.make(name, tmp_path / "student", ROOT)
-    for rel in {s.split("::")[0] for s, _ in course.load(name, ROOT).units()}:  # a repository upload
+    for rel in files:  # a repository upload
         (where / "submission" / rel).parent.mkdir(parents=True, exist_ok=True)
         (where / "submission" / rel).write_text((tree / rel).read_text())
     data = _run(where)
-    assert data["score"] == 0 and len(data["tests"]) == len(course.load(name, ROOT).tasks)
+    assert data["score"] == 0 and len(data["tests"]) == len(a.tasks), data
+    _clear(where / "submission")
+    for rel in files:  # loose files
+        (where / "submission" / Path(rel).name).write_text((ROOT / rel).read_text())
+    data = _run(where)
+    assert data["score"] == a.points, json.dumps(data, indent=1)[:3000]
+    assert [t["score"] for t in data["tests"]] == [t.points for t in a.tasks], data
+    if hidden is not None:
+        assert "(1 of them hidden)" in next(t["output"] for t in data["tests"] if t["number"] == "5.1")
 
 
 @instructor_only
-def test_the_bundle_gives_the_solution_full_marks_a_loose_upload_its_points_and_an_empty_one_zero(tmp_path):
+def test_a_loose_upload_gets_the_points_of_what_it_solves_and_an_empty_one_zero(tmp_path):
     name = "03-f-divergences"
     a = course.load(name, ROOT)
     where = _unpack(autograder(name, tmp_path / "bundle", root=ROOT), tmp_path / "autograder")
-    (where / "submission" / "minialign").mkdir()
-    (where / "submission" / "minialign" / "divergences.py").write_text((ROOT / "minialign/divergences.py").read_text())
-    (where / "submission" / course.HANDOUT).write_text(course.handout(a, ROOT))
-    data = _run(where)
-    assert data["score"] == a.points and sum(t["score"] for t in data["tests"]) == a.points
-    # loose files: only task 3.4 solved, the file at the top of the upload
+    # loose files: only task 3.4 solved, the file at the top of the upload, beside the handout
     tree = course.make(name, tmp_path / "student", ROOT)
     text = (tree / "minialign/divergences.py").read_text()
     solution = (ROOT / "minialign/divergences.py").read_text()
     cuts = course.cuts_by_file([(u, t) for u, t in a.units() if t.id == "3.4"], ROOT)["minialign/divergences.py"]
-    text = course.restore_cuts(text, solution, cuts)
-    for path in (where / "submission").rglob("*"):
-        if path.is_file():
-            path.unlink()
-    (where / "submission" / "divergences.py").write_text(text)
+    (where / "submission" / "divergences.py").write_text(course.restore_cuts(text, solution, cuts))
+    (where / "submission" / course.HANDOUT).write_text(course.handout(a, ROOT))
     data = _run(where)
     assert data["score"] == 10 and [t["score"] for t in data["tests"]] == [0, 0, 0, 10]
-    (where / "submission" / "divergences.py").unlink()
+    _clear(where / "submission")
     data = _run(where)
     assert data["score"] == 0 and "has no minialign/divergences.py" in json.dumps(data)
 

@@ -153,3 +153,37 @@ def test_a_unit_whose_body_shrinks_below_its_recorded_size_is_named(tmp_path):
     problems = course_check.shrink_problems(root)
     assert len(problems) == 1 and "minialign/rewards.py::bradley_terry_loss (task 5.1) shrank" in problems[0] \
         and "--accept-shrink" in problems[0], problems
+
+
+# ---------------------------------------------------------------------------------------- the exhaustive job
+# Deselected by default (pyproject.toml: -m "not exhaustive"); an instructor runs it before a term, with
+#   python -m pytest -m exhaustive -n 2
+# (README, "The course"). Each assignment is one test, so the workers share the assignments.
+ASSIGNMENTS = list(course.assignments(ROOT)) if (ROOT / "course").is_dir() else []
+
+
+@instructor_only
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_every_mutant_of_every_unit_loses_points_on_its_own_task(name):
+    """The pass CI only samples (at most ``mutate.LIMIT`` mutants a unit, from the committed record): every
+    mutant of every unit of the assignment, graded afresh; a survivor must be listed as equivalent."""
+    problems = mutate.mutation_pass([name], limit=None, root=ROOT, out=print, write=False)
+    assert not problems, "\n".join(problems)
+
+
+@instructor_only
+@pytest.mark.exhaustive
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_each_task_stubbed_in_turn_costs_only_its_own_points(name, tmp_path):
+    """The restored solution with one task's units stubbed, for every task in turn, graded as a student's
+    submission: that task scores 0 and every other task keeps its full points."""
+    a = course.load(name, ROOT)
+    for task in a.tasks:
+        tree = course.make(name, tmp_path / task.marker, ROOT)
+        course.restore(tree, name, ROOT)
+        for path, cuts in course.cuts_by_file([(u, task) for u in task.units], ROOT).items():
+            (tree / path).write_text(course.apply_cuts((tree / path).read_text(), cuts))
+        g = course.grade(tree, root=ROOT, jobs=1)
+        assert {t.task.id: t.score for t in g.tasks} == {
+            t.id: (0 if t is task else t.points) for t in a.tasks}, f"{task.id} stubbed:\n{g.table()}"

@@ -10,7 +10,11 @@ the policy.
 """
 import importlib
 import json
+import os
+import pwd
 import re
+import shutil
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -355,11 +359,55 @@ def test_unprivileged_exits_interrupts_and_kills_fail_their_tests_with_the_reaso
     assert all(t.outcome == "failed" for t in g.run.tests.values())
 
 
-def test_a_detached_child_holding_the_pipes_is_killed_and_cannot_rewrite_the_results(tmp_path, mini):
+def _unprivileged_user():
+    """The (uid, gid) the grader drops to; skips where it stays the grader's own user (not root, or no
+    interpreter the unprivileged user can run) — unless MINIALIGN_EXPECT_UNPRIVILEGED=1 (.ci/run sets it as
+    root, having made the venv from a Python that `nobody` can run): then that is a failure."""
+    user, who = sandbox.grader_identity()
+    if user is None:
+        if os.environ.get("MINIALIGN_EXPECT_UNPRIVILEGED") == "1":
+            pytest.fail(f"MINIALIGN_EXPECT_UNPRIVILEGED=1, but students' code would run as {who}")
+        pytest.skip(f"students' code runs unprivileged only when the grader is root and that user can run this "
+                    f"Python; here it runs as {who}")
+    return user
+
+
+def test_as_root_a_students_code_runs_unprivileged_and_cannot_write_the_copy_or_the_submission(tmp_path, mini):
+    """As if bodies had escaped the policy (check_policy=False): 1.1 is right only when it does not run as root,
+    1.2 appends to its own module in the grading copy, 1.3 writes a file into the student's own tree. The
+    first keeps its points, the two writes fail with a permission error (root's would have succeeded), and
+    nothing changed on disk."""
+    user = _unprivileged_user()
+    tree = tmp_path / "student"
+    marker = tree / "written-by-the-students-code"
+    bodies = {"double": f"y = np.asarray(x, dtype=float)\nreturn y * SCALE if os.getuid() == {user[0]} else y",
+              "total": "open(__file__, 'a').write('# changed')\nreturn float(np.sum(double(x)))",
+              "shifted#shift": f"open({str(marker)!r}, 'w').write('x')\nout = out - by"}
+    _student(tmp_path, mini, bodies)
+    before = (tree / "minialign" / "mini.py").read_text()
+    g = course.grade(tree, root=mini, timeout=60, check_policy=False, jobs=2)
+    assert g.ran_as.startswith(f"{pwd.getpwuid(user[0]).pw_name} (uid {user[0]}"), g.ran_as
+    assert _points(g) == {"1.1": 10, "1.2": 0, "1.3": 0}, g.table()
+    assert g.table().count("PermissionError") >= 2, g.table()
+    assert not marker.exists() and (tree / "minialign" / "mini.py").read_text() == before
+    assert (mini / "minialign" / "mini.py").read_text() == MODULE
+
+
+@pytest.fixture
+def writable():
+    """A folder the code under test can write to whoever it runs as (``nobody`` when the grader is root): the
+    attacks below leave their traces there."""
+    where = Path(tempfile.mkdtemp(prefix="minialign-attack-"))
+    os.chmod(where, 0o777)
+    yield where
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def test_a_detached_child_holding_the_pipes_is_killed_and_cannot_rewrite_the_results(tmp_path, mini, writable):
     """A forked child that leaves the group (setsid), holds stdout and the channel and later rewrites the
     results file: the grade ends without waiting for it, the child is dead when grade returns, and the
     results written after stay the parent's."""
-    pidfile, results = tmp_path / "pid", tmp_path / "results.json"
+    pidfile, results = writable / "pid", writable / "results.json"
     body = (f"if os.fork() == 0:\n    os.setsid()\n    open({str(pidfile)!r}, 'w').write(str(os.getpid()))\n"
             f"    import time\n    time.sleep(3)\n    open({str(results)!r}, 'w').write('{{\"score\": 30}}')\n"
             f"    os._exit(0)\ny = np.asarray(x, dtype=float)\nreturn y * SCALE")
@@ -374,16 +422,16 @@ def test_a_detached_child_holding_the_pipes_is_killed_and_cannot_rewrite_the_res
     assert json.loads(results.read_text())["score"] == g.score == 10
 
 
-def test_a_fork_bomb_is_stopped_and_leaves_no_process(tmp_path, mini):
+def test_a_fork_bomb_is_stopped_and_leaves_no_process(tmp_path, mini, writable):
     body = ("main = os.getpid()\nfor _ in range(6):\n    os.fork()\nif os.getpid() != main:\n"
-            f"    open({str(tmp_path)!r} + '/pid' + str(os.getpid()), 'w').write(str(os.getpid()))\n"
+            f"    open({str(writable)!r} + '/pid' + str(os.getpid()), 'w').write(str(os.getpid()))\n"
             "    import time\n    time.sleep(30)\nraise ValueError('forked')")
     tree = _student(tmp_path, mini, {"double": body})
     t0 = time.monotonic()
     g = course.grade(tree, root=mini, timeout=10, check_policy=False)
     assert time.monotonic() - t0 < 60
     assert g.score == 0, g.table()
-    forked = [int(p.read_text()) for p in tmp_path.glob("pid*") if p.read_text()]
+    forked = [int(p.read_text()) for p in writable.glob("pid*") if p.read_text()]
     assert forked and not any(_alive(pid) for pid in forked)
 
 

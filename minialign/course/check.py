@@ -289,15 +289,17 @@ class AssignmentCheck:
     problems: list
     seconds: dict           # make, grade (student tree), mutants, restore, grade (solution)
     student_score: float
-    solution_score: float
+    solution_score: float | None   # None: not graded here (grade_solution=False)
     max_score: float
     mutants: list           # units that needed a mutant run
 
 
-def check_assignment(name: str, workdir: Path, root: Path = ROOT, extra_tests=None) -> AssignmentCheck:
+def check_assignment(name: str, workdir: Path, root: Path = ROOT, extra_tests=None,
+                     grade_solution: bool = True) -> AssignmentCheck:
     """The release check of one assignment, (a) and (c)–(e): make the student tree, grade it (0, every task test
     failing at one of its stubs), prove every unit graded, restore the solution (byte-identical to the
-    repository) and grade it again (full marks)."""
+    repository) and grade it again (full marks; ``grade_solution=False`` leaves that grade to the caller — the
+    test suite has the Gradescope bundle grade each solution — and reports its score as None)."""
     a = load(name, root)
     workdir = Path(workdir)
     seconds, problems = {}, []
@@ -325,13 +327,16 @@ def check_assignment(name: str, workdir: Path, root: Path = ROOT, extra_tests=No
     restore(tree, name, root)
     problems += [f"restored tree of {name}: {d}" for d in tree_differences(tree, root)]
     seconds["restore"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    solution = grade(tree, name, extra_tests=extra_tests, root=root)
-    seconds["grade solution"] = time.perf_counter() - t0
-    if solution.score != solution.max_score:
-        problems.append(f"the solution of {name} scores {solution.score:g} of {solution.max_score:g}:\n"
-                        + solution.table())
-    return AssignmentCheck(name, problems, seconds, student.score, solution.score, solution.max_score,
+    solution_score = None
+    if grade_solution:
+        t0 = time.perf_counter()
+        solution = grade(tree, name, extra_tests=extra_tests, root=root)
+        seconds["grade solution"] = time.perf_counter() - t0
+        solution_score = solution.score
+        if solution.score != solution.max_score:
+            problems.append(f"the solution of {name} scores {solution.score:g} of {solution.max_score:g}:\n"
+                            + solution.table())
+    return AssignmentCheck(name, problems, seconds, student.score, solution_score, a.points,
                            [u for u, _ in unproven])
 
 

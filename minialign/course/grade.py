@@ -254,6 +254,7 @@ class Grade:
     seconds: float
     student_files: list
     run: Run | None = None  # every test's outcome (for the release check; never shown to a student)
+    ran_as: str = ""        # whom the student's code ran as (sandbox.grader_identity)
 
     @property
     def score(self) -> float:
@@ -435,7 +436,7 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
         raise CourseError(f"no student tree at {student}")
     a = load(_assignment_for(student, name), root)
     extra = [] if extra_tests is None else extra_test_files(extra_tests)
-    user = sandbox.grader_user()
+    user, ran_as = sandbox.grader_identity()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="minialign-grade-") as tmp:
         tmp = Path(tmp)
@@ -466,7 +467,7 @@ def grade(student: Path, name: str | None = None, extra_tests=None, root: Path =
     tests = {t.nodeid: t for r in results for t in r[0].tests}
     modules = next((r[1] for r in results if r[1]), collected_modules)
     run = Run(tests, [e for r in results for e in r[2]], modules, 0, time.perf_counter() - t0, tmp / "base")
-    return Grade(a, tasks, modules, run.seconds, unit_files(a), run)
+    return Grade(a, tasks, modules, run.seconds, unit_files(a), run, ran_as)
 
 
 def _assignment_for(student: Path, name: str | None) -> str:

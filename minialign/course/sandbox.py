@@ -204,22 +204,26 @@ class Outcome:
 
 
 @functools.lru_cache(maxsize=None)
-def grader_user():
-    """(uid, gid) to run students' code as when the grader is root: ``$MINIALIGN_GRADER_USER`` (default
-    ``nobody``; empty: stay root). None when not root, when there is no such user, or when that user cannot run
-    this Python and its packages (an interpreter under /root, say: then the run stays root, and only the policy
-    and the process limits hold)."""
-    if os.geteuid() != 0:
-        return None
+def grader_identity() -> tuple:
+    """(user, who): ``user`` the (uid, gid) to run students' code as, or None to run it as the grader itself;
+    ``who`` says in words whom the tests run as and, when the grader is root and stays root, why.
+
+    As root (Gradescope) the code runs as ``$MINIALIGN_GRADER_USER`` (default ``nobody``; empty: stay root),
+    provided that user can run this Python and import its packages (not so for an interpreter under /root, say:
+    then the run stays root, and only the policy and the process limits hold)."""
     import pwd
 
+    if os.geteuid() != 0:
+        return None, f"{pwd.getpwuid(os.geteuid()).pw_name} (the grader's own user: it is not root)"
     name = os.environ.get("MINIALIGN_GRADER_USER", "nobody")
+    if not name:
+        return None, "root ($MINIALIGN_GRADER_USER is empty)"
     try:
-        entry = pwd.getpwnam(name) if name else None
+        entry = pwd.getpwnam(name)
     except KeyError:
-        return None
-    if entry is None or entry.pw_uid == 0:
-        return None
+        return None, f"root (there is no user {name!r} to run students' code as)"
+    if entry.pw_uid == 0:
+        return None, f"root ($MINIALIGN_GRADER_USER={name} is root)"
     user = (entry.pw_uid, entry.pw_gid)
 
     def drop():
@@ -230,9 +234,17 @@ def grader_user():
     try:
         probe = subprocess.run([sys.executable, "-c", "import numpy, pytest, hypothesis"], cwd="/",
                                capture_output=True, timeout=120, preexec_fn=drop, env={"PATH": "/usr/bin:/bin"})
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return user if probe.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError) as e:
+        return None, f"root ({name} could not start {sys.executable}: {e})"
+    if probe.returncode != 0:
+        why = (probe.stderr.decode(errors="replace").strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+        return None, f"root ({name} cannot run {sys.executable} with numpy, pytest and hypothesis: {why})"
+    return user, f"{name} (uid {user[0]}, unprivileged)"
+
+
+def grader_user():
+    """(uid, gid) to run students' code as, or None (``grader_identity``)."""
+    return grader_identity()[0]
 
 
 def lock_tree(tree: Path, user) -> None:
