@@ -305,3 +305,33 @@ def test_q_update_by_hand_from_a_table_that_is_not_zero():
     assert_close(q_update(Q, 1, 0, -1.0, 1, alpha=0.5, gamma=0.5), 0.5 + 0.5 * (-1.0 + 0.5 * 3.0 - 0.5), rtol=1e-12,
                  what="Q(1, 0) after a self-loop")
     assert_equal(Q, [[1.0, 2.0], [0.5, 3.0]], what="the table (q_update returns the value, it does not write it)")
+
+
+@pytest.mark.task4_3
+def test_q_learning_updates_entry_by_entry_against_a_replay_of_eq_4_7():
+    """q_learning's own update, Eq. (4.7), on a deterministic MDP with ε = 0 (greedy, no randomness but the start
+    state): action 0 moves to the other state, action 1 stays; from a non-zero table, with the step size
+    1/(n + 1) of each pair's n-th visit, twelve steps give the table of a replay by hand from one of the two start
+    states. A target that bootstraps from Q(s, ·) or Q(s', a), misses γ or −Q(s, a), or a step size not per
+    visit is at least 0.3 away from both."""
+    P = np.zeros((2, 2, 2))
+    P[0, 0, 1] = P[1, 0, 0] = P[0, 1, 0] = P[1, 1, 1] = 1.0
+    R = np.array([[2.0, -0.5], [2.0, -1.0]])
+    mdp = TabularMDP(P, R, 0.5)
+    Q0 = np.array([[0.5, 3.0], [1.5, 3.0]])  # staying looks best at first; from either start all four pairs are updated
+    alpha = lambda n: 1.0 / (n + 1)  # noqa: E731
+    steps = 12
+
+    def replay(s):
+        Q, visits = Q0.copy(), np.zeros((2, 2), dtype=np.int64)
+        for _ in range(steps):
+            a = int(np.argmax(Q[s]))
+            s_next = int(np.argmax(P[s, a]))
+            visits[s, a] += 1
+            Q[s, a] += alpha(visits[s, a]) * (R[s, a] + 0.5 * Q[s_next].max() - Q[s, a])
+            s = s_next
+        return Q
+
+    got = q_learning(mdp, alpha=alpha, steps=steps, epsilon=0.0, seed=0, Q0=Q0)
+    by_hand = min((replay(0), replay(1)), key=lambda e: np.abs(e - got).max())
+    assert_close(got, by_hand, rtol=1e-12, atol=1e-15, what="Q after twelve greedy steps (replayed by hand)")
