@@ -19,6 +19,7 @@ from .metrics import self_bleu
 from .trainers.common import (
     Hooks,
     RunContext,
+    Sampling,
     TrainConfig,
     logprobs,
     train,
@@ -180,25 +181,31 @@ def with_base(ctx: RunContext | None) -> RunContext:
     return ctx if ctx.base is not None else ctx.with_(base=load_base(backend=ctx.backend))
 
 
-def _conditional(options: dict, group_size: int = 4) -> dict:
-    """The trainer's options with the group size it takes: ``group_size`` (default 4) with prompts, else 1."""
-    conditional = options.get("prompts") is not None
-    return {**options, "group_size": options.get("group_size", group_size) if conditional else 1}
+def _sampling(options: dict, group_size: int = 4, conditional_only: bool = True) -> tuple[dict, Sampling]:
+    """A ``run_*``'s keyword options cut into the trainer's own and its ``Sampling`` (the names tokenizer, the
+    ``prompts`` and the ``group_size``, default ``group_size``; with ``conditional_only``, 1 without prompts)."""
+    options = dict(options)
+    prompts = options.pop("prompts", None)
+    group = options.pop("group_size", group_size)
+    if conditional_only and prompts is None:
+        group = 1
+    return options, Sampling(prompts, group, CharTokenizer())
 
 
 def run_rlhf(reward, ctx: RunContext | None = None, **options):
     """RLHF (chapter 05) against ``reward`` (names → rewards) on the run context's base model; ``options`` are
-    ``trainers.rlhf.RLHF``'s (``beta``, ``kl``, ``algo``, ``kl_target``, …). With ``prompts`` (a
+    ``trainers.rlhf.RLHFOptions``' fields (``beta``, ``kl``, ``algo``, ``kl_target``, …). With ``prompts`` (a
     ``prompts.Prompts``) conditional, ``group_size`` (default 4) completions per prompt, RLOO's baseline within each
     group (chapter 05, §12). The reward is that of the whole name, prompt included. Returns (policy, history)."""
-    from .trainers.rlhf import RLHF
+    from .trainers.rlhf import RLHF, RLHFOptions
 
     ctx = with_base(ctx)
     owner = getattr(reward, "__self__", None)
     if owner is not None and hasattr(owner, "config"):
         check_same_vocabulary(owner, ctx.base)
     policy = trainable_copy(ctx.base)
-    method = RLHF(ctx.base, names_reward(reward), tokenizer=CharTokenizer(), **_conditional(options))
+    options, sampling = _sampling(options)
+    method = RLHF(ctx.base, names_reward(reward), RLHFOptions(**options), sampling)
     return policy, _train(method, policy, ctx, constraint_metrics(reward=reward))
 
 
@@ -224,47 +231,51 @@ def run_pairs(trainer, pairs, ctx: RunContext | None = None, beta: float = 0.1, 
 
 
 def run_gdc(ebm, ctx: RunContext | None = None, calibrate: float | None = None, **options):
-    """GDC towards the EBM; ``options`` are ``trainers.gdc.DPG``'s (``proposal``, default adaptive, ``baseline``,
-    ``prompts``, ``group_size``). With ``calibrate`` (a rate η), λ follows the policy's moments (Eq. 6.11) and the
-    history records it as ``lambda_i``. With ``prompts``, CDPG (chapter 06, §10): the target p(y|x) ∝ a(y|x) b(x, y)
-    per prompt, each with its own Z(x); pointwise constraints only. Returns (policy, history)."""
+    """GDC towards the EBM; ``options`` are ``trainers.gdc.DPG``'s (``proposal``, default adaptive, ``baseline``)
+    and its ``Sampling``'s (``prompts``, ``group_size``). With ``calibrate`` (a rate η), λ follows the policy's
+    moments (Eq. 6.11) and the history records it as ``lambda_i``. With ``prompts``, CDPG (chapter 06, §10): the
+    target p(y|x) ∝ a(y|x) b(x, y) per prompt, each with its own Z(x); pointwise constraints only. Returns (policy,
+    history)."""
     from .trainers.gdc import DPG
 
     check_conditional_ebm(ebm, options.get("prompts"), calibrate)
     ctx = with_base(ctx)
     policy = trainable_copy(ctx.base)
     target = ebm_target(ebm) if calibrate is None else calibrated_target(ebm, calibrate)
-    method = DPG(ctx.base, policy, target, tokenizer=CharTokenizer(), **_conditional(options))
+    options, sampling = _sampling(options)
+    method = DPG(ctx.base, policy, target, sampling=sampling, **options)
     return policy, _train(method, policy, ctx, constraint_metrics(ebm=ebm))
 
 
 def run_fdpg(f, target_fn, ctx: RunContext | None = None, ebm=None, reward=None, **options):
-    """f-DPG (chapter 07) towards ``target_fn`` (batch → log P); ``options`` are ``trainers.fdpg.FDPG``'s
-    (``proposal``, default policy, …); with ``prompts``, conditional (one Z(x) per prompt, chapter 06, §10).
+    """f-DPG (chapter 07) towards ``target_fn`` (batch → log P); ``options`` are ``trainers.fdpg.FDPGOptions``'
+    fields (``proposal``, default policy, …); with ``prompts``, conditional (one Z(x) per prompt, chapter 06, §10).
     ``ebm`` and ``reward`` only add their metrics. Returns (policy, history)."""
-    from .trainers.fdpg import FDPG
+    from .trainers.fdpg import FDPG, FDPGOptions
 
     if ebm is not None:
         check_conditional_ebm(ebm, options.get("prompts"))
     ctx = with_base(ctx)
     policy = trainable_copy(ctx.base)
-    method = FDPG(ctx.base, policy, target_fn, f=f, tokenizer=CharTokenizer(), **_conditional(options))
+    options, sampling = _sampling(options)
+    method = FDPG(ctx.base, policy, target_fn, FDPGOptions(f=f, **options), sampling)
     return policy, _train(method, policy, ctx, constraint_metrics(ebm=ebm, reward=reward))
 
 
 def run_grpo(reward, ctx: RunContext | None = None, **options):
     """GRPO (chapter 05, §12) against ``reward`` (names → rewards, of the whole name); ``options`` are
-    ``trainers.grpo.GRPO``'s: ``group_size`` completions per prompt of ``prompts`` (None: the empty prompt, groups
-    of unconditional samples), ``beta``, ``clip``, ``kl``, ``scale``, ``epochs``,
+    ``group_size`` completions per prompt of ``prompts`` (None: the empty prompt, groups of unconditional samples)
+    and ``trainers.grpo.GRPOOptions``' fields: ``beta``, ``clip``, ``kl``, ``scale``, ``epochs``,
     ``loss_agg`` (Eq. 5.26). Returns (policy, history)."""
-    from .trainers.grpo import GRPO
+    from .trainers.grpo import GRPO, GRPOOptions
 
     ctx = with_base(ctx)
     owner = getattr(reward, "__self__", None)
     if owner is not None and hasattr(owner, "config"):
         check_same_vocabulary(owner, ctx.base)
     policy = trainable_copy(ctx.base)
-    method = GRPO(ctx.base, names_reward(reward), tokenizer=CharTokenizer(), **options)
+    options, sampling = _sampling(options, conditional_only=False)
+    method = GRPO(ctx.base, names_reward(reward), GRPOOptions(**options), sampling)
     return policy, _train(method, policy, ctx, constraint_metrics(reward=reward))
 
 

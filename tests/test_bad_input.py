@@ -50,12 +50,13 @@ from minialign.optim import SGD, AdamW, clip_grad_norm
 from minialign.pretrain import PretrainConfig
 from minialign.rewards import RewardModel, fit_reward_model, load_pairs
 from minialign.tasks import load_base
-from minialign.trainers.common import TrainConfig
+from minialign.trainers.common import Sampling, TrainConfig
 from minialign.trainers.dpo import DPO
-from minialign.trainers.fdpg import FDPG
+from minialign.trainers.fdpg import FDPG, FDPGOptions
 from minialign.trainers.gdc import DPG
+from minialign.trainers.grpo import GRPO, GRPOOptions
 from minialign.trainers.proposal import MomentCalibration
-from minialign.trainers.rlhf import RLHF, kl_control_optimum
+from minialign.trainers.rlhf import RLHF, RLHFOptions, kl_control_optimum
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMIT = 2.0     # seconds a refusal may take (a refusal comes before any work)
@@ -431,7 +432,7 @@ def ref():
 
 
 def _rlhf(**kw):
-    return RLHF(ref(), lambda batch: np.zeros(len(batch)), **kw)
+    return RLHF(ref(), lambda batch: np.zeros(len(batch)), RLHFOptions(**kw))
 
 
 def _gen(**kw):
@@ -508,9 +509,15 @@ API = [
     api("DPO empty", lambda f: DPO(ref(), _ids(0), _ids(0)), "chosen", "(0, 3)"),
     api("DPG proposal", lambda f: DPG(ref(), ref(), lambda b: b.log_ref, proposal="sometimes"),
         "proposal", "sometimes"),
-    api("FDPG f kl2", lambda f: FDPG(ref(), ref(), lambda b: b.log_ref, f="kl2"), "kl2", "reverse_kl"),
-    api("FDPG f alpha:1", lambda f: FDPG(ref(), ref(), lambda b: b.log_ref, f="alpha:1"), "alpha", "kl"),
+    api("FDPG f kl2", lambda f: FDPG(ref(), ref(), lambda b: b.log_ref, FDPGOptions(f="kl2")), "kl2", "reverse_kl"),
+    api("FDPG f alpha:1", lambda f: FDPG(ref(), ref(), lambda b: b.log_ref, FDPGOptions(f="alpha:1")), "alpha", "kl"),
     api("FDPG calibrated", lambda f: FDPG(ref(), ref(), _lam()), "calibration", "GDC", raises=TypeError),
+    api("FDPG proposal", lambda f: FDPGOptions(proposal="sometimes"), "proposal", "sometimes"),
+    api("Sampling group 0", lambda f: Sampling(group_size=0), "group size", "0"),
+    api("Sampling group 2.5", lambda f: Sampling(group_size=2.5), "group size", "2.5"),
+    api("GRPO group 1", lambda f: GRPO(ref(), lambda b: np.zeros(len(b)), sampling=Sampling(group_size=1)),
+        "at least 2", "group_size = 1"),
+    api("GRPO epochs 0", lambda f: GRPOOptions(epochs=0), "epochs", "0"),
     api("MomentCalibration rate 0", lambda f: _lam(rate=0.0), "rate", "0"),
     api("MomentCalibration shapes", lambda f: _lam(lam=[0.0, 1.0]), "λ", "μ̄"),
     api("MomentCalibration mu nan", lambda f: _lam(mu_bar=[float("nan")]), "finite"),

@@ -8,13 +8,13 @@ from minialign.experiments.conditional_lab import conditional_objective, conditi
 from minialign.lab import ExactLab, PromptedLab, autograd_of, exact_grad, lab_fn, lab_model
 from minialign.prompts import Prompts, first_letters, names_prompts
 from minialign.tensor import Tensor
-from minialign.trainers.common import Batch, TrainConfig, exact_batch, sample_batch, train
+from minialign.trainers.common import Batch, Sampling, TrainConfig, exact_batch, sample_batch, train
 from minialign.trainers.dpo import DPO
-from minialign.trainers.fdpg import FDPG
+from minialign.trainers.fdpg import FDPG, FDPGOptions
 from minialign.trainers.gdc import DPG
-from minialign.trainers.grpo import GRPO
+from minialign.trainers.grpo import GRPO, GRPOOptions
 from minialign.trainers.policy_gradient import leave_one_out_baseline
-from minialign.trainers.rlhf import RLHF
+from minialign.trainers.rlhf import RLHF, RLHFOptions
 
 
 # ------------------------------------------------------------------------------ the GPT with prompts (Eq. 5.19)
@@ -163,7 +163,7 @@ def test_conditional_rloo_expected_gradient_is_the_kl_control_gradient():
     """On an exact batch (every (x, y) weighted by ρ(x) π(y|x)) the conditional RLOO loss with k1 in the reward has
     the gradient −∇J of Eq. (5.20), J = Σ_x ρ(x)(E_π r − β KL(π(·|x)‖a(·|x))), by autograd through the lab."""
     a, policy, plab, r, beta = prompted_lab(0)
-    method = RLHF(a, lab_fn(plab, r), beta=beta, algo="reinforce", prompts=plab.prompts, group_size=4)
+    method = RLHF(a, lab_fn(plab, r), RLHFOptions(beta=beta, algo="reinforce"), Sampling(plab.prompts, 4))
     g = exact_grad(method, policy, exact_batch(plab, policy, ref=a))
     log_a = np.log(plab.distribution(a))
     rho = Tensor(plab.row_prompt_probs)
@@ -183,7 +183,7 @@ def test_conditional_rloo_drives_the_mean_kl_to_the_optimum_below_005():
     p_star = np.exp(log_star)
     policy = trainable(a)
     start = plab.mean_divergence("kl", p_star, plab.distribution(policy))
-    method = RLHF(a, lab_fn(plab, r), beta=beta, prompts=plab.prompts, group_size=4)
+    method = RLHF(a, lab_fn(plab, r), RLHFOptions(beta=beta), Sampling(plab.prompts, 4))
     train(method, policy, TrainConfig(steps=150, batch_size=64, lr=3e-2, seed=0), progress=False)
     end = plab.mean_divergence("kl", p_star, plab.distribution(policy))
     assert start > 0.8 and end < 0.05, (start, end)
@@ -271,7 +271,7 @@ def test_cdpg_expected_gradient_is_minus_the_gradient_of_the_mean_forward_kl():
         batch = exact_batch(plab, proposal_model, ref=a)
         for baseline in (False, True):
             method = DPG(a, policy, lab_fn(plab, log_scores), proposal="policy", baseline=baseline,
-                         prompts=plab.prompts)
+                         sampling=Sampling(plab.prompts))
             assert close(exact_grad(method, policy, batch), truth, rel=1e-9)
 
 
@@ -281,7 +281,7 @@ def test_conditional_fdpg_expected_gradient_equals_autograd_of_the_mean_divergen
     a, policy, plab, r, beta = prompted_lab(6, block_size=4)
     log_scores = np.log(plab.distribution(a)) + r / beta  # the conditional RLHF target, full support
     _, log_p = None, plab.normalise(log_scores)[0]
-    g = exact_grad(FDPG(a, policy, lab_fn(plab, log_scores), f=f, prompts=plab.prompts), policy,
+    g = exact_grad(FDPG(a, policy, lab_fn(plab, log_scores), FDPGOptions(f=f), Sampling(plab.prompts)), policy,
                    exact_batch(plab, policy, ref=a))
     truth = autograd_of(policy, lambda: plab.mean_fdiv(f, plab.log_probs(policy), log_p))
     assert close(g, truth, rel=1e-9)
@@ -294,7 +294,7 @@ def test_per_prompt_z_estimates_converge_to_the_exact_values():
     a, _, plab, _, _ = prompted_lab(7, block_size=4)
     log_scores, _, log_z = conditional_ebm(plab, a)
     policy = trainable(a)
-    method = DPG(a, policy, lab_fn(plab, log_scores), proposal="fixed", prompts=plab.prompts, group_size=8)
+    method = DPG(a, policy, lab_fn(plab, log_scores), proposal="fixed", sampling=Sampling(plab.prompts, 8))
     for step in range(300):
         batch = method.draw(policy, 32, np.random.default_rng([7, step]))
         method.score(policy, batch)
@@ -315,8 +315,8 @@ def test_cdpg_drives_the_mean_forward_kl_below_005():
     log_scores, log_p, log_z = conditional_ebm(plab, a)
     policy = trainable(a)
     start = plab.mean_divergence("kl", np.exp(log_p), plab.distribution(policy))
-    method = DPG(a, policy, lab_fn(plab, log_scores), proposal="adaptive", baseline=True, prompts=plab.prompts,
-                 group_size=8)
+    method = DPG(a, policy, lab_fn(plab, log_scores), proposal="adaptive", baseline=True,
+                 sampling=Sampling(plab.prompts, 8))
     hist = train(method, policy, TrainConfig(steps=200, batch_size=64, lr=3e-2, seed=0), progress=False)
     end = plab.mean_divergence("kl", np.exp(log_p), plab.distribution(policy))
     assert start > 0.5 and end < 0.05, (start, end)
@@ -332,9 +332,9 @@ def test_conditional_methods_resume_bit_for_bit(tmp_path):
     log_scores, _, _ = conditional_ebm(plab, a)
 
     def methods(policy):
-        return {"cdpg": DPG(a, policy, lab_fn(plab, log_scores), proposal="adaptive", prompts=plab.prompts,
-                            group_size=4),
-                "grpo": GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=beta, epochs=2)}
+        return {"cdpg": DPG(a, policy, lab_fn(plab, log_scores), proposal="adaptive",
+                            sampling=Sampling(plab.prompts, 4)),
+                "grpo": GRPO(a, lab_fn(plab, r), GRPOOptions(beta=beta, epochs=2), Sampling(plab.prompts, 4))}
 
     for name in ("cdpg", "grpo"):
         whole = trainable(a)

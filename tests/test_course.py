@@ -61,7 +61,7 @@ HIDDEN_FDPG_TEST = '''
 import numpy as np
 import pytest
 
-from minialign.trainers.fdpg import FDPG
+from minialign.trainers.fdpg import FDPG, FDPGOptions
 
 
 @pytest.mark.task7_1
@@ -69,7 +69,7 @@ from minialign.trainers.fdpg import FDPG
 def test_hidden_js_pseudo_reward(log_t):
     """SENTINEL-SOURCE-LINE: R = -f'(t) = -(1/2) log(2t/(1+t)) for Jensen-Shannon."""
     t = np.exp(log_t)
-    method = FDPG(None, None, None, f="js", proposal="policy", log_z=0.0)
+    method = FDPG(None, None, None, FDPGOptions(f="js", proposal="policy", log_z=0.0))
     r = method.pseudo_reward(np.array([log_t]), np.array([0.0]), 0.0)
     assert r[0] == pytest.approx(-0.5 * np.log(2 * t / (1 + t)), rel=1e-12)
 '''

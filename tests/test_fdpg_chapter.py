@@ -27,7 +27,7 @@ from minialign.experiments.rlhf_lab import tiny_lab
 from minialign.lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_fn, lab_model, score_function_gradient
 from minialign.tensor import Tensor
 from minialign.trainers.common import Batch, exact_batch, trainable_copy
-from minialign.trainers.fdpg import FDPG
+from minialign.trainers.fdpg import FDPG, FDPGOptions
 from minialign.trainers.gdc import DPG
 
 # Generators written out from the table of chapter 03 (Eq. 3.2), independently of minialign/divergences.py.
@@ -45,7 +45,7 @@ HAND = {
 
 def pseudo_reward(f, log_pi, log_P, log_z):
     """The trainer's pseudo-reward, called as the trainer calls it."""
-    return FDPG(None, None, None, f=f, proposal="policy", log_z=log_z).pseudo_reward(log_pi, log_P, log_z)
+    return FDPG(None, None, None, FDPGOptions(f=f, proposal="policy", log_z=log_z)).pseudo_reward(log_pi, log_P, log_z)
 
 
 def random_logs(rng, n=400, spread=3.0):
@@ -110,7 +110,7 @@ def test_pseudo_reward_ranges_bounded_and_unbounded():
     # zero target mass: kl's pseudo-reward is −∞ (the trainer refuses it unless log t is capped) ...
     with pytest.raises(ValueError):  # its message must name the count: see the test of log_t_max below
         pseudo_reward("kl", np.array([-1.0]), np.array([-np.inf]), 0.0)
-    capped_fdpg = FDPG(None, None, None, f="kl", log_z=0.0, log_t_max=20.0)
+    capped_fdpg = FDPG(None, None, None, FDPGOptions(f="kl", log_z=0.0, log_t_max=20.0))
     capped = capped_fdpg.pseudo_reward(np.array([-1.0]), np.array([-np.inf]), 0.0)
     assert_close(capped, -21.0, rtol=1e-7)
     # ... while the bounded members take the limit −lim f'(t)
@@ -161,7 +161,7 @@ def test_gdcpp_is_fdpg_reverse_kl_with_the_constant_baseline_one():
 
     batch = sample_batch(q, 128, np.random.default_rng(0), ref=a)
     assert len(np.unique(lab.index_of(batch.tokens))) >= 5  # a batch with several distinct sequences
-    fd = FDPG(a, policy, target, f="reverse_kl", proposal="fixed", baseline=False, log_z=log_z)
+    fd = FDPG(a, policy, target, FDPGOptions(f="reverse_kl", proposal="fixed", baseline=False, log_z=log_z))
     s, c_f, R = fd.coefficients(policy, batch)
     logp_pi = s.logp_pi
     rho = np.exp(logp_pi - batch.log_q)
@@ -182,7 +182,7 @@ def test_off_policy_fdpg_has_the_on_policy_expectation(f):
     log_scores, log_p, log_z = rlhf_target(lab, a, r, beta)
     target = lab_fn(lab, log_scores)
     q = lab_model(98, vocab_size=3, block_size=4, scale=0.5)
-    method = FDPG(a, policy, target, f=f, proposal="fixed", log_z=log_z)
+    method = FDPG(a, policy, target, FDPGOptions(f=f, proposal="fixed", log_z=log_z))
     g_q = exact_grad(method, policy, exact_batch(lab, q, ref=a))
     truth = autograd_of(policy, lambda: fdiv_to_target(f, lab.log_probs(policy), log_p))
     assert_near(g_q, truth)
@@ -214,7 +214,8 @@ def test_leave_one_out_baseline_keeps_the_on_policy_expectation():
     update is exactly ∇D_f (a mean including the sample's own R would give (1 − 1/n)∇D_f)."""
     a, policy, lab, r, beta = tiny_lab(15)
     log_scores, log_p, log_z = rlhf_target(lab, a, r, beta)
-    method = FDPG(a, policy, lab_fn(lab, log_scores), f="js", proposal="policy", baseline=True, log_z=log_z)
+    options = FDPGOptions(f="js", proposal="policy", baseline=True, log_z=log_z)
+    method = FDPG(a, policy, lab_fn(lab, log_scores), options)
     g = expected_update(method, policy, lab, lab.distribution(policy))
     truth = autograd_of(policy, lambda: fdiv_to_target("js", lab.log_probs(policy), log_p))
     assert_near(g, truth, rel=1e-8)
@@ -316,7 +317,7 @@ def test_kl_adaptive_proposal_estimates_are_exact_on_exact_batches_and_replace_q
     for p in policy.parameters():
         p.requires_grad = True
         p.data = p.data + 0.05 * np.random.default_rng(0).standard_normal(p.shape)
-    method = FDPG(a, policy, target, f="js", proposal="adaptive", log_z=log_z)
+    method = FDPG(a, policy, target, FDPGOptions(f="js", proposal="adaptive", log_z=log_z))
     batch = exact_batch(lab, method.q, ref=a)  # q = a frozen copy of the initial π
     metrics = {}
     scored, _, _ = method.coefficients(policy, batch)
@@ -329,7 +330,7 @@ def test_kl_adaptive_proposal_estimates_are_exact_on_exact_batches_and_replace_q
     policy = frozen_copy(a)
     for p_ in policy.parameters():
         p_.requires_grad = True
-    method = FDPG(a, policy, target, f="js", proposal="adaptive")  # Z estimated as it goes
+    method = FDPG(a, policy, target, FDPGOptions(f="js", proposal="adaptive"))  # Z estimated as it goes
     start = lab.divergence("kl", p, lab.distribution(policy))
     hist = train(method, policy, TrainConfig(steps=80, batch_size=32, lr=1e-2, seed=0), progress=False)
     end = lab.divergence("kl", p, lab.distribution(policy))
@@ -348,7 +349,7 @@ def test_leave_one_out_baseline_keeps_the_off_policy_expectation():
     p_q = lab.distribution(lab_model(98, vocab_size=3, block_size=4, scale=0.5))
     target = lab_fn(lab, log_scores)
     truth = autograd_of(policy, lambda: fdiv_to_target("js", lab.log_probs(policy), log_p))
-    method = FDPG(a, policy, target, f="js", proposal="fixed", baseline=True, log_z=log_z)
+    method = FDPG(a, policy, target, FDPGOptions(f="js", proposal="fixed", baseline=True, log_z=log_z))
     assert_near(expected_update(method, policy, lab, p_q), truth, rel=1e-8, what="expected update")
 
     class SelfInclusive(FDPG):
@@ -362,7 +363,7 @@ def test_leave_one_out_baseline_keeps_the_off_policy_expectation():
             self.baseline = False
             return super().coefficients(policy, batch)
 
-    biased = SelfInclusive(a, policy, target, f="js", proposal="fixed", log_z=log_z)
+    biased = SelfInclusive(a, policy, target, FDPGOptions(f="js", proposal="fixed", log_z=log_z))
     g = expected_update(biased, policy, lab, p_q)
     scale = g @ truth / (truth @ truth)
     off = np.linalg.norm(g - scale * truth) / np.linalg.norm(scale * truth)
@@ -513,11 +514,11 @@ def test_log_t_max_caps_only_above_the_cap_entry_by_entry_and_the_refusal_counts
     log_p = np.array([-4.0, -1.0, -np.inf, -2.0, -1.5])
     log_z = 0.5
     log_t = np.array([3.5, -0.5, np.inf, -0.5, 0.5])
-    method = FDPG(None, None, None, f="kl", log_z=0.0, log_t_max=1.0)
+    method = FDPG(None, None, None, FDPGOptions(f="kl", log_z=0.0, log_t_max=1.0))
     expected = -(np.minimum(log_t, 1.0) + 1.0)  # f = t log t: f'(t) = log t + 1
     assert_close(method.pseudo_reward(logp_pi, log_p, log_z), expected, rtol=1e-12,
                  what="kl pseudo-reward with log_t_max = 1")
-    uncapped = FDPG(None, None, None, f="kl", log_z=0.0)
+    uncapped = FDPG(None, None, None, FDPGOptions(f="kl", log_z=0.0))
     finite = np.isfinite(log_p)
     assert_close(uncapped.pseudo_reward(logp_pi[finite], log_p[finite], log_z), -(log_t[finite] + 1.0), rtol=1e-12,
                  what="kl pseudo-reward without a cap")
@@ -551,7 +552,7 @@ def test_fdpg_coefficients_entry_by_entry(baseline, exact, group):
     log_z = 0.4
     batch = Batch(np.zeros((5, 3), dtype=np.int64), w, log_q, np.zeros(5), exact=exact,
                   group=None if group is None else np.array(group))
-    method = FDPG(None, None, lambda b: log_p, f="js", proposal="policy", baseline=baseline, log_z=log_z)
+    method = FDPG(None, None, lambda b: log_p, FDPGOptions(f="js", proposal="policy", baseline=baseline, log_z=log_z))
     s, coef, centred = method.coefficients(_FreeSequences(logp_pi), batch)
     t = np.exp(np.where(np.isfinite(log_p), logp_pi - log_p + log_z, 0.0))
     reward = np.where(np.isfinite(log_p), -0.5 * np.log(2 * t / (1 + t)), -0.5 * np.log(2.0))  # t → ∞ where P = 0
@@ -583,7 +584,7 @@ def test_fdpg_coefficients_are_zero_on_the_rows_of_a_prompt_whose_normaliser_is_
     rows = np.where(group == 0, 0.4, -np.inf)  # prompt 1's Z(x) is not known yet
     w = np.array([0.1, 0.3, 0.2, 0.15, 0.25])
     batch = Batch(np.zeros((5, 3), dtype=np.int64), w, log_q, np.zeros(5), group=group)
-    method = Scripted(None, None, lambda b: log_p, f="js", proposal="policy", baseline=True)
+    method = Scripted(None, None, lambda b: log_p, FDPGOptions(f="js", proposal="policy", baseline=True))
     method.scored = Scored(Tensor(logp_pi), logp_pi, log_p, rows)
     _, coef, _ = method.coefficients(None, batch)
     t = np.exp(logp_pi - log_p + 0.4)
@@ -600,6 +601,6 @@ def test_fdpg_coefficients_are_zero_on_the_rows_of_a_prompt_whose_normaliser_is_
 def test_a_point_where_both_the_policy_and_the_target_have_no_mass_gets_the_limit_not_nan():
     """P(x) = 0 gives log t = +inf whatever log π(x) is — also where π(x) = 0 (an off-policy sample)."""
     for f, limit in (("js", -0.5 * np.log(2)), ("tv", -0.5), ("reverse_kl", 0.0)):
-        r = FDPG(None, None, None, f=f, log_z=0.0).pseudo_reward(np.array([-np.inf, -1.0]),
+        r = FDPG(None, None, None, FDPGOptions(f=f, log_z=0.0)).pseudo_reward(np.array([-np.inf, -1.0]),
                                                                   np.array([-np.inf, -np.inf]), 0.0)
         assert_close(r, [limit, limit], rtol=1e-12, atol=1e-15, what=f"{f}'s pseudo-reward where P = 0")

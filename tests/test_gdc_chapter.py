@@ -261,7 +261,7 @@ def test_kl_control_optimum_with_reward_sign_phi_and_beta_one_over_lambda_is_the
     are one distribution, to rounding; μ̄ below E_a[φ] = 0.09 gives λ* < 0 (the "female = 0.5" case), above
     it λ* > 0. The optimum meets the moment, and its objective value is β log Z (Eq. 5.7). The wrong sign of
     the reward, or β = 1/λ* taken literally when λ* < 0, gives another distribution."""
-    from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
+    from minialign.trainers.rlhf import RLHF, RLHFOptions, kl_control_objective, kl_control_optimum
 
     a, lab, log_a, _, phi, _ = lab_instance(0)
     phi = phi[:, 0]
@@ -280,7 +280,7 @@ def test_kl_control_optimum_with_reward_sign_phi_and_beta_one_over_lambda_is_the
     assert kl(wrong_sign, p) > 0.1
     if lam < 0:  # β = 1/λ* would be negative: the trainer refuses it
         with pytest.raises(ValueError):
-            RLHF(a, lambda batch: np.zeros(len(batch)), beta=1.0 / lam)
+            RLHF(a, lambda batch: np.zeros(len(batch)), RLHFOptions(beta=1.0 / lam))
 
 
 def test_on_names_the_rlhf_target_and_the_gdc_target_have_the_same_log_ratios_and_snis_moments():

@@ -21,8 +21,8 @@ from minialign.experiments.conditional_lab import (
 )
 from minialign.lab import autograd_of, exact_grad, flat_grad, lab_fn
 from minialign.tensor import Tensor
-from minialign.trainers.common import TrainConfig, exact_batch, train
-from minialign.trainers.grpo import GRPO, response_lengths
+from minialign.trainers.common import Sampling, TrainConfig, exact_batch, train
+from minialign.trainers.grpo import GRPO, GRPOOptions, response_lengths
 from minialign.trainers.policy_gradient import expected_group_advantage, group_normalised_advantages
 
 
@@ -71,7 +71,7 @@ def test_grpo_exact_batch_gradient_is_the_expectation_of_its_monte_carlo_gradien
     mean of GRPO's gradient over sampled batches of groups: 400 batches of 16 groups of 4, every coordinate within 5
     standard errors (and the two vectors within 5% of each other)."""
     a, policy, plab, r, beta = prompted_lab(1, block_size=4)
-    method = GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=beta)
+    method = GRPO(a, lab_fn(plab, r), GRPOOptions(beta=beta), Sampling(plab.prompts, 4))
     assert_exact_batch_is_the_mean_of_sampled_ones(method, policy, plab, a, batches=400, seed=1, within=0.05)
 
 
@@ -128,8 +128,8 @@ def test_grpo_expected_updates_reach_the_predicted_fixed_point(scale):
     fixed = np.exp(grpo_fixed_point(plab, log_a, r, beta, k, scale=scale))
     star = np.exp(conditional_optimum(plab, log_a, r, beta)[0])
     policy = trainable(a)
-    train_exact(GRPO(a, lab_fn(plab, r), plab.prompts, k, beta=beta, kl="k1_reward", scale=scale), policy, plab,
-                400, 3e-2)
+    options = GRPOOptions(beta=beta, kl="k1_reward", scale=scale)
+    train_exact(GRPO(a, lab_fn(plab, r), options, Sampling(plab.prompts, k)), policy, plab, 400, 3e-2)
     assert plab.mean_divergence("kl", fixed, plab.distribution(policy)) < 1e-4
     if scale:
         assert plab.mean_divergence("kl", fixed, star) > 0.1
@@ -167,7 +167,7 @@ def test_sampled_grpo_on_the_lab():
     ends = {}
     for kl, scale in (("k1_reward", False), ("k3_loss", True)):
         policy = trainable(a)
-        train(GRPO(a, lab_fn(plab, r), plab.prompts, 8, beta=beta, kl=kl, scale=scale), policy,
+        train(GRPO(a, lab_fn(plab, r), GRPOOptions(beta=beta, kl=kl, scale=scale), Sampling(plab.prompts, 8)), policy,
               TrainConfig(steps=150, batch_size=128, lr=3e-2, seed=0), progress=False)
         ends[kl] = plab.distribution(policy)
     fixed = np.exp(grpo_fixed_point(plab, log_a, r, beta, 8, scale=False))
@@ -179,14 +179,14 @@ def test_sampled_grpo_on_the_lab():
 # ------------------------------------------------------------------------------ the trainer itself
 def test_grpo_reuses_each_batch_for_its_epochs_and_its_clip_acts():
     a, _, plab, r, beta = prompted_lab(4, block_size=4)
-    method = GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=beta, epochs=3, clip=0.1)
+    method = GRPO(a, lab_fn(plab, r), GRPOOptions(beta=beta, epochs=3, clip=0.1), Sampling(plab.prompts, 4))
     policy = trainable(a)
     rng = np.random.default_rng(0)
     first = method.draw(policy, 16, rng)
     assert method.draw(policy, 16, rng) is first and method.draw(policy, 16, rng) is first
     assert method.draw(policy, 16, rng) is not first
-    hist = train(GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=beta, epochs=3, clip=0.1), policy,
-                 TrainConfig(steps=12, batch_size=32, lr=5e-2, seed=0), progress=False)
+    method = GRPO(a, lab_fn(plab, r), GRPOOptions(beta=beta, epochs=3, clip=0.1), Sampling(plab.prompts, 4))
+    hist = train(method, policy, TrainConfig(steps=12, batch_size=32, lr=5e-2, seed=0), progress=False)
     assert hist["clip_fraction"][0] == 0 and max(hist["clip_fraction"]) > 0  # on-policy first, clipped later
     assert flat_grad(policy).size > 0
 
@@ -195,19 +195,19 @@ def test_grpo_refuses_bad_settings():
     a, _, plab, r, _ = prompted_lab(0, block_size=4)
     reward = lab_fn(plab, r)
     with pytest.raises(ValueError, match="at least 2 responses per prompt"):
-        GRPO(a, reward, plab.prompts, 1)
+        GRPO(a, reward, sampling=Sampling(plab.prompts, 1))
     with pytest.raises(ValueError, match="beta"):
-        GRPO(a, reward, plab.prompts, 4, beta=-0.1)
+        GRPO(a, reward, GRPOOptions(beta=-0.1), Sampling(plab.prompts, 4))
     with pytest.raises(ValueError, match="clip"):
-        GRPO(a, reward, plab.prompts, 4, clip=1.0)
+        GRPO(a, reward, GRPOOptions(clip=1.0), Sampling(plab.prompts, 4))
     with pytest.raises(ValueError, match="unknown KL mode"):
-        GRPO(a, reward, plab.prompts, 4, kl="k2_loss")
+        GRPO(a, reward, GRPOOptions(kl="k2_loss"), Sampling(plab.prompts, 4))
     with pytest.raises(ValueError, match="epochs"):
-        GRPO(a, reward, plab.prompts, 4, epochs=0)
+        GRPO(a, reward, GRPOOptions(epochs=0), Sampling(plab.prompts, 4))
     with pytest.raises(ValueError, match="unknown loss aggregation 'mean'"):
-        GRPO(a, reward, plab.prompts, 4, loss_agg="mean")
+        GRPO(a, reward, GRPOOptions(loss_agg="mean"), Sampling(plab.prompts, 4))
     with pytest.raises(ValueError, match="multiple of the group size"):
-        GRPO(a, reward, plab.prompts, 4).draw(a, 10, np.random.default_rng(0))
+        GRPO(a, reward, sampling=Sampling(plab.prompts, 4)).draw(a, 10, np.random.default_rng(0))
 
 
 # ------------------------------------------------------------------------------ the std's difficulty bias (§12)
@@ -261,7 +261,8 @@ def test_token_mean_exact_batch_gradient_is_the_expectation_of_its_monte_carlo_g
     gradient is the mean of 300 sampled batches' (every coordinate within 5 standard errors, vectors within 6%; leaving
     the baseline out of the exact batch moves its gradient by 12% here)."""
     a, policy, plab, r, _ = prompted_lab(1, block_size=4)
-    method = GRPO(a, lab_fn(plab, r), plab.prompts, 4, beta=2.0, kl="k1_reward", loss_agg="token_mean")
+    options = GRPOOptions(beta=2.0, kl="k1_reward", loss_agg="token_mean")
+    method = GRPO(a, lab_fn(plab, r), options, Sampling(plab.prompts, 4))
     assert_exact_batch_is_the_mean_of_sampled_ones(method, policy, plab, a, batches=300, seed=2, within=0.06)
 
 

@@ -21,11 +21,11 @@ from minialign.loop import Interrupted, RunMismatch
 from minialign.optim import AdamW
 from minialign.pretrain import PretrainConfig, pretrain
 from minialign.trainers.common import TrainConfig, train, trainable_copy
-from minialign.trainers.fdpg import FDPG
+from minialign.trainers.fdpg import FDPG, FDPGOptions
 from minialign.trainers.gdc import DPG
-from minialign.trainers.grpo import GRPO
+from minialign.trainers.grpo import GRPO, GRPOOptions
 from minialign.trainers.proposal import MomentCalibration
-from minialign.trainers.rlhf import RLHF
+from minialign.trainers.rlhf import RLHF, RLHFOptions
 
 
 @contextlib.contextmanager
@@ -193,7 +193,8 @@ def pair_methods() -> dict:
 
 def method_of(name, policy):
     if name in ("rloo", "ppo"):
-        return RLHF(A, by_row(REWARD), beta=0.5, algo=name, ppo_epochs=3, kl_target=0.2 if name == "ppo" else None)
+        options = RLHFOptions(beta=0.5, algo=name, ppo_epochs=3, kl_target=0.2 if name == "ppo" else None)
+        return RLHF(A, by_row(REWARD), options)
     if name in pair_methods():
         idx = np.random.default_rng(2).integers(0, len(LAB), (40, 2))
         return pair_methods()[name](A, LAB.sequences[idx[:, 0]], LAB.sequences[idx[:, 1]], beta=0.5)
@@ -202,8 +203,8 @@ def method_of(name, policy):
         cal = MomentCalibration(by_row(log_a()), lambda batch: phi[LAB.index_of(batch.tokens)], [0.0], [0.6], rate=0.5)
         return DPG(A, policy, cal, proposal="adaptive", baseline=True)
     if name == "grpo":
-        return GRPO(A, by_row(REWARD), None, group_size=4, beta=0.1, epochs=2)
-    return FDPG(A, policy, by_row(log_a() + REWARD), f="js", proposal="adaptive")
+        return GRPO(A, by_row(REWARD), GRPOOptions(beta=0.1, epochs=2))
+    return FDPG(A, policy, by_row(log_a() + REWARD), FDPGOptions(f="js", proposal="adaptive"))
 
 
 # the runs below → the method of the table (minialign.methods.METHODS) each one stands for
@@ -263,7 +264,7 @@ def test_a_resume_with_other_settings_is_refused_and_names_them(tmp_path):
     out = tmp_path / "rlhf.npz"
     run("rloo", out)
     policy = trainable_copy(A)
-    other = RLHF(A, by_row(REWARD), beta=1.0, algo="rloo")
+    other = RLHF(A, by_row(REWARD), RLHFOptions(beta=1.0, algo="rloo"))
     with pytest.raises(RunMismatch, match=r"beta: 0.5 in the checkpoint, 1.0 now"):
         train(other, policy, CFG, out=out, progress=False)
     dpo = method_of("dpo", policy)

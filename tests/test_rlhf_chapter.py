@@ -34,7 +34,7 @@ from minialign.functional import log_sigmoid
 from minialign.tensor import Tensor
 from minialign.trainers.common import Batch
 from minialign.trainers.dpo import DPO
-from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
+from minialign.trainers.rlhf import RLHF, RLHFOptions, kl_control_objective, kl_control_optimum
 
 
 # ------------------------------------------------------------------------------ the KL-gradient table
@@ -100,12 +100,12 @@ def test_adaptive_beta_follows_the_clipped_proportional_rule():
     """Eq. (5.13) one step at a time: the error KL/KL_target − 1 is clipped to ±0.2 and β is multiplied by
     1 + K·error with K = 0.1; without a target β never moves."""
     a, _, lab, r, _ = tiny_lab(0)
-    method = RLHF(a, lambda batch: np.zeros(len(batch)), beta=0.5, kl_target=2.0)
+    method = RLHF(a, lambda batch: np.zeros(len(batch)), RLHFOptions(beta=0.5, kl_target=2.0))
     for kl, factor in [(2.0, 1.0), (2.2, 1.0 + 0.1 * 0.1), (10.0, 1.02), (0.0, 0.98), (1.9, 1.0 - 0.1 * 0.05)]:
         before = method.beta
         method.after_step(None, None, {"kl_k1": kl, "kl_k3": kl})
         assert method.beta == pytest.approx(before * factor, rel=1e-12), (kl, before, method.beta)
-    fixed = RLHF(a, lambda batch: np.zeros(len(batch)), beta=0.5)
+    fixed = RLHF(a, lambda batch: np.zeros(len(batch)), RLHFOptions(beta=0.5))
     fixed.after_step(None, None, {"kl_k1": 9.0, "kl_k3": 9.0})
     assert fixed.beta == 0.5
 
@@ -117,7 +117,7 @@ def test_adaptive_beta_settles_where_the_optimum_has_the_target_kl():
     proportional step has a dead band of about K·(tolerance) around the fixed point."""
     a, _, lab, r, _ = tiny_lab(1)
     log_a = np.log(lab.distribution(a))
-    method = RLHF(a, lambda batch: np.zeros(len(batch)), beta=10.0, kl_target=0.3)
+    method = RLHF(a, lambda batch: np.zeros(len(batch)), RLHFOptions(beta=10.0, kl_target=0.3))
 
     def kl_at(beta):
         log_star, _ = kl_control_optimum(log_a, r, beta)

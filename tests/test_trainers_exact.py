@@ -12,10 +12,10 @@ from minialign import divergences as D
 from minialign.experiments.rlhf_lab import kl_penalty_gradients, relative_error, tiny_lab
 from minialign.lab import autograd_of, exact_grad, fdiv_to_target, lab_fn
 from minialign.trainers.common import Hooks, TrainConfig, exact_batch, frozen_copy, sample_batch, train
-from minialign.trainers.fdpg import FDPG
+from minialign.trainers.fdpg import FDPG, FDPGOptions
 from minialign.trainers.gdc import DPG
 from minialign.trainers.policy_gradient import checked_rewards
-from minialign.trainers.rlhf import RLHF, kl_control_objective, kl_control_optimum
+from minialign.trainers.rlhf import RLHF, RLHFOptions, kl_control_objective, kl_control_optimum
 
 
 # ------------------------------------------------------------------------------------------- RLHF (chapter 05)
@@ -46,7 +46,7 @@ def test_rloo_drives_the_policy_to_the_kl_control_optimum(kl):
         p.requires_grad = True
     log_star, _ = kl_control_optimum(np.log(lab.distribution(a)), r, beta)
     start = lab.divergence("kl", np.exp(log_star), lab.distribution(policy))
-    method = RLHF(a, lab_fn(lab, r), beta=beta, kl=kl, algo="rloo")
+    method = RLHF(a, lab_fn(lab, r), RLHFOptions(beta=beta, kl=kl, algo="rloo"))
     train(method, policy, TrainConfig(steps=150, batch_size=64, lr=3e-2, seed=0), progress=False)
     end = lab.divergence("kl", np.exp(log_star), lab.distribution(policy))
     assert start > 1.0 and end < 0.05, (start, end)
@@ -62,7 +62,7 @@ def test_ppo_clip_improves_the_objective():
     p_a = lab.distribution(a)
     _, best = kl_control_optimum(np.log(p_a), r, beta)
     before = kl_control_objective(lab.distribution(policy), p_a, r, beta)
-    method = RLHF(a, lab_fn(lab, r), beta=beta, algo="ppo", ppo_epochs=4)
+    method = RLHF(a, lab_fn(lab, r), RLHFOptions(beta=beta, algo="ppo", ppo_epochs=4))
     hist = train(method, policy, TrainConfig(steps=80, batch_size=64, lr=2e-2, seed=1), progress=False)
     after = kl_control_objective(lab.distribution(policy), p_a, r, beta)
     assert after > before + 0.5 * (best - before), (before, after, best)
@@ -112,8 +112,8 @@ def test_fdpg_with_f_kl_minimises_kl_pi_p_as_kl_control_rlhf_does_scaled_by_one_
     a, policy, lab, r, beta = tiny_lab(6)
     log_scores, _, log_z = rlhf_target(lab, a, r, beta)
     batch = exact_batch(lab, policy, ref=a)
-    g_f = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f="kl", log_z=log_z), policy, batch)
-    g_r = exact_grad(RLHF(a, lab_fn(lab, r), beta=beta, kl="k1_seq", algo="reinforce"), policy, batch)
+    g_f = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), FDPGOptions(f="kl", log_z=log_z)), policy, batch)
+    g_r = exact_grad(RLHF(a, lab_fn(lab, r), RLHFOptions(beta=beta, kl="k1_seq", algo="reinforce")), policy, batch)
     assert_near(g_f, g_r / beta)
     assert not close(g_f, g_r, rel=1e-2)  # the scale matters: β = 0.5 here
 
@@ -125,7 +125,7 @@ def test_fdpg_with_f_reverse_kl_minimises_kl_p_pi_as_dpg_does():
     log_scores = np.log(lab.distribution(a)) + 1.5 * (lab.lengths == 2)  # an EBM a·e^{λφ}
     _, log_z = lab.normalise(log_scores)
     batch = exact_batch(lab, policy, ref=a)
-    g_f = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f="reverse_kl", log_z=log_z), policy, batch)
+    g_f = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), FDPGOptions(f="reverse_kl", log_z=log_z)), policy, batch)
     g_d = exact_grad(DPG(a, policy, lab_fn(lab, log_scores), proposal="policy", log_z=log_z), policy, batch)
     assert_near(g_f, g_d, rel=1e-10)
 
@@ -138,7 +138,7 @@ def test_fdpg_expected_gradient_equals_autograd_of_the_divergence(f):
     a, policy, lab, r, beta = tiny_lab(8)
     log_scores, log_p, log_z = rlhf_target(lab, a, r, beta)
     batch = exact_batch(lab, policy, ref=a)
-    g = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), f=f, log_z=log_z), policy, batch)
+    g = exact_grad(FDPG(a, policy, lab_fn(lab, log_scores), FDPGOptions(f=f, log_z=log_z)), policy, batch)
     truth = autograd_of(policy, lambda: fdiv_to_target(f, lab.log_probs(policy), log_p))
     assert_near(g, truth)
 
@@ -153,8 +153,8 @@ def test_adding_c_times_t_minus_one_to_f_leaves_the_expected_gradient_unchanged(
                                fd.f_at_zero - c, fd.slope_at_infinity + c)
     batch = exact_batch(lab, policy, ref=a)
     target = lab_fn(lab, log_scores)
-    g = exact_grad(FDPG(a, policy, target, f=f, log_z=log_z), policy, batch)
-    g_shift = exact_grad(FDPG(a, policy, target, f=shifted, log_z=log_z), policy, batch)
+    g = exact_grad(FDPG(a, policy, target, FDPGOptions(f=f, log_z=log_z)), policy, batch)
+    g_shift = exact_grad(FDPG(a, policy, target, FDPGOptions(f=shifted, log_z=log_z)), policy, batch)
     assert_near(g, g_shift)
 
 
@@ -165,14 +165,14 @@ def test_monte_carlo_coefficients_agree_sample_by_sample():
     log_scores, _, _ = rlhf_target(lab, a, r, beta)
     batch = sample_batch(policy, 256, np.random.default_rng(0), ref=a)
     target = lab_fn(lab, log_scores)
-    fk = FDPG(a, policy, target, f="kl", baseline=False)
-    rl = RLHF(a, lab_fn(lab, r), beta=beta, kl="k1_seq", algo="reinforce")
+    fk = FDPG(a, policy, target, FDPGOptions(f="kl", baseline=False))
+    rl = RLHF(a, lab_fn(lab, r), RLHFOptions(beta=beta, kl="k1_seq", algo="reinforce"))
     _, c_f, _ = fk.coefficients(policy, batch)
     r_batch = checked_rewards(rl.reward_fn, batch)
     c_r = batch.weights * (r_batch - beta * (batch.log_q - batch.log_ref))
     shift = c_f - c_r / beta
     assert np.ptp(shift / batch.weights) < 1e-8  # one constant per sample: log Z + 1 (estimated)
-    _, c_fr, _ = FDPG(a, policy, target, f="reverse_kl", baseline=False).coefficients(policy, batch)
+    _, c_fr, _ = FDPG(a, policy, target, FDPGOptions(f="reverse_kl", baseline=False)).coefficients(policy, batch)
     _, c_d = DPG(a, policy, target, proposal="policy").coefficients(policy, batch)
     np.testing.assert_allclose(c_fr, c_d, rtol=1e-10)
 
@@ -180,11 +180,11 @@ def test_monte_carlo_coefficients_agree_sample_by_sample():
 def test_bad_inputs_raise_clear_errors():
     a, policy, lab, r, beta = tiny_lab(11)
     with pytest.raises(ValueError, match="beta must be a finite number > 0"):
-        RLHF(a, lab_fn(lab, r), beta=0.0)
+        RLHF(a, lab_fn(lab, r), RLHFOptions(beta=0.0))
     with pytest.raises(ValueError, match="unknown KL mode"):
-        RLHF(a, lab_fn(lab, r), kl="k4")
+        RLHF(a, lab_fn(lab, r), RLHFOptions(kl="k4"))
     with pytest.raises(ValueError, match="unknown"):
-        FDPG(a, policy, lab_fn(lab, r), f="bogus")
+        FDPG(a, policy, lab_fn(lab, r), FDPGOptions(f="bogus"))
     batch = sample_batch(policy, 8, np.random.default_rng(0), ref=a)
     with pytest.raises(ValueError, match="NaN or inf"):
         RLHF(a, lambda b: np.full(len(b), np.nan)).loss(policy, batch)
@@ -200,7 +200,7 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_an_interrupted_run_keeps_its_checkpoint_and_resumes(tmp_path):
     a, policy, lab, r, beta = tiny_lab(12, scale=0.3)
-    method = RLHF(a, lab_fn(lab, r), beta=beta)
+    method = RLHF(a, lab_fn(lab, r), RLHFOptions(beta=beta))
     out = tmp_path / "run.npz"
 
     def interrupt(batch):
@@ -312,7 +312,7 @@ def test_rloo_advantage_entry_by_entry_with_the_kl_in_the_reward_only_when_asked
     batch = Batch(np.zeros((5, 3), dtype=np.int64), w, logp_tok.sum(axis=1), ref_tok.sum(axis=1),
                   group=None if group is None else np.array(group))
     policy, ref = _FreeTokens(logp_tok), _FreeTokens(ref_tok, requires_grad=False)
-    method = RLHF(ref, lambda b: r, beta=beta, kl=kl, algo="rloo")
+    method = RLHF(ref, lambda b: r, RLHFOptions(beta=beta, kl=kl, algo="rloo"))
     loss, _ = method.loss(policy, batch)
     loss.backward()
     returns = r - beta * (batch.log_q - batch.log_ref) if kl == "k1_seq" else r

@@ -23,8 +23,8 @@ import numpy as np
 from ..lab import PromptedLab, autograd_of, exact_grad, lab_fn, lab_model
 from ..optim import AdamW
 from ..tensor import Tensor
-from ..trainers.common import exact_batch, frozen_copy
-from ..trainers.grpo import GRPO, response_lengths
+from ..trainers.common import Sampling, exact_batch, frozen_copy
+from ..trainers.grpo import GRPO, GRPOOptions, response_lengths
 from ..trainers.policy_gradient import expected_group_advantage
 
 GRPO_SEEDS = range(10)
@@ -90,8 +90,8 @@ def grpo_gradients(plab, a, policy, r, beta, k, clip=0.2, which=None):
     row_rho = Tensor(plab.row_prompt_probs)
 
     def grpo(reward_fn, beta_, kl, scale):
-        return lambda: exact_grad(GRPO(a, reward_fn, plab.prompts, k, beta=beta_, clip=clip, kl=kl, scale=scale),
-                                  policy, batch)
+        options = GRPOOptions(beta=beta_, clip=clip, kl=kl, scale=scale)
+        return lambda: exact_grad(GRPO(a, reward_fn, options, Sampling(plab.prompts, k)), policy, batch)
 
     def expected(values):  # −∇ Σ_x ρ(x) Σ_y π(y|x) values(x, y)
         return lambda: autograd_of(policy, lambda: -(plab.log_probs(policy).exp() * row_rho * Tensor(values)).sum())
@@ -210,7 +210,7 @@ def length_lab(seed=0, block_size=5):
 
 def aggregation_gradient(plab, a, policy, r, k, loss_agg, scale=True) -> np.ndarray:
     """The exact expected gradient of GRPO's reward part (β = 0) under ``loss_agg`` (Eq. 5.26)."""
-    method = GRPO(a, lab_fn(plab, r), plab.prompts, k, beta=0.0, scale=scale, loss_agg=loss_agg)
+    method = GRPO(a, lab_fn(plab, r), GRPOOptions(beta=0.0, scale=scale, loss_agg=loss_agg), Sampling(plab.prompts, k))
     return exact_grad(method, policy, exact_batch(plab, policy, ref=a))
 
 

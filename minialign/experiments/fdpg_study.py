@@ -35,7 +35,7 @@ from ..trainers.common import (
     train,
     trainable_copy,
 )
-from ..trainers.fdpg import FDPG
+from ..trainers.fdpg import FDPG, FDPGOptions
 
 STUDY_FS = {"kl": "KL(π‖p) (reverse KL)", "reverse_kl": "KL(p‖π) (forward KL)", "js": "JS", "tv": "TV"}
 TARGETS = ("reward", "constraint", "two_modes")
@@ -144,10 +144,10 @@ def make_method(problem: LabProblem, policy, f: str, arm: str) -> FDPG:
     """The study's trainer for one run: on-policy f-DPG (Z estimated as it goes), or its exact-gradient twin.
     log t is capped at 20 so that KL(π‖p) (f = kl, unbounded f') can train on the zero-mass target."""
     if arm == "sampled":
-        return FDPG(problem.a, policy, problem.target_fn, f=f, proposal="policy", log_t_max=LOG_T_MAX)
+        return FDPG(problem.a, policy, problem.target_fn, FDPGOptions(f=f, proposal="policy", log_t_max=LOG_T_MAX))
     if arm == "exact":
-        return ExactFDPG(problem.lab, problem.a, policy, problem.target_fn, f=f, proposal="policy",
-                         log_t_max=LOG_T_MAX, log_z=problem.log_z)
+        return ExactFDPG(problem.lab, problem.a, policy, problem.target_fn,
+                         FDPGOptions(f=f, proposal="policy", log_t_max=LOG_T_MAX, log_z=problem.log_z))
     raise ValueError(f"arm must be one of {list(ARMS)}; got {arm!r}")
 
 

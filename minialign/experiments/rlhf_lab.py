@@ -19,7 +19,7 @@ import numpy as np
 from ..lab import ExactLab, autograd_of, exact_grad, fdiv_to_target, lab_model
 from ..trainers.common import Batch, exact_batch
 from ..trainers.policy_gradient import token_kl_terms, weighted_sum
-from ..trainers.rlhf import KL_MODES, RLHF, kl_control_optimum
+from ..trainers.rlhf import KL_MODES, RLHF, RLHFOptions, kl_control_optimum
 
 # the rows of §5's table: the trainer's KL modes, and the analytic per-token KL in the loss alone (full_token
 # without its score-function part), to show what that part is for
@@ -73,7 +73,7 @@ def kl_penalty_gradients(lab, a, policy, beta):
 
 def _kl_only(a, beta, kl):
     """RLHF with reward 0 and no baseline: its gradient is the KL term's alone."""
-    return RLHF(a, lambda batch: np.zeros(len(batch)), beta=beta, kl=kl, algo="reinforce")
+    return RLHF(a, lambda batch: np.zeros(len(batch)), RLHFOptions(beta=beta, kl=kl, algo="reinforce"))
 
 
 def _analytic_kl_in_loss(a, policy, batch, beta):

@@ -141,6 +141,25 @@ def batch_from_state(state: dict, tokenizer=None) -> Batch:
 
 
 # ---------------------------------------------------------------------------------------------- methods
+@dataclass(frozen=True)
+class Sampling:
+    """How a method draws and reads its samples.
+
+    prompts     the prompts to condition on: a ``prompts.Prompts`` (or a prompted lab's ``prompts``); None: none
+    group_size  responses drawn per prompt (a batch is whole groups: a multiple of it)
+    tokenizer   decodes the samples into names (for name tasks); None: the samples are not decoded
+    """
+
+    prompts: object = None
+    group_size: int = 1
+    tokenizer: object = None
+
+    def __post_init__(self):
+        if int(self.group_size) != self.group_size or self.group_size < 1:
+            raise ValueError(f"the group size (responses per prompt) must be a whole number ≥ 1; got {self.group_size}")
+        object.__setattr__(self, "group_size", int(self.group_size))
+
+
 class Method:
     """A trainer's own part: a loss from a batch, the batch to draw, and state to update after a step."""
 
@@ -157,11 +176,11 @@ class Method:
         return sample_batch(policy, n, rng, ref=self.ref, tokenizer=self.tokenizer, prompts=self.prompts,
                             group_size=self.group_size)
 
-    def set_prompts(self, prompts, group_size: int = 1) -> None:
-        """Make the method conditional: draw ``group_size`` responses per prompt of ``prompts``."""
-        if prompts is not None and (int(group_size) != group_size or group_size < 1):
-            raise ValueError(f"the group size (responses per prompt) must be a whole number ≥ 1; got {group_size}")
-        self.prompts, self.group_size = prompts, int(group_size)
+    def set_sampling(self, sampling: Sampling | None) -> None:
+        """Draw and read samples as ``sampling`` says (None: ``Sampling()``, unconditional and undecoded): with
+        prompts, the method is conditional and draws ``group_size`` responses per prompt."""
+        sampling = sampling if sampling is not None else Sampling()
+        self.prompts, self.group_size, self.tokenizer = sampling.prompts, sampling.group_size, sampling.tokenizer
 
     def loss(self, policy, batch: Batch) -> tuple[Tensor, dict]:
         raise NotImplementedError

@@ -9,29 +9,57 @@ is DPG. The proposal, Z and the KL-adaptive update are the shared ones of ``prop
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .. import divergences
-from .common import Batch
+from .common import Batch, Sampling
 from .policy_gradient import leave_one_out_weighted_baseline, weighted_surrogate
-from .proposal import MomentCalibration, ProposalMethod, target_ratio
+from .proposal import MomentCalibration, ProposalMethod, check_proposal, target_ratio
+
+
+@dataclass(frozen=True)
+class FDPGOptions:
+    """f-DPG's hyper-parameters.
+
+    f          the f-divergence D_f(π‖p): a registry name (``divergences.get``) or an ``FDivergence`` of one's own
+    proposal   what to sample from: ``policy`` (π itself), ``adaptive`` or ``fixed`` (a copy of π; ``proposal.py``)
+    baseline   centre the pseudo-rewards by the weighted leave-one-out baseline
+    log_z      the target's exact log Z if known (None: estimated from the samples)
+    log_t_max  a cap on log t (for an f with unbounded f', where the target has no mass); None: no cap
+    """
+
+    f: str | divergences.FDivergence = "js"
+    proposal: str = "policy"
+    baseline: bool = True
+    log_z: float | None = None
+    log_t_max: float | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.f, divergences.FDivergence):
+            divergences.get(self.f)  # an unknown name raises, listing the known ones
+        check_proposal(self.proposal)
 
 
 class FDPG(ProposalMethod):
-    """Eq. (7.3)–(7.4): coefficients (π/q)·(R − b) with R = −f'(t), log t = log π − log P + log Z."""
+    """Eq. (7.3)–(7.4): coefficients (π/q)·(R − b) with R = −f'(t), log t = log π − log P + log Z.
+
+    ``options`` (:class:`FDPGOptions`, None: the defaults) are its hyper-parameters, copied onto the method;
+    ``sampling`` (``common.Sampling``) its prompts, group size and tokenizer."""
 
     name = "fdpg"
 
-    def __init__(self, ref, policy_init, target_fn, f: str = "js", proposal: str = "policy",
-                 baseline: bool = True, log_z: float | None = None, tokenizer=None, log_t_max: float | None = None,
-                 prompts=None, group_size: int = 1):
-        # a registry name (an unknown one raises, listing the known ones) or an FDivergence of one's own
-        self.fd = f if isinstance(f, divergences.FDivergence) else divergences.get(f)
+    def __init__(self, ref, policy_init, target_fn, options: FDPGOptions | None = None,
+                 sampling: Sampling | None = None):
+        o = options if options is not None else FDPGOptions()
+        # a registry name or an FDivergence of one's own
+        self.fd = o.f if isinstance(o.f, divergences.FDivergence) else divergences.get(o.f)
         self.f = self.fd.name
         if isinstance(target_fn, MomentCalibration):
             raise TypeError("λ calibration is implemented for GDC (DPG) only; give f-DPG a fixed target")
-        super().__init__(ref, policy_init, target_fn, proposal, log_z, tokenizer, prompts, group_size)
-        self.baseline, self.log_t_max = baseline, log_t_max
+        super().__init__(ref, policy_init, target_fn, o.proposal, o.log_z, sampling)
+        self.baseline, self.log_t_max = o.baseline, o.log_t_max
         self.name = f"fdpg-{self.f}"
 
     @property

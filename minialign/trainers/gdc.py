@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import Batch
+from .common import Batch, Sampling
 from .policy_gradient import weighted_surrogate
 from .proposal import ProposalMethod, target_ratio
 
@@ -23,14 +23,15 @@ class DPG(ProposalMethod):
     (P(x)/Z − π(x))/q(x)) on samples of q.
 
     ``target_fn(batch)`` gives log P(x); a :class:`~minialign.trainers.proposal.MomentCalibration` may stand in
-    for it, and then λ follows the policy's moments (Eq. 6.11). With ``prompts``, CDPG (Korbak et al. 2022):
-    the same coefficients with each prompt's Z(x), Eq. (6.16)."""
+    for it, and then λ follows the policy's moments (Eq. 6.11). ``log_z`` is an exact log Z if known; ``sampling``
+    (``common.Sampling``) the prompts, group size and tokenizer. With prompts, CDPG (Korbak et al. 2022): the same
+    coefficients with each prompt's Z(x), Eq. (6.16)."""
 
     name = "gdc"
 
     def __init__(self, ref, policy_init, target_fn, proposal: str = "adaptive", baseline: bool = False,
-                 log_z: float | None = None, tokenizer=None, prompts=None, group_size: int = 1):
-        super().__init__(ref, policy_init, target_fn, proposal, log_z, tokenizer, prompts, group_size)
+                 log_z: float | None = None, sampling: Sampling | None = None):
+        super().__init__(ref, policy_init, target_fn, proposal, log_z, sampling)
         self.baseline = baseline
 
     def coefficients(self, policy, batch: Batch):

@@ -18,11 +18,13 @@ gradient is the exact expectation of the Monte-Carlo gradient (``experiments/con
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
 from ..metrics import kl_estimates
 from ..prompts import Prompts
-from .common import Batch, Method, batch_from_state, batch_state
+from .common import Batch, Method, Sampling, batch_from_state, batch_state
 from .policy_gradient import (
     checked_rewards,
     expected_group_advantage,
@@ -59,19 +61,27 @@ def aggregation_weights(loss_agg: str, lengths, max_length: int) -> np.ndarray:
     raise ValueError(f"unknown loss aggregation {loss_agg!r}; GRPO takes one of {LOSS_AGGS}")
 
 
-class GRPO(Method):
-    """Eq. (5.22)–(5.23): group-normalised advantages, PPO-clip, and β·KL(π‖a) by k3 in the loss or k1 in the reward.
+@dataclass(frozen=True)
+class GRPOOptions:
+    """GRPO's hyper-parameters.
 
-    ``prompts`` None means the one empty prompt: groups of k unconditional samples."""
+    beta      the weight β of KL(π‖a)
+    clip      PPO's clip ε
+    kl        ``k3_loss`` (k3 per token in the loss, as published) or ``k1_reward`` (k1 in the reward)
+    scale     divide each advantage by its group's standard deviation (as published)
+    epochs    optimizer steps on each batch of groups
+    loss_agg  how a response's token terms are added up: ``seq_sum``, ``token_mean`` or ``constant`` (Eq. 5.26)
+    """
 
-    name = "grpo"
+    beta: float = 0.04
+    clip: float = 0.2
+    kl: str = "k3_loss"
+    scale: bool = True
+    epochs: int = 1
+    loss_agg: str = "seq_sum"
 
-    def __init__(self, ref, reward_fn, prompts=None, group_size: int = 4, beta: float = 0.04, clip: float = 0.2,
-                 kl: str = "k3_loss", scale: bool = True, epochs: int = 1, tokenizer=None,
-                 loss_agg: str = "seq_sum"):
-        if int(group_size) != group_size or group_size < 2:
-            raise ValueError(f"GRPO needs groups of at least 2 responses per prompt (the standard deviation of a "
-                             f"group of one reward is undefined); got group_size = {group_size}")
+    def __post_init__(self):
+        beta, clip, kl, epochs, loss_agg = self.beta, self.clip, self.kl, self.epochs, self.loss_agg
         if not (beta >= 0 and np.isfinite(beta)):
             raise ValueError(f"beta must be a finite number ≥ 0; got {beta}")
         if not 0 < clip < 1:
@@ -82,9 +92,28 @@ class GRPO(Method):
             raise ValueError(f"epochs (optimizer steps per batch) must be a whole number ≥ 1; got {epochs}")
         if loss_agg not in LOSS_AGGS:
             raise ValueError(f"unknown loss aggregation {loss_agg!r}; GRPO takes one of {LOSS_AGGS}")
-        self.ref, self.reward_fn, self.beta, self.clip, self.kl = ref, reward_fn, float(beta), float(clip), kl
-        self.scale, self.epochs, self.tokenizer, self.loss_agg = bool(scale), int(epochs), tokenizer, loss_agg
-        self.set_prompts(prompts if prompts is not None else Prompts.empty(ref.config.eos_id), group_size)
+
+
+class GRPO(Method):
+    """Eq. (5.22)–(5.23): group-normalised advantages, PPO-clip, and β·KL(π‖a) by k3 in the loss or k1 in the reward.
+
+    ``options`` (:class:`GRPOOptions`, None: the defaults) are its hyper-parameters, copied onto the method;
+    ``sampling`` (``common.Sampling``; None: groups of 4) its prompts, group size (at least 2) and tokenizer.
+    Prompts None means the one empty prompt: groups of k unconditional samples."""
+
+    name = "grpo"
+
+    def __init__(self, ref, reward_fn, options: GRPOOptions | None = None, sampling: Sampling | None = None):
+        o = options if options is not None else GRPOOptions()
+        sampling = sampling if sampling is not None else Sampling(group_size=4)
+        if sampling.group_size < 2:  # a whole number ≥ 1 already (Sampling)
+            raise ValueError(f"GRPO needs groups of at least 2 responses per prompt (the standard deviation of a "
+                             f"group of one reward is undefined); got group_size = {sampling.group_size}")
+        self.ref, self.reward_fn, self.beta, self.clip, self.kl = ref, reward_fn, float(o.beta), float(o.clip), o.kl
+        self.scale, self.epochs, self.loss_agg = bool(o.scale), int(o.epochs), o.loss_agg
+        if sampling.prompts is None:
+            sampling = replace(sampling, prompts=Prompts.empty(ref.config.eos_id))
+        self.set_sampling(sampling)
         self._batch, self._left = None, 0
 
     def draw(self, policy, n, rng) -> Batch:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..logspace import log_mean_exp, logsumexp
 from ..tensor import Tensor
-from .common import Batch, Method, frozen_copy, sample_batch
+from .common import Batch, Method, Sampling, frozen_copy, sample_batch
 
 
 class RunningLogZ:
@@ -229,26 +229,34 @@ def target_ratio(s: Scored, batch: Batch):
 PROPOSALS = ("adaptive", "fixed", "policy")
 
 
+def check_proposal(proposal: str) -> None:
+    """Refuse a proposal that is not one of :data:`PROPOSALS`."""
+    if proposal not in PROPOSALS:
+        raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}; got {proposal!r}")
+
+
 class ProposalMethod(Method):
     """A method that samples from a proposal q (``adaptive``: a frozen copy of π, replaced by π when the
     estimated KL(p‖π) < KL(p‖q), Eq. 6.9; ``fixed``: the copy is kept; ``policy``: π itself) towards a target
-    given by ``target(batch) → log P(x)`` — or by a :class:`MomentCalibration`, whose λ follows π's moments."""
+    given by ``target(batch) → log P(x)`` — or by a :class:`MomentCalibration`, whose λ follows π's moments.
+    ``log_z`` is an exact log Z if known (None: estimated); ``sampling`` (``common.Sampling``) the prompts, group
+    size and tokenizer."""
 
-    def __init__(self, ref, policy_init, target, proposal: str, log_z: float | None, tokenizer=None, prompts=None,
-                 group_size: int = 1):
-        if proposal not in PROPOSALS:
-            raise ValueError(f"proposal must be one of {', '.join(PROPOSALS)}; got {proposal!r}")
+    def __init__(self, ref, policy_init, target, proposal: str, log_z: float | None,
+                 sampling: Sampling | None = None):
+        check_proposal(proposal)
+        sampling = sampling if sampling is not None else Sampling()
         self.calibration = target if isinstance(target, MomentCalibration) else None
         if self.calibration is not None and log_z is not None:
             raise ValueError("an exact log Z cannot be given with a moment calibration: Z changes with λ")
-        if prompts is not None and (self.calibration is not None or log_z is not None):
+        if sampling.prompts is not None and (self.calibration is not None or log_z is not None):
             raise ValueError("with prompts each prompt has its own Z(x), estimated per prompt (exact on the prompted "
                              "lab's exact batches): neither one exact log Z nor a λ calibration applies")
-        self.ref, self.target_fn, self.proposal, self.tokenizer = ref, target, proposal, tokenizer
-        self.set_prompts(prompts, group_size)
+        self.ref, self.target_fn, self.proposal = ref, target, proposal
+        self.set_sampling(sampling)
         self.q = frozen_copy(policy_init) if proposal != "policy" else None
         self.log_z = RunningLogZ(log_z)
-        self.prompt_log_z = PromptLogZ(0 if prompts is None else prompts.length)
+        self.prompt_log_z = PromptLogZ(0 if sampling.prompts is None else sampling.prompts.length)
         self.replacements = 0
 
     def log_target(self, batch: Batch) -> np.ndarray:

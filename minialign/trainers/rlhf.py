@@ -8,12 +8,14 @@ RLOO's baseline is taken within each prompt's group.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ..divergences import divergence
 from ..logspace import log_normalise
 from ..metrics import kl_estimates
-from .common import Batch, Method, batch_from_state, batch_state
+from .common import Batch, Method, Sampling, batch_from_state, batch_state
 from .policy_gradient import (
     checked_rewards,
     kl_after,
@@ -32,14 +34,31 @@ KL_MODES = ("k1_seq", "k1_token", "k2_loss", "k3_loss", "full_token")
 ALGOS = ("rloo", "reinforce", "ppo")
 
 
-class RLHF(Method):
-    """Eq. (5.5): J(π) = E_π[r(x)] − β KL(π‖a), whose maximiser is π*(x) = a(x) e^{r(x)/β} / Z (Eq. 5.6)."""
+@dataclass(frozen=True)
+class RLHFOptions:
+    """RLHF's hyper-parameters.
 
-    name = "rlhf"
+    beta       the KL coefficient β (its start, with ``kl_target``)
+    kl         where the KL penalty enters: k1 in the reward per sequence (``k1_seq``) or per token (``k1_token``),
+               k2 or k3 per token in the loss (``k2_loss``, ``k3_loss``), or analytic at every prefix (``full_token``)
+    algo       ``rloo`` (leave-one-out baseline), ``reinforce`` (no baseline) or ``ppo`` (PPO-clip epochs)
+    ppo_epochs PPO's optimizer steps on each batch
+    clip       PPO's ε: ratios are clipped to [1 − ε, 1 + ε]
+    kl_target  adapt β towards this KL(π‖a) (Ziegler et al. 2019); None: β fixed
+    horizon_k  the adaptive β's gain K
+    """
 
-    def __init__(self, ref, reward_fn, beta: float = 0.1, kl: str = "k1_seq", algo: str = "rloo",
-                 ppo_epochs: int = 4, clip: float = 0.2, kl_target: float | None = None, horizon_k: float = 0.1,
-                 tokenizer=None, prompts=None, group_size: int = 1):
+    beta: float = 0.1
+    kl: str = "k1_seq"
+    algo: str = "rloo"
+    ppo_epochs: int = 4
+    clip: float = 0.2
+    kl_target: float | None = None
+    horizon_k: float = 0.1
+
+    def __post_init__(self):
+        beta, kl, algo, kl_target = self.beta, self.kl, self.algo, self.kl_target
+        ppo_epochs, clip, horizon_k = self.ppo_epochs, self.clip, self.horizon_k
         if not (beta > 0 and np.isfinite(beta)):
             raise ValueError(f"beta must be a finite number > 0; got {beta}")
         if kl not in KL_MODES:
@@ -56,10 +75,22 @@ class RLHF(Method):
             raise ValueError(f"clip (PPO's ε: ratios are clipped to [1 − ε, 1 + ε]) must be in (0, 1); got {clip!r}")
         if not (horizon_k > 0 and np.isfinite(horizon_k)):
             raise ValueError(f"horizon_k (the adaptive β's gain) must be a finite number > 0; got {horizon_k!r}")
-        self.ref, self.reward_fn, self.beta, self.kl, self.algo = ref, reward_fn, float(beta), kl, algo
-        self.ppo_epochs, self.clip, self.kl_target, self.horizon_k = ppo_epochs, clip, kl_target, horizon_k
-        self.tokenizer = tokenizer
-        self.set_prompts(prompts, group_size)  # with prompts, the baseline is taken within each prompt's group
+
+
+class RLHF(Method):
+    """Eq. (5.5): J(π) = E_π[r(x)] − β KL(π‖a), whose maximiser is π*(x) = a(x) e^{r(x)/β} / Z (Eq. 5.6).
+
+    ``options`` (:class:`RLHFOptions`, None: the defaults) are its hyper-parameters, copied onto the method
+    (``self.beta`` moves with an adaptive β); ``sampling`` (``common.Sampling``) its prompts, group size and
+    tokenizer — with prompts, the baseline is taken within each prompt's group."""
+
+    name = "rlhf"
+
+    def __init__(self, ref, reward_fn, options: RLHFOptions | None = None, sampling: Sampling | None = None):
+        o = options if options is not None else RLHFOptions()
+        self.ref, self.reward_fn, self.beta, self.kl, self.algo = ref, reward_fn, float(o.beta), o.kl, o.algo
+        self.ppo_epochs, self.clip, self.kl_target, self.horizon_k = o.ppo_epochs, o.clip, o.kl_target, o.horizon_k
+        self.set_sampling(sampling)
         self._ppo_batch, self._ppo_left = None, 0
 
     def draw(self, policy, n, rng) -> Batch:
