@@ -285,3 +285,33 @@ def test_attention_matches_the_masked_softmax_formula(qkv, causal, scale):
             expected[idx][i] = sum(wj * v[idx][j] for wj, j in zip(w, seen)) / w.sum()
     out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=causal, scale=scale).numpy()
     assert_close(out, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.task2_1
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_is_stable_when_rows_of_scores_lie_thousands_apart(causal):
+    """Translating every key by one vector c adds q_i·c to the whole of score row i, which the softmax cancels:
+    the output must not change. With c large the rows' scores are thousands, and thousands apart from one
+    another, so only a softmax shifted by each row's own maximum stays finite (no shift overflows e^s; a shift by
+    the maximum over all rows underflows every entry of the rows far below it, giving 0/0)."""
+    rng = np.random.default_rng(0)
+    q, k, v = rng.normal(size=(2, 2, 3, 4)), rng.normal(size=(2, 2, 5, 4)), rng.normal(size=(2, 2, 5, 4))
+    c = 2000.0 * rng.normal(size=4)
+    out = F.scaled_dot_product_attention(Tensor(q), Tensor(k + c), Tensor(v), causal=causal).numpy()
+    want = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), causal=causal).numpy()
+    assert_close(out, want, rtol=1e-8, atol=1e-10, what="attention with every key moved by c (scores ≈ ±1e3–1e4)")
+
+
+@pytest.mark.task2_1
+@pytest.mark.parametrize("lead", [(), (4,), (1, 2, 2)], ids=["no-batch-axis", "one-batch-axis", "three-batch-axes"])
+def test_attention_works_over_the_last_two_axes_with_any_leading_axes(lead):
+    """Attention acts on the last two axes, [..., T, D], whatever axes lead (none, [B], [B, H], [B, H, G]): the
+    output is that of the same rows laid out as [B, H, T, D], and the backward passes central differences."""
+    rng = np.random.default_rng(1)
+    n, tq, tk, d = int(np.prod(lead)), 3, 4, 2
+    q, k, v = rng.normal(size=(n, 1, tq, d)), rng.normal(size=(n, 1, tk, d)), rng.normal(size=(n, 1, tk, d))
+    want = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v)).numpy()
+    q_, k_, v_ = q.reshape(*lead, tq, d), k.reshape(*lead, tk, d), v.reshape(*lead, tk, d)
+    out = F.scaled_dot_product_attention(Tensor(q_), Tensor(k_), Tensor(v_)).numpy()
+    assert_close(out.reshape(want.shape), want, rtol=1e-12, atol=1e-14, what=f"attention of q {q_.shape}")
+    assert gradcheck(F.scaled_dot_product_attention, t64(q_), t64(k_), t64(v_))

@@ -218,6 +218,23 @@ def test_u_near_one_never_draws_an_excluded_token_and_huge_logits_do_not_overflo
 
 
 @pytest.mark.task2_4
+def test_logits_a_thousand_away_from_zero_draw_the_same_tokens():
+    """`generate` passes logits / T: at T = 0.01 logits of ±1000 are ordinary. e^x overflows past 709 and
+    underflows to 0 below −745, so only probabilities formed after shifting each row by its own log-normaliser
+    (or maximum) draw the same tokens as the unshifted logits, with and without top-k."""
+    from minialign.gpt import _sample_rows
+
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(300, 5))
+    u = rng.uniform(size=300)
+    for shift in (1000.0, -1000.0, 1000.0 * rng.choice([-1.0, 0.0, 1.0], size=(300, 1))):
+        name = "each row shifted by −1000, 0 or +1000" if np.ndim(shift) else f"logits shifted by {shift:+}"
+        for top_k in (None, 2):
+            assert_equal(_sample_rows(logits + shift, u, top_k), _sample_rows(logits, u, top_k),
+                         what=f"tokens drawn from {name} (top_k={top_k})")
+
+
+@pytest.mark.task2_4
 def test_top_k_samples_each_of_the_k_most_likely_tokens_with_its_renormalised_probability():
     model = lab_model(10, vocab_size=6, block_size=3, scale=1.0)
     logits = model(np.zeros((1, 1), dtype=np.int64)).numpy()[0, 0]
