@@ -265,6 +265,36 @@ def test_bellman_backup_entry_by_entry_on_a_two_by_two_mdp():
     assert_equal(greedy, [0, 1], what="greedy policy")
 
 
+@pytest.mark.task4_1
+def test_value_iteration_stops_at_the_first_difference_strictly_below_tol():
+    """One state, one action, reward 1, γ = ½: the iterates 0, 1, 1.5, 1.75, 1.875, … differ by 1, ½, ¼, ⅛, …,
+    exactly in float64. "Until successive tables differ by less than tol": a difference equal to tol is not yet
+    below it, so tol = ¼ stops at 1.875 (difference ⅛), not at 1.75 (difference ¼)."""
+    mdp = TabularMDP(np.ones((1, 1, 1)), np.ones((1, 1)), 0.5)
+    for tol, q in ((1.0, 1.5), (0.5, 1.75), (0.25, 1.875), (0.3, 1.75)):
+        Q_star, V_star, greedy = value_iteration(mdp, tol=tol)
+        assert_equal(Q_star, [[q]], what=f"Q returned for tol={tol}")
+        assert_equal(V_star, [q], what=f"V returned for tol={tol}")
+        assert_equal(greedy, [0], what="greedy policy")
+    with pytest.raises(RuntimeError):  # the difference ¼ is reached at the third iteration, but is not below ¼
+        value_iteration(mdp, tol=0.25, max_iter=3)
+
+
+@pytest.mark.task4_2
+def test_evaluate_policy_accepts_stochastic_policies_with_zero_probabilities():
+    """π(a|s) = 0 is a probability like any other: a deterministic policy written as a [S, A] table (one-hot rows)
+    has the value of its action indices, and a row may exclude an action while another row mixes."""
+    mdp = _two_by_two(0.5)
+    assert_close(evaluate_policy(mdp, np.array([[1.0, 0.0], [0.0, 1.0]])), [2.0, 4.0], rtol=1e-12,
+                 what="V^π of the one-hot table of [stay, move]")
+    assert_close(evaluate_policy(mdp, np.array([[0.0, 1.0], [1.0, 0.0]])),
+                 evaluate_policy(mdp, np.array([1, 0])), rtol=1e-12, atol=1e-15,
+                 what="V^π of the one-hot table of [move, stay]")
+    pi = np.array([[0.25, 0.75], [0.0, 1.0]])
+    expected = np.linalg.solve(np.eye(2) - 0.5 * np.array([[0.25, 0.75], [1.0, 0.0]]), [0.25, 3.0])
+    assert_close(evaluate_policy(mdp, pi), expected, rtol=1e-12, what="V^π with a zero in one row")
+
+
 @pytest.mark.task4_2
 def test_evaluate_policy_refuses_what_is_not_a_policy_naming_the_expected_shapes():
     mdp = _two_by_two()
