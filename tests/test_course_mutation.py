@@ -91,6 +91,22 @@ def test_equivalent_tables_need_a_unit_a_mutant_and_a_reason(tmp_path):
 
 
 @instructor_only
+def test_a_listed_equivalent_that_names_no_current_mutant_is_named(tmp_path):
+    """A unit reformatted or edited renumbers its mutants: a listing left with the old id hides nothing and
+    misleads, so the record check names it (and every listing of the committed manifests names a mutant)."""
+    assert all(not course_check.unknown_equivalents(course.load(n, ROOT), mutate.equivalents(n, ROOT), ROOT)
+               for n in course.assignments(ROOT))
+    root = course.write_tree(ROOT, tmp_path / "repo", [])
+    manifest = root / "course" / "05-rlhf.toml"
+    unit = "minialign/rewards.py::bradley_terry_loss"
+    manifest.write_text(manifest.read_text() + f'\n[[equivalent]]\nunit = "{unit}"\nmutant = "swap@99:1"\n'
+                        'reason = "an id from an older version of the unit"\n')
+    problems = course_check.unknown_equivalents(course.load("05-rlhf", root), mutate.equivalents("05-rlhf", root),
+                                                root)
+    assert len(problems) == 1 and "swap@99:1" in problems[0] and unit in problems[0], problems
+
+
+@instructor_only
 def test_a_planted_sign_flip_loses_points_on_its_own_task_in_a_fresh_process(tmp_path):
     """The Bradley–Terry loss without its minus sign, graded as the grader would: task 5.1's tests fail; the same
     mutant graded by task 5.5's tests (which never call it) keeps full marks — only its own task counts."""

@@ -434,6 +434,16 @@ def test_adapt_estimates_both_kls_entry_by_entry_and_replaces_q_only_when_pi_is_
 
 
 @pytest.mark.task6_4
+def test_adapt_keeps_q_on_a_tie():
+    """π = q, as at the first step (q starts as a copy of π): the two estimates are one number, π is not closer,
+    and q stays — the handout replaces q only when KL(p‖π) < KL(p‖q)."""
+    log_q = np.log([0.1, 0.2, 0.3, 0.4])
+    method, old_q, *_, metrics = _adapt("adaptive", log_q.copy(), 0.3)
+    assert metrics["kl_p_pi_est"] == metrics["kl_p_q_est"], metrics
+    assert method.q is old_q and method.replacements == 0, "a tie replaced q: π must be strictly closer"
+
+
+@pytest.mark.task6_4
 def test_adapt_keeps_q_when_fixed_or_on_an_exact_batch_and_records_only_log_z_before_mass_is_seen():
     target = np.array([-1.3, -3.0, -0.8, -2.3])
     for proposal, exact in (("fixed", False), ("adaptive", True)):

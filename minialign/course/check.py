@@ -449,6 +449,24 @@ def mutation_record_problems(root: Path = ROOT, names=None, out=None) -> list:
         problems += mutation_problems(a, units, equivalent)
         problems += [f"course/{a.name}.toml lists an equivalent mutant of {u}, which is not a unit of {a.name}"
                      for u, _ in equivalent if u not in dict(a.units())]
+        problems += unknown_equivalents(a, equivalent, root)
         if out is not None:
             out(summary(a, units, equivalent))
     return problems
+
+
+def unknown_equivalents(a: Assignment, equivalent: dict, root: Path = ROOT) -> list:
+    """Listed equivalents that name no mutant the unit has now (the unit changed and its mutants were renumbered,
+    or the id is mistyped): a listing must name a mutant that exists, or it hides nothing and misleads."""
+    from .mutate import mutants_of
+
+    units = dict(a.units())
+    problems = []
+    for spec in sorted({u for u, _ in equivalent if u in units}):
+        ids = {m.id for m in mutants_of(spec, units[spec], root)}
+        problems += [f"course/{a.name}.toml lists mutant {mid} of {spec} as equivalent, but the unit has no such "
+                     f"mutant now (its mutants: `python -m minialign course check --mutants {a.name}` lists the "
+                     "survivors): remove the entry or give the mutant's current id"
+                     for u, mid in sorted(equivalent) if u == spec and mid not in ids]
+    return problems
+
