@@ -242,11 +242,6 @@ def grader_identity() -> tuple:
     return user, f"{name} (uid {user[0]}, unprivileged)"
 
 
-def grader_user():
-    """(uid, gid) to run students' code as, or None (``grader_identity``)."""
-    return grader_identity()[0]
-
-
 def lock_tree(tree: Path, user) -> None:
     """Make a grading copy read-only to the process under test: owned by root and not writable when it runs
     unprivileged; otherwise files 0444 and folders 0555 (the owner could undo that, but only with calls the

@@ -245,18 +245,17 @@ class ProposalMethod(Method):
     def __init__(self, ref, policy_init, target, proposal: str, log_z: float | None,
                  sampling: Sampling | None = None):
         check_proposal(proposal)
-        sampling = sampling if sampling is not None else Sampling()
+        self.set_sampling(sampling)
         self.calibration = target if isinstance(target, MomentCalibration) else None
         if self.calibration is not None and log_z is not None:
             raise ValueError("an exact log Z cannot be given with a moment calibration: Z changes with λ")
-        if sampling.prompts is not None and (self.calibration is not None or log_z is not None):
+        if self.prompts is not None and (self.calibration is not None or log_z is not None):
             raise ValueError("with prompts each prompt has its own Z(x), estimated per prompt (exact on the prompted "
                              "lab's exact batches): neither one exact log Z nor a λ calibration applies")
         self.ref, self.target_fn, self.proposal = ref, target, proposal
-        self.set_sampling(sampling)
         self.q = frozen_copy(policy_init) if proposal != "policy" else None
         self.log_z = RunningLogZ(log_z)
-        self.prompt_log_z = PromptLogZ(0 if sampling.prompts is None else sampling.prompts.length)
+        self.prompt_log_z = PromptLogZ(0 if self.prompts is None else self.prompts.length)
         self.replacements = 0
 
     def log_target(self, batch: Batch) -> np.ndarray:
